@@ -1,0 +1,13 @@
+"""SSL frameworks (one per module), downstream evaluators and monitors.
+
+A new framework is one new module and one line in ``FRAMEWORKS``.
+"""
+from experiments import nni_compat  # noqa: F401  (filters NNI's import warning first)
+from evaluators.byol import BYOL
+from evaluators.moco import MoCo
+from evaluators.simclr import SimCLR
+from evaluators.simsiam import SimSiam
+
+FRAMEWORKS = {cls.name: cls for cls in (SimSiam, SimCLR, MoCo, BYOL)}
+
+__all__ = ["FRAMEWORKS", "SimSiam", "SimCLR", "MoCo", "BYOL"]

@@ -1,0 +1,164 @@
+"""The Lightning plumbing every SSL framework shares; a framework adds only its loss.
+
+The network (backbone, projector, predictor, optional momentum copies) is NNI's model
+space, handed over by NNI through ``set_model``. Under DARTS-family strategies NNI calls
+``training_step`` twice per batch (even index: architecture step on a held-out batch;
+odd: weight step), so per-step state (momentum update, queue push) changes only in the
+weight step, and the architecture step can skip the backbone's backward entirely.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from nni.nas.evaluator.pytorch import LightningModule
+from torch import nn
+
+from experiments.nni_compat import is_architecture_step, mixed_layers
+
+PARAMETER_FREE_CANDIDATES = frozenset({"maxpool_3x3", "avgpool_3x3", "identity"})
+
+
+@torch.no_grad()
+def update_momentum(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameters only (not alphas)."""
+    for (name, p_online), p_target in zip(online.named_parameters(), target.parameters()):
+        if "_arch_alpha" in name:
+            continue
+        p_target.mul_(momentum).add_(p_online.detach(), alpha=1.0 - momentum)
+
+
+class SSLFramework(LightningModule):
+    """Shared base: optimiser and schedule, the architecture-step logic, the guards' penalty."""
+
+    name = "base"
+    #: framework-specific options with their defaults; the config validates against these
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, *, lr: float = 0.06, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 batch_size: int = 256, max_epochs: int = 100, warmup_epochs: int = 0,
+                 optimizer: str = "sgd", param_free_penalty: float = 0.0, fast_arch_step: bool = True,
+                 interleaved: bool = False, embedding_dim: int = 128, **options: Any):
+        super().__init__()
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"{self.name} has no option(s) {sorted(unknown)}; it takes {sorted(self.defaults)}")
+        self.options = {**self.defaults, **options}
+        self.lr, self.sgd_momentum, self.weight_decay = lr, momentum, weight_decay
+        self.batch_size, self.max_epochs, self.lr_warmup_epochs = batch_size, max_epochs, warmup_epochs
+        self.optimizer_name = optimizer
+        self.param_free_penalty = param_free_penalty
+        self.fast_arch_step = fast_arch_step
+        self.interleaved = interleaved
+        self.embedding_dim = embedding_dim  # the projector's output width (queues are sized by it)
+        self.weight_steps = 0  # counts weight steps, the unit of momentum and queue updates
+
+    # --- the network -------------------------------------------------------------------------
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.model.projector
+
+    @property
+    def predictor(self) -> nn.Module:
+        return self.model.predictor
+
+    def encode(self, x: torch.Tensor, arch_step: bool) -> torch.Tensor:
+        """Backbone features; in a fast architecture step they carry no gradient (heads only)."""
+        if arch_step and self.fast_arch_step:
+            with torch.no_grad():
+                return self.backbone(x)
+        return self.backbone(x)
+
+    def embed(self, x: torch.Tensor, arch_step: bool = False) -> torch.Tensor:
+        """The projector output ``z`` (what the collapse monitor watches)."""
+        return self.projector(self.encode(x, arch_step))
+
+    @torch.no_grad()
+    def momentum_embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.momentum_projector(self.model.momentum_backbone(x))
+
+    def momentum_value(self, base: float) -> float:
+        """EMA coefficient rising from ``base`` to 1 on a cosine over training (BYOL)."""
+        progress = min(1.0, self.current_epoch_progress())
+        return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+    def current_epoch_progress(self) -> float:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or not trainer.max_epochs:
+            return 0.0
+        batches = max(1, int(trainer.num_training_batches or 1))
+        return (trainer.current_epoch + self._batch_in_epoch / batches) / trainer.max_epochs
+
+    def momentum_step(self, base: float, schedule: bool) -> None:
+        m = self.momentum_value(base) if schedule else base
+        update_momentum(self.model.backbone, self.model.momentum_backbone, m)
+        update_momentum(self.model.projector, self.model.momentum_projector, m)
+
+    # --- the framework's part ----------------------------------------------------------------
+    def ssl_loss(self, views: Sequence[torch.Tensor], arch_step: bool) -> torch.Tensor:
+        """The SSL loss of one batch of views. In a weight step, also update per-step state."""
+        raise NotImplementedError
+
+    def before_weight_step(self) -> None:
+        """Per-weight-step state change before the loss (momentum update)."""
+
+    # --- Lightning -----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        arch_step = is_architecture_step(batch_idx, self.interleaved)
+        self._batch_in_epoch = batch_idx // 2 if self.interleaved else batch_idx
+        views = list(batch)
+        if not arch_step:
+            self.before_weight_step()
+        loss = self.ssl_loss(views, arch_step)
+        if arch_step:
+            self.log("search/arch_loss", loss.detach(), prog_bar=False)
+            if self.param_free_penalty > 0:
+                penalty = self.parameter_free_mass()
+                self.log("search/param_free_mass", penalty.detach())
+                loss = loss + self.param_free_penalty * penalty
+        else:
+            self.weight_steps += 1
+            self.log("train/ssl_loss", loss.detach(), prog_bar=True)
+        return loss
+
+    def parameter_free_mass(self) -> torch.Tensor:
+        """Mean probability that a searched layer picks a parameter-free candidate (NASiam's guard)."""
+        masses = []
+        for names, alpha in mixed_layers(self.model).values():
+            idx = [i for i, n in enumerate(names) if n in PARAMETER_FREE_CANDIDATES]
+            if idx:
+                masses.append(torch.softmax(alpha, dim=-1)[idx].sum())
+        if not masses:
+            return torch.zeros((), device=self.device)
+        return torch.stack(masses).mean()
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        lr = self.lr * self.batch_size / 256  # the linear scaling rule of SimSiam and MoCo
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(params, lr=lr, momentum=self.sgd_momentum, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {self.optimizer_name!r}")
+        warmup, total = self.lr_warmup_epochs, max(1, self.max_epochs)
+
+        def factor(epoch: int) -> float:  # linear warm-up, then cosine to zero, per epoch
+            if epoch < warmup:
+                return (epoch + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, total - warmup)))
+
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor)}
+
+    _batch_in_epoch = 0
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["weight_steps"] = self.weight_steps
+
+    def on_load_checkpoint(self, checkpoint):
+        self.weight_steps = int(checkpoint.get("weight_steps", 0))

@@ -1,0 +1,371 @@
+"""The YAML config schema: dataclasses, validated field by field before anything runs.
+
+Every error is one line that names the field (``data.batch_size: must be >= 1, got 0``);
+an unknown key gets the closest valid name. ``--set a.b=value`` overrides use the same
+checks, so do the parameters an NNI tuner sends to a trial.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line meant for the user."""
+
+
+def _positive(x):
+    return x > 0
+
+
+def _non_negative(x):
+    return x >= 0
+
+
+def _probability(x):
+    return 0.0 <= x <= 1.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    root: Optional[str] = None
+    image_size: Optional[int] = None
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    search_split: float = 0.5
+    batch_size: int = 128
+    num_workers: int = 0
+
+    _checks = {
+        "dataset": (lambda v: v in ("digits", "cifar10", "cifar100", "stl10", "imagefolder"),
+                    "must be one of digits, cifar10, cifar100, stl10, imagefolder"),
+        "image_size": (lambda v: v is None or v >= 8, "must be >= 8"),
+        "train_subset": (lambda v: v is None or v >= 2, "must be >= 2"),
+        "test_subset": (lambda v: v is None or v >= 1, "must be >= 1"),
+        "search_split": (lambda v: 0.0 < v < 1.0, "must be between 0 and 1 (exclusive)"),
+        "batch_size": (lambda v: v >= 2, "must be >= 2"),
+        "num_workers": (_non_negative, "must be >= 0"),
+    }
+
+
+@dataclass
+class AugmentConfig:
+    crop_min_scale: Optional[float] = None  # default: 0.2, or 0.5 for 8x8 digits
+    hflip_p: Optional[float] = None  # default: 0.5, or 0 for digits (not mirror-symmetric)
+    jitter: list = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: Optional[float] = None  # default: 0.5 for images of 64 px and more, else 0
+    solarize_p: float = 0.0
+
+    _checks = {
+        "crop_min_scale": (lambda v: v is None or 0.0 < v <= 1.0, "must be in (0, 1]"),
+        "hflip_p": (lambda v: v is None or _probability(v), "must be a probability in [0, 1]"),
+        "jitter": (lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and x >= 0 for x in v),
+                   "must be four non-negative numbers (brightness, contrast, saturation, hue)"),
+        "jitter_p": (_probability, "must be a probability in [0, 1]"),
+        "grayscale_p": (_probability, "must be a probability in [0, 1]"),
+        "blur_p": (lambda v: v is None or _probability(v), "must be a probability in [0, 1]"),
+        "solarize_p": (_probability, "must be a probability in [0, 1]"),
+    }
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    backbone_width: float = 1.0
+    head_space: str = "nasiam"
+    head_width: float = 1.0
+    mlp_widths: list = field(default_factory=lambda: [1.0])
+    mlp_depths: list = field(default_factory=lambda: [1, 2, 3])
+
+    _checks = {
+        "backbone": (lambda v: v in ("resnet18", "resnet34", "resnet50"), "must be one of resnet18, resnet34, resnet50"),
+        "backbone_width": (_positive, "must be > 0"),
+        "head_space": (lambda v: v in ("fixed", "nasiam", "mlp"), "must be one of fixed, nasiam, mlp"),
+        "head_width": (_positive, "must be > 0"),
+        "mlp_widths": (lambda v: len(v) > 0 and all(isinstance(x, (int, float)) and x > 0 for x in v),
+                       "must be a non-empty list of positive width factors"),
+        "mlp_depths": (lambda v: len(v) > 0 and all(isinstance(x, int) and x >= 1 for x in v),
+                       "must be a non-empty list of integers >= 1"),
+    }
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.06
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 0
+
+    _checks = {
+        "optimizer": (lambda v: v in ("sgd", "adamw"), "must be sgd or adamw"),
+        "lr": (_positive, "must be > 0"),
+        "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        "weight_decay": (_non_negative, "must be >= 0"),
+        "warmup_epochs": (_non_negative, "must be >= 0"),
+    }
+
+
+@dataclass
+class SearchConfig:
+    strategy: str = "darts"
+    epochs: int = 100
+    warmup_epochs: int = 10
+    arch_lr: float = 1e-3
+    param_free_penalty: float = 0.5
+    gradient_clip: Optional[float] = 5.0
+    fast_arch_step: bool = True
+    gumbel_temperature: list = field(default_factory=lambda: [1.0, 0.33])
+    collapse_threshold: float = 0.05
+
+    _checks = {
+        "strategy": (lambda v: v in ("darts", "gdarts"), "must be darts or gdarts"),
+        "epochs": (lambda v: v >= 1, "must be >= 1"),
+        "warmup_epochs": (_non_negative, "must be >= 0"),
+        "arch_lr": (_positive, "must be > 0"),
+        "param_free_penalty": (_non_negative, "must be >= 0"),
+        "gradient_clip": (lambda v: v is None or v > 0, "must be > 0 or null"),
+        "gumbel_temperature": (lambda v: len(v) == 2 and v[0] >= v[1] > 0,
+                               "must be [initial, final] with initial >= final > 0"),
+        "collapse_threshold": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    }
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+
+    _checks = {"epochs": (lambda v: v >= 1, "must be >= 1")}
+
+
+@dataclass
+class EvaluationConfig:
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    linear_epochs: int = 100
+    linear_lr: float = 0.1
+    monitor_every_n_epochs: int = 1
+    bank_subset: Optional[int] = None
+
+    _checks = {
+        "knn_k": (lambda v: v >= 1, "must be >= 1"),
+        "knn_temperature": (_positive, "must be > 0"),
+        "linear_epochs": (lambda v: v >= 1, "must be >= 1"),
+        "linear_lr": (_positive, "must be > 0"),
+        "monitor_every_n_epochs": (lambda v: v >= 1, "must be >= 1"),
+        "bank_subset": (lambda v: v is None or v >= 1, "must be >= 1"),
+    }
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    progress_bar: bool = True
+
+    _checks = {
+        "accelerator": (lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps"), "must be auto, cpu, gpu, cuda or mps"),
+        "strategy": (lambda v: v in ("auto", "ddp", "ddp_spawn"), "must be auto, ddp or ddp_spawn"),
+        "precision": (lambda v: v in ("32-true", "bf16-mixed", "16-mixed"), "must be 32-true, bf16-mixed or 16-mixed"),
+    }
+
+
+@dataclass
+class Config:
+    framework: str = "simsiam"
+    framework_options: dict = field(default_factory=dict)
+    seed: int = 0
+    output_dir: str = "runs/search"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    _checks = {
+        "seed": (_non_negative, "must be >= 0"),
+        "output_dir": (lambda v: bool(v.strip()), "must not be empty"),
+    }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Check ``value`` against a field annotation; ints are accepted (and converted) for floats."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True, value
+    if origin is Union:
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, converted = _type_ok(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if annotation is str:
+        return isinstance(value, str), value
+    if annotation is list or origin is list:
+        return isinstance(value, list), value
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Union:
+        names = [_type_name(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(names) + " or null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _build(cls, raw: Any, path: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: must be a mapping of fields, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(fields)}"
+            raise ConfigError(f"{where}: unknown field{hint}")
+    values = {}
+    for name, f in fields.items():
+        where = f"{path}.{name}" if path else name
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name] = _build(annotation, raw.get(name), where)
+            continue
+        if name not in raw:
+            continue
+        ok, value = _type_ok(raw[name], annotation)
+        if not ok:
+            raise ConfigError(f"{where}: must be {_type_name(annotation)}, got {raw[name]!r}")
+        check = getattr(cls, "_checks", {}).get(name)
+        if check is not None:
+            try:
+                valid = value is None and typing.get_origin(annotation) is Union or check[0](value)
+            except TypeError:
+                valid = False
+            if not valid:
+                raise ConfigError(f"{where}: {check[1]}, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def config_from_dict(raw: Any) -> Config:
+    config = _build(Config, raw, "")
+    _cross_checks(config)
+    return config
+
+
+def _cross_checks(config: Config) -> None:
+    from evaluators import FRAMEWORKS  # the registry is the truth for framework names
+
+    if config.framework not in FRAMEWORKS:
+        close = difflib.get_close_matches(config.framework, list(FRAMEWORKS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"framework: unknown framework {config.framework!r}; choose one of "
+                          f"{', '.join(sorted(FRAMEWORKS))}{hint}")
+    options = FRAMEWORKS[config.framework].defaults
+    for key, value in config.framework_options.items():
+        if key not in options:
+            close = difflib.get_close_matches(str(key), list(options), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else (
+                f"; it takes {', '.join(options)}" if options else "; it takes none")
+            raise ConfigError(f"framework_options.{key}: {config.framework} has no such option{hint}")
+        if not isinstance(value, type(options[key])) and not (
+                isinstance(options[key], float) and isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"framework_options.{key}: must be like {options[key]!r}, got {value!r}")
+        if isinstance(value, (int, float)) and value <= 0:
+            raise ConfigError(f"framework_options.{key}: must be > 0, got {value!r}")
+    if config.search.warmup_epochs >= config.search.epochs:
+        raise ConfigError(f"search.warmup_epochs: must be below search.epochs ({config.search.epochs}), "
+                          f"got {config.search.warmup_epochs}: the architecture would never move")
+    if config.model.head_space == "mlp" and len(config.model.mlp_widths) > 1:
+        raise ConfigError("model.mlp_widths: DARTS cannot relax a width choice (NNI has no differentiable "
+                          "BatchNorm1d); give one width, or search widths with the multi-trial head search")
+    if config.data.dataset != "digits" and not config.data.root:
+        raise ConfigError(f"data.root: dataset {config.data.dataset!r} needs a path on disk")
+    if config.data.root and not Path(config.data.root).expanduser().exists():
+        raise ConfigError(f"data.root: dataset path {config.data.root!r} does not exist")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. search.epochs=3")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys (``search.arch_lr``) in a raw config mapping; returns it."""
+    for dotted, value in overrides.items():
+        keys = dotted.split(".") if isinstance(dotted, str) else list(dotted)
+        node = raw
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{dotted}: {k} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> Config:
+    """Read, override and validate a YAML config; raises ConfigError with one clear line."""
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(err, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the config must be a YAML mapping, got {type(raw).__name__}")
+    if isinstance(overrides, dict):
+        apply_overrides(raw, overrides)
+    else:
+        for text in overrides or []:
+            keys, value = parse_override(text)
+            apply_overrides(raw, {".".join(keys): value})
+    return config_from_dict(raw)

@@ -1,0 +1,208 @@
+"""Datasets decoded once into uint8 tensors, multi-view SSL augmentation, and the splits.
+
+Every dataset becomes an ``ImageSet`` (N x C x H x W uint8 images, int64 labels), so the
+rest of the package never cares where images came from: scikit-learn's bundled
+``digits`` (the embedded default, no download), CIFAR-10/100 and STL-10 through
+torchvision (already on disk: nothing is downloaded), or any ImageFolder directory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2 as T
+
+DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read: the message names what is wrong."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[indices], self.labels[indices], self.classes)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _take(data: ImageSet, limit: Optional[int], seed: int) -> ImageSet:
+    if limit is None or limit >= len(data):
+        return data
+    return data.subset(torch.randperm(len(data), generator=_generator(seed))[:limit])
+
+
+def _digits(split: str) -> ImageSet:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).float().mul(255.0 / 16.0).round().to(torch.uint8)
+    images = images.unsqueeze(1).repeat(1, 3, 1, 1)  # grey as RGB: one code path for all datasets
+    labels = torch.from_numpy(bunch.target).long()
+    # A fixed 80/20 split (seed 0, per class) so every run and seed sees the same test set.
+    order = torch.randperm(len(labels), generator=_generator(0))
+    test = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(10):
+        members = order[labels[order] == c]
+        test[members[: len(members) // 5]] = True
+    mask = test if split == "test" else ~test
+    return ImageSet(images[mask], labels[mask], [str(c) for c in range(10)])
+
+
+def _torchvision(name: str, root: str, split: str) -> ImageSet:
+    import torchvision.datasets as D
+
+    try:
+        if name == "stl10":
+            ds = D.STL10(root, split="train" if split == "train" else "test", download=False)
+            images = torch.from_numpy(ds.data)
+            labels = torch.as_tensor(ds.labels).long()
+            classes = list(ds.classes)
+        else:
+            cls = D.CIFAR10 if name == "cifar10" else D.CIFAR100
+            ds = cls(root, train=split == "train", download=False)
+            images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            labels = torch.as_tensor(ds.targets).long()
+            classes = list(ds.classes)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
+        raise DataError(f"{name} not found under {root!r} (nothing is downloaded: put the dataset there first): {err}") from None
+    return ImageSet(images, labels, classes)
+
+
+def _imagefolder(root: str, split: str, limit: Optional[int], seed: int, image_size: Optional[int]) -> ImageSet:
+    from torchvision.datasets import ImageFolder
+    from torchvision.io import ImageReadMode, decode_image
+
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DataError(f"imagefolder dataset needs {folder} (an ImageFolder layout with train/ and test/ splits)")
+    try:
+        listing = ImageFolder(str(folder), loader=lambda p: p)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"no images under {folder}: {err}") from None
+    samples = listing.samples
+    if limit is not None and limit < len(samples):
+        samples = [samples[i] for i in torch.randperm(len(samples), generator=_generator(seed))[:limit].tolist()]
+    images, labels = [], []
+    resize = T.Resize((image_size, image_size), antialias=True) if image_size else None
+    for path, label in samples:
+        try:
+            image = decode_image(path, mode=ImageReadMode.RGB)
+        except Exception as err:  # noqa: BLE001 - any decoder failure names the file
+            raise DataError(f"cannot read image {path}: {err}") from None
+        if resize is not None and tuple(image.shape[-2:]) != (image_size, image_size):
+            image = resize(image)
+        images.append(image)
+        labels.append(label)
+    if len({tuple(i.shape) for i in images}) > 1:
+        raise DataError(f"images under {folder} differ in size: set data.image_size to resize them")
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), list(listing.classes))
+
+
+def load_images(dataset: str, split: str, root: Optional[str] = None, limit: Optional[int] = None,
+                seed: int = 0, image_size: Optional[int] = None) -> ImageSet:
+    """Decode one split (``train`` or ``test``) of a dataset into memory, at most ``limit`` images."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset == "digits":
+        data = _take(_digits(split), limit, seed)
+    else:
+        if not root:
+            raise DataError(f"dataset {dataset!r} needs data.root (a path on disk)")
+        if not Path(root).exists():
+            raise DataError(f"dataset path {root!r} does not exist")
+        if dataset == "imagefolder":
+            return _imagefolder(root, split, limit, seed, image_size)
+        data = _take(_torchvision(dataset, root, split), limit, seed)
+    if image_size and tuple(data.images.shape[-2:]) != (image_size, image_size):
+        data = ImageSet(T.functional.resize(data.images, [image_size, image_size], antialias=True),
+                        data.labels, data.classes)
+    if len(data) == 0:
+        raise DataError(f"dataset {dataset!r} split {split!r} is empty")
+    return data
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, for Normalize."""
+    x = images.float().div(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return mean.tolist(), std.tolist()
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (weight, held-out) split of ``range(n)``; the held-out part is ``fraction`` of it."""
+    order = torch.randperm(n, generator=_generator(seed))
+    n_held = int(round(n * fraction))
+    return order[n_held:], order[:n_held]
+
+
+@dataclass
+class AugmentSettings:
+    """The CIFAR two-view recipe (SimSiam, SimCLR, the SSL libraries), per field."""
+
+    crop_min_scale: float = 0.2
+    hflip_p: float = 0.5
+    jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+
+
+def ssl_view(settings: AugmentSettings, image_size: int, mean, std) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One random view of a uint8 image: crop, flip, colour jitter, grey, [blur], [solarize]."""
+    steps: list = [
+        T.RandomResizedCrop(image_size, scale=(settings.crop_min_scale, 1.0), antialias=True),
+        T.RandomHorizontalFlip(p=settings.hflip_p),
+    ]
+    if settings.jitter_p > 0:
+        steps.append(T.RandomApply([T.ColorJitter(*settings.jitter)], p=settings.jitter_p))
+    if settings.grayscale_p > 0:
+        steps.append(T.RandomGrayscale(p=settings.grayscale_p))
+    if settings.blur_p > 0:  # blur for larger images (kernel ~10% of the side, odd)
+        kernel = max(3, int(math.ceil(image_size * 0.1)) // 2 * 2 + 1)
+        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=settings.blur_p))
+    if settings.solarize_p > 0:
+        steps.append(T.RandomSolarize(128, p=settings.solarize_p))
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
+    return T.Compose(steps)
+
+
+def plain_view(mean, std) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The evaluation view: no augmentation, only scaling and normalisation."""
+    return T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+
+
+class MultiViewDataset(Dataset):
+    """Each item is a tuple of views of one image, one per transform (labels are not used)."""
+
+    def __init__(self, images: torch.Tensor, transforms: Sequence[Callable]):
+        self.images = images
+        self.transforms = list(transforms)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return tuple(t(image) for t in self.transforms)
+
+
+def normalized(data: ImageSet, mean, std) -> torch.Tensor:
+    """All images as one normalised float tensor (for kNN banks and linear probes)."""
+    return plain_view(mean, std)(data.images)

@@ -1,0 +1,122 @@
+"""The search job: DARTS or GumbelDARTS over the heads through NNI's ``NasExperiment``.
+
+config -> data -> space -> framework -> strategy -> evaluation -> ``best_architecture.json``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from experiments import nni_compat
+
+import pytorch_lightning as pl
+import torch
+from nni.nas.evaluator.pytorch import Lightning
+from nni.nas.experiment import NasExperiment
+from nni.nas.strategy import DARTS, GumbelDARTS
+
+from experiments.common import (FORMAT_VERSION, build_data, build_module, build_monitor, build_space, build_trainer,
+                                downstream_metrics, save_model_atomic, versions, write_json_atomic)
+from experiments.config import Config, ConfigError
+
+log = logging.getLogger("experiments.search")
+
+ARCHITECTURE_FILE = "best_architecture.json"
+
+
+class SearchCollapsed(RuntimeError):
+    """The derived architecture's representation collapsed: the search failed."""
+
+
+def build_strategy(cfg: Config):
+    s = cfg.search
+    common = dict(arc_learning_rate=s.arch_lr, gradient_clip_val=s.gradient_clip, warmup_epochs=s.warmup_epochs,
+                  log_prob_every_n_step=1)
+    if s.strategy == "darts":
+        return DARTS(**common)
+    if s.strategy == "gdarts":
+        return GumbelDARTS(temperature=tuple(float(t) for t in s.gumbel_temperature), **common)
+    raise ConfigError(f"search.strategy: unknown strategy {s.strategy!r}")
+
+
+def space_record(cfg: Config, framework: str, head_space: str) -> dict:
+    m = cfg.model
+    return {"framework": framework, "head_space": head_space, "backbone": m.backbone,
+            "backbone_width": m.backbone_width, "head_width": m.head_width,
+            "mlp_widths": list(m.mlp_widths), "mlp_depths": list(m.mlp_depths)}
+
+
+def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
+               log_fn: Callable[[str], None] = print) -> dict:
+    """Run one search into ``out``; returns the architecture record written to ``best_architecture.json``."""
+    if cfg.model.head_space == "fixed":
+        raise ConfigError("model.head_space: 'fixed' has nothing to search; use nasiam or mlp "
+                          "(or retrain the hand-made head with the retrain job)")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = build_data(cfg)
+    weight_idx, arch_idx = _split(cfg, data)
+    weight_loader = data.loader(weight_idx, cfg)
+    arch_loader = data.loader(arch_idx, cfg)
+    space = build_space(cfg)
+    labels = list(space.simplify())
+    log_fn(f"search space {cfg.model.head_space} for {cfg.framework}: {len(labels)} choices "
+           f"({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''}); "
+           f"{len(weight_idx)} weight / {len(arch_idx)} architecture images")
+    module = build_module(cfg, cfg.search.epochs, interleaved=True)
+    monitor = build_monitor(cfg, data, listeners)
+    monitor.listeners.insert(0, lambda r: log_fn(_epoch_line(r)))
+    trainer = build_trainer(cfg, cfg.search.epochs, out, [monitor])
+    evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader)
+    strategy = build_strategy(cfg)
+    experiment = NasExperiment(space, evaluator, strategy)
+    nni_compat.experiment_config_dir(experiment, out / "nni")
+    start = time.perf_counter()
+    experiment.run()
+    seconds = time.perf_counter() - start
+    supernet = strategy.oneshot_module
+    probabilities = nni_compat.architecture_probabilities(supernet)
+    architecture = experiment.export_top_models(formatter="dict")[0]
+    derived = experiment.export_top_models(formatter="instance")[0]
+    metrics = downstream_metrics(cfg, data, derived)
+    metrics["search_seconds"] = seconds
+    record = {
+        "format_version": FORMAT_VERSION,
+        "kind": "ssl_head_search",
+        "space": space_record(cfg, cfg.framework, cfg.model.head_space),
+        "framework": cfg.framework,
+        "architecture": architecture,
+        "probabilities": probabilities,
+        "dataset": {"name": cfg.data.dataset, "root": cfg.data.root, "train_images": len(data.train),
+                    "test_images": len(data.test), "image_size": data.image_size},
+        "strategy": cfg.search.strategy,
+        "metrics": metrics,
+        "history": monitor.history,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "status": "ok",
+    }
+    collapsed = metrics["collapse"] < cfg.search.collapse_threshold
+    if collapsed:
+        record["status"] = "collapsed"
+    write_json_atomic(out / ARCHITECTURE_FILE, record)
+    save_model_atomic(out / "search_model.pt", {"space": record["space"], "architecture": architecture,
+                                                 "state_dict": derived.state_dict()})
+    if collapsed:
+        raise SearchCollapsed(f"the derived head collapsed: collapse score {metrics['collapse']:.3f} is below "
+                              f"search.collapse_threshold {cfg.search.collapse_threshold} (healthy is about 1); "
+                              f"see {out / ARCHITECTURE_FILE}")
+    return record
+
+
+def _split(cfg: Config, data):
+    from experiments.data import split_indices
+
+    return split_indices(len(data.train), cfg.data.search_split, cfg.seed)
+
+
+def _epoch_line(r: dict) -> str:
+    loss = f"{r['ssl_loss']:.4f}" if r.get("ssl_loss") is not None else "n/a"
+    return (f"epoch {r['epoch']}: ssl_loss {loss}  knn_top1 {r['knn_top1']:.3f}  "
+            f"collapse {r['collapse']:.3f}  ({r['epoch_seconds']:.1f}s)")

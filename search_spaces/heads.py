@@ -1,0 +1,72 @@
+"""Hand-made MLP heads as data: a head is a list of blocks (in, out, norm, activation).
+
+This is lightly's ``ProjectionHead`` idea: every framework's published head is just a
+list with the paper's sizes, so the fixed baselines run on the same code path as the
+searched heads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from torch import nn
+
+# norm: None, "bn" (affine BatchNorm1d) or "bn_noaffine" (SimSiam's projector output).
+Block = tuple  # (in_dim, out_dim, norm, activation or None)
+
+
+def build_mlp(blocks: Sequence[Block]) -> nn.Sequential:
+    """Linear -> [BatchNorm1d] -> [activation] for each block; a Linear followed by BN has no bias."""
+    layers: list[nn.Module] = []
+    for in_dim, out_dim, norm, activation in blocks:
+        layers.append(nn.Linear(in_dim, out_dim, bias=norm is None))
+        if norm == "bn":
+            layers.append(nn.BatchNorm1d(out_dim))
+        elif norm == "bn_noaffine":
+            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        elif norm is not None:
+            raise ValueError(f"unknown norm {norm!r}")
+        if activation is not None:
+            layers.append(activation)
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class HeadDims:
+    """A framework's head sizes at CIFAR scale (the SSL libraries' defaults).
+
+    ``predictor_hidden`` is None for frameworks without a predictor. ``projector_out_norm``
+    is the norm after the projector's last Linear (SimSiam: BN without affine).
+    """
+
+    projector_hidden: int
+    projector_out: int
+    predictor_hidden: Optional[int] = None
+    projector_out_norm: Optional[str] = None
+    projector_hidden_layers: int = 1  # hidden Linear-BN-ReLU blocks before the output Linear
+
+    def scaled(self, factor: float) -> "HeadDims":
+        """All widths times ``factor`` (for tests and CPU runs); never below 8."""
+        s = lambda d: None if d is None else max(8, int(round(d * factor)))  # noqa: E731
+        return HeadDims(s(self.projector_hidden), s(self.projector_out), s(self.predictor_hidden),
+                        self.projector_out_norm, self.projector_hidden_layers)
+
+
+def fixed_projector(feature_dim: int, dims: HeadDims) -> nn.Sequential:
+    """The framework's hand-made projector: hidden Linear-BN-ReLU blocks, then the output Linear."""
+    blocks = []
+    in_dim = feature_dim
+    for _ in range(dims.projector_hidden_layers):
+        blocks.append((in_dim, dims.projector_hidden, "bn", nn.ReLU(inplace=True)))
+        in_dim = dims.projector_hidden
+    blocks.append((in_dim, dims.projector_out, dims.projector_out_norm, None))
+    return build_mlp(blocks)
+
+
+def fixed_predictor(dims: HeadDims) -> nn.Sequential:
+    """The hand-made predictor (SimSiam, BYOL): out -> hidden (BN, ReLU) -> out."""
+    assert dims.predictor_hidden is not None
+    return build_mlp([
+        (dims.projector_out, dims.predictor_hidden, "bn", nn.ReLU(inplace=True)),
+        (dims.predictor_hidden, dims.projector_out, None, None),
+    ])

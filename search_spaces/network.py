@@ -1,0 +1,72 @@
+"""The searched network: a backbone, a projector and (for some frameworks) a predictor.
+
+Frameworks with a momentum target (MoCo, BYOL) get a second backbone and projector built
+with the *same labels*: NNI then shares the architecture weights between the online and
+the momentum branch, and ``freeze`` gives both the same choices.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from nni.nas.nn.pytorch import ModelSpace
+from torch import nn
+
+from search_spaces.backbones import build_backbone
+from search_spaces.heads import fixed_predictor, fixed_projector
+from search_spaces.layouts import MOMENTUM_FRAMEWORKS, head_dims
+from search_spaces.mlp import MlpHead
+from search_spaces.nasiam import nasiam_predictor, nasiam_projector
+
+HEAD_SPACES = ("fixed", "nasiam", "mlp")
+
+
+def _heads(framework: str, head_space: str, feature_dim: int, head_width: float,
+           mlp_widths: Sequence[float], mlp_depths: Sequence[int]):
+    dims = head_dims(framework, head_width)
+    if head_space == "fixed":
+        projector = fixed_projector(feature_dim, dims)
+        predictor = fixed_predictor(dims) if dims.predictor_hidden else None
+    elif head_space == "nasiam":
+        projector = nasiam_projector(framework, feature_dim, dims.projector_out, head_width)
+        predictor = nasiam_predictor(framework, dims.projector_out, head_width) if dims.predictor_hidden else None
+    elif head_space == "mlp":
+        projector = MlpHead("projector", feature_dim, dims.projector_out,
+                            [round(w * dims.projector_hidden) for w in mlp_widths], mlp_depths,
+                            dims.projector_out_norm)
+        predictor = None
+        if dims.predictor_hidden:
+            predictor = MlpHead("predictor", dims.projector_out, dims.projector_out,
+                                [round(w * dims.predictor_hidden) for w in mlp_widths], mlp_depths)
+    else:
+        raise ValueError(f"unknown head space {head_space!r}; choose one of {HEAD_SPACES}")
+    return projector, predictor
+
+
+class SSLNetworkSpace(ModelSpace):
+    """Backbone + searchable projector/predictor; ``forward`` gives backbone features."""
+
+    def __init__(self, framework: str = "simsiam", head_space: str = "nasiam", backbone: str = "resnet18",
+                 backbone_width: float = 1.0, in_channels: int = 3, head_width: float = 1.0,
+                 mlp_widths: Sequence[float] = (1.0,), mlp_depths: Sequence[int] = (1, 2, 3)):
+        super().__init__()
+        self.framework = framework
+        self.head_space = head_space
+        self.backbone = build_backbone(backbone, backbone_width, in_channels)
+        feature_dim = self.backbone.feature_dim
+        self.feature_dim = feature_dim
+        self.projector, predictor = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
+        self.predictor = predictor if predictor is not None else nn.Identity()
+        self.has_predictor = predictor is not None
+        self.has_momentum = framework in MOMENTUM_FRAMEWORKS
+        if self.has_momentum:
+            self.momentum_backbone = build_backbone(backbone, backbone_width, in_channels)
+            self.momentum_projector, _ = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
+            # The target starts as an exact copy of the online branch, then follows it by EMA.
+            self.momentum_backbone.load_state_dict(self.backbone.state_dict())
+            self.momentum_projector.load_state_dict(self.projector.state_dict())
+            for p in list(self.momentum_backbone.parameters()) + list(self.momentum_projector.parameters()):
+                p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
