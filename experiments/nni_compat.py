@@ -84,3 +84,21 @@ def _typed(value: str):
 def experiment_config_dir(experiment, workdir) -> None:
     """Quirk 5: NasExperiment registers itself under ~/nni-experiments unless told otherwise."""
     experiment.config.experiment_working_directory = str(workdir)
+
+
+def plain_architecture(architecture: dict) -> dict:
+    """Quirk 6: NNI's exported choice dict is keyed by ``nni.mutable.utils.label`` objects.
+
+    They print like strings, but ``torch.load(weights_only=True)`` refuses them; keep plain
+    ``str`` keys and plain values so the dict survives JSON and safe checkpoint loading.
+    """
+    def plain(v):
+        if isinstance(v, bool) or v is None:
+            return v
+        for t in (int, float, str):
+            if isinstance(v, t):
+                return t(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return {str(k): plain(v) for k, v in architecture.items()}

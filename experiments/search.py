@@ -77,7 +77,7 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
     seconds = time.perf_counter() - start
     supernet = strategy.oneshot_module
     probabilities = nni_compat.architecture_probabilities(supernet)
-    architecture = experiment.export_top_models(formatter="dict")[0]
+    architecture = nni_compat.plain_architecture(experiment.export_top_models(formatter="dict")[0])
     derived = experiment.export_top_models(formatter="instance")[0]
     metrics = downstream_metrics(cfg, data, derived)
     metrics["search_seconds"] = seconds

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny configs that train in seconds on a 2-core CPU."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import nni_compat  # noqa: E402,F401  (filters NNI's import warning)
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def tiny_overrides(out: Path, **extra) -> dict:
+    """A digits run small enough for a test: narrow nets, few epochs, no progress bar."""
+    base = {
+        "output_dir": str(out),
+        "data.batch_size": 64,
+        "data.train_subset": 512,
+        "data.test_subset": 200,
+        "model.backbone_width": 0.125,
+        "model.head_width": 0.0625,
+        "search.epochs": 2,
+        "search.warmup_epochs": 0,
+        "train.epochs": 1,
+        "evaluation.knn_k": 20,
+        "evaluation.linear_epochs": 20,
+        "trainer.progress_bar": False,
+        "trainer.accelerator": "cpu",
+    }
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    from experiments.config import load_config
+
+    def make(**extra):
+        return load_config(ROOT / "configs" / "digits_simsiam.yml", tiny_overrides(tmp_path / "run", **extra))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cifar10_root():
+    path = SHARED_DATA / "cifar10"
+    if not (path / "train").is_dir():
+        pytest.skip("../shared/data/cifar10 is not present")
+    return path
