@@ -82,8 +82,15 @@ def _summary(record: dict, path: Path) -> None:
     table = Table(title=f"{record['framework']} · {record['space']['head_space']} heads")
     table.add_column("choice")
     table.add_column("value")
+    probabilities = record.get("probabilities") or {}
+    if probabilities:
+        table.add_column("probability", justify="right")
     for label, value in record["architecture"].items():
-        table.add_row(label, str(value))
+        row = [label, str(value)]
+        if probabilities:
+            p = probabilities.get(label, {}).get(str(value))
+            row.append(f"{p:.3f}" if p is not None else "")
+        table.add_row(*row)
     console = Console()
     console.print(table)
     m = record["metrics"]

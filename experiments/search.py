@@ -118,5 +118,11 @@ def _split(cfg: Config, data):
 
 def _epoch_line(r: dict) -> str:
     loss = f"{r['ssl_loss']:.4f}" if r.get("ssl_loss") is not None else "n/a"
+    arch = r.get("architecture") or {}
+    moved = ""
+    if arch:  # how far the architecture weights are from uniform: mean top probability vs 1/n
+        top = sum(max(p.values()) for p in arch.values()) / len(arch)
+        uniform = sum(1 / len(p) for p in arch.values()) / len(arch)
+        moved = f"  arch top-p {top:.3f} (uniform {uniform:.3f})"
     return (f"epoch {r['epoch']}: ssl_loss {loss}  knn_top1 {r['knn_top1']:.3f}  "
-            f"collapse {r['collapse']:.3f}  ({r['epoch_seconds']:.1f}s)")
+            f"collapse {r['collapse']:.3f}{moved}  ({r['epoch_seconds']:.1f}s)")
