@@ -5,9 +5,11 @@ A new framework is one new module and one line in ``FRAMEWORKS``.
 from experiments import nni_compat  # noqa: F401  (filters NNI's import warning first)
 from evaluators.byol import BYOL
 from evaluators.moco import MoCo
+from evaluators.ressl import ReSSL
 from evaluators.simclr import SimCLR
 from evaluators.simsiam import SimSiam
+from evaluators.wcl import WCL
 
-FRAMEWORKS = {cls.name: cls for cls in (SimSiam, SimCLR, MoCo, BYOL)}
+FRAMEWORKS = {cls.name: cls for cls in (SimSiam, SimCLR, MoCo, BYOL, ReSSL, WCL)}
 
-__all__ = ["FRAMEWORKS", "SimSiam", "SimCLR", "MoCo", "BYOL"]
+__all__ = ["FRAMEWORKS", "SimSiam", "SimCLR", "MoCo", "BYOL", "ReSSL", "WCL"]

@@ -71,8 +71,11 @@ def build_data(cfg: Config) -> DataBundle:
     size = int(train.images.shape[-1])
     framework = FRAMEWORKS[cfg.framework]
     settings = augment_settings(cfg, size)
-    views = framework.view_transforms(settings, size, mean, std) if hasattr(framework, "view_transforms") \
-        else [ssl_view(settings, size, mean, std), ssl_view(settings, size, mean, std)]
+    if hasattr(framework, "view_transforms"):  # a framework's own views (ReSSL weak/strong, WCL multi-crop)
+        views = framework.view_transforms(settings, size, mean, std,
+                                          options={**framework.defaults, **cfg.framework_options})
+    else:
+        views = [ssl_view(settings, size, mean, std), ssl_view(settings, size, mean, std)]
     bank = train
     if cfg.evaluation.bank_subset is not None and cfg.evaluation.bank_subset < len(train):
         bank = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))

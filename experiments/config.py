@@ -307,7 +307,7 @@ def _cross_checks(config: Config) -> None:
         if not isinstance(value, type(options[key])) and not (
                 isinstance(options[key], float) and isinstance(value, int) and not isinstance(value, bool)):
             raise ConfigError(f"framework_options.{key}: must be like {options[key]!r}, got {value!r}")
-        if isinstance(value, (int, float)) and value <= 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"framework_options.{key}: must be > 0, got {value!r}")
     if config.search.warmup_epochs >= config.search.epochs:
         raise ConfigError(f"search.warmup_epochs: must be below search.epochs ({config.search.epochs}), "

@@ -164,10 +164,15 @@ class AugmentSettings:
     solarize_p: float = 0.0
 
 
-def ssl_view(settings: AugmentSettings, image_size: int, mean, std) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One random view of a uint8 image: crop, flip, colour jitter, grey, [blur], [solarize]."""
+def ssl_view(settings: AugmentSettings, image_size: int, mean, std,
+             crop_max_scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One random view of a uint8 image: crop, flip, colour jitter, grey, [blur], [solarize].
+
+    ``image_size`` is the output side; ``crop_max_scale`` < 1 keeps crops small (multi-crop's
+    low-resolution crops).
+    """
     steps: list = [
-        T.RandomResizedCrop(image_size, scale=(settings.crop_min_scale, 1.0), antialias=True),
+        T.RandomResizedCrop(image_size, scale=(settings.crop_min_scale, crop_max_scale), antialias=True),
         T.RandomHorizontalFlip(p=settings.hflip_p),
     ]
     if settings.jitter_p > 0:

@@ -44,12 +44,13 @@ class HeadDims:
     predictor_hidden: Optional[int] = None
     projector_out_norm: Optional[str] = None
     projector_hidden_layers: int = 1  # hidden Linear-BN-ReLU blocks before the output Linear
+    projector_hidden_norm: Optional[str] = "bn"  # None: hidden blocks are Linear-ReLU (ReSSL)
 
     def scaled(self, factor: float) -> "HeadDims":
         """All widths times ``factor`` (for tests and CPU runs); never below 8."""
         s = lambda d: None if d is None else max(8, int(round(d * factor)))  # noqa: E731
         return HeadDims(s(self.projector_hidden), s(self.projector_out), s(self.predictor_hidden),
-                        self.projector_out_norm, self.projector_hidden_layers)
+                        self.projector_out_norm, self.projector_hidden_layers, self.projector_hidden_norm)
 
 
 def fixed_projector(feature_dim: int, dims: HeadDims) -> nn.Sequential:
@@ -57,7 +58,7 @@ def fixed_projector(feature_dim: int, dims: HeadDims) -> nn.Sequential:
     blocks = []
     in_dim = feature_dim
     for _ in range(dims.projector_hidden_layers):
-        blocks.append((in_dim, dims.projector_hidden, "bn", nn.ReLU(inplace=True)))
+        blocks.append((in_dim, dims.projector_hidden, dims.projector_hidden_norm, nn.ReLU(inplace=True)))
         in_dim = dims.projector_hidden
     blocks.append((in_dim, dims.projector_out, dims.projector_out_norm, None))
     return build_mlp(blocks)

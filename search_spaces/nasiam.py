@@ -75,25 +75,32 @@ class NasiamCell(nn.Sequential):
 # predictor 4 layers P -> H -> H -> H -> P. MoCo v2: 4 layers at f then Linear to 128.
 # SimCLR: 6 layers, the last to 128. BYOL (not in NASiam; ours): MoCo's projector and
 # SimSiam's predictor shape at BYOL's sizes, with NASiam's 512-wide predictor hidden layer.
+# ReSSL and WCL (not in NASiam; ours): ReSSL is MoCo-shaped (momentum teacher, queue), so it
+# takes MoCo's projector; WCL's two heads are SimCLR-shaped (NT-Xent) and take SimCLR's
+# layout each, the second under the labels ``projector2.layer<i>.op``.
 NASIAM_LAYOUTS = {
     "simsiam": dict(projector=("at_f", 6, "linear_bn_noaffine"), predictor=4),
     "moco": dict(projector=("at_f", 4, "linear"), predictor=0),
     "simclr": dict(projector=("to_out", 6, None), predictor=0),
     "byol": dict(projector=("at_f", 4, "linear"), predictor=4),
+    "ressl": dict(projector=("at_f", 4, "linear"), predictor=0),
+    "wcl": dict(projector=("to_out", 6, None), projector2=("to_out", 6, None), predictor=0),
 }
 NASIAM_PREDICTOR_HIDDEN = 512
 
 
-def nasiam_projector(framework: str, feature_dim: int, out_dim: int, width: float = 1.0) -> nn.Module:
-    if framework not in NASIAM_LAYOUTS:
-        raise ValueError(f"the nasiam space has no layout for framework {framework!r}")
-    kind, n_layers, tail = NASIAM_LAYOUTS[framework]["projector"]
+def nasiam_projector(framework: str, feature_dim: int, out_dim: int, width: float = 1.0,
+                     prefix: str = "projector") -> nn.Module:
+    """The projector (or, with ``prefix="projector2"``, a framework's second head) of the layout."""
+    if framework not in NASIAM_LAYOUTS or prefix not in NASIAM_LAYOUTS[framework]:
+        raise ValueError(f"the nasiam space has no {prefix} layout for framework {framework!r}")
+    kind, n_layers, tail = NASIAM_LAYOUTS[framework][prefix]
     f = feature_dim
     if kind == "at_f":
         dims = [(f, f)] * n_layers
     else:
         dims = [(f, f)] * (n_layers - 1) + [(f, out_dim)]
-    cell = NasiamCell("projector", dims)
+    cell = NasiamCell(prefix, dims)
     if tail is None:
         return cell
     parts = [cell, nn.Linear(f, out_dim, bias=tail != "linear_bn_noaffine")]

@@ -2,7 +2,8 @@
 
 Frameworks with a momentum target (MoCo, BYOL) get a second backbone and projector built
 with the *same labels*: NNI then shares the architecture weights between the online and
-the momentum branch, and ``freeze`` gives both the same choices.
+the momentum branch, and ``freeze`` gives both the same choices. WCL has a second
+projection head, ``projector2``, searched under its own labels (``projector2.layer1.op``).
 """
 from __future__ import annotations
 
@@ -14,26 +15,36 @@ from torch import nn
 
 from search_spaces.backbones import build_backbone
 from search_spaces.heads import fixed_predictor, fixed_projector
-from search_spaces.layouts import MOMENTUM_FRAMEWORKS, head_dims
+from search_spaces.layouts import MOMENTUM_FRAMEWORKS, TWO_HEAD_FRAMEWORKS, head_dims
 from search_spaces.mlp import MlpHead
 from search_spaces.nasiam import nasiam_predictor, nasiam_projector
 
 HEAD_SPACES = ("fixed", "nasiam", "mlp")
 
 
+def _projector(framework: str, head_space: str, feature_dim: int, head_width: float,
+               mlp_widths: Sequence[float], mlp_depths: Sequence[int], prefix: str = "projector"):
+    """A projection head; ``prefix`` names its labels (``projector2`` for a second head)."""
+    dims = head_dims(framework, head_width)
+    if head_space == "fixed":
+        return fixed_projector(feature_dim, dims)
+    if head_space == "nasiam":
+        return nasiam_projector(framework, feature_dim, dims.projector_out, head_width, prefix)
+    if head_space == "mlp":
+        return MlpHead(prefix, feature_dim, dims.projector_out,
+                       [round(w * dims.projector_hidden) for w in mlp_widths], mlp_depths, dims.projector_out_norm)
+    raise ValueError(f"unknown head space {head_space!r}; choose one of {HEAD_SPACES}")
+
+
 def _heads(framework: str, head_space: str, feature_dim: int, head_width: float,
            mlp_widths: Sequence[float], mlp_depths: Sequence[int]):
     dims = head_dims(framework, head_width)
+    projector = _projector(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
     if head_space == "fixed":
-        projector = fixed_projector(feature_dim, dims)
         predictor = fixed_predictor(dims) if dims.predictor_hidden else None
     elif head_space == "nasiam":
-        projector = nasiam_projector(framework, feature_dim, dims.projector_out, head_width)
         predictor = nasiam_predictor(framework, dims.projector_out, head_width) if dims.predictor_hidden else None
     elif head_space == "mlp":
-        projector = MlpHead("projector", feature_dim, dims.projector_out,
-                            [round(w * dims.projector_hidden) for w in mlp_widths], mlp_depths,
-                            dims.projector_out_norm)
         predictor = None
         if dims.predictor_hidden:
             predictor = MlpHead("predictor", dims.projector_out, dims.projector_out,
@@ -59,6 +70,9 @@ class SSLNetworkSpace(ModelSpace):
         self.predictor = predictor if predictor is not None else nn.Identity()
         self.has_predictor = predictor is not None
         self.has_momentum = framework in MOMENTUM_FRAMEWORKS
+        if framework in TWO_HEAD_FRAMEWORKS:  # WCL: a second head with its own labels (projector2.*)
+            self.projector2 = _projector(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
+                                         prefix="projector2")
         if self.has_momentum:
             self.momentum_backbone = build_backbone(backbone, backbone_width, in_channels)
             self.momentum_projector, _ = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths)

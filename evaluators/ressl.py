@@ -1,0 +1,63 @@
+"""ReSSL (Zheng et al., NeurIPS 2021): relational self-supervised learning with weak augmentation.
+
+The student (online network, strong view) matches the teacher's (momentum network, weak
+view) distribution of similarities to a memory queue of past teacher embeddings; the
+teacher's distribution is sharpened by a lower temperature. Defaults are the paper's CIFAR
+recipe (queue 4096, momentum 0.99, temperatures 0.1 / 0.04); for ImageNet-size images the
+paper uses a queue of 131072 and momentum 0.999 with the same temperatures. The momentum
+update and the queue push happen once per weight step (never in a DARTS architecture step).
+The EMA coefficient is ``teacher_momentum`` (the base class's ``momentum`` is SGD's).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from evaluators.base import SSLFramework
+from evaluators.losses import RelationalLoss
+from experiments.data import AugmentSettings, ssl_view
+
+
+class ReSSL(SSLFramework):
+    name = "ressl"
+    defaults = {"student_temperature": 0.1, "teacher_temperature": 0.04, "queue_size": 4096,
+                "teacher_momentum": 0.99}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.criterion = RelationalLoss(self.options["student_temperature"], self.options["teacher_temperature"])
+        queue = F.normalize(torch.randn(int(self.options["queue_size"]), self.embedding_dim), dim=1)
+        self.register_buffer("queue", queue)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def view_transforms(cls, settings: AugmentSettings, size: int, mean, std, options: Optional[dict] = None):
+        """[strong, weak]: the config's augmentation for the student; crop and flip only for the teacher."""
+        weak = dataclasses.replace(settings, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+        return [ssl_view(settings, size, mean, std), ssl_view(weak, size, mean, std)]
+
+    def before_weight_step(self):
+        self.momentum_step(self.options["teacher_momentum"], schedule=False)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Overwrite the oldest entries with ``keys`` (a ring buffer), newest last."""
+        keys = F.normalize(keys.detach(), dim=1)
+        size = self.queue.shape[0]
+        keys = keys[-size:]
+        idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
+
+    def ssl_loss(self, views, arch_step):
+        strong, weak = views[:2]
+        student = self.embed(strong, arch_step)
+        teacher = self.momentum_embed(weak)
+        # a copy: the push below changes the queue in place before backward needs it
+        loss = self.criterion(student, teacher, self.queue.clone())
+        if not arch_step:
+            self.enqueue(teacher)
+        return loss
