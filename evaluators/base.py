@@ -36,7 +36,7 @@ class SSLFramework(LightningModule):
     #: framework-specific options with their defaults; the config validates against these
     defaults: dict[str, Any] = {}
 
-    def __init__(self, *, lr: float = 0.06, momentum: float = 0.9, weight_decay: float = 5e-4,
+    def __init__(self, *, lr: float = 0.06, sgd_momentum: float = 0.9, weight_decay: float = 5e-4,
                  batch_size: int = 256, max_epochs: int = 100, warmup_epochs: int = 0,
                  optimizer: str = "sgd", param_free_penalty: float = 0.0, fast_arch_step: bool = True,
                  interleaved: bool = False, embedding_dim: int = 128, **options: Any):
@@ -45,7 +45,7 @@ class SSLFramework(LightningModule):
         if unknown:
             raise ValueError(f"{self.name} has no option(s) {sorted(unknown)}; it takes {sorted(self.defaults)}")
         self.options = {**self.defaults, **options}
-        self.lr, self.sgd_momentum, self.weight_decay = lr, momentum, weight_decay
+        self.lr, self.sgd_momentum, self.weight_decay = lr, sgd_momentum, weight_decay
         self.batch_size, self.max_epochs, self.lr_warmup_epochs = batch_size, max_epochs, warmup_epochs
         self.optimizer_name = optimizer
         self.param_free_penalty = param_free_penalty

@@ -95,7 +95,7 @@ def build_module(cfg: Config, epochs: int, interleaved: bool, framework: Optiona
     name = framework or cfg.framework
     o = cfg.optim
     return FRAMEWORKS[name](
-        lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, optimizer=o.optimizer,
+        lr=o.lr, sgd_momentum=o.momentum, weight_decay=o.weight_decay, optimizer=o.optimizer,
         warmup_epochs=o.warmup_epochs, batch_size=cfg.data.batch_size, max_epochs=epochs,
         param_free_penalty=cfg.search.param_free_penalty if interleaved else 0.0,
         fast_arch_step=cfg.search.fast_arch_step, interleaved=interleaved,

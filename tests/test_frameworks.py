@@ -63,3 +63,9 @@ def test_parameter_free_mass_of_the_nasiam_space_under_darts():
     mass.backward()
     alpha = space.projector.layer1._arch_alpha
     assert alpha.grad is not None and alpha.grad[:3].gt(0).all() and alpha.grad[3:].lt(0).all()
+
+
+@pytest.mark.parametrize("name", ["moco", "byol"])
+def test_ema_momentum_option_does_not_collide_with_sgd_momentum(name):
+    module = FRAMEWORKS[name](momentum=0.5, sgd_momentum=0.8)
+    assert module.options["momentum"] == 0.5 and module.sgd_momentum == 0.8
