@@ -33,6 +33,7 @@ class TrialRow:
     intermediate: list = field(default_factory=list)  # [(parameter id, metric dict)]
     final: Optional[dict] = None
     final_parameter_id: Optional[str] = None
+    swapped: bool = False  # NNI recorded other parameters than the trial ran (nni_compat quirk 10)
 
     @property
     def default(self) -> Optional[float]:
@@ -120,6 +121,7 @@ def read_experiment(experiment_id: str, experiment_dir: Optional[str] = None) ->
         raise ConfigError(f"{db}: cannot read NNI's database: {err}") from None
     profile = json.loads(profiles[0][0]) if profiles else {}
     trials: dict[str, TrialRow] = {}
+    records: dict[str, dict] = {}  # parameter id -> parameters, over all trials
     for trial_id, event, data, log_path, sequence in events:
         row = trials.setdefault(trial_id, TrialRow(trial_id, int(sequence) if sequence is not None else -1))
         row.status = event
@@ -133,6 +135,7 @@ def read_experiment(experiment_id: str, experiment_dir: Optional[str] = None) ->
             if isinstance(record, dict) and "parameters" in record:
                 row.parameters = record.get("parameters") or {}
                 row.parameter_id = record.get("parameter_id")
+                records[str(row.parameter_id)] = row.parameters
     for trial_id, parameter_id, kind, _sequence, data in metrics:
         row = trials.setdefault(trial_id, TrialRow(trial_id, -1))
         try:
@@ -143,13 +146,17 @@ def read_experiment(experiment_id: str, experiment_dir: Optional[str] = None) ->
             row.final, row.final_parameter_id = value, parameter_id
         else:
             row.intermediate.append((parameter_id, value))
+    for row in trials.values():  # the metrics carry the id of the parameters the trial really ran
+        ran = row.final_parameter_id or (row.intermediate[0][0] if row.intermediate else None)
+        if ran is not None and str(ran) != str(row.parameter_id) and str(ran) in records:
+            row.parameters, row.parameter_id, row.swapped = records[str(ran)], int(ran), True
     ordered = sorted(trials.values(), key=lambda t: (t.sequence, t.trial_id))
     return ExperimentRecord(experiment_id, directory, profile, ordered)
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.3f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.3g}"
     return "" if value is None else str(value)
 
 
@@ -160,6 +167,7 @@ def print_table(exp: ExperimentRecord, best: Optional[TrialRow], console=None) -
     console = console or Console()
     keys = list(dict.fromkeys(k for t in exp.trials for k in t.parameters))
     metric_keys = ["default", "linear_top1", "ssl_loss", "collapse"]
+    headers = {"default": "default (kNN)", "linear_top1": "linear", "ssl_loss": "ssl loss", "collapse": "collapse"}
     name = exp.profile.get("experimentName") or ""
     table = Table(title=f"experiment {exp.experiment_id} {name} ({len(exp.trials)} trials, "
                         f"{exp.optimize_mode} default)")
@@ -170,9 +178,11 @@ def print_table(exp: ExperimentRecord, best: Optional[TrialRow], console=None) -
         table.add_column(k, overflow="fold")
     table.add_column("epochs", justify="right")
     for k in metric_keys:
-        table.add_column(k, justify="right")
+        table.add_column(headers[k], justify="right")
     for t in exp.trials:
         status = t.status + (" ★" if best is not None and t is best else "")
+        if t.swapped:
+            status += f"\n(ran parameter id {t.parameter_id})"
         if t.status == "FAILED":
             reason = t.error_line()
             status += f"\n{reason[:80]}" if reason else ""
@@ -221,6 +231,8 @@ def main(args) -> int:
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
+        console = Console(width=160)
     try:
         exp = read_experiment(args.experiment, args.experiment_dir)
         best = exp.best()

@@ -41,14 +41,13 @@ def _cwd(path: Path) -> Iterator[None]:
 
 def load_experiment_config(path: str | Path):
     """NNI's own parse and validation of the experiment file, errors as one line."""
-    from nni.experiment.config import ExperimentConfig
+    from experiments import nni_compat
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"nnictl config {str(p)!r} does not exist")
     try:
-        config = ExperimentConfig.load(str(p))
-        canonical = config.canonical_copy()
+        canonical = nni_compat.load_experiment_config(p)
     except Exception as err:  # noqa: BLE001 - NNI raises AttributeError, ValueError, TypeError, yaml errors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{p}: {first}") from None

@@ -177,3 +177,59 @@ def unregistered_nested_experiments():
             NasExperiment._start_without_nni_manager, NasExperiment._stop_without_nni_manager = saved
 
     return skipping()
+
+
+def manager_parameter_record(received: dict | None, wait_seconds: float = 15.0) -> dict | None:
+    """Quirk 10: NNI 3.0 hands queued parameters to concurrent trials in the order they *ask*.
+
+    The v3 training-service layer (``nni_node/training_service/v3/compat.js``) records each new
+    trial with the next parameter at submission, but answers ``get_next_parameter()`` from a
+    shared queue: when two trials start together and the second asks first, each runs the
+    other's parameters while the dashboard's trial table (and its hyper-parameter plot) shows
+    the recorded ones. The trial's metrics still carry the id it received, so the tuner is right
+    and only the trial-to-parameters view is swapped. Ask the manager (its REST API, at the base
+    of ``NNI_TRIAL_COMMAND_CHANNEL``) which record it holds for this trial and run that one; if
+    it cannot be reached (remote training services) keep what was received.
+    """
+    import json
+    import os
+    import time
+    import urllib.error
+    import urllib.request
+
+    channel_url = os.environ.get("NNI_TRIAL_COMMAND_CHANNEL") or ""
+    trial_id = os.environ.get("NNI_TRIAL_JOB_ID")
+    if received is None or not trial_id or not channel_url.startswith("http://") or "/env/" not in channel_url:
+        return received
+    url = f"{channel_url.split('/env/', 1)[0]}/api/v1/nni/trial-jobs/{trial_id}"
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                job = json.loads(resp.read() or b"null")
+            records = [json.loads(h) for h in (job or {}).get("hyperParameters") or []]
+            if records:
+                recorded = records[-1]
+                if isinstance(recorded, dict) and "parameter_id" in recorded and "parameters" in recorded:
+                    return recorded
+        except (OSError, ValueError, urllib.error.URLError):
+            pass
+        if time.monotonic() >= deadline:
+            return received
+        time.sleep(1.0)
+
+
+def load_experiment_config(path):
+    """Quirk 11: ``ExperimentConfig.load`` leaves its base path set when a file fails to parse.
+
+    NNI sets a module-global base path, builds the config, then unsets it; an error in between
+    (an unknown field) leaves it set, and every later ``load`` in the process dies on a bare
+    ``AssertionError``. Unset it whatever happens. Returns NNI's canonical (validated) config.
+    """
+    from nni.experiment.config import ExperimentConfig
+    from nni.experiment.config.utils import internal
+
+    try:
+        return ExperimentConfig.load(str(path)).canonical_copy()
+    finally:
+        internal.unset_base_path()

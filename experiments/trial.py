@@ -79,7 +79,14 @@ class Trial:
             return cls({}, None, log_fn)
         import nni
 
-        parameters = nni.get_next_parameter() or {}
+        nni.get_next_parameter()
+        received = nni.trial._params
+        nni.trial._params = nni_compat.manager_parameter_record(received)
+        if received and nni.trial._params is not received:
+            if nni.trial._params["parameter_id"] != received["parameter_id"]:
+                log_fn(f"NNI handed this trial parameter id {received['parameter_id']}, but the manager records "
+                       f"{nni.trial._params['parameter_id']} for it: running the recorded one (nni_compat quirk 10)")
+        parameters = (nni.trial._params or {}).get("parameters") or {}
         channel = nni_compat.TrialChannel()  # before any search can replace NNI's globals
         log_fn(f"nni trial {nni.get_trial_id()} of experiment {nni.get_experiment_id()}: parameter id "
                f"{channel.parameter_id}, parameters {parameters}")
