@@ -29,7 +29,6 @@ def _parser() -> argparse.ArgumentParser:
         if job != "evaluate":
             s.add_argument("--output-dir", help="where results go (default: the config's output_dir)")
             s.add_argument("--overwrite", action="store_true", help="replace the results of a finished run")
-        if job != "evaluate":
             s.add_argument("--nni", action="store_true",
                            help="run as the trial of an nnictl experiment (README: Searching with nnictl)")
         if job == "retrain":

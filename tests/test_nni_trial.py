@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -124,12 +123,13 @@ def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch):
     assert recorder.sent[-1][3]["default"] == pytest.approx(result["metrics"]["knn_top1"])
 
 
-def test_a_failing_trial_exits_non_zero_with_its_reason_on_stderr(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "experiments", "search", "--nni", "--config",
-                           "configs/digits_simsiam.yml", "--set", "search.arch_lrr=0.1",
-                           "--output-dir", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == \
+def test_a_failing_trial_exits_non_zero_with_its_reason_on_stderr(tmp_path, capsys):
+    from experiments.cli import main
+
+    status = main(["search", "--nni", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+                   "--set", "search.arch_lrr=0.1", "--output-dir", str(tmp_path / "x")])
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "error: search.arch_lrr: unknown field; did you mean 'arch_lr'?"
     assert not (tmp_path / "x").exists()
 
@@ -286,12 +286,16 @@ def test_check_passes_a_good_experiment_and_names_each_problem(tmp_path):
             check(good, port, _env(DIGITS))
 
 
-def test_check_command_fails_fast_with_one_error_line(tmp_path):
+def test_check_command_fails_fast_with_one_error_line(tmp_path, capsys, monkeypatch):
+    from experiments.cli import main
+
     path = _nni_config(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "experiments", "check", str(path), "--port", "0"], cwd=ROOT,
-                          env=_env("--set data.root=/no/such/cifar10"), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["error: data.root: dataset path '/no/such/cifar10' does not exist"]
+    for key, value in _env("--set data.root=/no/such/cifar10").items():
+        monkeypatch.setenv(key, value)
+    assert main(["check", str(path), "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == ["error: data.root: dataset path '/no/such/cifar10' does not exist"]
+    assert captured.out == ""
 
 
 # ---------------------------------------------------------------- pictures

@@ -194,24 +194,24 @@ def test_dashboard_trial_list_shows_the_trials(experiment, tmp_path):
         Path(save).write_bytes(png.read_bytes())
 
 
-def test_export_after_stop_writes_an_architecture_retrain_accepts(experiment, tmp_path):
+def test_export_after_stop_writes_an_architecture_retrain_accepts(experiment, tmp_path, capsys):
     from conftest import tiny_overrides
     from experiments.architecture import build_fixed, read_architecture
+    from experiments.cli import main
     from experiments.config import load_config
 
     experiment.stop()  # export reads NNI's stored data, no manager needed
     output = tmp_path / "best.json"
-    done = subprocess.run([sys.executable, "-m", "experiments", "export", "--experiment", experiment.id,
-                           "--experiment-dir", str(experiment.workdir), "--output", str(output)],
-                          capture_output=True, text=True, cwd=ROOT, env=experiment.env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "SUCCEEDED" in done.stdout and "★" in done.stdout
+    assert main(["export", "--experiment", experiment.id, "--experiment-dir", str(experiment.workdir),
+                 "--output", str(output)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("SUCCEEDED") == 2 and "★" in table
     record = read_architecture(output)
     assert record["nni"]["parameters"]["search.arch_lr"] in ARCH_LRS
     finals = {}
     for trial_dir in experiment.workdir.glob("*/environments/*/trials/*"):
         finals[trial_dir.name] = json.loads((trial_dir / "best_architecture.json").read_text())["metrics"]["knn_top1"]
-    assert record["nni"]["trial_id"] == max(finals, key=finals.get)
+    assert finals[record["nni"]["trial_id"]] == max(finals.values())
     cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", tiny_overrides(tmp_path / "r"))
     network, architecture = build_fixed(record, cfg)  # what `retrain --arch` does with it
     assert architecture == record["architecture"]
