@@ -156,7 +156,7 @@ def read_experiment(experiment_id: str, experiment_dir: Optional[str] = None) ->
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.3g}"
+        return f"{value:.3g}"
     return "" if value is None else str(value)
 
 
