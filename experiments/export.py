@@ -174,7 +174,8 @@ def print_table(exp: ExperimentRecord, best: Optional[TrialRow], console=None) -
     table.add_column("no.", justify="right")
     table.add_column("trial", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    for k in keys:
+    wide = len(keys) > 5  # e.g. a head search's ten labels: one column, one line per parameter
+    for k in (["parameters"] if wide else keys):
         table.add_column(k, overflow="fold")
     table.add_column("epochs", justify="right")
     for k in metric_keys:
@@ -187,7 +188,9 @@ def print_table(exp: ExperimentRecord, best: Optional[TrialRow], console=None) -
             reason = t.error_line()
             status += f"\n{reason[:80]}" if reason else ""
         final = t.final or {}
-        table.add_row(str(t.sequence), t.trial_id, status, *[_fmt(t.parameters.get(k)) for k in keys],
+        params = (["\n".join(f"{k}: {_fmt(t.parameters.get(k))}" for k in keys)] if wide
+                  else [_fmt(t.parameters.get(k)) for k in keys])
+        table.add_row(str(t.sequence), t.trial_id, status, *params,
                       str(len(t.intermediate)), *[_fmt(final.get(k)) for k in metric_keys])
     console.print(table)
 

@@ -104,7 +104,8 @@ def plain_architecture(architecture: dict) -> dict:
     return {str(k): plain(v) for k, v in architecture.items()}
 
 
-# Quirks 7 and 8 meet a search that runs as the trial of an nnictl (HPO) experiment.
+# Quirks 7-11 meet a search that runs as the trial of an nnictl (HPO) experiment; their tests are
+# tests/test_nni_compat_trial.py (7, 8, 9, 11) and tests/test_nni_trial.py (10).
 # Quirk 7: while a one-shot ``NasExperiment`` runs, the sequential engine replaces NNI's global trial
 # command channel with its own, so ``nni.report_intermediate_result`` called from inside the search
 # (an epoch listener) reaches the engine, not the NNI manager: the dashboard shows nothing.

@@ -261,7 +261,8 @@ def _scalars(out: Path):
 def _picture(record: dict, out: Path, cfg, log_fn) -> None:
     from experiments.plots import plot_architecture_history
 
-    title = f"{cfg.framework} {cfg.model.head_space} heads, {cfg.search.strategy}, seed {cfg.seed}"
+    title = (f"{cfg.framework} {cfg.model.head_space} heads, {cfg.search.strategy}, arch_lr {cfg.search.arch_lr:.3g}, "
+             f"seed {cfg.seed}")
     path = plot_architecture_history(record.get("history") or [], out / PICTURE_FILE, title)
     if path is not None:
         log_fn(f"written: {path}")
