@@ -225,7 +225,8 @@ def add_export_parser(sub) -> None:
     s.add_argument("--experiment-dir", metavar="DIR",
                    help="the experiment's experimentWorkingDirectory (default: where nnictl's list says, "
                         "else ~/nni-experiments)")
-    s.add_argument("--output", metavar="FILE", help="best architecture JSON (default: runs/nni-<ID>/best_architecture.json)")
+    s.add_argument("--output", metavar="FILE",
+                   help="best architecture JSON (default: runs/nni-<ID>/best_architecture.json)")
 
 
 def main(args) -> int:

@@ -151,7 +151,7 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
     code_dir = Path(exp.trial_code_directory)
     tokens, args = trial_arguments(exp.trial_command, env)
     if args is None:
-        notes.append(f"trialCommand does not run `python -m experiments search|retrain`: only NNI's checks apply")
+        notes.append("trialCommand does not run `python -m experiments search|retrain`: only NNI's checks apply")
     else:
         if not args.nni:
             raise ConfigError("trialCommand: add --nni, or trials run without reporting to the dashboard")

@@ -269,15 +269,15 @@ def test_check_passes_a_good_experiment_and_names_each_problem(tmp_path):
         check(bad_nni, None, _env(DIGITS))
     space = yaml.safe_load(good.read_text())["searchSpace"]
     with pytest.raises(ConfigError, match=r"searchSpace.search.arch_lrr = .*did you mean 'arch_lr'"):
-        check(_nni_config(tmp_path, "bad_key", searchSpace={**space, "search.arch_lrr": {"_type": "choice", "_value": [1]}}),
-              None, _env(DIGITS))
+        bad_space = {**space, "search.arch_lrr": {"_type": "choice", "_value": [1]}}
+        check(_nni_config(tmp_path, "bad_key", searchSpace=bad_space), None, _env(DIGITS))
     with pytest.raises(ConfigError, match=r"search.warmup_epochs = 5: .*must be below search.epochs \(4\)"):
-        check(good, None, _env("--config configs/digits_simsiam.yml --set search.epochs=4 --set search.warmup_epochs=0"))
+        check(good, None, _env(f"{DIGITS} --set search.epochs=4 --set search.warmup_epochs=0"))
     with pytest.raises(ConfigError, match="data.root: dataset path '/no/such/cifar10' does not exist"):
         check(good, None, _env("--set data.root=/no/such/cifar10"))
     with pytest.raises(ConfigError, match="add --nni"):
-        check(_nni_config(tmp_path, "no_nni", trialCommand="python -m experiments search --config configs/digits_simsiam.yml"),
-              None, _env(""))
+        no_nni = "python -m experiments search --config configs/digits_simsiam.yml"
+        check(_nni_config(tmp_path, "no_nni", trialCommand=no_nni), None, _env(""))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

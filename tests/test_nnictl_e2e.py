@@ -79,8 +79,8 @@ class Experiment:
 
     def write_config(self) -> Path:
         raw = yaml.safe_load((ROOT / "nni_configs" / "darts_simsiam.yml").read_text())
-        raw.update(searchSpace={"search.arch_lr": {"_type": "choice", "_value": ARCH_LRS}}, tuner={"name": "GridSearch"},
-                   trialConcurrency=2, maxTrialNumber=2, maxTrialDuration="10m", maxExperimentDuration="15m",
+        raw.update(searchSpace={"search.arch_lr": {"_type": "choice", "_value": ARCH_LRS}},
+                   tuner={"name": "GridSearch"}, trialConcurrency=2, maxTrialNumber=2, maxTrialDuration="10m", maxExperimentDuration="15m",
                    trialCodeDirectory=str(ROOT), experimentWorkingDirectory=str(self.workdir))
         path = self.base / "tiny.yml"
         path.write_text(yaml.safe_dump(raw))
