@@ -1,4 +1,4 @@
-"""Command line: ``python -m experiments {search,retrain,evaluate} --config FILE [--set key=value ...]``.
+"""Command line: ``python -m experiments {search,retrain,evaluate,export,check} --config FILE [--set key=value ...]``.
 
 Bad input ends with one ``error:`` line on stderr and exit status 2, before anything is
 written; a search whose derived head collapsed exits with status 3.
@@ -29,15 +29,32 @@ def _parser() -> argparse.ArgumentParser:
         if job != "evaluate":
             s.add_argument("--output-dir", help="where results go (default: the config's output_dir)")
             s.add_argument("--overwrite", action="store_true", help="replace the results of a finished run")
+            s.add_argument("--nni", action="store_true",
+                           help="run as the trial of an nnictl experiment (README: Searching with nnictl)")
         if job == "retrain":
-            s.add_argument("--arch", required=True, help="architecture JSON (best_architecture.json or a shipped one)")
+            s.add_argument("--arch", help="architecture JSON (best_architecture.json or a shipped one); with --nni "
+                                          "and no --arch the tuner's parameters are the architecture")
         if job == "evaluate":
             s.add_argument("--checkpoint", required=True, help="search_model.pt or retrain_model.pt")
+    from experiments.export import add_export_parser
+    from experiments.nni_check import add_check_parser
+
+    add_export_parser(sub)
+    add_check_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.job in ("export", "check"):
+        from experiments import export, nni_check
+
+        return (export if args.job == "export" else nni_check).main(args)
+    if getattr(args, "nni", False):
+        return _trial(args)
+    if args.job == "retrain" and not args.arch:
+        parser.error("retrain: --arch is required (except with --nni, where the tuner gives the architecture)")
     from experiments.config import ConfigError, load_config
 
     try:
@@ -73,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _trial(args) -> int:
+    from experiments import trial
+
+    common = dict(output_dir=args.output_dir, overwrite=args.overwrite)
+    if args.job == "search":
+        return trial.guarded(lambda: trial.run_search_trial(args.config, args.overrides, **common))
+    if args.arch:
+        return trial.guarded(lambda: trial.run_retrain_trial(args.config, args.overrides, args.arch, **common))
+    return trial.guarded(lambda: trial.run_head_trial(args.config, args.overrides, **common))
 
 
 def _summary(record: dict, path: Path) -> None:

@@ -1,0 +1,211 @@
+"""Check an nnictl experiment file before ``nnictl create`` starts trials that would all fail.
+
+``python -m experiments check nni_configs/darts_simsiam.yml [--port 8080]`` checks, in
+a few seconds: the NNI file itself (NNI's own schema), the trial command (our entry, ``--nni``, a
+``python`` on PATH that has the requirements), the SSL config it names with its ``--set``
+overrides and ``$SSLNAS_ARGS``, every search-space key and the ends of its range against that
+config, that the dataset is on disk, and that the port is free. The first problem ends it with
+one ``error:`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from experiments.config import ConfigError, load_config
+
+DEFAULT_PORT = 8080
+# Training services whose manager also listens on port + 1 (NNI 3.0 launcher).
+WEBSOCKET_PLATFORMS = ("hybrid", "remote", "openpai", "kubeflow", "frameworkcontroller", "adl")
+JOBS = ("search", "retrain")
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def load_experiment_config(path: str | Path):
+    """NNI's own parse and validation of the experiment file, errors as one line."""
+    from experiments import nni_compat
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"nnictl config {str(p)!r} does not exist")
+    try:
+        canonical = nni_compat.load_experiment_config(p)
+    except Exception as err:  # noqa: BLE001 - NNI raises AttributeError, ValueError, TypeError, yaml errors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{p}: {first}") from None
+    return canonical
+
+
+def representative_values(spec: Any, key: str) -> list:
+    """The values of a search-space entry worth checking: every choice, or the ends of a range."""
+    if not isinstance(spec, dict) or "_type" not in spec or "_value" not in spec:
+        raise ConfigError(f"searchSpace.{key}: needs _type and _value (NNI's search-space format)")
+    kind, value = spec["_type"], spec["_value"]
+    if kind == "choice":
+        return list(value)
+    if kind in ("randint",):
+        return [int(value[0]), int(value[1]) - 1]
+    if kind in ("uniform", "quniform", "loguniform", "qloguniform"):
+        return [value[0], value[1]]
+    if kind in ("normal", "qnormal", "lognormal", "qlognormal"):
+        return [value[0]]
+    raise ConfigError(f"searchSpace.{key}: unknown _type {kind!r}")
+
+
+def expand(command: str, env: dict) -> str:
+    """``$NAME`` and ``${NAME}`` as bash expands them (unset is empty), e.g. ``$SSLNAS_ARGS``."""
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), command)
+
+
+def trial_arguments(command: str, env: dict) -> tuple[list[str], Optional[Any]]:
+    """``(tokens, parsed args)`` of the trial command; args is None when it is not our entry."""
+    expanded = expand(command, env)
+    try:
+        tokens = shlex.split(expanded)
+    except ValueError as err:
+        raise ConfigError(f"trialCommand: cannot split {expanded!r}: {err}") from None
+    if len(tokens) < 4 or tokens[1:3] != ["-m", "experiments"] or tokens[3] not in JOBS:
+        return tokens, None
+    from experiments.cli import _parser
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            args = _parser().parse_args(tokens[3:])
+    except SystemExit:
+        last = (captured.getvalue().strip().splitlines() or ["cannot parse it"])[-1]
+        raise ConfigError(f"trialCommand: {last}") from None
+    return tokens, args
+
+
+def check_python(executable: str, code_dir: Path, env: dict) -> str:
+    """The trial's ``python`` must exist on PATH and import the requirements."""
+    found = shutil.which(executable, path=env.get("PATH", ""))
+    if found is None:
+        raise ConfigError(f"trialCommand: {executable!r} is not on PATH; activate the project's virtual "
+                          f"environment (source .venv/bin/activate) before nnictl create")
+    if os.path.realpath(found) == os.path.realpath(sys.executable):
+        return found
+    probe = subprocess.run([found, "-c", "import torch, nni, pytorch_lightning, experiments"], cwd=code_dir,
+                           env=env, capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["it failed"])[-1]
+        raise ConfigError(f"trialCommand: {executable!r} on PATH is {found}, which cannot import the "
+                          f"requirements ({last}); activate the project's virtual environment before nnictl create")
+    return found
+
+
+def check_port(port: int, platform: str) -> None:
+    ports = [port] + ([port + 1] if platform in WEBSOCKET_PLATFORMS else [])
+    for p in ports:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", p)) == 0:
+                raise ConfigError(f"port {p} is taken (another experiment or program listens there); "
+                                  f"pass another --port to nnictl create")
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", p))
+            except OSError as err:
+                raise ConfigError(f"port {p} cannot be used: {err.strerror}; pass another --port") from None
+
+
+def check_dataset(cfg) -> None:
+    d = cfg.data
+    if d.dataset != "imagefolder":
+        return
+    for split in ("train", "test"):
+        folder = Path(d.root) / split
+        if not folder.is_dir() or not any(child.is_dir() for child in folder.iterdir()):
+            raise ConfigError(f"data.root: {folder} is missing or has no class folders (an ImageFolder "
+                              f"layout with train/ and test/ splits is needed)")
+
+
+def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[dict] = None) -> list[str]:
+    """All checks; returns what was found, raises ConfigError on the first problem."""
+    from experiments.trial import cli_overrides
+
+    env = dict(os.environ) if env is None else env
+    notes = []
+    exp = load_experiment_config(path)
+    platform = exp.training_service.platform if not isinstance(exp.training_service, list) else "hybrid"
+    notes.append(f"{path}: NNI accepts it ({exp.tuner.name if exp.tuner else 'no'} tuner, {platform} "
+                 f"training service, {exp.trial_concurrency} at a time, at most {exp.max_trial_number} trials)")
+    code_dir = Path(exp.trial_code_directory)
+    tokens, args = trial_arguments(exp.trial_command, env)
+    if args is None:
+        notes.append("trialCommand does not run `python -m experiments search|retrain`: only NNI's checks apply")
+    else:
+        if not args.nni:
+            raise ConfigError("trialCommand: add --nni, or trials run without reporting to the dashboard")
+        if platform == "local":
+            notes.append(f"trial python: {check_python(tokens[0], code_dir, env)}")
+        overrides = cli_overrides(args.overrides)
+        with _cwd(code_dir):
+            cfg = load_config(args.config, overrides)
+            check_dataset(cfg)
+            notes.append(f"SSL config {args.config}: {cfg.framework}, {cfg.model.head_space} heads, "
+                         f"{cfg.data.dataset} data")
+            labels = {}
+            if args.job == "retrain" and not args.arch:
+                from experiments.common import build_space
+
+                labels = {str(k): list(m.values) for k, m in build_space(cfg).simplify().items()}
+                missing = sorted(set(labels) - set(exp.search_space or {}))
+                if missing:
+                    raise ConfigError(f"searchSpace: a head trial needs every label of the space; missing "
+                                      f"{', '.join(missing)} (regenerate it with python -m experiments.export_space)")
+            for key, spec in (exp.search_space or {}).items():
+                for value in representative_values(spec, key):
+                    if key in labels:
+                        if value not in labels[key]:
+                            raise ConfigError(f"searchSpace.{key}: {value!r} is not one of its choices {labels[key]}")
+                        continue
+                    try:
+                        load_config(args.config, {**overrides, key: value})
+                    except ConfigError as err:
+                        raise ConfigError(f"searchSpace.{key} = {value!r}: {err}") from None
+            notes.append(f"searchSpace: {len(exp.search_space or {})} keys, every choice and range end accepted")
+    if port is not None:
+        check_port(port, platform)
+        notes.append(f"port {port} is free")
+    return notes
+
+
+def main(args) -> int:
+    try:
+        notes = check(args.nni_config, args.port)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"ok: {note}")
+    port = f" --port {args.port}" if args.port is not None else ""
+    extra = os.environ.get("SSLNAS_ARGS")
+    prefix = f"SSLNAS_ARGS={shlex.quote(extra)} " if extra else ""
+    print(f"ready: {prefix}nnictl create --config {args.nni_config}{port}")
+    return 0
+
+
+def add_check_parser(sub) -> None:
+    s = sub.add_parser("check", help="check an nnictl experiment file (and its SSL config, data, port) "
+                                     "before nnictl create")
+    s.add_argument("nni_config", help="an nnictl experiment file, e.g. nni_configs/darts_simsiam.yml")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="the port nnictl create will use (default 8080)")

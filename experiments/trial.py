@@ -1,0 +1,268 @@
+"""A search, or one fixed head, run as the trial of an nnictl experiment (``--nni``).
+
+nnictl runs HPO experiments only, so each trial is one whole job:
+
+- ``python -m experiments search --nni --config F``: one DARTS/GumbelDARTS search; the
+  tuner's parameters are dotted config keys (``search.arch_lr``, ``seed``) that override F.
+- ``python -m experiments retrain --nni --config F``: one fixed head trained from scratch;
+  the tuner's parameters are the head space's own labels (``projector.layer1.op``), so the
+  dashboard compares architectures directly; other keys override F as above.
+
+Precedence: the YAML file, then ``--set`` on the trial command, then the tuner's parameters.
+Every epoch reports ``{'default': knn_top1, 'ssl_loss', 'collapse', 'epoch'}``; the end reports
+``{'default': knn_top1, 'linear_top1', 'ssl_loss', 'collapse'}`` under the trial's own
+parameter id (``nni_compat.TrialChannel``). Results go to ``$NNI_OUTPUT_DIR``, which the
+dashboard's trial detail and its TensorBoard button read. Outside NNI the same entry runs
+alone: no parameters, reports only printed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from experiments import nni_compat
+from experiments.config import ConfigError, load_config, parse_override
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_COLLAPSED = 3
+
+PICTURE_FILE = "architecture_weights.png"
+
+
+def inside_nni() -> bool:
+    """True in a process that nnictl started as a trial."""
+    return os.environ.get("NNI_PLATFORM") not in (None, "", "unittest")
+
+
+def _number(x: Any) -> Optional[float]:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def intermediate_metric(record: dict) -> dict:
+    """One epoch's monitor record as an NNI metric: ``default`` is the online kNN top-1."""
+    metric = {"default": _number(record["knn_top1"]), "ssl_loss": _number(record.get("ssl_loss")),
+              "collapse": _number(record.get("collapse")), "epoch": int(record["epoch"])}
+    return {k: v for k, v in metric.items() if v is not None}
+
+
+def final_metric(result: dict) -> dict:
+    """A finished job's record as the final NNI metric: downstream kNN, linear probe, last SSL loss."""
+    m = result["metrics"]
+    history = result.get("history") or []
+    metric = {"default": _number(m["knn_top1"]), "linear_top1": _number(m.get("linear_top1")),
+              "ssl_loss": _number(history[-1].get("ssl_loss")) if history else None,
+              "collapse": _number(m.get("collapse"))}
+    return {k: v for k, v in metric.items() if v is not None}
+
+
+class Trial:
+    """The parameters of this trial and the channel its results go back through."""
+
+    def __init__(self, parameters: dict, channel: Optional[nni_compat.TrialChannel],
+                 log_fn: Callable[[str], None] = print):
+        self.parameters = dict(parameters)
+        self.channel = channel
+        self.log_fn = log_fn
+
+    @classmethod
+    def start(cls, log_fn: Callable[[str], None] = print) -> "Trial":
+        if not inside_nni():
+            log_fn("not inside an nnictl trial: no tuner parameters; metrics are only printed")
+            return cls({}, None, log_fn)
+        import nni
+
+        nni.get_next_parameter()
+        received = nni.trial._params
+        nni.trial._params = nni_compat.manager_parameter_record(received)
+        if received and nni.trial._params is not received:
+            if nni.trial._params["parameter_id"] != received["parameter_id"]:
+                log_fn(f"NNI handed this trial parameter id {received['parameter_id']}, but the manager records "
+                       f"{nni.trial._params['parameter_id']} for it: running the recorded one (nni_compat quirk 10)")
+        parameters = (nni.trial._params or {}).get("parameters") or {}
+        channel = nni_compat.TrialChannel()  # before any search can replace NNI's globals
+        log_fn(f"nni trial {nni.get_trial_id()} of experiment {nni.get_experiment_id()}: parameter id "
+               f"{channel.parameter_id}, parameters {parameters}")
+        return cls(parameters, channel, log_fn)
+
+    def output_dir(self, fallback: Path) -> Path:
+        """``$NNI_OUTPUT_DIR`` inside a trial (what the dashboard shows), else ``fallback``."""
+        return Path(os.environ["NNI_OUTPUT_DIR"]) if self.channel is not None and os.environ.get("NNI_OUTPUT_DIR") \
+            else fallback
+
+    def report_epoch(self, record: dict) -> None:
+        metric = intermediate_metric(record)
+        if self.channel is not None:
+            self.channel.report_intermediate(metric)
+
+    def report_final(self, metric: dict) -> None:
+        if self.channel is not None:
+            self.channel.report_final(metric)
+            self.channel.restore()
+        self.log_fn(f"final result: {metric}")
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.restore()
+
+
+def cli_overrides(texts: list[str]) -> dict:
+    out = {}
+    for text in texts:
+        keys, value = parse_override(text)
+        out[".".join(keys)] = value
+    return out
+
+
+def _with_parameters(message: str, parameters: dict) -> str:
+    return f"{message} (this trial's parameters: {parameters})" if parameters else message
+
+
+def _load(config: Optional[str], overrides: dict, parameters: dict):
+    try:
+        return load_config(config, overrides)
+    except ConfigError as err:
+        raise ConfigError(_with_parameters(str(err), parameters)) from None
+
+
+def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
+                     overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
+    """One search as one trial: the tuner's parameters are config keys."""
+    from experiments.search import ARCHITECTURE_FILE, SearchCollapsed, run_search
+
+    trial = Trial.start(log_fn)
+    try:
+        cfg = _load(config, cli_overrides(overrides), trial.parameters)
+        out = trial.output_dir(Path(output_dir or cfg.output_dir))
+        cfg = _load(config, {**cli_overrides(overrides), **trial.parameters, "output_dir": str(out)},
+                    trial.parameters)
+        _refuse_finished(out / ARCHITECTURE_FILE, trial, overwrite)
+        scalars = _scalars(out)
+        listeners = [trial.report_epoch] + ([scalars] if scalars else [])
+        status = 0
+        with nni_compat.unregistered_nested_experiments():
+            try:
+                record = run_search(cfg, out, listeners=listeners, log_fn=log_fn)
+            except SearchCollapsed as err:  # the record is written; the tuner still learns from it
+                import json
+
+                record = json.loads((out / ARCHITECTURE_FILE).read_text())
+                log_fn(f"error: {err}")
+                print(f"error: {err}", file=sys.stderr)
+                status = EXIT_COLLAPSED
+            finally:
+                if scalars:
+                    scalars.close()
+        trial.close()
+        _picture(record, out, cfg, log_fn)
+        trial.report_final(final_metric(record))
+        return status
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        trial.close()
+
+
+def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
+                   overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
+    """One fixed head as one trial: the tuner's parameters are the head space's labels."""
+    from experiments.common import build_space
+    from experiments.retrain import RESULTS_FILE, run_retrain
+    from experiments.search import space_record
+
+    trial = Trial.start(log_fn)
+    try:
+        base = _load(config, cli_overrides(overrides), trial.parameters)
+        labels = set(build_space(base).simplify())
+        architecture = {k: v for k, v in trial.parameters.items() if k in labels}
+        settings = {k: v for k, v in trial.parameters.items() if k not in labels}
+        if not architecture:
+            raise ConfigError(_with_parameters(
+                f"retrain --nni without --arch takes the architecture from the tuner, but no parameter names a "
+                f"label of the {base.model.head_space} space for {base.framework} (e.g. {sorted(labels)[0]}); "
+                f"generate the search space with python -m experiments.export_space", trial.parameters))
+        out = trial.output_dir(Path(output_dir or base.output_dir))
+        cfg = _load(config, {**cli_overrides(overrides), **settings, "output_dir": str(out)}, trial.parameters)
+        _refuse_finished(out / RESULTS_FILE, trial, overwrite)
+        record = {"space": space_record(cfg, cfg.framework, cfg.model.head_space), "framework": cfg.framework,
+                  "architecture": architecture}
+        result = run_retrain(cfg, record, out, listeners=[trial.report_epoch], log_fn=log_fn,
+                             source="the tuner's parameters")
+        trial.report_final(final_metric(result))
+        return 0
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        trial.close()
+
+
+def run_retrain_trial(config: Optional[str], overrides: list[str], arch: str, output_dir: Optional[str] = None,
+                      overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
+    """A given architecture retrained as one trial: the tuner's parameters are config keys (e.g. seeds)."""
+    from experiments.architecture import read_architecture
+    from experiments.retrain import RESULTS_FILE, run_retrain
+
+    trial = Trial.start(log_fn)
+    try:
+        cfg = _load(config, cli_overrides(overrides), trial.parameters)
+        out = trial.output_dir(Path(output_dir or cfg.output_dir))
+        cfg = _load(config, {**cli_overrides(overrides), **trial.parameters, "output_dir": str(out)},
+                    trial.parameters)
+        _refuse_finished(out / RESULTS_FILE, trial, overwrite)
+        result = run_retrain(cfg, read_architecture(arch), out, listeners=[trial.report_epoch], log_fn=log_fn,
+                             source=arch)
+        trial.report_final(final_metric(result))
+        return 0
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        trial.close()
+
+
+def guarded(job: Callable[[], int]) -> int:
+    """Run a trial job; an unexpected failure exits 1 with its traceback and one ``error:`` line on stderr."""
+    try:
+        return job()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a trial must say why it failed, then exit non-zero
+        traceback.print_exc(file=sys.stderr)
+        print(f"error: trial failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _refuse_finished(path: Path, trial: Trial, overwrite: bool) -> None:
+    if trial.channel is None and path.exists() and not overwrite:
+        raise ConfigError(f"{path} exists: this run is finished; pass --overwrite to replace it or choose "
+                          f"another --output-dir")
+
+
+def _scalars(out: Path):
+    try:
+        from experiments.plots import ArchitectureScalars
+
+        import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+    except ModuleNotFoundError:
+        return None
+    return ArchitectureScalars(out / "tensorboard")
+
+
+def _picture(record: dict, out: Path, cfg, log_fn) -> None:
+    from experiments.plots import plot_architecture_history
+
+    title = (f"{cfg.framework} {cfg.model.head_space} heads, {cfg.search.strategy}, arch_lr {cfg.search.arch_lr:.3g}, "
+             f"seed {cfg.seed}")
+    path = plot_architecture_history(record.get("history") or [], out / PICTURE_FILE, title)
+    if path is not None:
+        log_fn(f"written: {path}")
