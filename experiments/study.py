@@ -263,12 +263,21 @@ def summarise(rows: list[dict], arms: list[Arm], threshold: float) -> list[dict]
         }
         table.append(entry)
     base = next((e for e in table if e["arm"] == "hand-made"), None)
+    base_rows = {r["seed"]: r for r in rows if r["arm"] == "hand-made"}
     for e in table:
         e["vs_hand_made"] = None if base is None or e is base or e["arm"] in ("untrained", "raw-pixels") else {
             "knn": verdict(e, base, "knn_top1"), "linear": verdict(e, base, "linear_top1"),
             "knn_delta": e["knn_top1"][0] - base["knn_top1"][0],
-            "linear_delta": e["linear_top1"][0] - base["linear_top1"][0]}
+            "linear_delta": e["linear_top1"][0] - base["linear_top1"][0],
+            "knn_seeds_above": _seeds_above(rows, e["arm"], base_rows, "knn_top1"),
+            "linear_seeds_above": _seeds_above(rows, e["arm"], base_rows, "linear_top1")}
     return table
+
+
+def _seeds_above(rows: list[dict], arm: str, base_rows: dict, key: str) -> list[int]:
+    """[k, n]: on k of the n seeds both ran, the arm beat the hand-made head (same seed: same data split)."""
+    pairs = [(r[key], base_rows[r["seed"]][key]) for r in rows if r["arm"] == arm and r["seed"] in base_rows]
+    return [sum(a > b for a, b in pairs), len(pairs)]
 
 
 def short_architecture(architecture: dict) -> str:
@@ -317,8 +326,9 @@ def table_rows(table: list[dict]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for e in table:
         vs = e["vs_hand_made"]
-        cell = "–" if vs is None else (f"{vs['knn']} ({vs['knn_delta']:+.3f}) / "
-                                        f"{vs['linear']} ({vs['linear_delta']:+.3f})")
+        cell = "–" if vs is None else (
+            f"{vs['knn']} ({vs['knn_delta']:+.3f}, {'/'.join(map(str, vs['knn_seeds_above']))}) / "
+            f"{vs['linear']} ({vs['linear_delta']:+.3f}, {'/'.join(map(str, vs['linear_seeds_above']))})")
         rows.append([e["arm"], _fmt(e["knn_top1"]), _fmt(e["linear_top1"]), cell, _collapse_cell(e),
                      _seconds(e["search_seconds"]), _seconds(e["train_seconds"]), f"{e['head_params']:,}"])
     return header, rows
@@ -350,16 +360,18 @@ def markdown(study: dict) -> str:
              f"- machine: {v['machine']}, {v['cpu_count']} CPUs, GPU: {v['cuda'] or 'none'}; "
              f"python {v['python']}, torch {v['torch']}, torchvision {v['torchvision']}, nni {v['nni']}, "
              f"pytorch-lightning {v['pytorch_lightning']}",
-             f"- load average (1 min) at start / end: {study['load_average'][0]:.1f} / "
+             f"- load average (1 min) at start / end of this invocation: {study['load_average'][0]:.1f} / "
              f"{study['load_average'][1]:.1f} (a shared machine: times are wall-clock and noisy)",
-             f"- seeds: {', '.join(map(str, study['seeds']))}; finished {study['finished']}; "
-             f"study wall time {study['wall_seconds'] / 60:.1f} min",
+             f"- seeds: {', '.join(map(str, study['seeds']))}; finished {study['finished']}; search + training "
+             f"time summed over the runs {study['run_seconds'] / 60:.1f} min; this invocation "
+             f"{study['wall_seconds'] / 60:.1f} min wall, {study['reused_runs']} of {len(study['runs'])} runs "
+             f"reused from an earlier invocation with the same config",
              f"- budget: {b['summary']}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "kNN (k={knn_k}, T={knn_t}) and linear probe ({lin} epochs) on frozen backbone features of the test "
               "split; mean ± sample std over seeds. *vs hand-made*: win / loss when the mean ± std intervals do not "
-              "overlap, otherwise tie (difference of means in brackets). *collapse*: the projector output's "
+              "overlap, otherwise tie; in brackets the difference of means and on how many seeds the arm beat the hand-made head (same seed, same data). *collapse*: the projector output's "
               "collapse score after training (about 1 healthy, 0 collapsed; COLLAPSED below {thr}). *search s*: "
               "wall time of the DARTS search; *retrain s*: of the training. *head params*: projector + predictor."
               .format(knn_k=b["knn_k"], knn_t=b["knn_temperature"], lin=b["linear_epochs"], thr=b["collapse_threshold"]),
@@ -498,6 +510,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "wall_seconds": time.perf_counter() - start,
         "finished": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "reused_runs": sum(r["reused"] for r in rows),
+        "run_seconds": sum((r.get("train_seconds") or 0) + ((r.get("search") or {}).get("seconds") or 0) for r in rows),
         "table": summarise(rows, arms, first.search.collapse_threshold), "runs": rows,
         "base_config": str(base), "overrides": args.overrides,
     }

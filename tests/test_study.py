@@ -76,7 +76,9 @@ def test_study_command_prints_and_writes_the_table(tmp_path, capsys):
         assert 0.0 <= knn <= 1.0 and std is None  # one seed: no spread
         assert rows[name]["collapse_min"] is not None
     assert rows["hand-made"]["vs_hand_made"] is None
-    assert set(rows["darts-mlp"]["vs_hand_made"]) == {"knn", "linear", "knn_delta", "linear_delta"}
+    vs = rows["darts-mlp"]["vs_hand_made"]
+    assert vs["knn"] == "n/a" and vs["knn_seeds_above"][1] == 1  # one seed: no verdict, one paired seed
+    assert vs["knn_delta"] == rows["darts-mlp"]["knn_top1"][0] - rows["hand-made"]["knn_top1"][0]
     assert rows["darts-nasiam"]["search_seconds"] > 0 and rows["hand-made"]["search_seconds"] is None
     assert "projector.depth" in rows["darts-mlp"]["architectures"]["0"]
     assert rows["nasiam-published"]["architectures"]["0"]["predictor.layer2.op"] == "avgpool_3x3"
@@ -90,5 +92,5 @@ def test_study_command_prints_and_writes_the_table(tmp_path, capsys):
     # Rerunning the same command reuses every finished run and gives the same table.
     assert study.main(argv) == 0
     again = json.loads((docs / "head_study_simsiam_digits.json").read_text())
-    assert again["reused_runs"] == len(arms.split(","))
+    assert again["reused_runs"] == len(arms.split(",")) and again["run_seconds"] == result["run_seconds"] > 0
     assert [e["knn_top1"] for e in again["table"]] == [e["knn_top1"] for e in result["table"]]
