@@ -234,3 +234,51 @@ def load_experiment_config(path):
         return ExperimentConfig.load(str(path)).canonical_copy()
     finally:
         internal.unset_base_path()
+
+class LabelParameterDict(torch.nn.ParameterDict):
+    """An ``nn.ParameterDict`` whose keys may contain dots (each is stored under ``__dot__``)."""
+
+    def _key_to_attr(self, key: str) -> str:
+        return super()._key_to_attr(key).replace(".", "__dot__")
+
+
+def allow_dotted_repeat_labels() -> None:
+    """Quirk 12: DARTS's ``DifferentiableMixedRepeat`` keys its alphas by label in an ``nn.ParameterDict``,
+    and torch refuses a '.' in a parameter name, so a searched depth labelled ``projector.depth`` fails
+    (``KeyError: parameter name can't contain "."``). Keep the label, escape the dot in the attribute."""
+    from nni.nas.nn.pytorch import Repeat
+    from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedRepeat
+
+    if getattr(DifferentiableMixedRepeat, "_dotted_labels_allowed", False):
+        return
+
+    def __init__(self, blocks, depth, softmax, alphas):  # NNI 3.0's body, with our dict
+        Repeat.__init__(self, blocks, depth)
+        self._softmax = softmax
+        self._arch_alpha = LabelParameterDict(alphas)
+
+    DifferentiableMixedRepeat.__init__ = __init__
+    DifferentiableMixedRepeat._dotted_labels_allowed = True
+
+
+allow_dotted_repeat_labels()
+
+
+def freeze_linear_without_bias() -> None:
+    """Quirk 13: after a one-shot search, freezing a ``MutableLinear(..., bias=False)`` fails: NNI's
+    ``MixedLinear.freeze_weight`` returns ``bias: None`` and ``load_state_dict`` rejects the key
+    (``Unexpected key(s) in state_dict: "bias"``). Leave a missing bias out of the weights."""
+    from nni.nas.oneshot.pytorch.supermodule.operation import MixedLinear
+
+    if getattr(MixedLinear, "_bias_free_freeze", False):
+        return
+    original = MixedLinear.freeze_weight
+
+    def freeze_weight(self, *args, **kwargs):
+        return {k: v for k, v in original(self, *args, **kwargs).items() if v is not None}
+
+    MixedLinear.freeze_weight = freeze_weight
+    MixedLinear._bias_free_freeze = True
+
+
+freeze_linear_without_bias()
