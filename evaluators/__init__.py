@@ -7,7 +7,8 @@ from evaluators.byol import BYOL
 from evaluators.moco import MoCo
 from evaluators.simclr import SimCLR
 from evaluators.simsiam import SimSiam
+from evaluators.supervised import Supervised
 
-FRAMEWORKS = {cls.name: cls for cls in (SimSiam, SimCLR, MoCo, BYOL)}
+FRAMEWORKS = {cls.name: cls for cls in (SimSiam, SimCLR, MoCo, BYOL, Supervised)}
 
-__all__ = ["FRAMEWORKS", "SimSiam", "SimCLR", "MoCo", "BYOL"]
+__all__ = ["FRAMEWORKS", "SimSiam", "SimCLR", "MoCo", "BYOL", "Supervised"]
