@@ -252,11 +252,11 @@ def _strategy(cfg: Config, module, cost: BackboneCost, scorer, data, weight_idx)
 
     s, b = cfg.search, cfg.backbone_search
     common = dict(arc_learning_rate=s.arch_lr, gradient_clip_val=s.gradient_clip, warmup_epochs=s.warmup_epochs,
-                  log_prob_every_n_step=1)
+                  log_prob_every_n_step=1, mutation_hooks=nni_compat.mixed_op_hooks())
     if b.strategy in INTERLEAVED and (b.max_flops is not None or b.max_params is not None) and b.budget_penalty > 0:
         module.arch_penalties["budget"] = budget_penalty_fn(cost, b.max_flops, b.max_params, b.budget_penalty)
     if b.strategy == "spos":
-        return RandomOneShot()
+        return RandomOneShot(mutation_hooks=nni_compat.mixed_op_hooks())
     if b.strategy == "darts":
         return DARTS(**common)
     if b.strategy == "gdarts":
@@ -268,7 +268,8 @@ def _strategy(cfg: Config, module, cost: BackboneCost, scorer, data, weight_idx)
         module.reward_bank = (bank[0], bank[1], scorer.num_classes, min(cfg.evaluation.knn_k, len(bank[0])),
                               cfg.evaluation.knn_temperature)
         return nni_compat.tagged_enas(cost, b.max_flops, b.max_params, b.budget_penalty,
-                                      batches_per_update=b.enas_batches_per_update, warmup_epochs=s.warmup_epochs)
+                                      batches_per_update=b.enas_batches_per_update, warmup_epochs=s.warmup_epochs,
+                                      mutation_hooks=nni_compat.mixed_op_hooks())
     raise ConfigError(f"backbone_search.strategy: unknown strategy {b.strategy!r}")
 
 

@@ -270,6 +270,11 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        if isinstance(value, str):  # PyYAML reads 2e6 and 1e-3 (no dot) as strings
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
         return False, value
     if annotation is str:
         return isinstance(value, str), value

@@ -214,3 +214,38 @@ def enas_probabilities(oneshot_module) -> dict[str, dict[str, float]]:
         p = torch.softmax(torch.tensor([float(logits[v]) for v in values]), dim=0).tolist()
         out[label] = {str(v): q for v, q in zip(values, p)}
     return out
+
+
+def _drop_none(state: dict) -> dict:
+    return {k: v for k, v in state.items() if v is not None}
+
+
+try:  # the one-shot package needs pytorch-lightning; it is always there in this project
+    from nni.nas.oneshot.pytorch.supermodule.operation import MixedConv2d as _MixedConv2d
+    from nni.nas.oneshot.pytorch.supermodule.operation import MixedLinear as _MixedLinear
+
+    class BiasFreeMixedConv2d(_MixedConv2d):
+        """MixedConv2d whose weight-preserving ``freeze`` also works without a bias (see quirk 12)."""
+
+        def freeze_weight(self, **kwargs):
+            return _drop_none(super().freeze_weight(**kwargs))
+
+    class BiasFreeMixedLinear(_MixedLinear):
+        """MixedLinear whose weight-preserving ``freeze`` also works without a bias (see quirk 12)."""
+
+        def freeze_weight(self, **kwargs):
+            return _drop_none(super().freeze_weight(**kwargs))
+except ImportError:  # pragma: no cover
+    BiasFreeMixedConv2d = BiasFreeMixedLinear = None
+
+
+def mixed_op_hooks() -> list:
+    """Quirk 12: NNI's weight-preserving ``freeze`` of a bias-free mixed conv/linear layer fails.
+
+    ``MixedConv2d.freeze_weight`` returns ``{'weight': ..., 'bias': None}`` and ``freeze`` loads
+    it into a ``Conv2d(bias=False)``, which rejects the unexpected ``bias`` key; so no sub-network
+    of a supernet with a searched width (every ResNet conv is bias-free) can be frozen with its
+    weights. These hooks (pass them as a one-shot strategy's ``mutation_hooks``; they run before
+    NNI's own) build mixed layers that drop the ``None`` entries.
+    """
+    return [BiasFreeMixedConv2d.mutate, BiasFreeMixedLinear.mutate]
