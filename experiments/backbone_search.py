@@ -81,17 +81,17 @@ def fit_to_budget(probabilities: dict[str, dict[str, float]], architecture: dict
     """The argmax architecture, made to fit the budget by the cheapest changes in probability.
 
     Greedy: while over budget, take the change of one choice to a cheaper value that gives up
-    the least log-probability per unit of (relative) excess cost removed.
+    the least log-probability per unit of (relative) excess cost removed; between equals, the
+    one that stays closest under the budget.
     """
     arch = dict(architecture)
+    limits = [(q, float(v)) for q, v in (("flops", max_flops), ("params", max_params)) if v is not None]
 
-    def excess(c: Cost) -> float:
-        e = 0.0
-        if max_flops is not None:
-            e += max(0.0, c.flops / max_flops - 1.0)
-        if max_params is not None:
-            e += max(0.0, c.params / max_params - 1.0)
-        return e
+    def excess(c: Cost) -> float:  # relative cost above the budget, summed over the limits
+        return sum(max(0.0, getattr(c, q) / v - 1.0) for q, v in limits)
+
+    def undershoot(c: Cost) -> float:  # relative room left under the tightest limit
+        return min(max(0.0, 1.0 - getattr(c, q) / v) for q, v in limits)
 
     current = cost(arch)
     while excess(current) > 0:
@@ -108,7 +108,7 @@ def fit_to_budget(probabilities: dict[str, dict[str, float]], architecture: dict
                 if gain <= 0:
                     continue
                 loss = math.log(p_now) - math.log(max(p.get(str(v), 1e-12), 1e-12))
-                score = loss / gain
+                score = (round(loss / gain, 9), undershoot(c))
                 if best is None or score < best[0]:
                     best = (score, trial, c)
         if best is None:  # no single change helps: fall back to the smallest network
@@ -174,7 +174,7 @@ def run_backbone_search(cfg: Config, out: Path, listeners: Sequence[Callable[[di
     experiment = NasExperiment(space, evaluator, strategy)
     nni_compat.experiment_config_dir(experiment, out / "nni")
     start = time.perf_counter()
-    experiment.run()
+    _run_and_stop(experiment)
     train_seconds = time.perf_counter() - start
     supernet = strategy.supernet
     probabilities: dict = {}
@@ -303,11 +303,19 @@ def _evolve(cfg: Config, supernet, cost: BackboneCost, scorer, out: Path, log_fn
     experiment = NasExperiment(supernet, FunctionalEvaluator(evaluate), evolution)
     experiment.config.max_trial_number = b.trials
     nni_compat.experiment_config_dir(experiment, out / "nni")
-    experiment.run()
+    _run_and_stop(experiment)
     if not history:
         raise ConfigError("backbone_search: the evolution scored no network (is the budget too tight?)")
     best = max(history, key=lambda r: r["score"])
     return dict(best["architecture"]), history
+
+
+def _run_and_stop(experiment) -> None:
+    """``run()`` leaves an NNI experiment open until process exit (atexit); close it here."""
+    try:
+        experiment.run()
+    finally:
+        experiment.stop()
 
 
 def _benchmark_entry(architecture: dict) -> Optional[dict]:

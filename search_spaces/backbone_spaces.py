@@ -32,7 +32,8 @@ def is_backbone_space(name: str) -> bool:
 
 
 def space_options(name: str) -> list[str]:
-    params = inspect.signature(BACKBONE_SPACES[name].__init__).parameters
+    cls = BACKBONE_SPACES[name]
+    params = inspect.signature(getattr(cls, "_init_wrapped", cls.__init__)).parameters  # NNI wraps __init__
     return [p for p in params if p not in ("self", *_RESERVED)]
 
 

@@ -4,8 +4,9 @@ FLOPs are multiply-accumulates of convolutions and linear layers at the given in
 (NAS-Bench-Macro's ``count_FLOPs``); parameters are all of them, BatchNorm affine included.
 The macro spaces get both from NNI's own profilers (``FlopsProfiler``/``NumParamsProfiler``
 turn the space into one symbolic expression per quantity, evaluated per sample in
-microseconds, and whose expectation under the architecture weights is differentiable). The
-ResNet space, whose widths interact across stages, counts itself in closed form.
+microseconds; their cost is a sum over layers, so its expectation under the architecture
+weights is exact and differentiable). The ResNet space, whose widths interact across
+stages, counts itself in closed form.
 """
 from __future__ import annotations
 
@@ -75,15 +76,33 @@ class BackboneCost:
         """True when the cost is a sum of per-label terms (the macro spaces), so expectations are exact."""
         return self.flops_expression is not None
 
-    def expected(self, probabilities: Mapping[str, torch.Tensor], quantity: str = "flops") -> torch.Tensor:
-        """E[cost] under independent per-label distributions (tensors in ``self.labels`` order): differentiable."""
-        from nni.nas.oneshot.pytorch.supermodule._expression_utils import expression_expectation
+    def _tables(self) -> dict:
+        """Per-label cost deltas from the all-first-values network: ``{quantity: (base, {label: [delta...]})}``."""
+        if getattr(self, "_table_cache", None) is None:
+            if not self.separable:
+                raise TypeError("an expected cost needs a space whose cost is a sum over its choices")
+            base_sample = {label: values[0] for label, values in self.labels.items()}
+            base = self(base_sample)
+            tables = {"flops": (base.flops, {}), "params": (base.params, {})}
+            for label, values in self.labels.items():
+                costs = [self(dict(base_sample, **{label: v})) for v in values]
+                tables["flops"][1][label] = [c.flops - base.flops for c in costs]
+                tables["params"][1][label] = [c.params - base.params for c in costs]
+            self._table_cache = tables
+        return self._table_cache
 
-        expression = self.flops_expression if quantity == "flops" else self.params_expression
-        if expression is None:
-            raise TypeError("expected cost needs a separable (expression-profiled) space")
-        value = expression_expectation(expression, dict(probabilities))
-        return value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    def expected(self, probabilities: Mapping[str, torch.Tensor], quantity: str = "flops") -> torch.Tensor:
+        """E[cost] under independent per-label distributions (tensors in ``self.labels`` order): differentiable.
+
+        Exact for the macro spaces, whose cost is the stem and head plus one term per layer; labels
+        missing from ``probabilities`` count at their first value.
+        """
+        base, deltas = self._tables()[quantity]
+        total = torch.tensor(float(base))
+        for label, p in probabilities.items():
+            if label in deltas:
+                total = total + (p * torch.tensor(deltas[label], dtype=p.dtype, device=p.device)).sum().cpu()
+        return total
 
     def smallest(self, key: str = "flops") -> tuple[dict, Cost]:
         """The cheapest sample by ``key`` (ties broken by the other): coordinate descent over labels,
