@@ -148,7 +148,7 @@ class SSLFramework(LightningModule):
             return torch.zeros((), device=self.device)
         return torch.stack(masses).mean()
 
-    # --- the reward of a sampled network (ENAS: the strategy reads ``val/reward``) ---------------
+    # --- the reward of a sampled network (ENAS reads ``val/reward``) ------------------------------
     @torch.no_grad()
     def reward(self, batch) -> torch.Tensor:
         """kNN top-1 of the batch's first view against ``reward_bank`` (the batch's last item is its labels)."""
@@ -163,7 +163,9 @@ class SSLFramework(LightningModule):
         prediction = knn_predict(queries.float().cpu(), bank.float().cpu(), labels.cpu(), num_classes, k, temperature)
         return (prediction == y.cpu()).float().mean()
 
-    def validation_step(self, batch, batch_idx):
+    def reward_step(self, batch, batch_idx):
+        """ENAS's ``validation_step`` (the backbone search sets it on the module for ENAS only, so
+        that no other job gains a validation loop): logs ``val/reward``."""
         value = self.reward(batch)
         self.log("val/reward", value, on_step=True, on_epoch=False, batch_size=len(batch[0]))
         return value

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -135,9 +136,23 @@ def validate(cfg: Config) -> None:
         nni_compat.require_tianshou()
 
 
-def run_backbone_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
-                        log_fn: Callable[[str], None] = print) -> dict:
-    """Run one backbone search into ``out``; returns the record written to ``best_architecture.json``."""
+@dataclass
+class SearchSetup:
+    """Everything a backbone search needs before its strategy runs (the ranking benchmark reuses it)."""
+
+    cfg: Config
+    data: Any
+    weight_idx: torch.Tensor
+    arch_idx: torch.Tensor
+    num_classes: int
+    space: Any
+    cost: BackboneCost
+    smallest: dict
+    scorer: Any
+
+
+def prepare(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
+    """Validate, load data, build the space and its cost model, check the budget, build the scorer."""
     validate(cfg)
     b = cfg.backbone_search
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -156,26 +171,41 @@ def run_backbone_search(cfg: Config, out: Path, listeners: Sequence[Callable[[di
            f"{cost.size():.3g} backbones; smallest {smallest['flops']:,} FLOPs / {smallest['params']:,} params; "
            f"budget max_flops {b.max_flops} max_params {b.max_params}; strategy {b.strategy}")
     scorer = _scorer(cfg, data, weight_idx, arch_idx, num_classes)
-    strategy_name = b.strategy
-    epochs = cfg.search.epochs
+    return SearchSetup(cfg, data, weight_idx, arch_idx, num_classes, space, cost, smallest, scorer)
+
+
+def train_supernet(setup: SearchSetup, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
+                   log_fn: Callable[[str], None] = print):
+    """Run the strategy's one-shot training through NNI; returns (strategy, monitor, seconds)."""
+    from nni.nas.evaluator.pytorch import Lightning
+    from nni.nas.experiment import NasExperiment
+
+    cfg, data = setup.cfg, setup.data
+    strategy_name, epochs = cfg.backbone_search.strategy, cfg.search.epochs
     module = build_module(cfg, epochs, interleaved=strategy_name in INTERLEAVED)
     module.fast_arch_step = False  # the architecture step must reach the backbone's choices
     monitor = build_monitor(cfg, data, listeners)
     monitor.listeners.insert(0, lambda r: log_fn(_epoch_line(r)))
     trainer = build_trainer(cfg, epochs, out, [monitor])
     labelled = strategy_name == "enas" or getattr(module, "uses_labels", False)
-    weight_loader = data.loader(weight_idx, cfg)
-    arch_loader = data.loader(arch_idx, cfg, labelled=labelled)
-    from nni.nas.evaluator.pytorch import Lightning
-    from nni.nas.experiment import NasExperiment
-
+    weight_loader = data.loader(setup.weight_idx, cfg)
+    arch_loader = data.loader(setup.arch_idx, cfg, labelled=labelled)
     evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader)
-    strategy = _strategy(cfg, module, cost, scorer, data, weight_idx)
-    experiment = NasExperiment(space, evaluator, strategy)
+    strategy = _strategy(cfg, module, setup.cost, setup.scorer)
+    experiment = NasExperiment(setup.space, evaluator, strategy)
     nni_compat.experiment_config_dir(experiment, out / "nni")
     start = time.perf_counter()
     _run_and_stop(experiment)
-    train_seconds = time.perf_counter() - start
+    return strategy, monitor, time.perf_counter() - start
+
+
+def run_backbone_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
+                        log_fn: Callable[[str], None] = print) -> dict:
+    """Run one backbone search into ``out``; returns the record written to ``best_architecture.json``."""
+    setup = prepare(cfg, log_fn)
+    b, data, cost, scorer, num_classes = cfg.backbone_search, setup.data, setup.cost, setup.scorer, setup.num_classes
+    smallest, strategy_name = setup.smallest, cfg.backbone_search.strategy
+    strategy, monitor, train_seconds = train_supernet(setup, out, listeners, log_fn)
     supernet = strategy.supernet
     probabilities: dict = {}
     evolution: list = []
@@ -247,7 +277,7 @@ def _scorer(cfg: Config, data, weight_idx, arch_idx, num_classes: int):
                                     bn_batches=cfg.backbone_search.bn_batches, batch_size=cfg.data.batch_size)
 
 
-def _strategy(cfg: Config, module, cost: BackboneCost, scorer, data, weight_idx):
+def _strategy(cfg: Config, module, cost: BackboneCost, scorer):
     from nni.nas.strategy import DARTS, GumbelDARTS, Proxyless, RandomOneShot
 
     s, b = cfg.search, cfg.backbone_search
@@ -267,6 +297,7 @@ def _strategy(cfg: Config, module, cost: BackboneCost, scorer, data, weight_idx)
         bank = scorer.bank[: min(len(scorer.bank), 256)], scorer.bank_labels[: min(len(scorer.bank), 256)]
         module.reward_bank = (bank[0], bank[1], scorer.num_classes, min(cfg.evaluation.knn_k, len(bank[0])),
                               cfg.evaluation.knn_temperature)
+        module.validation_step = module.reward_step  # NNI's ENAS calls it on held-out batches
         return nni_compat.tagged_enas(cost, b.max_flops, b.max_params, b.budget_penalty,
                                       batches_per_update=b.enas_batches_per_update, warmup_epochs=s.warmup_epochs,
                                       mutation_hooks=nni_compat.mixed_op_hooks())
