@@ -40,7 +40,8 @@ def _heads(framework: str, head_space: str, feature_dim: int, head_width: float,
            mlp_widths: Sequence[float], mlp_depths: Sequence[int], num_classes: int = 10):
     if framework in LABELLED_FRAMEWORKS:
         if head_space != "fixed":
-            raise ValueError(f"framework {framework} trains a linear classifier: use head_space fixed, got {head_space!r}")
+            raise ValueError(f"framework {framework} trains a linear classifier: use head_space fixed, "
+                             f"got {head_space!r}")
         return nn.Linear(feature_dim, num_classes), None
     dims = head_dims(framework, head_width)
     if head_space == "fixed":
