@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "digits": dict(data={"data.dataset": "digits", "data.batch_size": 128}, width=0.25, head_width=0.25,
                    budget_fraction=0.4, search_epochs=15, train_epochs=15, trials=32, knn_k=20),
-    "cifar10": dict(data={"data.dataset": "imagefolder", "data.train_subset": 2000, "data.test_subset": 1000,
+    "cifar10": dict(data={"data.dataset": "imagefolder", "data.train_subset": 1000, "data.test_subset": 500,
                           "data.batch_size": 128},
-                    width=0.25, head_width=0.25, budget_fraction=0.4, search_epochs=3, train_epochs=3, trials=16,
+                    width=0.25, head_width=0.25, budget_fraction=0.4, search_epochs=3, train_epochs=3, trials=12,
                     knn_k=20),
 }
 

@@ -167,3 +167,21 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, overr
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (out / "best_architecture.json").exists()
+
+
+def test_a_searched_backbone_pairs_with_a_searched_head(tmp_path):
+    """DARTS over NAS-Bench-Macro's backbone and NASiam's SimSiam heads at once: both sets of weights move."""
+    from experiments.architecture import build_fixed, read_architecture
+
+    out = tmp_path / "joint"
+    cfg = load(out, **{"backbone_search.strategy": "darts", "model.head_space": "nasiam",
+                       "backbone_search.max_flops": 40_000, "search.arch_lr": 0.05})
+    record = run(cfg, out)
+    labels = set(record["architecture"])
+    assert {"backbone.layer1.op", "projector.layer1.op", "predictor.layer1.op"} <= labels
+    assert record["cost"]["flops"] <= 40_000
+    for label in ("backbone.layer5.op", "projector.layer2.op"):  # the relaxed weights left uniform
+        assert max(record["probabilities"][label].values()) > 1 / len(record["probabilities"][label]) + 0.01
+    network, arch = build_fixed(read_architecture(out / "best_architecture.json"), cfg)
+    assert arch == record["architecture"]
+    network.load_state_dict(torch.load(out / "search_model.pt", weights_only=True)["state_dict"])
