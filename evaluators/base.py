@@ -53,6 +53,11 @@ class SSLFramework(LightningModule):
         self.interleaved = interleaved
         self.embedding_dim = embedding_dim  # the projector's output width (queues are sized by it)
         self.weight_steps = 0  # counts weight steps, the unit of momentum and queue updates
+        # name -> fn(module) -> scalar tensor added to the loss of every architecture step
+        # (the backbone search's FLOPs/params budget under DARTS-family strategies)
+        self.arch_penalties: dict = {}
+        # (images, labels, num_classes, k, temperature): the kNN bank of ``reward`` (ENAS)
+        self.reward_bank: Any = None
 
     # --- the network -------------------------------------------------------------------------
     @property
@@ -121,6 +126,10 @@ class SSLFramework(LightningModule):
                 penalty = self.parameter_free_mass()
                 self.log("search/param_free_mass", penalty.detach())
                 loss = loss + self.param_free_penalty * penalty
+            for name, penalty_fn in self.arch_penalties.items():
+                penalty = penalty_fn(self)
+                self.log(f"search/{name}", penalty.detach())
+                loss = loss + penalty
         else:
             self.weight_steps += 1
             self.log("train/ssl_loss", loss.detach(), prog_bar=True)
@@ -129,13 +138,37 @@ class SSLFramework(LightningModule):
     def parameter_free_mass(self) -> torch.Tensor:
         """Mean probability that a searched layer picks a parameter-free candidate (NASiam's guard)."""
         masses = []
-        for names, alpha in mixed_layers(self.model).values():
+        for label, (names, alpha) in mixed_layers(self.model).items():
+            if label.startswith("backbone."):  # a head guard: a backbone's identity is priced by its budget
+                continue
             idx = [i for i, n in enumerate(names) if n in PARAMETER_FREE_CANDIDATES]
             if idx:
                 masses.append(torch.softmax(alpha, dim=-1)[idx].sum())
         if not masses:
             return torch.zeros((), device=self.device)
         return torch.stack(masses).mean()
+
+    # --- the reward of a sampled network (ENAS reads ``val/reward``) ------------------------------
+    @torch.no_grad()
+    def reward(self, batch) -> torch.Tensor:
+        """kNN top-1 of the batch's first view against ``reward_bank`` (the batch's last item is its labels)."""
+        if self.reward_bank is None:
+            raise RuntimeError(f"{self.name}: reward needs reward_bank (images, labels, num_classes, k, temperature)")
+        from evaluators.downstream import knn_predict
+
+        images, labels, num_classes, k, temperature = self.reward_bank
+        x, y = batch[0], batch[-1]
+        features = self.backbone(torch.cat([images.to(x.device), x]))
+        bank, queries = features[:len(images)], features[len(images):]
+        prediction = knn_predict(queries.float().cpu(), bank.float().cpu(), labels.cpu(), num_classes, k, temperature)
+        return (prediction == y.cpu()).float().mean()
+
+    def reward_step(self, batch, batch_idx):
+        """ENAS's ``validation_step`` (the backbone search sets it on the module for ENAS only, so
+        that no other job gains a validation loop): logs ``val/reward``."""
+        value = self.reward(batch)
+        self.log("val/reward", value, on_step=True, on_epoch=False, batch_size=len(batch[0]))
+        return value
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

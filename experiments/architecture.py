@@ -37,17 +37,28 @@ def read_architecture(path: str | Path) -> dict:
 
 
 def space_for(record: dict, cfg: Config) -> SSLNetworkSpace:
-    """The record's space (its framework and head space) at the config's backbone and widths."""
+    """The record's space (its framework and head space) at the config's backbone and widths.
+
+    A searched backbone (its record names a backbone space) is rebuilt as it was searched: the
+    record's backbone space, widths, options and classes, since its labels depend on them.
+    """
     from evaluators import FRAMEWORKS
+    from search_spaces.backbone_spaces import is_backbone_space
 
     space = record["space"]
     if space["framework"] not in FRAMEWORKS:
         raise ConfigError(f"architecture was made for framework {space['framework']!r}, which this package lacks")
     m = cfg.model
+    backbone, backbone_width, head_width, options = m.backbone, m.backbone_width, m.head_width, {}
+    if is_backbone_space(str(space.get("backbone", ""))):
+        backbone, options = space["backbone"], dict(space.get("backbone_options") or {})
+        backbone_width = float(space.get("backbone_width", 1.0))
+        head_width = float(space.get("head_width", head_width))
     try:
-        return SSLNetworkSpace(space["framework"], space["head_space"], m.backbone, m.backbone_width, 3,
-                               m.head_width, tuple(space.get("mlp_widths", m.mlp_widths)),
-                               tuple(space.get("mlp_depths", m.mlp_depths)))
+        return SSLNetworkSpace(space["framework"], space["head_space"], backbone, backbone_width, 3,
+                               head_width, tuple(space.get("mlp_widths", m.mlp_widths)),
+                               tuple(space.get("mlp_depths", m.mlp_depths)), backbone_options=options,
+                               num_classes=int(space.get("num_classes", 10)))
     except ValueError as err:
         raise ConfigError(f"architecture space: {err}") from None
 
@@ -60,7 +71,7 @@ def validate_choices(space: SSLNetworkSpace, architecture: dict[str, Any], sourc
             close = difflib.get_close_matches(label, list(mutables), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{source}: label {label!r} is not in the {space.head_space} space for "
-                              f"{space.framework}{hint}")
+                              f"{space.framework} (backbone {type(space.backbone).__name__}){hint}")
         values = list(mutables[label].values)
         if value not in values:
             raise ConfigError(f"{source}: {label} = {value!r} is not one of its choices {values}")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m experiments {search,retrain,evaluate,export,check} --config FILE [--set key=value ...]``.
+"""Command line: ``python -m experiments {search,backbone-search,retrain,evaluate,export,check} --config FILE [--set key=value ...]``.
 
 Bad input ends with one ``error:`` line on stderr and exit status 2, before anything is
 written; a search whose derived head collapsed exits with status 3.
@@ -13,13 +13,15 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 EXIT_COLLAPSED = 3
 
-PROTECTED = {"search": "best_architecture.json", "retrain": "retrain_results.json"}
+PROTECTED = {"search": "best_architecture.json", "backbone-search": "best_architecture.json",
+             "retrain": "retrain_results.json"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="job", required=True)
     for job, text in (("search", "DARTS/GumbelDARTS head search through NNI"),
+                      ("backbone-search", "SPOS/DARTS/Proxyless/ENAS backbone search through NNI, within a budget"),
                       ("retrain", "train an architecture JSON from scratch and evaluate it"),
                       ("evaluate", "kNN and linear accuracy of a saved model")):
         s = sub.add_parser(job, help=text)
@@ -72,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 return EXIT_COLLAPSED
             _summary(record, out / "best_architecture.json")
+        elif args.job == "backbone-search":
+            from experiments.backbone_search import run_backbone_search, summary
+
+            summary(run_backbone_search(cfg, out), out / "best_architecture.json")
         elif args.job == "retrain":
             from experiments.architecture import read_architecture
             from experiments.retrain import run_retrain

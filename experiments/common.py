@@ -36,13 +36,18 @@ class DataBundle:
     views: list  # one transform per view
     evaluation: EvaluationSet
 
-    def loader(self, indices: Optional[torch.Tensor], cfg: Config, shuffle: bool = True) -> DataLoader:
+    def loader(self, indices: Optional[torch.Tensor], cfg: Config, shuffle: bool = True,
+               labelled: Optional[bool] = None) -> DataLoader:
+        """Batches of views of the train split (``indices`` of it); with labels for ``uses_labels`` frameworks."""
         images = self.train.images if indices is None else self.train.images[indices]
+        if labelled is None:
+            labelled = getattr(FRAMEWORKS[cfg.framework], "uses_labels", False)
+        labels = (self.train.labels if indices is None else self.train.labels[indices]) if labelled else None
         if len(images) < cfg.data.batch_size:
             raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than a training split of "
                               f"{len(images)} images; lower it or use more data")
         workers = cfg.data.num_workers
-        return DataLoader(MultiViewDataset(images, self.views), batch_size=cfg.data.batch_size, shuffle=shuffle,
+        return DataLoader(MultiViewDataset(images, self.views, labels), batch_size=cfg.data.batch_size, shuffle=shuffle,
                           drop_last=True, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -85,10 +90,12 @@ def build_data(cfg: Config) -> DataBundle:
     return DataBundle(train, test, mean, std, size, views, evaluation)
 
 
-def build_space(cfg: Config, framework: Optional[str] = None, head_space: Optional[str] = None) -> SSLNetworkSpace:
+def build_space(cfg: Config, framework: Optional[str] = None, head_space: Optional[str] = None,
+                num_classes: int = 10) -> SSLNetworkSpace:
     m = cfg.model
     return SSLNetworkSpace(framework or cfg.framework, head_space or m.head_space, m.backbone, m.backbone_width,
-                           3, m.head_width, tuple(m.mlp_widths), tuple(m.mlp_depths))
+                           3, m.head_width, tuple(m.mlp_widths), tuple(m.mlp_depths),
+                           backbone_options=dict(m.backbone_options), num_classes=num_classes)
 
 
 def build_module(cfg: Config, epochs: int, interleaved: bool, framework: Optional[str] = None):

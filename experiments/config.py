@@ -77,17 +77,24 @@ class AugmentConfig:
     }
 
 
+BACKBONES = ("resnet18", "resnet34", "resnet50")  # fixed ResNets
+BACKBONE_SPACE_NAMES = ("nas_bench_macro", "macro", "resnet")  # search_spaces.backbone_spaces
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "resnet18"
     backbone_width: float = 1.0
+    backbone_options: dict = field(default_factory=dict)  # a backbone space's own options (e.g. plan)
     head_space: str = "nasiam"
     head_width: float = 1.0
     mlp_widths: list = field(default_factory=lambda: [1.0])
     mlp_depths: list = field(default_factory=lambda: [1, 2, 3])
 
     _checks = {
-        "backbone": (lambda v: v in ("resnet18", "resnet34", "resnet50"), "must be one of resnet18, resnet34, resnet50"),
+        "backbone": (lambda v: v in BACKBONES + BACKBONE_SPACE_NAMES,
+                     "must be a fixed ResNet (resnet18, resnet34, resnet50) or a backbone space "
+                     "(nas_bench_macro, macro, resnet)"),
         "backbone_width": (_positive, "must be > 0"),
         "head_space": (lambda v: v in ("fixed", "nasiam", "mlp"), "must be one of fixed, nasiam, mlp"),
         "head_width": (_positive, "must be > 0"),
@@ -137,6 +144,40 @@ class SearchConfig:
         "gumbel_temperature": (lambda v: len(v) == 2 and v[0] >= v[1] > 0,
                                "must be [initial, final] with initial >= final > 0"),
         "collapse_threshold": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    }
+
+
+BACKBONE_STRATEGIES = ("spos", "darts", "gdarts", "proxyless", "enas")
+
+
+@dataclass
+class BackboneSearchConfig:
+    """The backbone-search job (experiments/backbone_search.py); epochs and arch_lr come from ``search``."""
+
+    strategy: str = "spos"
+    max_flops: Optional[float] = None  # multiply-accumulates of the backbone at the data's image size
+    max_params: Optional[float] = None  # parameters of the backbone
+    budget_penalty: float = 2.0  # DARTS family: weight of max(0, E[cost] / budget - 1) in the architecture loss
+    population: int = 16  # SPOS evolution (NNI RegularizedEvolution): population size
+    tournament: int = 4  # ... individuals per tournament
+    mutation_prob: float = 0.25  # ... per-label mutation probability
+    trials: int = 64  # ... sub-networks scored in all
+    bn_batches: int = 4  # BatchNorm recalibration batches before a sub-network is scored
+    score_images: Optional[int] = 1000  # held-out images a sub-network is scored on (null: all)
+    enas_batches_per_update: int = 10  # ENAS: rewards per controller update
+
+    _checks = {
+        "strategy": (lambda v: v in BACKBONE_STRATEGIES, "must be one of " + ", ".join(BACKBONE_STRATEGIES)),
+        "max_flops": (lambda v: v is None or v > 0, "must be > 0 or null"),
+        "max_params": (lambda v: v is None or v > 0, "must be > 0 or null"),
+        "budget_penalty": (_non_negative, "must be >= 0"),
+        "population": (lambda v: v >= 2, "must be >= 2"),
+        "tournament": (lambda v: v >= 1, "must be >= 1"),
+        "mutation_prob": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        "trials": (lambda v: v >= 1, "must be >= 1"),
+        "bn_batches": (_non_negative, "must be >= 0"),
+        "score_images": (lambda v: v is None or v >= 1, "must be >= 1 or null"),
+        "enas_batches_per_update": (lambda v: v >= 1, "must be >= 1"),
     }
 
 
@@ -192,6 +233,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    backbone_search: BackboneSearchConfig = field(default_factory=BackboneSearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -228,6 +270,11 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        if isinstance(value, str):  # PyYAML reads 2e6 and 1e-3 (no dot) as strings
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
         return False, value
     if annotation is str:
         return isinstance(value, str), value
@@ -315,10 +362,32 @@ def _cross_checks(config: Config) -> None:
     if config.model.head_space == "mlp" and len(config.model.mlp_widths) > 1:
         raise ConfigError("model.mlp_widths: DARTS cannot relax a width choice (NNI has no differentiable "
                           "BatchNorm1d); give one width, or search widths with the multi-trial head search")
+    _backbone_checks(config)
     if config.data.dataset != "digits" and not config.data.root:
         raise ConfigError(f"data.root: dataset {config.data.dataset!r} needs a path on disk")
     if config.data.root and not Path(config.data.root).expanduser().exists():
         raise ConfigError(f"data.root: dataset path {config.data.root!r} does not exist")
+
+
+def _backbone_checks(config: Config) -> None:
+    m, b = config.model, config.backbone_search
+    if config.framework == "supervised" and m.head_space != "fixed":
+        raise ConfigError(f"model.head_space: the supervised framework trains a linear classifier; set it to "
+                          f"fixed, got {m.head_space!r}")
+    if m.backbone_options:
+        if m.backbone not in BACKBONE_SPACE_NAMES:
+            raise ConfigError(f"model.backbone_options: backbone {m.backbone} is a fixed ResNet and takes none")
+        from search_spaces.backbone_spaces import space_options
+
+        allowed = space_options(m.backbone)
+        for key in m.backbone_options:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(allowed) or 'none'}"
+                raise ConfigError(f"model.backbone_options.{key}: backbone space {m.backbone} has no such option{hint}")
+    if b.tournament > b.population:
+        raise ConfigError(f"backbone_search.tournament: must be <= backbone_search.population ({b.population}), "
+                          f"got {b.tournament}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -194,18 +194,20 @@ def plain_view(mean, std) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class MultiViewDataset(Dataset):
-    """Each item is a tuple of views of one image, one per transform (labels are not used)."""
+    """Each item is a tuple of views of one image, one per transform, then its label if ``labels`` is given."""
 
-    def __init__(self, images: torch.Tensor, transforms: Sequence[Callable]):
+    def __init__(self, images: torch.Tensor, transforms: Sequence[Callable], labels: Optional[torch.Tensor] = None):
         self.images = images
         self.transforms = list(transforms)
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
         image = self.images[index]
-        return tuple(t(image) for t in self.transforms)
+        views = tuple(t(image) for t in self.transforms)
+        return views if self.labels is None else views + (self.labels[index],)
 
 
 def normalized(data: ImageSet, mean, std) -> torch.Tensor:

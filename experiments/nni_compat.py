@@ -282,3 +282,149 @@ def freeze_linear_without_bias() -> None:
 
 
 freeze_linear_without_bias()
+
+# --- the backbone search (experiments/backbone_search.py) ----------------------------------------
+def differentiable_probabilities(model: torch.nn.Module, labels: dict[str, list]) -> dict[str, torch.Tensor]:
+    """Quirk 14: ``DARTS(penalty=...)`` is not differentiable.
+
+    NNI hands its ``ExpectationProfilerPenalty`` the output of ``export_probs()``, which is
+    ``softmax(alpha).cpu().tolist()``: plain floats, so a FLOPs penalty shifts the loss but sends
+    no gradient to the architecture weights. This is the softmax of the alphas themselves, as
+    tensors ordered like ``labels[label]`` (the values of each choice), for NNI's
+    ``expression_expectation``. Labels the model does not relax are left out.
+    """
+    probs = {}
+    for label, (names, alpha) in mixed_layers(model).items():
+        if label not in labels:
+            continue
+        p = torch.softmax(alpha.float(), dim=-1)
+        order = [names.index(str(v)) for v in labels[label]]
+        probs[label] = p[order]
+    return probs
+
+
+def derived_architecture_from(probabilities: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Quirk 4 again, from probabilities already taken: the most probable value of every label."""
+    return {label: _typed(max(p, key=p.get)) for label, p in probabilities.items()}
+
+
+def current_sample() -> dict:
+    """Quirk 15: a ``FunctionalEvaluator`` receives the frozen model, not its sample.
+
+    On the sequential engine the trial's "parameter" is the executable model space itself, whose
+    ``sample`` is the architecture being evaluated.
+    """
+    import nni
+
+    model = nni.get_current_parameter()
+    sample = getattr(model, "sample", None)
+    if sample is None:
+        raise RuntimeError("no architecture sample is being evaluated (not inside an NNI sequential trial)")
+    return dict(sample)
+
+
+def require_tianshou() -> None:
+    """Quirk 16: ENAS imports ``tianshou`` (its PPO controller) and ``gym``; neither comes with NNI."""
+    try:
+        import gym  # noqa: F401
+        import tianshou  # noqa: F401
+    except ImportError as err:
+        from experiments.config import ConfigError
+
+        raise ConfigError(f"backbone_search.strategy: enas needs tianshou and gym ({err}); install them with "
+                          f"pip install -r requirements-enas.txt, or use spos") from None
+
+
+class TaggedBatches:
+    """Yields ``(batch, tag)`` for every batch of ``loader`` (see :func:`tagged_enas`)."""
+
+    def __init__(self, loader, tag: str):
+        self.loader, self.tag = loader, tag
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch, self.tag
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def tagged_enas(cost, max_flops, max_params, scale: float, **kwargs):
+    """Quirk 17: NNI's ENAS on pytorch-lightning 2.x takes every step for a validation step.
+
+    Its ``training_step`` reads a 2-item batch as the legacy ``(batch, mode)`` pair; Lightning
+    2.x hands it the bare batch, and an ``(x, y)`` or two-view batch has two items, so ``mode`` is a
+    tensor and every step goes to the reward branch (the weights never train). This ENAS tags
+    each batch with its loader's name, which is exactly the pair the legacy branch expects.
+    The budget is NNI's own reward penalty (``SampleProfilerPenalty``) on the worst ratio of cost
+    to budget.
+    """
+    from nni.nas.oneshot.pytorch._dataloader import ConcatLoader
+    from nni.nas.oneshot.pytorch.profiler import SampleProfilerPenalty
+    from nni.nas.profiler import Profiler
+    from nni.nas.strategy import ENAS
+
+    class BudgetRatio(Profiler):
+        def __init__(self):  # noqa: D401 - a profiler over the backbone cost
+            pass
+
+        def profile(self, sample) -> float:
+            c = cost({k: v for k, v in sample.items() if k in cost.labels})
+            ratios = [c.flops / max_flops] if max_flops else []
+            ratios += [c.params / max_params] if max_params else []
+            return max(ratios) if ratios else 0.0
+
+    class TaggedENAS(ENAS):
+        def train_dataloader(self, train_dataloader_fn, val_dataloader_fn):
+            return ConcatLoader({"train": TaggedBatches(train_dataloader_fn(), "train"),
+                                 "val": TaggedBatches(val_dataloader_fn(), "val")})
+
+    penalty = None
+    if (max_flops or max_params) and scale > 0:
+        penalty = SampleProfilerPenalty(BudgetRatio(), baseline=1.0, scale=-scale, nonlinear="positive")
+    return TaggedENAS(reward_metric_name="val/reward", penalty=penalty, **kwargs)
+
+
+def enas_probabilities(oneshot_module) -> dict[str, dict[str, float]]:
+    """Quirk 18: ENAS ``export_probs()`` returns the controller's logits, not probabilities; softmax them."""
+    out = {}
+    for label, logits in oneshot_module.export_probs().items():
+        values = list(logits)
+        p = torch.softmax(torch.tensor([float(logits[v]) for v in values]), dim=0).tolist()
+        out[label] = {str(v): q for v, q in zip(values, p)}
+    return out
+
+
+def _drop_none(state: dict) -> dict:
+    return {k: v for k, v in state.items() if v is not None}
+
+
+try:  # the one-shot package needs pytorch-lightning; it is always there in this project
+    from nni.nas.oneshot.pytorch.supermodule.operation import MixedConv2d as _MixedConv2d
+    from nni.nas.oneshot.pytorch.supermodule.operation import MixedLinear as _MixedLinear
+
+    class BiasFreeMixedConv2d(_MixedConv2d):
+        """MixedConv2d whose weight-preserving ``freeze`` also works without a bias (see quirk 12)."""
+
+        def freeze_weight(self, **kwargs):
+            return _drop_none(super().freeze_weight(**kwargs))
+
+    class BiasFreeMixedLinear(_MixedLinear):
+        """MixedLinear whose weight-preserving ``freeze`` also works without a bias (see quirk 12)."""
+
+        def freeze_weight(self, **kwargs):
+            return _drop_none(super().freeze_weight(**kwargs))
+except ImportError:  # pragma: no cover
+    BiasFreeMixedConv2d = BiasFreeMixedLinear = None
+
+
+def mixed_op_hooks() -> list:
+    """Quirk 19: NNI's weight-preserving ``freeze`` of a bias-free mixed conv/linear layer fails.
+
+    ``MixedConv2d.freeze_weight`` returns ``{'weight': ..., 'bias': None}`` and ``freeze`` loads
+    it into a ``Conv2d(bias=False)``, which rejects the unexpected ``bias`` key; so no sub-network
+    of a supernet with a searched width (every ResNet conv is bias-free) can be frozen with its
+    weights. These hooks (pass them as a one-shot strategy's ``mutation_hooks``; they run before
+    NNI's own) build mixed layers that drop the ``None`` entries.
+    """
+    return [BiasFreeMixedConv2d.mutate, BiasFreeMixedLinear.mutate]

@@ -35,8 +35,13 @@ def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callab
     trainer.fit(module, train_dataloaders=loader)
     metrics = downstream_metrics(cfg, data, network)
     metrics["train_seconds"] = time.perf_counter() - start
-    space = dict(record["space"], backbone=cfg.model.backbone, backbone_width=cfg.model.backbone_width,
-                 head_width=cfg.model.head_width)
+    from search_spaces.backbone_spaces import is_backbone_space
+
+    if is_backbone_space(str(record["space"].get("backbone", ""))):
+        space = dict(record["space"])  # a searched backbone is retrained as it was searched
+    else:
+        space = dict(record["space"], backbone=cfg.model.backbone, backbone_width=cfg.model.backbone_width,
+                     head_width=cfg.model.head_width)
     result = {"format_version": FORMAT_VERSION, "kind": "ssl_retrain", "space": space, "framework": framework,
               "architecture": architecture, "metrics": metrics, "history": monitor.history,
               "config": cfg.to_dict(), "versions": versions()}

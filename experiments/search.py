@@ -19,7 +19,7 @@ from nni.nas.strategy import DARTS, GumbelDARTS
 
 from experiments.common import (FORMAT_VERSION, build_data, build_module, build_monitor, build_space, build_trainer,
                                 downstream_metrics, save_model_atomic, versions, write_json_atomic)
-from experiments.config import Config, ConfigError
+from experiments.config import BACKBONE_SPACE_NAMES, Config, ConfigError
 
 log = logging.getLogger("experiments.search")
 
@@ -51,6 +51,9 @@ def space_record(cfg: Config, framework: str, head_space: str) -> dict:
 def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
                log_fn: Callable[[str], None] = print) -> dict:
     """Run one search into ``out``; returns the architecture record written to ``best_architecture.json``."""
+    if cfg.model.backbone in BACKBONE_SPACE_NAMES:
+        raise ConfigError(f"model.backbone: {cfg.model.backbone!r} is a backbone space; search it with the "
+                          f"backbone-search job (python -m experiments backbone-search)")
     if cfg.model.head_space == "fixed":
         raise ConfigError("model.head_space: 'fixed' has nothing to search; use nasiam or mlp "
                           "(or retrain the hand-made head with the retrain job)")

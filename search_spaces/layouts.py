@@ -17,6 +17,8 @@ FRAMEWORK_HEADS: dict[str, HeadDims] = {
     "byol": HeadDims(projector_hidden=4096, projector_out=256, predictor_hidden=4096),
     "ressl": HeadDims(projector_hidden=512, projector_out=128, projector_hidden_norm=None),
     "wcl": HeadDims(projector_hidden=2048, projector_out=128, projector_hidden_layers=2),
+    # Not SSL: a linear classifier, sized by the dataset's classes in SSLNetworkSpace (unused here).
+    "supervised": HeadDims(projector_hidden=10, projector_out=10, projector_hidden_layers=0),
 }
 
 # Frameworks whose target branch is a momentum (EMA) copy of backbone and projector.

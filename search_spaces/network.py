@@ -4,6 +4,10 @@ Frameworks with a momentum target (MoCo, BYOL) get a second backbone and project
 with the *same labels*: NNI then shares the architecture weights between the online and
 the momentum branch, and ``freeze`` gives both the same choices. WCL has a second
 projection head, ``projector2``, searched under its own labels (``projector2.layer1.op``).
+
+The backbone is a fixed ResNet (``resnet18``...) or a backbone space (``nas_bench_macro``,
+``macro``, ``resnet``: see ``search_spaces.backbone_spaces``), so a searched backbone pairs
+with a searched head. The ``supervised`` framework's "projector" is a linear classifier.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 from nni.nas.nn.pytorch import ModelSpace
 from torch import nn
 
+from search_spaces.backbone_spaces import build_backbone_space, is_backbone_space
 from search_spaces.backbones import build_backbone
 from search_spaces.heads import fixed_predictor, fixed_projector
 from search_spaces.layouts import MOMENTUM_FRAMEWORKS, TWO_HEAD_FRAMEWORKS, head_dims
@@ -20,6 +25,16 @@ from search_spaces.mlp import MlpHead
 from search_spaces.nasiam import nasiam_predictor, nasiam_projector
 
 HEAD_SPACES = ("fixed", "nasiam", "mlp")
+LABELLED_FRAMEWORKS = ("supervised",)  # their "projector" is a classifier over num_classes
+
+
+def make_backbone(name: str, width: float, in_channels: int, options: dict | None = None) -> nn.Module:
+    """A fixed CIFAR-stem ResNet by name, or a backbone space (both expose ``feature_dim``)."""
+    if is_backbone_space(name):
+        return build_backbone_space(name, width, in_channels, options)
+    if options:
+        raise ValueError(f"backbone {name} takes no backbone options, got {sorted(options)}")
+    return build_backbone(name, width, in_channels)
 
 
 def _projector(framework: str, head_space: str, feature_dim: int, head_width: float,
@@ -37,7 +52,12 @@ def _projector(framework: str, head_space: str, feature_dim: int, head_width: fl
 
 
 def _heads(framework: str, head_space: str, feature_dim: int, head_width: float,
-           mlp_widths: Sequence[float], mlp_depths: Sequence[int]):
+           mlp_widths: Sequence[float], mlp_depths: Sequence[int], num_classes: int = 10):
+    if framework in LABELLED_FRAMEWORKS:
+        if head_space != "fixed":
+            raise ValueError(f"framework {framework} trains a linear classifier: use head_space fixed, "
+                             f"got {head_space!r}")
+        return nn.Linear(feature_dim, num_classes), None
     dims = head_dims(framework, head_width)
     projector = _projector(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
     if head_space == "fixed":
@@ -59,14 +79,16 @@ class SSLNetworkSpace(ModelSpace):
 
     def __init__(self, framework: str = "simsiam", head_space: str = "nasiam", backbone: str = "resnet18",
                  backbone_width: float = 1.0, in_channels: int = 3, head_width: float = 1.0,
-                 mlp_widths: Sequence[float] = (1.0,), mlp_depths: Sequence[int] = (1, 2, 3)):
+                 mlp_widths: Sequence[float] = (1.0,), mlp_depths: Sequence[int] = (1, 2, 3),
+                 backbone_options: dict | None = None, num_classes: int = 10):
         super().__init__()
         self.framework = framework
         self.head_space = head_space
-        self.backbone = build_backbone(backbone, backbone_width, in_channels)
+        self.backbone = make_backbone(backbone, backbone_width, in_channels, backbone_options)
         feature_dim = self.backbone.feature_dim
         self.feature_dim = feature_dim
-        self.projector, predictor = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
+        self.projector, predictor = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
+                                           num_classes)
         self.predictor = predictor if predictor is not None else nn.Identity()
         self.has_predictor = predictor is not None
         self.has_momentum = framework in MOMENTUM_FRAMEWORKS
@@ -74,8 +96,9 @@ class SSLNetworkSpace(ModelSpace):
             self.projector2 = _projector(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
                                          prefix="projector2")
         if self.has_momentum:
-            self.momentum_backbone = build_backbone(backbone, backbone_width, in_channels)
-            self.momentum_projector, _ = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
+            self.momentum_backbone = make_backbone(backbone, backbone_width, in_channels, backbone_options)
+            self.momentum_projector, _ = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
+                                                num_classes)
             # The target starts as an exact copy of the online branch, then follows it by EMA.
             self.momentum_backbone.load_state_dict(self.backbone.state_dict())
             self.momentum_projector.load_state_dict(self.projector.state_dict())

@@ -1,0 +1,91 @@
+"""The NNI 3.0 quirks the backbone search works around (experiments/nni_compat.py, quirks 7-12)."""
+from __future__ import annotations
+
+import inspect
+import sys
+from collections import OrderedDict
+
+import nni
+import pytest
+import torch
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableConv2d
+
+from experiments import nni_compat
+
+
+class TinySpace(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.op = LayerChoice(OrderedDict([("a", torch.nn.Identity()), ("b", torch.nn.ReLU())]), label="backbone.op")
+
+    def forward(self, x):
+        return self.op(x)
+
+
+def test_quirk14_darts_export_probs_carry_no_gradient_but_ours_do():
+    from nni.nas.strategy import DARTS
+
+    space = TinySpace()
+    DARTS().mutate_model(space)
+    exported = space.op.export_probs({})["backbone.op"]
+    assert all(isinstance(p, float) for p in exported.values())  # what NNI's DARTS penalty receives
+    probs = nni_compat.differentiable_probabilities(space, {"backbone.op": ["b", "a"]})
+    assert probs["backbone.op"].requires_grad
+    assert torch.allclose(probs["backbone.op"], torch.tensor([exported["b"], exported["a"]]))
+
+
+def test_quirk15_the_current_sample_exists_only_inside_a_sequential_trial():
+    with pytest.raises(RuntimeError, match="no architecture sample"):
+        nni_compat.current_sample()
+
+
+def test_quirk16_enas_without_tianshou_is_one_clear_error(monkeypatch):
+    from experiments.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "tianshou", None)
+    with pytest.raises(ConfigError, match="enas needs tianshou and gym"):
+        nni_compat.require_tianshou()
+
+
+def test_quirk17_enas_reads_a_two_item_batch_as_batch_and_mode_so_we_tag_batches():
+    from nni.nas.oneshot.pytorch.sampling import EnasLightningModule
+
+    source = inspect.getsource(EnasLightningModule.training_step)
+    assert "len(batch_packed) == 2" in source and "batch, mode = batch_packed" in source
+    views = (torch.zeros(2, 3), torch.ones(2, 3))
+    tagged = list(nni_compat.TaggedBatches([views, views], "train"))
+    assert len(tagged) == 2 and tagged[0][1] == "train" and tagged[0][0] is views
+    assert len(nni_compat.TaggedBatches([views] * 3, "val")) == 3
+
+
+def test_quirk18_enas_probabilities_are_a_softmax_of_the_controller_logits():
+    class Controller:
+        def export_probs(self):
+            return {"backbone.op": {"a": 0.0, "b": 1.0}}
+
+    probs = nni_compat.enas_probabilities(Controller())["backbone.op"]
+    assert probs["b"] == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
+    assert sum(probs.values()) == pytest.approx(1.0)
+
+
+class WidthSpace(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.conv = MutableConv2d(3, nni.choice("backbone.width", [4, 8]), 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_quirk19_a_bias_free_mixed_conv_freezes_only_with_our_hooks():
+    from nni.nas.strategy import RandomOneShot
+
+    plain = WidthSpace()
+    RandomOneShot().mutate_model(plain)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        plain.freeze({"backbone.width": 4})
+    fixed = WidthSpace()
+    RandomOneShot(mutation_hooks=nni_compat.mixed_op_hooks()).mutate_model(fixed)
+    frozen = fixed.freeze({"backbone.width": 4})
+    assert isinstance(frozen.conv, torch.nn.Conv2d) and frozen.conv.bias is None
+    assert torch.equal(frozen.conv.weight, fixed.conv.weight[:4])  # the supernet's weights, sliced
