@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             except SearchCollapsed as err:
                 print(f"error: {err}", file=sys.stderr)
                 return EXIT_COLLAPSED
-            _summary(record, out / "best_architecture.json")
+            if record is not None:  # None: a DDP rank other than zero, which reports nothing
+                _summary(record, out / "best_architecture.json")
         elif args.job == "retrain":
             from experiments.architecture import read_architecture
             from experiments.retrain import run_retrain
