@@ -15,7 +15,8 @@ import torch
 from nni.nas.evaluator.pytorch import LightningModule
 from torch import nn
 
-from experiments.nni_compat import is_architecture_step, mixed_layers
+from experiments.nni_compat import (is_architecture_step, mixed_layers, pause_ddp_gradient_sync,
+                                    sync_architecture_gradients)
 
 PARAMETER_FREE_CANDIDATES = frozenset({"maxpool_3x3", "avgpool_3x3", "identity"})
 
@@ -147,6 +148,8 @@ class SSLFramework(LightningModule):
             self.before_weight_step()
         loss = self.ssl_loss(views, arch_step)
         if arch_step:
+            if self.fast_arch_step and self._trainer is not None:
+                self._arch_sync_paused = pause_ddp_gradient_sync(self.trainer)
             self.log("search/arch_loss", loss.detach(), prog_bar=False)
             if self.param_free_penalty > 0:
                 penalty = self.parameter_free_mass()
@@ -156,6 +159,13 @@ class SSLFramework(LightningModule):
             self.weight_steps += 1
             self.log("train/ssl_loss", loss.detach(), prog_bar=True)
         return loss
+
+    _arch_sync_paused = False
+
+    def on_after_backward(self) -> None:
+        if self._arch_sync_paused:  # a fast architecture step under DDP: sync the alphas by hand
+            self._arch_sync_paused = False
+            sync_architecture_gradients(self.trainer, [alpha for _, alpha in mixed_layers(self.model).values()])
 
     def parameter_free_mass(self) -> torch.Tensor:
         """Mean probability that a searched layer picks a parameter-free candidate (NASiam's guard)."""

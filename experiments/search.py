@@ -4,6 +4,7 @@ config -> data -> space -> framework -> strategy -> evaluation -> ``best_archite
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
            f"{len(weight_idx)} weight / {len(arch_idx)} architecture images")
     module = build_module(cfg, cfg.search.epochs, interleaved=True, augment=data.augment)
     monitor = build_monitor(cfg, data, listeners)
-    monitor.listeners.insert(0, lambda r: rank_zero_only.rank == 0 and log_fn(_epoch_line(r)))
+    monitor.listeners.insert(0, functools.partial(_log_epoch, log_fn))  # picklable, for ddp_spawn
     trainer = build_trainer(cfg, cfg.search.epochs, out, [monitor])
     evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader)
     strategy = build_strategy(cfg)
@@ -122,6 +123,11 @@ def _split(cfg: Config, data):
     from experiments.data import split_indices
 
     return split_indices(len(data.train), cfg.data.search_split, cfg.seed)
+
+
+def _log_epoch(log_fn: Callable[[str], None], record: dict) -> None:
+    if rank_zero_only.rank == 0:
+        log_fn(_epoch_line(record))
 
 
 def _epoch_line(r: dict) -> str:
