@@ -1,0 +1,89 @@
+"""Bad input: one clear line on stderr, exit status 2, nothing written."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+class _Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def _run_in_process(args, capsys):
+    """The CLI's ``main`` in this process (imports are paid once); same exit code and stderr."""
+    from experiments.cli import main
+
+    code = main(args)
+    return _Result(code, capsys.readouterr().err)
+
+
+def _run(args, cwd):
+    """The real command in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=cwd, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+
+
+@pytest.mark.parametrize("setting,message", [
+    (["--set", "framework=simsam"], "unknown framework 'simsam'"),
+    (["--set", "search.epochs=-1"], "search.epochs: must be >= 1"),
+    (["--set", "data.dataset=imagefolder", "--set", "data.root=/nonexistent/cifar"], "does not exist"),
+    (["--set", "data.batchsize=4"], "did you mean 'batch_size'"),
+    (["--set", "optim.lr=fast"], "optim.lr: must be a number"),
+])
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, setting, message):
+    out = tmp_path / "out"
+    result = _run_in_process(["search", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+                              "--output-dir", str(out), *setting], capsys)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not out.exists()
+
+
+def test_malformed_yaml(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("framework: simsiam\ndata: [unclosed\n")
+    result = _run(["search", "--config", str(bad), "--output-dir", str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 2 and "malformed YAML" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_config_file(tmp_path, capsys):
+    result = _run_in_process(["search", "--config", str(tmp_path / "nope.yml")], capsys)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_finished_run_is_not_overwritten(tmp_path):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "best_architecture.json").write_text('{"keep": true}')
+    result = _run(["search", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+                   "--output-dir", str(out)], tmp_path)
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert (out / "best_architecture.json").read_text() == '{"keep": true}'
+
+
+def test_malformed_architecture_json(tmp_path, capsys):
+    bad = tmp_path / "arch.json"
+    bad.write_text('{"architecture": {"projector.layer1.op": "linear_relu"')
+    result = _run_in_process(["retrain", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+                              "--arch", str(bad), "--output-dir", str(tmp_path / "out")], capsys)
+    assert result.returncode == 2 and "malformed architecture JSON" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_architecture_with_unknown_label_or_value(tmp_path, capsys):
+    import json
+
+    record = json.loads((ROOT / "architectures" / "nasiam_simsiam_cifar10_resnet18.json").read_text())
+    record["architecture"]["projector.layer1.op"] = "linear_gelu"
+    bad = tmp_path / "arch.json"
+    bad.write_text(json.dumps(record))
+    result = _run_in_process(["retrain", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+                              "--arch", str(bad), "--output-dir", str(tmp_path / "out")], capsys)
+    assert result.returncode == 2 and "'linear_gelu' is not one of its choices" in result.stderr
+    assert not (tmp_path / "out").exists()

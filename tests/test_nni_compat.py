@@ -1,0 +1,90 @@
+"""One test per NNI 3.0 quirk that experiments/nni_compat.py works around."""
+import subprocess
+import sys
+
+import torch
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from torch import nn
+
+from experiments import nni_compat
+from tests.conftest import ROOT
+
+
+def test_quirk1_import_warning_is_filtered_by_message_only():
+    code = ("import warnings; warnings.simplefilter('default');"
+            "import experiments.nni_compat; import nni.nas.nn.pytorch;"
+            "warnings.warn('another RuntimeWarning', RuntimeWarning)")
+    result = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert "not a nn.Module" not in result.stderr
+    assert "another RuntimeWarning" in result.stderr  # other warnings still show
+
+
+def test_quirk2_even_batch_indices_are_architecture_steps_only_when_interleaved():
+    assert nni_compat.is_architecture_step(0, True) and nni_compat.is_architecture_step(4, True)
+    assert not nni_compat.is_architecture_step(1, True)
+    assert not nni_compat.is_architecture_step(0, False)
+
+
+def test_quirk3_callbacks_see_the_wrapper():
+    class Inner:
+        pass
+
+    class Wrapper:
+        training_module = Inner()
+
+    inner = Wrapper.training_module
+    assert nni_compat.training_module_of(Wrapper()) is inner
+    assert nni_compat.training_module_of(inner) is inner
+
+
+class _Space(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.a = LayerChoice({"x": nn.Identity(), "y": nn.ReLU()}, label="head.layer1.op")
+        self.b = LayerChoice({"x": nn.Identity(), "y": nn.ReLU()}, label="head.layer1.op")  # shared label
+
+
+def _supernet(strategy, logits):
+    """The space as NNI's strategy mutates it, with the shared alpha set to ``logits``."""
+    space = strategy.mutate_model(_Space())
+    alpha = space.a._arch_alpha
+    with torch.no_grad():
+        alpha.copy_(torch.tensor(logits))
+    assert space.b._arch_alpha is alpha  # NNI shares one alpha between equal labels
+    return space, alpha
+
+
+def test_quirk4_probabilities_are_the_plain_softmax_once_per_shared_label():
+    from nni.nas.strategy import DARTS
+
+    space, alpha = _supernet(DARTS(), [0.0, 1.0])
+    probs = nni_compat.architecture_probabilities(space)
+    assert list(probs) == ["head.layer1.op"]
+    expected = torch.softmax(alpha.detach(), 0).tolist()
+    assert [probs["head.layer1.op"]["x"], probs["head.layer1.op"]["y"]] == expected
+    assert nni_compat.derived_architecture(space) == {"head.layer1.op": "y"}
+
+
+def test_quirk4_gumbel_export_probs_are_noisy_but_ours_are_not():
+    from nni.nas.strategy import GumbelDARTS
+
+    space, _ = _supernet(GumbelDARTS(), [0.0, 1.0])
+    draws = {tuple(space.a.export_probs({})["head.layer1.op"].values()) for _ in range(5)}
+    assert len(draws) > 1  # NNI's export_probs under GumbelDARTS samples noise
+    ours = {tuple(nni_compat.architecture_probabilities(space)["head.layer1.op"].values()) for _ in range(5)}
+    assert len(ours) == 1
+
+
+def test_quirk6_exported_labels_become_plain_strings(tmp_path):
+    import pytest
+    from nni.mutable.utils import label
+
+    exported = {label("projector.layer1.op"): "linear_relu"}
+    torch.save({"architecture": exported}, tmp_path / "raw.pt")
+    with pytest.raises(Exception, match="label"):  # the quirk: NNI's label objects fail safe loading
+        torch.load(tmp_path / "raw.pt", weights_only=True)
+    plain = nni_compat.plain_architecture(exported)
+    assert all(type(k) is str for k in plain) and plain == {"projector.layer1.op": "linear_relu"}
+    torch.save({"architecture": plain}, tmp_path / "a.pt")
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["architecture"] == plain
