@@ -40,7 +40,9 @@ class MoCo(SSLFramework):
         x1, x2 = views[:2]
         q1, q2 = self.embed(x1, arch_step), self.embed(x2, arch_step)
         k1, k2 = self.momentum_embed(x1), self.momentum_embed(x2)
-        loss = (self.criterion(q1, k2, self.queue) + self.criterion(q2, k1, self.queue)) / 2
+        # A copy: enqueue() below writes the queue in place before the loss is back-propagated.
+        queue = self.queue.clone()
+        loss = (self.criterion(q1, k2, queue) + self.criterion(q2, k1, queue)) / 2
         if not arch_step:
             self.enqueue(torch.cat([k1, k2]))
         return loss
