@@ -28,7 +28,10 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
-CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"  # ImageFolder copy (see ../shared/data/README.md)
+# The ImageFolder copy of CIFAR-10 beside the project (../shared/data, see its README.md);
+# a git worktree one level deeper finds it one folder further up.
+CIFAR10 = next((p / "shared" / "data" / "cifar10" for p in (ROOT.parent, ROOT.parent.parent)
+                if (p / "shared" / "data" / "cifar10" / "train").is_dir()), ROOT.parent / "shared" / "data" / "cifar10")
 RESULTS = ROOT / "runs" / "benchmarks"
 
 
@@ -36,7 +39,8 @@ def common_arguments(parser: argparse.ArgumentParser, width: float = 0.25, batch
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CUDA when present, else CPU")
     parser.add_argument("--dataset", default="auto", choices=("auto", "cifar10", "digits"),
-                        help="auto: CIFAR-10 from ../shared/data/cifar10 when present, else digits at 32 px")
+                        help="auto: CIFAR-10 when --cifar10 is present, else digits upscaled to 32 px")
+    parser.add_argument("--cifar10", default=str(CIFAR10), help="CIFAR-10 as an ImageFolder (train/, test/)")
     parser.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet34", "resnet50"))
     parser.add_argument("--width", type=float, default=width, help="backbone width multiplier (1.0: 512 features)")
     parser.add_argument("--head-width", type=float, default=None, help="head width multiplier (default: --width)")
@@ -53,10 +57,11 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is available")
+    cifar = Path(args.cifar10)
     if args.dataset == "auto":
-        args.dataset = "cifar10" if (CIFAR10 / "train").is_dir() else "digits"
-    if args.dataset == "cifar10" and not (CIFAR10 / "train").is_dir():
-        raise SystemExit(f"error: --dataset cifar10 needs {CIFAR10}/train (an ImageFolder copy of CIFAR-10)")
+        args.dataset = "cifar10" if (cifar / "train").is_dir() else "digits"
+    if args.dataset == "cifar10" and not (cifar / "train").is_dir():
+        raise SystemExit(f"error: --dataset cifar10 needs {cifar}/train (an ImageFolder copy of CIFAR-10)")
     if args.head_width is None:
         args.head_width = args.width
     if args.workers is None:
@@ -79,7 +84,7 @@ def make_config(args: argparse.Namespace, train_images: int, **overrides: Any):
         "evaluation.bank_subset": 200,
     }
     if args.dataset == "cifar10":
-        values.update({"data.dataset": "imagefolder", "data.root": str(CIFAR10)})
+        values.update({"data.dataset": "imagefolder", "data.root": str(args.cifar10)})
     else:  # digits upscaled to CIFAR's 32 px, so the backbone does CIFAR-sized work
         values.update({"data.dataset": "digits", "data.image_size": 32})
     values.update(overrides)

@@ -66,6 +66,61 @@ def run_one(args, cfg, data, run: str, epochs: int) -> dict:
             "weight_steps": len(weight_idx) // cfg.data.batch_size}
 
 
+def step_costs(args, cfg, data, repeats: int = 3) -> dict:
+    """Seconds of each step on one fixed batch of the supernet (no loader, no Lightning): the floor.
+
+    The fast architecture step cannot cost less than the backbone's forward pass over the
+    held-out batch's views (and the heads' forward and backward).
+    """
+    import time
+
+    import torch
+
+    from experiments.common import build_module, build_space
+    from experiments.search import build_strategy
+
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    supernet = build_strategy(cfg).mutate_model(build_space(cfg)).to(device)
+    module = build_module(cfg, 1, interleaved=True, augment=None)
+    module.set_model(supernet)
+    module.to(device).train()
+    images = data.train.images[:cfg.data.batch_size].to(device)
+    views = [v.contiguous(memory_format=torch.channels_last) if cfg.trainer.channels_last else v
+             for v in data.augment.to(device)(images, torch.Generator(device=device).manual_seed(0))]
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              enabled=cfg.trainer.precision == "bf16-mixed")
+
+    def step(arch: bool, fast: bool):
+        module.fast_arch_step = fast
+        supernet.zero_grad(set_to_none=True)
+        with autocast:
+            loss = module.ssl_loss(views, arch)
+        loss.backward()
+
+    def backbone_forward():
+        with torch.no_grad(), autocast:
+            for v in views:
+                module.backbone(v)
+
+    def timed(fn) -> tuple[float, float]:
+        fn()
+        walls, cpus = [], []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+        return median(walls), median(cpus)
+
+    return {"weight step": timed(lambda: step(False, True)), "arch step, fast": timed(lambda: step(True, True)),
+            "arch step, stock": timed(lambda: step(True, False)), "backbone forward, no_grad": timed(backbone_forward)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_cost", description=__doc__.splitlines()[0])
     common_arguments(parser)
@@ -74,6 +129,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", default="per-image,batched+cl",
                         help="data/speed variants as in benchmarks.throughput (comma list)")
     parser.add_argument("--head-space", default="nasiam", choices=("nasiam", "mlp"))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run plain, fast and stock this many times in turn; the median epoch counts")
     args = resolve(parser.parse_args(argv))
 
     from experiments.common import build_data
@@ -84,23 +141,37 @@ def main(argv=None) -> None:
     rows, summary = [], {}
     for variant in args.variants.split(","):
         cfg = with_options(base, variant_options(variant))
-        results = {}
-        for run in RUNS:
-            results[run] = run_one(args, cfg, data, run, args.epochs + 1)
-            print(f"{variant:16s} {run:12s} {results[run]['epoch_s']:.2f} s/epoch")
+        rounds: dict[str, list[dict]] = {run: [] for run in RUNS}
+        for _ in range(args.rounds):  # in turn, so that a change of load on the machine hits all three
+            for run in RUNS:
+                rounds[run].append(run_one(args, cfg, data, run, args.epochs + 1))
+                print(f"{variant:16s} {run:12s} {rounds[run][-1]['epoch_s']:.2f} s/epoch "
+                      f"({rounds[run][-1]['epoch_cpu_s']:.2f} CPU s)")
+        results = {run: {"epoch_s": median(r["epoch_s"] for r in rs), "epoch_cpu_s": median(r["epoch_cpu_s"] for r in rs),
+                         "peak_mib": max(r["peak_mib"] or 0 for r in rs), "weight_steps": rs[0]["weight_steps"]}
+                   for run, rs in rounds.items()}
         plain = results["plain"]
         for run in RUNS:
             r = results[run]
             rows.append({"variant": variant, "run": run, **r, "ratio": r["epoch_s"] / plain["epoch_s"],
                          "ratio_cpu": r["epoch_cpu_s"] / plain["epoch_cpu_s"]})
-        summary[f"{variant}: fast / plain"] = results["darts-fast"]["epoch_s"] / plain["epoch_s"]
-        summary[f"{variant}: stock / plain"] = results["darts-stock"]["epoch_s"] / plain["epoch_s"]
+        costs = step_costs(args, cfg, data)
+        weight = costs["weight step"]
+        for name, (wall, cpu) in costs.items():
+            rows.append({"variant": variant, "run": name, "epoch_s": None, "step_s": wall, "step_cpu_s": cpu,
+                         "ratio": wall / weight[0], "ratio_cpu": cpu / weight[1]})
+        for run, label in (("darts-fast", "fast"), ("darts-stock", "stock")):
+            summary[f"{variant}: {label} / plain"] = results[run]["epoch_s"] / plain["epoch_s"]
+            summary[f"{variant}: {label} / plain (CPU time)"] = results[run]["epoch_cpu_s"] / plain["epoch_cpu_s"]
+        summary[f"{variant}: floor of fast / plain, 1 + arch step / weight step (CPU time)"] = \
+            1 + costs["arch step, fast"][1] / weight[1]
     report("search_cost", f"Search cost: {args.head_space} heads, {args.backbone} x{args.width}, batch "
            f"{args.batch_size}, {args.images} {args.dataset} images, {args.device}",
-           ["variant", "run", "epoch_s", "ratio", "epoch_cpu_s", "ratio_cpu", "peak_mib", "weight_steps"],
-           rows, args, summary,
-           notes=["ratio: epoch wall time over the plain epoch of the same variant (target for darts-fast: <= 1.3); "
-                  "ratio_cpu: the same in process CPU time (less sensitive to other load on the machine)"])
+           ["variant", "run", "epoch_s", "epoch_cpu_s", "step_s", "step_cpu_s", "ratio", "ratio_cpu", "peak_mib",
+            "weight_steps"], rows, args, summary,
+           notes=["ratio: epoch time over the plain epoch of the same variant (target for darts-fast: <= 1.3); "
+                  "for the step rows, step time over the weight step's. ratio_cpu: the same in process CPU time "
+                  "(less sensitive to other jobs on a shared machine). Step rows: one fixed batch, no loader."])
 
 
 if __name__ == "__main__":

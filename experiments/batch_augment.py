@@ -185,17 +185,24 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 
 
 def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
-                 apply: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 apply: Optional[torch.Tensor] = None, sync_free: Optional[bool] = None) -> torch.Tensor:
     """Brightness, contrast, saturation, hue with per-sample ``factors`` (B x 4) in per-sample ``order``.
 
     ``order[i]`` is a permutation of 0..3 (the op indices above); samples where ``apply``
-    is False are left unchanged. Each op runs once per sample, on the samples whose turn it is.
+    is False are left unchanged. On the CPU each op runs on the samples whose turn it is
+    (gathered by index); on a GPU (``sync_free``) each op runs on the whole batch and a
+    mask keeps the samples whose turn it is, so the host never waits for the device.
     """
+    sync_free = x.is_cuda if sync_free is None else sync_free
     out = x.clone()
     selected = torch.ones(len(x), dtype=torch.bool, device=x.device) if apply is None else apply
     for position in range(4):
         for op_index, op in enumerate(_JITTER_OPS):
-            idx = torch.nonzero(selected & (order[:, position] == op_index)).squeeze(1)
+            turn = selected & (order[:, position] == op_index)
+            if sync_free:
+                out = torch.where(turn.view(-1, 1, 1, 1), op(out, factors[:, op_index]), out)
+                continue
+            idx = torch.nonzero(turn).squeeze(1)
             if idx.numel():
                 out[idx] = op(out[idx], factors[idx, op_index])
     return out
@@ -233,8 +240,10 @@ class BatchViewAugment(nn.Module):
         self.blur_kernel = max(3, int(math.ceil(self.image_size * 0.1)) // 2 * 2 + 1)
 
     def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
-        x = images.float().div_(255.0)
-        return [self.view(x, generator) for _ in range(self.views)]
+        # In float32 whatever the trainer's precision: crop coordinates and colours need it.
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            x = images.float().div_(255.0)
+            return [self.view(x, generator) for _ in range(self.views)]
 
     def _coin(self, n: int, p: float, generator, device) -> torch.Tensor:
         return torch.rand(n, generator=generator, device=device) < p

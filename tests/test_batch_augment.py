@@ -43,14 +43,15 @@ def test_sample_crops_follow_the_scale_and_ratio_rule():
     assert len({tuple(b) for b in boxes[:50].tolist()}) > 40
 
 
-def test_color_jitter_matches_torchvision_in_each_samples_order():
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_color_jitter_matches_torchvision_in_each_samples_order(sync_free):
     x = _images(n=8)
     g = torch.Generator().manual_seed(2)
     factors = torch.stack([0.6 + 0.8 * torch.rand(8, generator=g), 0.6 + 0.8 * torch.rand(8, generator=g),
                            0.6 + 0.8 * torch.rand(8, generator=g), -0.1 + 0.2 * torch.rand(8, generator=g)], 1)
     order = torch.argsort(torch.rand(8, 4, generator=g), dim=1)
     apply = torch.tensor([True] * 6 + [False] * 2)
-    out = color_jitter(x, factors, order, apply)
+    out = color_jitter(x, factors, order, apply, sync_free=sync_free)
     ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     for i in range(8):
         ref = x[i]
@@ -99,6 +100,15 @@ def test_full_recipe_gives_two_different_normalised_views_with_each_effect():
     # grayscale p=1: all three channels equal in every sample
     torch.testing.assert_close(v1[:, 0], v1[:, 1])
     torch.testing.assert_close(v1[:, 1], v1[:, 2])
+
+
+def test_views_stay_float32_under_bf16_autocast():
+    images = (torch.rand(4, 3, 16, 16) * 255).to(torch.uint8)
+    aug = BatchViewAugment(AugmentSettings(), 16, [0.5] * 3, [0.25] * 3)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        v1, _ = aug(images, torch.Generator().manual_seed(0))
+    ref, _ = aug(images, torch.Generator().manual_seed(0))
+    assert v1.dtype == torch.float32 and torch.equal(v1, ref)
 
 
 def test_same_generator_seed_gives_the_same_views():
