@@ -180,7 +180,8 @@ class SSLFramework(LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        lr = self.lr * self.batch_size / 256  # the linear scaling rule of SimSiam and MoCo
+        world = self.trainer.world_size if self._trainer is not None else 1  # DDP: batch_size is per process
+        lr = self.lr * self.batch_size * world / 256  # the linear scaling rule of SimSiam and MoCo
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(params, lr=lr, momentum=self.sgd_momentum, weight_decay=self.weight_decay)
         elif self.optimizer_name == "adamw":

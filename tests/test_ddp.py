@@ -45,3 +45,29 @@ def test_darts_search_under_ddp_on_two_cpu_processes(tmp_path, strategy):
     # the search moved them away from the uniform start
     probs = [p for choice in rank0[-1].values() for p in choice.values()]
     assert max(probs) - min(probs) > 1e-3
+
+
+def test_quirk7_gradient_sync_is_paused_only_under_ddp():
+    from types import SimpleNamespace
+
+    import torch
+
+    from experiments.nni_compat import pause_ddp_gradient_sync
+
+    assert pause_ddp_gradient_sync(None) is False  # no trainer: nothing to pause
+    plain = SimpleNamespace(strategy=SimpleNamespace(model=torch.nn.Linear(2, 2)))
+    assert pause_ddp_gradient_sync(plain) is False  # single process: the module is not wrapped
+
+
+def test_learning_rate_scales_with_the_global_batch_under_ddp():
+    from types import SimpleNamespace
+
+    from evaluators import SimSiam
+    from search_spaces import SSLNetworkSpace
+
+    module = SimSiam(lr=0.06, batch_size=128)
+    module.set_model(SSLNetworkSpace("simsiam", "fixed", "resnet18", 0.125, 3, 0.0625).freeze({}))
+    single = module.configure_optimizers()["optimizer"].param_groups[0]["lr"]
+    module._trainer = SimpleNamespace(world_size=4)  # four processes of 128 images each
+    four = module.configure_optimizers()["optimizer"].param_groups[0]["lr"]
+    assert single == 0.06 * 128 / 256 and four == 4 * single
