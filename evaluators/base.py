@@ -134,6 +134,9 @@ class SSLFramework(LightningModule):
                 seed = (torch.initial_seed() + 1_000_003 * self.global_rank) % (2 ** 63)
                 self._augment_generator = torch.Generator(device=batch.device).manual_seed(seed)
             views = self.batch_augment(batch, self._augment_generator)
+        elif isinstance(batch, torch.Tensor):
+            raise RuntimeError("a uint8 batch (data.batched_augment) needs the module built with "
+                               "build_module(..., augment=data.augment)")
         else:
             views = list(batch)
         if self.channels_last:

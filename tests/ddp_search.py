@@ -27,7 +27,7 @@ def main(out: str, strategy: str) -> None:
         "search.epochs": 2, "search.warmup_epochs": 0, "search.arch_lr": 0.05, "search.collapse_threshold": 0.0,
         "evaluation.knn_k": 10, "evaluation.linear_epochs": 5,
         "trainer.progress_bar": False, "trainer.accelerator": "cpu",
-        "trainer.strategy": strategy, "trainer.devices": 2,
+        "trainer.strategy": strategy, "trainer.devices": 2, "data.batched_augment": True,
     })
     run_search(cfg, Path(out), listeners=[functools.partial(record_rank, Path(out).parent / "ranks")],
                log_fn=print)

@@ -135,3 +135,19 @@ def test_runs_on_cuda_with_a_cuda_generator():
     aug = BatchViewAugment(AugmentSettings(blur_p=0.5), 16, [0.5] * 3, [0.25] * 3).cuda()
     v1, v2 = aug(images, torch.Generator(device="cuda").manual_seed(0))
     assert v1.is_cuda and v1.shape == (8, 3, 16, 16) and math.isfinite(float(v2.sum()))
+
+
+def test_search_module_makes_views_from_uint8_batches(tiny_config):
+    from experiments.common import build_data, build_module
+
+    cfg = tiny_config(**{"data.batched_augment": True, "trainer.channels_last": True})
+    data = build_data(cfg)
+    batch = next(iter(data.loader(None, cfg)))
+    assert batch.dtype == torch.uint8 and batch.shape == (64, 3, 8, 8)
+    module = build_module(cfg, 1, interleaved=False, augment=data.augment)
+    v1, v2 = module.make_views(batch)
+    assert v1.shape == v2.shape == (64, 3, 8, 8) and v1.dtype == torch.float32
+    assert v1.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(v1, v2)
+    with pytest.raises(RuntimeError, match="augment=data.augment"):
+        build_module(cfg, 1, interleaved=False).make_views(batch)

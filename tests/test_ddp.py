@@ -1,4 +1,7 @@
-"""One search on two CPU processes through Lightning DDP (gloo): ranks agree, one JSON is written."""
+"""One search on two CPU processes through Lightning DDP (gloo): ranks agree, one JSON is written.
+
+The search makes its views from uint8 batches (data.batched_augment), one random stream per rank.
+"""
 from __future__ import annotations
 
 import json
