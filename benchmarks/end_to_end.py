@@ -33,8 +33,9 @@ VARIANTS = {
 
 def run_job(config: str, overrides: list[str], device: str) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    accelerator = "gpu" if device == "cuda" else "cpu"
     command = [sys.executable, "-m", "experiments", "search", "--config", config, "--output-dir", str(out),
-               "--set", "trainer.progress_bar=false", "--set", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}"]
+               "--set", "trainer.progress_bar=false", "--set", f"trainer.accelerator={accelerator}"]
     for item in overrides:
         command += ["--set", item]
     start = time.perf_counter()

@@ -160,7 +160,8 @@ def main(argv=None) -> None:
     try:
         import lightly
     except ImportError:
-        raise SystemExit("error: lightly is not installed: pip install --no-deps -r benchmarks/requirements-lightly.txt")
+        raise SystemExit("error: lightly is not installed: "
+                         "pip install --no-deps -r benchmarks/requirements-lightly.txt") from None
     precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
     variants = (args.variants or DEFAULT_VARIANTS[args.device]).split(",")
 
