@@ -9,13 +9,14 @@ weight step, and the architecture step can skip the backbone's backward entirely
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from nni.nas.evaluator.pytorch import LightningModule
 from torch import nn
 
-from experiments.nni_compat import is_architecture_step, mixed_layers
+from experiments.nni_compat import (is_architecture_step, mixed_layers, pause_ddp_gradient_sync,
+                                    sync_architecture_gradients)
 
 PARAMETER_FREE_CANDIDATES = frozenset({"maxpool_3x3", "avgpool_3x3", "identity"})
 
@@ -39,7 +40,8 @@ class SSLFramework(LightningModule):
     def __init__(self, *, lr: float = 0.06, sgd_momentum: float = 0.9, weight_decay: float = 5e-4,
                  batch_size: int = 256, max_epochs: int = 100, warmup_epochs: int = 0,
                  optimizer: str = "sgd", param_free_penalty: float = 0.0, fast_arch_step: bool = True,
-                 interleaved: bool = False, embedding_dim: int = 128, **options: Any):
+                 interleaved: bool = False, embedding_dim: int = 128, batch_augment: Optional[nn.Module] = None,
+                 channels_last: bool = False, compile_backbone: bool = False, **options: Any):
         super().__init__()
         unknown = set(options) - set(self.defaults)
         if unknown:
@@ -58,6 +60,22 @@ class SSLFramework(LightningModule):
         self.arch_penalties: dict = {}
         # (images, labels, num_classes, k, temperature): the kNN bank of ``reward`` (ENAS)
         self.reward_bank: Any = None
+        # Speed (experiments.batch_augment, NHWC, torch.compile): no effect on what is computed.
+        self.batch_augment = batch_augment  # uint8 batch -> views, on the batch's device
+        self._augment_generator: Optional[torch.Generator] = None
+        self.channels_last = channels_last
+        self.compile_backbone = compile_backbone
+
+    def set_model(self, model) -> None:
+        """NNI hands over the (mutated) network here; lay out and compile its backbones once."""
+        super().set_model(model)
+        backbones = [m for m in (getattr(model, "backbone", None), getattr(model, "momentum_backbone", None))
+                     if m is not None]
+        for backbone in backbones:
+            if self.channels_last:
+                backbone.to(memory_format=torch.channels_last)
+            if self.compile_backbone:
+                backbone.compile()
 
     # --- the network -------------------------------------------------------------------------
     @property
@@ -113,14 +131,33 @@ class SSLFramework(LightningModule):
         """Per-weight-step state change before the loss (momentum update)."""
 
     # --- Lightning -----------------------------------------------------------------------------
+    def make_views(self, batch) -> list[torch.Tensor]:
+        """The batch's views: a tuple of views, or a uint8 batch augmented here (``data.batched_augment``)."""
+        if self.batch_augment is not None and isinstance(batch, torch.Tensor) and batch.dtype == torch.uint8:
+            if self._augment_generator is None or self._augment_generator.device != batch.device:
+                # one stream per rank: seed_everything gives every DDP rank the same initial seed
+                seed = (torch.initial_seed() + 1_000_003 * self.global_rank) % (2 ** 63)
+                self._augment_generator = torch.Generator(device=batch.device).manual_seed(seed)
+            views = self.batch_augment(batch, self._augment_generator)
+        elif isinstance(batch, torch.Tensor):
+            raise RuntimeError("a uint8 batch (data.batched_augment) needs the module built with "
+                               "build_module(..., augment=data.augment)")
+        else:
+            views = list(batch)
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
     def training_step(self, batch, batch_idx):
         arch_step = is_architecture_step(batch_idx, self.interleaved)
         self._batch_in_epoch = batch_idx // 2 if self.interleaved else batch_idx
-        views = list(batch)
+        views = self.make_views(batch)
         if not arch_step:
             self.before_weight_step()
         loss = self.ssl_loss(views, arch_step)
         if arch_step:
+            if self.fast_arch_step and self._trainer is not None:
+                self._arch_sync_paused = pause_ddp_gradient_sync(self.trainer)
             self.log("search/arch_loss", loss.detach(), prog_bar=False)
             if self.param_free_penalty > 0:
                 penalty = self.parameter_free_mass()
@@ -134,6 +171,13 @@ class SSLFramework(LightningModule):
             self.weight_steps += 1
             self.log("train/ssl_loss", loss.detach(), prog_bar=True)
         return loss
+
+    _arch_sync_paused = False
+
+    def on_after_backward(self) -> None:
+        if self._arch_sync_paused:  # a fast architecture step under DDP: sync the alphas by hand
+            self._arch_sync_paused = False
+            sync_architecture_gradients(self.trainer, [alpha for _, alpha in mixed_layers(self.model).values()])
 
     def parameter_free_mass(self) -> torch.Tensor:
         """Mean probability that a searched layer picks a parameter-free candidate (NASiam's guard)."""
@@ -172,7 +216,8 @@ class SSLFramework(LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        lr = self.lr * self.batch_size / 256  # the linear scaling rule of SimSiam and MoCo
+        world = self.trainer.world_size if self._trainer is not None else 1  # DDP: batch_size is per process
+        lr = self.lr * self.batch_size * world / 256  # the linear scaling rule of SimSiam and MoCo
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(params, lr=lr, momentum=self.sgd_momentum, weight_decay=self.weight_decay)
         elif self.optimizer_name == "adamw":

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             except SearchCollapsed as err:
                 print(f"error: {err}", file=sys.stderr)
                 return EXIT_COLLAPSED
-            _summary(record, out / "best_architecture.json")
+            if record is not None:  # None: a DDP rank other than zero, which reports nothing
+                _summary(record, out / "best_architecture.json")
         elif args.job == "backbone-search":
             from experiments.backbone_search import run_backbone_search, summary
 

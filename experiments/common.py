@@ -17,6 +17,7 @@ from nni.nas.evaluator.pytorch import DataLoader, Trainer
 
 from evaluators import FRAMEWORKS
 from evaluators.monitors import EvaluationSet, SSLMonitor
+from experiments.batch_augment import BatchViewAugment, UInt8Images, collate_uint8
 from experiments.config import Config, ConfigError
 from experiments.data import (AugmentSettings, DataError, ImageSet, MultiViewDataset, channel_stats, load_images,
                               normalized, split_indices, ssl_view)
@@ -35,6 +36,7 @@ class DataBundle:
     image_size: int
     views: list  # one transform per view
     evaluation: EvaluationSet
+    augment: Optional[torch.nn.Module] = None  # data.batched_augment: the views made in the training step
 
     def loader(self, indices: Optional[torch.Tensor], cfg: Config, shuffle: bool = True,
                labelled: Optional[bool] = None) -> DataLoader:
@@ -47,9 +49,13 @@ class DataBundle:
             raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than a training split of "
                               f"{len(images)} images; lower it or use more data")
         workers = cfg.data.num_workers
-        return DataLoader(MultiViewDataset(images, self.views, labels), batch_size=cfg.data.batch_size, shuffle=shuffle,
+        if self.augment is not None:  # uint8 batches; the module makes the views on its device
+            dataset, extra = UInt8Images(images), {"collate_fn": collate_uint8}
+        else:
+            dataset, extra = MultiViewDataset(images, self.views, labels), {}
+        return DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=shuffle,
                           drop_last=True, num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(), **extra)
 
 
 def augment_settings(cfg: Config, image_size: int) -> AugmentSettings:
@@ -87,7 +93,12 @@ def build_data(cfg: Config) -> DataBundle:
                             [:cfg.evaluation.bank_subset])
     evaluation = EvaluationSet(normalized(bank, mean, std), bank.labels, normalized(test, mean, std),
                                test.labels, num_classes=len(train.classes))
-    return DataBundle(train, test, mean, std, size, views, evaluation)
+    augment = None
+    if d.batched_augment:
+        if hasattr(framework, "view_transforms"):
+            raise ConfigError(f"data.batched_augment: {cfg.framework} makes its own views; set it to false")
+        augment = BatchViewAugment(settings, size, mean, std, views=len(views))
+    return DataBundle(train, test, mean, std, size, views, evaluation, augment)
 
 
 def build_space(cfg: Config, framework: Optional[str] = None, head_space: Optional[str] = None,
@@ -98,7 +109,9 @@ def build_space(cfg: Config, framework: Optional[str] = None, head_space: Option
                            backbone_options=dict(m.backbone_options), num_classes=num_classes)
 
 
-def build_module(cfg: Config, epochs: int, interleaved: bool, framework: Optional[str] = None):
+def build_module(cfg: Config, epochs: int, interleaved: bool, framework: Optional[str] = None,
+                 augment: Optional[torch.nn.Module] = None):
+    """The framework's Lightning module; ``augment`` (``DataBundle.augment``) makes views from uint8 batches."""
     name = framework or cfg.framework
     o = cfg.optim
     return FRAMEWORKS[name](
@@ -106,7 +119,8 @@ def build_module(cfg: Config, epochs: int, interleaved: bool, framework: Optiona
         warmup_epochs=o.warmup_epochs, batch_size=cfg.data.batch_size, max_epochs=epochs,
         param_free_penalty=cfg.search.param_free_penalty if interleaved else 0.0,
         fast_arch_step=cfg.search.fast_arch_step, interleaved=interleaved,
-        embedding_dim=head_dims(name, cfg.model.head_width).projector_out, **cfg.framework_options)
+        embedding_dim=head_dims(name, cfg.model.head_width).projector_out, batch_augment=augment,
+        channels_last=cfg.trainer.channels_last, compile_backbone=cfg.trainer.compile, **cfg.framework_options)
 
 
 def build_monitor(cfg: Config, data: DataBundle, listeners: Sequence = ()) -> SSLMonitor:

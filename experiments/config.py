@@ -42,6 +42,7 @@ class DataConfig:
     search_split: float = 0.5
     batch_size: int = 128
     num_workers: int = 0
+    batched_augment: bool = False  # augment whole uint8 batches in the training step (on the GPU if any)
 
     _checks = {
         "dataset": (lambda v: v in ("digits", "cifar10", "cifar100", "stl10", "imagefolder"),
@@ -214,6 +215,8 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     progress_bar: bool = True
+    channels_last: bool = False  # backbone and views in NHWC memory layout
+    compile: bool = False  # torch.compile the backbone (pays on long GPU runs; first steps compile)
 
     _checks = {
         "accelerator": (lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps"), "must be auto, cpu, gpu, cuda or mps"),

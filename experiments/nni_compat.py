@@ -428,3 +428,37 @@ def mixed_op_hooks() -> list:
     NNI's own) build mixed layers that drop the ``None`` entries.
     """
     return [BiasFreeMixedConv2d.mutate, BiasFreeMixedLinear.mutate]
+
+def pause_ddp_gradient_sync(trainer: Any) -> bool:
+    """Quirk 20: DARTS runs the architecture and the weight backward inside one DDP forward.
+
+    Lightning prepares DDP's reducer before each ``manual_backward``; when the architecture
+    step leaves the backbone out of the graph (``search.fast_arch_step``), the reducer then
+    waits for backbone gradients that never come and the weight step fails ("parameters
+    that were not used in producing the loss"). Instead, the architecture backward runs
+    without DDP's sync (nothing but the alphas' gradients is used from it) and
+    ``sync_architecture_gradients`` averages the alphas' gradients by hand. Returns True
+    when sync was paused (a DDP run), False otherwise.
+    """
+    model = getattr(getattr(trainer, "strategy", None), "model", None)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) and model.require_backward_grad_sync:
+        model.require_backward_grad_sync = False
+        return True
+    return False
+
+
+def sync_architecture_gradients(trainer: Any, alphas: list) -> None:
+    """Quirk 20, second half: average the alphas' gradients over the ranks, then resume DDP's sync."""
+    import torch.distributed as dist
+
+    model = trainer.strategy.model
+    grads = [a.grad if a.grad is not None else torch.zeros_like(a) for a in alphas]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        offset = 0
+        for alpha, grad in zip(alphas, grads):
+            alpha.grad = flat[offset:offset + grad.numel()].view_as(alpha).clone()
+            offset += grad.numel()
+    model.require_backward_grad_sync = True

@@ -25,7 +25,7 @@ def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callab
     framework = record["space"]["framework"]
     data = build_data(cfg)
     loader = data.loader(None, cfg)
-    module = build_module(cfg, cfg.train.epochs, interleaved=False, framework=framework)
+    module = build_module(cfg, cfg.train.epochs, interleaved=False, framework=framework, augment=data.augment)
     module.set_model(network)
     monitor = build_monitor(cfg, data, listeners)
     monitor.listeners.insert(0, lambda r: log_fn(f"epoch {r['epoch']}: ssl_loss {r['ssl_loss']:.4f}  "

@@ -4,6 +4,7 @@ config -> data -> space -> framework -> strategy -> evaluation -> ``best_archite
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from experiments import nni_compat
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from nni.nas.evaluator.pytorch import Lightning
 from nni.nas.experiment import NasExperiment
 from nni.nas.strategy import DARTS, GumbelDARTS
@@ -49,8 +51,11 @@ def space_record(cfg: Config, framework: str, head_space: str) -> dict:
 
 
 def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
-               log_fn: Callable[[str], None] = print) -> dict:
-    """Run one search into ``out``; returns the architecture record written to ``best_architecture.json``."""
+               log_fn: Callable[[str], None] = print) -> Optional[dict]:
+    """Run one search into ``out``; returns the architecture record written to ``best_architecture.json``.
+
+    Under DDP, ranks other than global rank zero write nothing and return None.
+    """
     if cfg.model.backbone in BACKBONE_SPACE_NAMES:
         raise ConfigError(f"model.backbone: {cfg.model.backbone!r} is a backbone space; search it with the "
                           f"backbone-search job (python -m experiments backbone-search)")
@@ -67,9 +72,9 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
     log_fn(f"search space {cfg.model.head_space} for {cfg.framework}: {len(labels)} choices "
            f"({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''}); "
            f"{len(weight_idx)} weight / {len(arch_idx)} architecture images")
-    module = build_module(cfg, cfg.search.epochs, interleaved=True)
+    module = build_module(cfg, cfg.search.epochs, interleaved=True, augment=data.augment)
     monitor = build_monitor(cfg, data, listeners)
-    monitor.listeners.insert(0, lambda r: log_fn(_epoch_line(r)))
+    monitor.listeners.insert(0, functools.partial(_log_epoch, log_fn))  # picklable, for ddp_spawn
     trainer = build_trainer(cfg, cfg.search.epochs, out, [monitor])
     evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader)
     strategy = build_strategy(cfg)
@@ -78,6 +83,10 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
     start = time.perf_counter()
     experiment.run()
     seconds = time.perf_counter() - start
+    if rank_zero_only.rank != 0:
+        # Under DDP every rank runs this job (``ddp`` relaunches the command): the others trained
+        # along and hold the same architecture weights; only global rank zero exports and writes.
+        return None
     supernet = strategy.oneshot_module
     probabilities = nni_compat.architecture_probabilities(supernet)
     architecture = nni_compat.plain_architecture(experiment.export_top_models(formatter="dict")[0])
@@ -117,6 +126,11 @@ def _split(cfg: Config, data):
     from experiments.data import split_indices
 
     return split_indices(len(data.train), cfg.data.search_split, cfg.seed)
+
+
+def _log_epoch(log_fn: Callable[[str], None], record: dict) -> None:
+    if rank_zero_only.rank == 0:
+        log_fn(_epoch_line(record))
 
 
 def _epoch_line(r: dict) -> str:

@@ -1,0 +1,179 @@
+"""The cost of a search: a DARTS head-search epoch over a plain training epoch of the same network.
+
+Same network: the NASiam supernet after NNI's DARTS mutation (every candidate computed,
+mixed by the softmax of the architecture weights). Same data: the weight split of the
+search. A plain epoch trains the supernet's weights on it (architecture weights frozen);
+a DARTS epoch adds, per weight step, an architecture step on a held-out batch, either
+the fast one (``search.fast_arch_step: true``: the backbone runs under ``no_grad``, only
+the heads back-propagate) or NNI's stock one (a full forward and backward).
+
+Each setting runs ``1 + --epochs`` epochs; the first is discarded and the median of the
+others is the epoch time. Ratios compare runs made by this one invocation.
+
+    python -m benchmarks.search_cost
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks._util import (EpochTimer, PeakMemory, common_arguments, make_config, median, quiet_trainer, report,
+                              resolve, with_options)
+from benchmarks.throughput import variant_options
+
+RUNS = ("plain", "darts-fast", "darts-stock")
+
+
+def run_one(args, cfg, data, run: str, epochs: int) -> dict:
+    import pytorch_lightning as pl
+    from nni.nas.evaluator.pytorch import Lightning
+    from nni.nas.experiment import NasExperiment
+
+    from experiments import nni_compat
+    from experiments.common import build_module, build_space
+    from experiments.data import split_indices
+    from experiments.search import build_strategy
+
+    pl.seed_everything(args.seed, verbose=False)
+    bundle = data if cfg.data.batched_augment else replace(data, augment=None)
+    weight_idx, arch_idx = split_indices(len(bundle.train), cfg.data.search_split, cfg.seed)
+    timer = EpochTimer()
+    trainer = quiet_trainer(args, epochs, [timer], precision=cfg.trainer.precision)
+    space = build_space(cfg)
+    strategy = build_strategy(cfg)
+    with PeakMemory(args.device) as memory:
+        if run == "plain":
+            supernet = strategy.mutate_model(space)  # the same mixed network DARTS trains
+            for name, p in supernet.named_parameters():
+                if "_arch_alpha" in name:
+                    p.requires_grad_(False)
+            module = build_module(cfg, epochs, interleaved=False, augment=bundle.augment)
+            module.set_model(supernet)
+            trainer.fit(module, train_dataloaders=bundle.loader(weight_idx, cfg))
+        else:
+            cfg = with_options(cfg, {"search.fast_arch_step": run == "darts-fast"})
+            module = build_module(cfg, epochs, interleaved=True, augment=bundle.augment)
+            evaluator = Lightning(module, trainer, train_dataloaders=bundle.loader(weight_idx, cfg),
+                                  val_dataloaders=bundle.loader(arch_idx, cfg))
+            experiment = NasExperiment(space, evaluator, strategy)
+            nni_compat.experiment_config_dir(experiment, Path(tempfile.mkdtemp(prefix="bench-nni-")))
+            experiment.run()
+    walls = [w for w, _ in timer.epochs[1:]] or [timer.epochs[0][0]]
+    cpus = [c for _, c in timer.epochs[1:]] or [timer.epochs[0][1]]
+    return {"epoch_s": median(walls), "epoch_cpu_s": median(cpus), "peak_mib": memory.mib,
+            "weight_steps": len(weight_idx) // cfg.data.batch_size}
+
+
+def step_costs(args, cfg, data, repeats: int = 5) -> dict:
+    """Seconds of each step's compute on one fixed batch of the supernet (no loader, no optimiser, no Lightning).
+
+    What the fast architecture step keeps: the backbone's forward pass over the held-out
+    batch's views (under no_grad) and the heads' forward and backward.
+    """
+    import time
+
+    import torch
+
+    from experiments.common import build_module, build_space
+    from experiments.search import build_strategy
+
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    supernet = build_strategy(cfg).mutate_model(build_space(cfg)).to(device)
+    module = build_module(cfg, 1, interleaved=True, augment=None)
+    module.set_model(supernet)
+    module.to(device).train()
+    images = data.train.images[:cfg.data.batch_size].to(device)
+    views = [v.contiguous(memory_format=torch.channels_last) if cfg.trainer.channels_last else v
+             for v in data.augment.to(device)(images, torch.Generator(device=device).manual_seed(0))]
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              enabled=cfg.trainer.precision == "bf16-mixed")
+
+    def step(arch: bool, fast: bool):
+        module.fast_arch_step = fast
+        supernet.zero_grad(set_to_none=True)
+        with autocast:
+            loss = module.ssl_loss(views, arch)
+        loss.backward()
+
+    def backbone_forward():
+        with torch.no_grad(), autocast:
+            for v in views:
+                module.backbone(v)
+
+    def timed(fn) -> tuple[float, float]:
+        fn()
+        walls, cpus = [], []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+        return median(walls), median(cpus)
+
+    return {"weight step": timed(lambda: step(False, True)), "arch step, fast": timed(lambda: step(True, True)),
+            "arch step, stock": timed(lambda: step(True, False)), "backbone forward, no_grad": timed(backbone_forward)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.search_cost", description=__doc__.splitlines()[0])
+    common_arguments(parser)
+    parser.add_argument("--images", type=int, default=1024, help="training images (half are held out for DARTS)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per setting (after one untimed)")
+    parser.add_argument("--variants", default="per-image,batched+cl",
+                        help="data/speed variants as in benchmarks.throughput (comma list)")
+    parser.add_argument("--head-space", default="nasiam", choices=("nasiam", "mlp"))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run plain, fast and stock this many times in turn; the median epoch counts")
+    args = resolve(parser.parse_args(argv))
+
+    from experiments.common import build_data
+
+    base = make_config(args, train_images=args.images, **{
+        "model.head_space": args.head_space, "search.epochs": args.epochs + 1, "search.warmup_epochs": 0})
+    data = build_data(with_options(base, {"data.batched_augment": True}))
+    rows, summary = [], {}
+    for variant in args.variants.split(","):
+        cfg = with_options(base, variant_options(variant))
+        rounds: dict[str, list[dict]] = {run: [] for run in RUNS}
+        for _ in range(args.rounds):  # in turn, so that a change of load on the machine hits all three
+            for run in RUNS:
+                rounds[run].append(run_one(args, cfg, data, run, args.epochs + 1))
+                print(f"{variant:16s} {run:12s} {rounds[run][-1]['epoch_s']:.2f} s/epoch "
+                      f"({rounds[run][-1]['epoch_cpu_s']:.2f} CPU s)")
+        results = {run: {"epoch_s": median(r["epoch_s"] for r in rs),
+                         "epoch_cpu_s": median(r["epoch_cpu_s"] for r in rs),
+                         "peak_mib": max(r["peak_mib"] or 0 for r in rs), "weight_steps": rs[0]["weight_steps"]}
+                   for run, rs in rounds.items()}
+        plain = results["plain"]
+        for run in RUNS:
+            r = results[run]
+            rows.append({"variant": variant, "run": run, **r, "ratio": r["epoch_s"] / plain["epoch_s"],
+                         "ratio_cpu": r["epoch_cpu_s"] / plain["epoch_cpu_s"]})
+        costs = step_costs(args, cfg, data)
+        weight = costs["weight step"]
+        for name, (wall, cpu) in costs.items():
+            rows.append({"variant": variant, "run": name, "epoch_s": None, "step_s": wall, "step_cpu_s": cpu,
+                         "ratio": wall / weight[0], "ratio_cpu": cpu / weight[1]})
+        for run, label in (("darts-fast", "fast"), ("darts-stock", "stock")):
+            summary[f"{variant}: {label} / plain"] = results[run]["epoch_s"] / plain["epoch_s"]
+            summary[f"{variant}: {label} / plain (CPU time)"] = results[run]["epoch_cpu_s"] / plain["epoch_cpu_s"]
+        summary[f"{variant}: 1 + fast arch step / weight step, one fixed batch (CPU time)"] = \
+            1 + costs["arch step, fast"][1] / weight[1]
+    report("search_cost", f"Search cost: {args.head_space} heads, {args.backbone} x{args.width}, batch "
+           f"{args.batch_size}, {args.images} {args.dataset} images, {args.device}",
+           ["variant", "run", "epoch_s", "epoch_cpu_s", "step_s", "step_cpu_s", "ratio", "ratio_cpu", "peak_mib",
+            "weight_steps"], rows, args, summary,
+           notes=["ratio: epoch time over the plain epoch of the same variant (target for darts-fast: <= 1.3); "
+                  "for the step rows, step time over the weight step's. ratio_cpu: the same in process CPU time "
+                  "(less sensitive to other jobs on a shared machine). Step rows: one fixed batch, no loader."])
+
+
+if __name__ == "__main__":
+    main()
