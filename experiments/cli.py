@@ -1,7 +1,8 @@
 """Command line: ``python -m experiments {search,retrain,evaluate} --config FILE [--set key=value ...]``.
 
 Bad input ends with one ``error:`` line on stderr and exit status 2, before anything is
-written; a search whose derived head collapsed exits with status 3.
+written; a run that failed (NaN loss, collapsed representation, a search whose derived head
+collapsed) exits with status 3; SIGINT/SIGTERM save a checkpoint and exit with 128 + signal.
 """
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from experiments.checkpointing import RunInterrupted
     from experiments.config import ConfigError, load_config
+    from experiments.guards import RunFailed
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -50,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             from experiments.search import SearchCollapsed, run_search
 
             try:
-                record = run_search(cfg, out)
+                record = run_search(cfg, out, overwrite=args.overwrite)
             except SearchCollapsed as err:
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error: {_one_line(err)}", file=sys.stderr)
                 return EXIT_COLLAPSED
             _summary(record, out / "best_architecture.json")
         elif args.job == "retrain":
@@ -60,19 +63,29 @@ def main(argv: list[str] | None = None) -> int:
             from experiments.retrain import run_retrain
 
             record = read_architecture(args.arch)
-            result = run_retrain(cfg, record, out, source=args.arch)
+            result = run_retrain(cfg, record, out, source=args.arch, overwrite=args.overwrite)
             _summary(result, out / "retrain_results.json")
         else:
             from experiments.evaluate import run_evaluate
 
             print(json.dumps(run_evaluate(cfg, args.checkpoint), indent=2))
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_COLLAPSED
+    except RunInterrupted as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def _summary(record: dict, path: Path) -> None:

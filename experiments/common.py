@@ -18,8 +18,8 @@ from nni.nas.evaluator.pytorch import DataLoader, Trainer
 from evaluators import FRAMEWORKS
 from evaluators.monitors import EvaluationSet, SSLMonitor
 from experiments.config import Config, ConfigError
-from experiments.data import (AugmentSettings, DataError, ImageSet, MultiViewDataset, channel_stats, load_images,
-                              normalized, split_indices, ssl_view)
+from experiments.data import (AugmentSettings, DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats,
+                              load_images, normalized, split_indices, ssl_view)
 from search_spaces import SSLNetworkSpace
 from search_spaces.layouts import head_dims
 
@@ -36,13 +36,15 @@ class DataBundle:
     views: list  # one transform per view
     evaluation: EvaluationSet
 
-    def loader(self, indices: Optional[torch.Tensor], cfg: Config, shuffle: bool = True) -> DataLoader:
+    def loader(self, indices: Optional[torch.Tensor], cfg: Config, shuffle: bool = True, stream: int = 0) -> DataLoader:
+        """Batches of views; order and augmentation come from (seed, stream, epoch) alone (resumable)."""
         images = self.train.images if indices is None else self.train.images[indices]
         if len(images) < cfg.data.batch_size:
             raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than a training split of "
                               f"{len(images)} images; lower it or use more data")
         workers = cfg.data.num_workers
-        return DataLoader(MultiViewDataset(images, self.views), batch_size=cfg.data.batch_size, shuffle=shuffle,
+        return DataLoader(MultiViewDataset(images, self.views), batch_size=cfg.data.batch_size,
+                          sampler=SeededSampler(len(images), cfg.seed, stream, shuffle),
                           drop_last=True, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -105,7 +107,10 @@ def build_monitor(cfg: Config, data: DataBundle, listeners: Sequence = ()) -> SS
 
 
 def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient_clip: Optional[float] = None):
+    from pytorch_lightning.callbacks import Checkpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from experiments.checkpointing import AtomicCheckpointIO
 
     t = cfg.trainer
     loggers = [CSVLogger(str(out), name="logs", version="")]
@@ -120,7 +125,8 @@ def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient
     kwargs: dict[str, Any] = dict(
         max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         precision=t.precision, callbacks=callbacks + extra, logger=loggers, log_every_n_steps=1,
-        enable_checkpointing=False, enable_progress_bar=t.progress_bar, enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=t.progress_bar, enable_model_summary=False,
         default_root_dir=str(out), num_sanity_val_steps=0, limit_val_batches=0,
     )
     if gradient_clip is not None:

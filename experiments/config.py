@@ -143,8 +143,10 @@ class SearchConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200
+    collapse_threshold: float = 0.05
 
-    _checks = {"epochs": (lambda v: v >= 1, "must be >= 1")}
+    _checks = {"epochs": (lambda v: v >= 1, "must be >= 1"),
+               "collapse_threshold": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
 
 
 @dataclass
@@ -155,8 +157,10 @@ class EvaluationConfig:
     linear_lr: float = 0.1
     monitor_every_n_epochs: int = 1
     bank_subset: Optional[int] = None
+    collapse_patience: int = 3  # monitored epochs in a row below the collapse threshold that stop a run
 
     _checks = {
+        "collapse_patience": (lambda v: v >= 1, "must be >= 1"),
         "knn_k": (lambda v: v >= 1, "must be >= 1"),
         "knn_temperature": (_positive, "must be > 0"),
         "linear_epochs": (lambda v: v >= 1, "must be >= 1"),

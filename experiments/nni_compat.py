@@ -61,7 +61,9 @@ def architecture_probabilities(model: torch.nn.Module) -> dict[str, dict[str, fl
     GumbelDARTS adds fresh Gumbel noise in ``export_probs()`` and Proxyless samples in
     ``export()``; the plain softmax of the architecture weights is the stable quantity.
     """
-    return {label: dict(zip(names, torch.softmax(alpha.detach().float(), dim=-1).tolist()))
+    # str(label): NNI's labels are ``nni.mutable.utils.label`` objects (quirk 6), which
+    # ``torch.load(weights_only=True)`` refuses in a checkpoint of the monitor's history.
+    return {str(label): dict(zip(map(str, names), torch.softmax(alpha.detach().float(), dim=-1).tolist()))
             for label, (names, alpha) in sorted(mixed_layers(model).items())}
 
 
@@ -102,3 +104,41 @@ def plain_architecture(architecture: dict) -> dict:
             return [plain(x) for x in v]
         return v
     return {str(k): plain(v) for k, v in architecture.items()}
+
+
+def forward_checkpoint_hook(pl_module: Any, hook: str, checkpoint: dict) -> None:
+    """Quirk 7: NNI's one-shot wrapper forwards the train hooks to our module, not the checkpoint ones.
+
+    ``BaseOneShotLightningModule`` passes ``on_train_*`` and friends to the training module,
+    but not ``on_save_checkpoint`` / ``on_load_checkpoint``: state kept there (the weight-step
+    counter) would be lost on resume. A callback calls this to forward them; outside a
+    one-shot strategy Lightning already calls the module's own hook, so this does nothing.
+    """
+    inner = training_module_of(pl_module)
+    if inner is not pl_module:
+        getattr(inner, hook)(checkpoint)
+
+
+def stable_arch_parameter_order(strategy: Any) -> Any:
+    """Quirk 8: DARTS builds its architecture optimiser from ``list(set(alphas))``.
+
+    The set's order follows object ids, so it differs from one process to the next. The
+    optimiser's state (Adam's moments) is saved by position: resumed in a new process, it
+    lands on the wrong alphas (silently, when they share a shape). Give the one-shot
+    module an ``arch_parameters`` in registration order; returns the strategy.
+    """
+    configure = strategy.configure_oneshot_module
+
+    def configure_oneshot_module(training_module):
+        module = configure(training_module)
+        unordered = module.arch_parameters
+
+        def arch_parameters():
+            position = {id(p): i for i, p in enumerate(module.parameters())}
+            return sorted(unordered(), key=lambda p: position.get(id(p), len(position)))
+
+        module.arch_parameters = arch_parameters
+        return module
+
+    strategy.configure_oneshot_module = configure_oneshot_module
+    return strategy
