@@ -42,6 +42,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from experiments.config import Config, ConfigError
+from experiments.failures import RunFailed, RunInterrupted  # noqa: F401  (re-exported)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -57,28 +58,14 @@ STATE_FORMAT = 1
 # We restore the sampler's position ourselves (RunState), so a mid-epoch checkpoint resumes
 # exactly; Lightning cannot see that and warns that the loader is not resumable.
 warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
+# A resumed run finds its own logs and checkpoints: the earlier metrics.csv was moved aside
+# (_keep_csv_log), TensorBoard adds an event file, and ModelCheckpoint replaces last.ckpt.
+warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be used for this run; one line for the user."""
-
-
-class RunInterrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped the run after a batch; a checkpoint was saved."""
-
-    def __init__(self, signum: int, checkpoint: Optional[Path] = None):
-        self.signum = signum
-        self.checkpoint = checkpoint
-        super().__init__(self.describe())
-
-    def describe(self) -> str:
-        name = signal.Signals(self.signum).name
-        where = f"; checkpoint saved to {self.checkpoint}" if self.checkpoint else ""
-        return f"interrupted by {name}{where}; run the same command again to resume"
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 # --- atomic files ------------------------------------------------------------------------------
@@ -243,8 +230,6 @@ class Run:
             elif isinstance(error, RunInterrupted):
                 self.set_status("interrupted", reason=str(error), checkpoint=checkpoint)
             else:
-                from experiments.guards import RunFailed
-
                 reason = str(error) if isinstance(error, (RunFailed, ConfigError)) else \
                     f"{type(error).__name__}: {error}"
                 self.set_status("failed", reason=" ".join(reason.split()), checkpoint=checkpoint)
@@ -273,6 +258,17 @@ def _remove_stale_temporaries(out: Path) -> None:
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
+
+
+def _keep_csv_log(out: Path) -> None:
+    """Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts: on resume, keep
+    the earlier part as ``metrics.1.csv`` (``.2`` after a second resume, ...)."""
+    current = out / "logs" / "metrics.csv"
+    if current.is_file():
+        n = 1
+        while (kept := current.with_name(f"metrics.{n}.csv")).exists():
+            n += 1
+        os.replace(current, kept)
 
 
 def _clear_outputs(out: Path, result_files: Sequence[str]) -> None:
@@ -350,6 +346,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
         if last.is_file():
             run.resumed_epoch = _check_checkpoint(last, record)
             run.resume_from = last
+            _keep_csv_log(out)
             log_fn(f"resuming the {job} from {last} (epoch {run.resumed_epoch + 1} done)")
         else:
             _write_json(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -450,6 +447,8 @@ class RunState(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         nni_compat.forward_checkpoint_hook(pl_module, "on_save_checkpoint", checkpoint)
+        for logger in trainer.loggers:  # the logs are as durable as the checkpoint (CSV flushes every 100 steps)
+            logger.save()
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         nni_compat.forward_checkpoint_hook(pl_module, "on_load_checkpoint", checkpoint)

@@ -39,9 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from experiments.checkpointing import RunInterrupted
     from experiments.config import ConfigError, load_config
-    from experiments.guards import RunFailed
+    from experiments.failures import RunFailed, RunInterrupted
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -21,19 +21,9 @@ from typing import Any, Optional, Sequence
 import torch
 from pytorch_lightning import Callback
 
+from experiments.failures import NonFiniteLoss, RepresentationCollapsed, RunFailed  # noqa: F401
+
 LOSS_METRICS = ("train/ssl_loss", "search/arch_loss")
-
-
-class RunFailed(RuntimeError):
-    """The run stopped because its result would be meaningless; the message is one line."""
-
-
-class NonFiniteLoss(RunFailed):
-    pass
-
-
-class RepresentationCollapsed(RunFailed):
-    pass
 
 
 def _scalar(value: Any) -> Optional[float]:
@@ -63,14 +53,15 @@ class FailureGuard(Callback):
         self.metrics = tuple(metrics)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        values = {"loss": _scalar(outputs)}
-        for name in self.metrics:
-            values[name] = _scalar(trainer.callback_metrics.get(name))
+        values = {name: _scalar(trainer.callback_metrics.get(name)) for name in self.metrics}
+        step_loss = _scalar(outputs)  # what training_step returned: the weight step's loss
+        if step_loss is not None and not math.isfinite(step_loss):
+            values[self.metrics[0]] = step_loss
         for name, value in values.items():
             if value is not None and not math.isfinite(value):
                 raise NonFiniteLoss(f"{name} is {value} at epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}: "
                                     f"training diverged (lower optim.lr or search.arch_lr, or set "
-                                    f"search.gradient_clip); the last good checkpoint is kept")
+                                    f"search.gradient_clip)")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.monitor is None or self.collapse_threshold <= 0 or not self.monitor.history:
