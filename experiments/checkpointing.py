@@ -40,6 +40,7 @@ import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from experiments.config import Config, ConfigError
 from experiments.failures import RunFailed, RunInterrupted  # noqa: F401  (re-exported)
@@ -227,8 +228,11 @@ class Run:
             checkpoint = str(last) if last.is_file() else None
             if error is None:
                 self.set_status("finished")
-            elif isinstance(error, RunInterrupted):
-                self.set_status("interrupted", reason=str(error), checkpoint=checkpoint)
+            elif isinstance(error, (RunInterrupted, SIGTERMException, KeyboardInterrupt, SystemExit)):
+                # SystemExit: Lightning turns a KeyboardInterrupt (a second Ctrl-C) into sys.exit(1)
+                reason = str(error) if isinstance(error, RunInterrupted) else \
+                    "interrupted by SIGTERM" if isinstance(error, SIGTERMException) else "stopped at once, not saved"
+                self.set_status("interrupted", reason=reason, checkpoint=checkpoint)
             else:
                 reason = str(error) if isinstance(error, (RunFailed, ConfigError)) else \
                     f"{type(error).__name__}: {error}"
@@ -467,6 +471,8 @@ class RunState(Callback):
         self._previous = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:  # DDP: Lightning's own SIGTERM handling stops every rank together
+            return
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handler)
@@ -482,8 +488,10 @@ class RunState(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
-        if isinstance(exception, RunInterrupted) and self.checkpoint_path is not None:
+        interrupted = isinstance(exception, (RunInterrupted, SIGTERMException))
+        if interrupted and self.checkpoint_path is not None:
             if trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0:
-                trainer.save_checkpoint(str(self.checkpoint_path))
-            exception.checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
-            exception.args = (exception.describe(),)
+                trainer.save_checkpoint(str(self.checkpoint_path))  # every rank calls it; rank zero writes
+            if isinstance(exception, RunInterrupted):
+                exception.checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
+                exception.args = (exception.describe(),)

@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code
+    except SystemExit as err:
+        if type(err).__name__ != "SIGTERMException":  # Lightning's SIGTERM under DDP (a checkpoint was saved)
+            raise
+        print("error: interrupted by SIGTERM; run the same command again to resume", file=sys.stderr)
+        return 128 + 15
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -29,11 +29,6 @@ TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625, "data.train_
         "train.epochs": 1, "trainer.progress_bar": False, "trainer.accelerator": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def quiet_logging(monkeypatch):
-    monkeypatch.setattr(logging, "raiseExceptions", False)  # NNI's handlers may hold a closed capture stream
-
-
 def sets(**extra) -> list[str]:
     return [arg for key, value in {**TINY, **extra}.items() for arg in ("--set", f"{key}={value}")]
 

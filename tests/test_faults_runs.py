@@ -24,9 +24,8 @@ TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625, "data.train_
 
 
 @pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setattr(logging, "raiseExceptions", False)  # NNI's handlers may hold a closed capture stream
-    torch.set_num_threads(1)
+def one_thread():
+    torch.set_num_threads(1)  # as the CLI tests' subprocesses (OMP_NUM_THREADS=1): the same kernels, the same numbers
 
 
 def sets(**extra) -> list[str]:
