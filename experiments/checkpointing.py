@@ -421,6 +421,8 @@ class RunState(Callback):
         self.signum: Optional[int] = None
         self._previous: dict[int, Any] = {}
         self._trainer = None
+        self._replay_epoch_start = False
+        self._pending_rng: Optional[dict] = None
 
     # state ---------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -441,8 +443,15 @@ class RunState(Callback):
                                   f"this run {self.fingerprint})")
         if int(state.get("seed", self.seed)) != self.seed:
             raise CheckpointError(f"the checkpoint was made with seed {state.get('seed')}, this run has {self.seed}")
-        restore_rng(state["rng"])
         epoch, done, mid = int(state["epoch"]), int(state["batches_done"]), bool(state["mid_epoch"])
+        # Every new DataLoader iterator draws a seed from the global generator. After an epoch
+        # end the uninterrupted run creates the next epoch's iterators too: restore now, before
+        # Lightning creates them. In mid-epoch it creates none: restore once they exist.
+        if mid:
+            self._pending_rng = state["rng"]
+        else:
+            restore_rng(state["rng"])
+        self._replay_epoch_start = mid
         for sampler in self.samplers:
             if mid:
                 sampler.resume_at(epoch, done * self.batch_size)
@@ -471,6 +480,9 @@ class RunState(Callback):
         self._previous = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending_rng is not None:  # after Lightning created the resumed epoch's iterators
+            restore_rng(self._pending_rng)
+            self._pending_rng = None
         if trainer.world_size > 1:  # DDP: Lightning's own SIGTERM handling stops every rank together
             return
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
@@ -478,6 +490,9 @@ class RunState(Callback):
                 self._previous[signum] = signal.signal(signum, self._handler)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._replay_epoch_start:  # resumed mid-epoch: Lightning skipped the epoch-start hook
+            self._replay_epoch_start = False
+            nni_compat.replay_epoch_start(pl_module)
         # Checked before a batch, when the previous one is fully counted: the checkpoint
         # then says exactly which batches are done.
         if self.signum is not None:

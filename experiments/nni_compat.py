@@ -142,3 +142,16 @@ def stable_arch_parameter_order(strategy: Any) -> Any:
 
     strategy.configure_oneshot_module = configure_oneshot_module
     return strategy
+
+
+def replay_epoch_start(pl_module: Any) -> None:
+    """Quirk 9: NNI's one-shot modules set per-epoch state in ``on_train_epoch_start``.
+
+    GumbelDARTS sets the epoch's Gumbel temperature there, DARTS freezes or frees the
+    architecture weights around its warm-up. Lightning does not call that hook when it
+    resumes in the middle of an epoch, so a resumed GumbelDARTS would go on at the initial
+    temperature. Call this before the first batch after such a resume (a one-shot module
+    only: our own modules keep no epoch-start state).
+    """
+    if training_module_of(pl_module) is not pl_module:
+        pl_module.on_train_epoch_start()

@@ -257,3 +257,22 @@ def test_quirk4_probabilities_have_plain_string_keys(darts, tmp_path):
     assert probs and all(type(k) is str for k in probs)  # NNI's label objects would not load safely
     torch.save({"history": [{"architecture": probs}]}, tmp_path / "h.pt")
     assert torch.load(tmp_path / "h.pt", weights_only=True)["history"][0]["architecture"] == probs
+
+
+def test_quirk9_replaying_the_epoch_start_sets_the_gumbel_temperature(cfg):
+    from nni.nas.oneshot.pytorch.supermodule.differentiable import GumbelSoftmax
+    from nni.nas.strategy import GumbelDARTS
+
+    from experiments.common import build_module, build_space
+    from experiments.nni_compat import replay_epoch_start
+
+    strategy = GumbelDARTS(temperature=(1.0, 0.2))
+    supernet = strategy.mutate_model(build_space(cfg))
+    wrapper = strategy.configure_oneshot_module(build_module(cfg, 4, interleaved=True))
+    wrapper.set_model(supernet)
+    wrapper.log = lambda *args, **kwargs: None  # no trainer attached to log to here
+    wrapper._trainer = SimpleNamespace(current_epoch=2, max_epochs=4)
+    taus = lambda: {round(m.tau, 4) for m in wrapper.modules() if isinstance(m, GumbelSoftmax)}  # noqa: E731
+    assert taus() == {1.0}  # what a mid-epoch resume would train with: Lightning skips the epoch-start hook
+    replay_epoch_start(wrapper)
+    assert taus() == {round(1.0 - (1.0 - 0.2) * 2 / 4, 4)}  # linear from 1.0 at epoch 0 towards 0.2
