@@ -217,7 +217,7 @@ def architecture_records(draw, spaces: dict):
     return record
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=30, **SETTINGS)
 @given(data=st.data())
 def test_generated_architecture_files_are_accepted_or_refused_in_one_line(spaces, tmp_path_factory, data):
     from experiments.architecture import read_architecture, space_for, validate_choices

@@ -182,7 +182,7 @@ def test_sigint_mid_epoch_checkpoint_resumes_exactly_under_gumbel_darts(tmp_path
     from experiments.failures import RunInterrupted
 
     torch.set_num_threads(1)
-    overrides = {**TINY, "search.epochs": 3, "search.strategy": "gdarts"}
+    overrides = {**TINY, "search.epochs": 2, "search.strategy": "gdarts", "data.train_subset": 192}
     quiet = dict(log_fn=lambda line: None)
     reference = search.run_search(load_config(ROOT / "configs" / "digits_simsiam.yml", overrides),
                                   tmp_path / "reference", **quiet)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # they are closed: keep logging from printing its own tracebacks then.
 logging.raiseExceptions = False
 CONFIG = str(ROOT / "configs" / "digits_simsiam.yml")
-TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625, "data.train_subset": 256,
+TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625, "data.train_subset": 128,
         "data.test_subset": 100, "data.batch_size": 32, "search.warmup_epochs": 0,
         "evaluation.linear_epochs": 5, "evaluation.bank_subset": 128, "evaluation.knn_k": 10,
         "trainer.progress_bar": False, "trainer.accelerator": "cpu"}
@@ -97,7 +97,7 @@ def test_retrain_interrupted_mid_epoch_resumes_exactly(tmp_path, byol_arch, monk
 
     class SignalAt(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 1 and batch_idx == 2:
+            if trainer.current_epoch == 1 and batch_idx == 1:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     build_trainer = retrain.build_trainer
@@ -107,9 +107,9 @@ def test_retrain_interrupted_mid_epoch_resumes_exactly(tmp_path, byol_arch, monk
     with pytest.raises(RunInterrupted, match="interrupted by SIGTERM; checkpoint saved"):
         retrain.run_retrain(load_config(CONFIG, overrides), record, out, **quiet)
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["callbacks"]["RunState"]["mid_epoch"] and state["callbacks"]["RunState"]["batches_done"] == 3
+    assert state["callbacks"]["RunState"]["mid_epoch"] and state["callbacks"]["RunState"]["batches_done"] == 2
     assert any(".momentum_backbone." in k for k in state["state_dict"])  # the EMA target travels too
-    assert state["weight_steps"] == 8 + 3  # the module's own checkpoint hook: 8 batches of epoch 1, 3 of epoch 2
+    assert state["weight_steps"] == 4 + 2  # the module's own checkpoint hook: 4 batches of epoch 1, 2 of epoch 2
     monkeypatch.setattr(retrain, "build_trainer", build_trainer)
     retrain.run_retrain(load_config(CONFIG, overrides), record, out, **quiet)
 
