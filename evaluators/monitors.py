@@ -45,6 +45,12 @@ class SSLMonitor(Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start = time.perf_counter()
 
+    def state_dict(self) -> dict:  # in every checkpoint: a resumed run keeps the epochs it already had
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+
     def on_train_epoch_end(self, trainer, pl_module):
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs

@@ -1,7 +1,8 @@
 """Command line: ``python -m experiments {search,backbone-search,retrain,evaluate,export,check} --config FILE [--set key=value ...]``.
 
 Bad input ends with one ``error:`` line on stderr and exit status 2, before anything is
-written; a search whose derived head collapsed exits with status 3.
+written; a run that failed (NaN loss, collapsed representation, a search whose derived head
+collapsed) exits with status 3; SIGINT/SIGTERM save a checkpoint and exit with 128 + signal.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.job == "retrain" and not args.arch:
         parser.error("retrain: --arch is required (except with --nni, where the tuner gives the architecture)")
     from experiments.config import ConfigError, load_config
+    from experiments.failures import RunFailed, RunInterrupted
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -69,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             from experiments.search import SearchCollapsed, run_search
 
             try:
-                record = run_search(cfg, out)
+                record = run_search(cfg, out, overwrite=args.overwrite)
             except SearchCollapsed as err:
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error: {_one_line(err)}", file=sys.stderr)
                 return EXIT_COLLAPSED
             if record is not None:  # None: a DDP rank other than zero, which reports nothing
                 _summary(record, out / "best_architecture.json")
@@ -84,15 +86,26 @@ def main(argv: list[str] | None = None) -> int:
             from experiments.retrain import run_retrain
 
             record = read_architecture(args.arch)
-            result = run_retrain(cfg, record, out, source=args.arch)
+            result = run_retrain(cfg, record, out, source=args.arch, overwrite=args.overwrite)
             _summary(result, out / "retrain_results.json")
         else:
             from experiments.evaluate import run_evaluate
 
             print(json.dumps(run_evaluate(cfg, args.checkpoint), indent=2))
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_COLLAPSED
+    except RunInterrupted as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return err.exit_code
+    except SystemExit as err:
+        if type(err).__name__ != "SIGTERMException":  # Lightning's SIGTERM under DDP (a checkpoint was saved)
+            raise
+        print("error: interrupted by SIGTERM; run the same command again to resume", file=sys.stderr)
+        return 128 + 15
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -108,6 +121,10 @@ def _trial(args) -> int:
     if args.arch:
         return trial.guarded(lambda: trial.run_retrain_trial(args.config, args.overrides, args.arch, **common))
     return trial.guarded(lambda: trial.run_head_trial(args.config, args.overrides, **common))
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def _summary(record: dict, path: Path) -> None:

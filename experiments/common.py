@@ -19,8 +19,8 @@ from evaluators import FRAMEWORKS
 from evaluators.monitors import EvaluationSet, SSLMonitor
 from experiments.batch_augment import BatchViewAugment, UInt8Images, collate_uint8
 from experiments.config import Config, ConfigError
-from experiments.data import (AugmentSettings, DataError, ImageSet, MultiViewDataset, channel_stats, load_images,
-                              normalized, split_indices, ssl_view)
+from experiments.data import (AugmentSettings, DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats,
+                              load_images, normalized, split_indices, ssl_view)
 from search_spaces import SSLNetworkSpace
 from search_spaces.layouts import head_dims
 
@@ -39,8 +39,11 @@ class DataBundle:
     augment: Optional[torch.nn.Module] = None  # data.batched_augment: the views made in the training step
 
     def loader(self, indices: Optional[torch.Tensor], cfg: Config, shuffle: bool = True,
-               labelled: Optional[bool] = None) -> DataLoader:
-        """Batches of views of the train split (``indices`` of it); with labels for ``uses_labels`` frameworks."""
+               labelled: Optional[bool] = None, stream: int = 0) -> DataLoader:
+        """Batches of views of the train split (``indices`` of it); with labels for ``uses_labels`` frameworks.
+
+        Order and augmentation come from (seed, stream, epoch) alone, so a resumed run sees the same batches.
+        """
         images = self.train.images if indices is None else self.train.images[indices]
         if labelled is None:
             labelled = getattr(FRAMEWORKS[cfg.framework], "uses_labels", False)
@@ -53,7 +56,8 @@ class DataBundle:
             dataset, extra = UInt8Images(images), {"collate_fn": collate_uint8}
         else:
             dataset, extra = MultiViewDataset(images, self.views, labels), {}
-        return DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=shuffle,
+        return DataLoader(dataset, batch_size=cfg.data.batch_size,
+                          sampler=SeededSampler(len(images), cfg.seed, stream, shuffle),
                           drop_last=True, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available(), **extra)
 
@@ -129,7 +133,10 @@ def build_monitor(cfg: Config, data: DataBundle, listeners: Sequence = ()) -> SS
 
 
 def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient_clip: Optional[float] = None):
+    from pytorch_lightning.callbacks import Checkpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from experiments.checkpointing import AtomicCheckpointIO
 
     t = cfg.trainer
     loggers = [CSVLogger(str(out), name="logs", version="")]
@@ -144,7 +151,8 @@ def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient
     kwargs: dict[str, Any] = dict(
         max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         precision=t.precision, callbacks=callbacks + extra, logger=loggers, log_every_n_steps=1,
-        enable_checkpointing=False, enable_progress_bar=t.progress_bar, enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=t.progress_bar, enable_model_summary=False,
         default_root_dir=str(out), num_sanity_val_steps=0, limit_val_batches=0,
     )
     if gradient_clip is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,13 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config that cannot run; the message is one line meant for the user."""
+    """A config that cannot run; the message is one line meant for the user.
+
+    Whitespace is collapsed, so a value or key that carries a newline cannot split it.
+    """
+
+    def __init__(self, message: object = ""):
+        super().__init__(" ".join(str(message).split()))
 
 
 def _positive(x):
@@ -30,6 +37,28 @@ def _non_negative(x):
 
 def _probability(x):
     return 0.0 <= x <= 1.0
+
+
+def _number(x) -> bool:
+    """A real, finite number (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _numbers(v, low: float, high: float, integer: bool = False) -> bool:
+    """A non-empty list of numbers in (low, high] (integers in [low, high] when ``integer``)."""
+    if not isinstance(v, list) or not v:
+        return False
+    if integer:
+        return all(isinstance(x, int) and not isinstance(x, bool) and low <= x <= high for x in v)
+    return all(_number(x) and low < x <= high for x in v)
+
+
+def _path_text(v) -> bool:
+    return v is None or (bool(v.strip()) and "\x00" not in v)
+
+
+MAX_WIDTH = 16.0  # width multipliers above this do not fit any machine this package targets
+MAX_SEED = 2 ** 32 - 1  # numpy's (and so Lightning's seed_everything) range
 
 
 @dataclass
@@ -47,12 +76,13 @@ class DataConfig:
     _checks = {
         "dataset": (lambda v: v in ("digits", "cifar10", "cifar100", "stl10", "imagefolder"),
                     "must be one of digits, cifar10, cifar100, stl10, imagefolder"),
-        "image_size": (lambda v: v is None or v >= 8, "must be >= 8"),
+        "root": (_path_text, "must be a path (not empty, no NUL character)"),
+        "image_size": (lambda v: v is None or 8 <= v <= 1024, "must be between 8 and 1024"),
         "train_subset": (lambda v: v is None or v >= 2, "must be >= 2"),
         "test_subset": (lambda v: v is None or v >= 1, "must be >= 1"),
         "search_split": (lambda v: 0.0 < v < 1.0, "must be between 0 and 1 (exclusive)"),
         "batch_size": (lambda v: v >= 2, "must be >= 2"),
-        "num_workers": (_non_negative, "must be >= 0"),
+        "num_workers": (lambda v: 0 <= v <= 256, "must be between 0 and 256"),
     }
 
 
@@ -69,8 +99,8 @@ class AugmentConfig:
     _checks = {
         "crop_min_scale": (lambda v: v is None or 0.0 < v <= 1.0, "must be in (0, 1]"),
         "hflip_p": (lambda v: v is None or _probability(v), "must be a probability in [0, 1]"),
-        "jitter": (lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and x >= 0 for x in v),
-                   "must be four non-negative numbers (brightness, contrast, saturation, hue)"),
+        "jitter": (lambda v: len(v) == 4 and all(_number(x) and x >= 0 for x in v) and v[3] <= 0.5,
+                   "must be four non-negative numbers (brightness, contrast, saturation, hue <= 0.5)"),
         "jitter_p": (_probability, "must be a probability in [0, 1]"),
         "grayscale_p": (_probability, "must be a probability in [0, 1]"),
         "blur_p": (lambda v: v is None or _probability(v), "must be a probability in [0, 1]"),
@@ -96,13 +126,13 @@ class ModelConfig:
         "backbone": (lambda v: v in BACKBONES + BACKBONE_SPACE_NAMES,
                      "must be a fixed ResNet (resnet18, resnet34, resnet50) or a backbone space "
                      "(nas_bench_macro, macro, resnet)"),
-        "backbone_width": (_positive, "must be > 0"),
+        "backbone_width": (lambda v: 0 < v <= MAX_WIDTH, f"must be in (0, {MAX_WIDTH:g}]"),
         "head_space": (lambda v: v in ("fixed", "nasiam", "mlp"), "must be one of fixed, nasiam, mlp"),
-        "head_width": (_positive, "must be > 0"),
-        "mlp_widths": (lambda v: len(v) > 0 and all(isinstance(x, (int, float)) and x > 0 for x in v),
-                       "must be a non-empty list of positive width factors"),
-        "mlp_depths": (lambda v: len(v) > 0 and all(isinstance(x, int) and x >= 1 for x in v),
-                       "must be a non-empty list of integers >= 1"),
+        "head_width": (lambda v: 0 < v <= MAX_WIDTH, f"must be in (0, {MAX_WIDTH:g}]"),
+        "mlp_widths": (lambda v: _numbers(v, 0, MAX_WIDTH),
+                       f"must be a non-empty list of width factors in (0, {MAX_WIDTH:g}]"),
+        "mlp_depths": (lambda v: _numbers(v, 1, 16, integer=True),
+                       "must be a non-empty list of integers between 1 and 16"),
     }
 
 
@@ -142,7 +172,7 @@ class SearchConfig:
         "arch_lr": (_positive, "must be > 0"),
         "param_free_penalty": (_non_negative, "must be >= 0"),
         "gradient_clip": (lambda v: v is None or v > 0, "must be > 0 or null"),
-        "gumbel_temperature": (lambda v: len(v) == 2 and v[0] >= v[1] > 0,
+        "gumbel_temperature": (lambda v: len(v) == 2 and all(_number(x) for x in v) and v[0] >= v[1] > 0,
                                "must be [initial, final] with initial >= final > 0"),
         "collapse_threshold": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     }
@@ -185,8 +215,10 @@ class BackboneSearchConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200
+    collapse_threshold: float = 0.05
 
-    _checks = {"epochs": (lambda v: v >= 1, "must be >= 1")}
+    _checks = {"epochs": (lambda v: v >= 1, "must be >= 1"),
+               "collapse_threshold": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
 
 
 @dataclass
@@ -197,8 +229,10 @@ class EvaluationConfig:
     linear_lr: float = 0.1
     monitor_every_n_epochs: int = 1
     bank_subset: Optional[int] = None
+    collapse_patience: int = 3  # monitored epochs in a row below the collapse threshold that stop a run
 
     _checks = {
+        "collapse_patience": (lambda v: v >= 1, "must be >= 1"),
         "knn_k": (lambda v: v >= 1, "must be >= 1"),
         "knn_temperature": (_positive, "must be > 0"),
         "linear_epochs": (lambda v: v >= 1, "must be >= 1"),
@@ -220,6 +254,10 @@ class TrainerConfig:
 
     _checks = {
         "accelerator": (lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps"), "must be auto, cpu, gpu, cuda or mps"),
+        "devices": (lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1))
+                    or (isinstance(v, list) and 0 < len(v) == len(set(v))
+                        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)),
+                    "must be a number of devices (>= 1, or -1 for all), auto, or a list of device indices"),
         "strategy": (lambda v: v in ("auto", "ddp", "ddp_spawn"), "must be auto, ddp or ddp_spawn"),
         "precision": (lambda v: v in ("32-true", "bf16-mixed", "16-mixed"), "must be 32-true, bf16-mixed or 16-mixed"),
     }
@@ -242,8 +280,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     _checks = {
-        "seed": (_non_negative, "must be >= 0"),
-        "output_dir": (lambda v: bool(v.strip()), "must not be empty"),
+        "seed": (lambda v: 0 <= v <= MAX_SEED, f"must be between 0 and {MAX_SEED}"),
+        "output_dir": (_path_text, "must be a path (not empty, no NUL character)"),
     }
 
     def to_dict(self) -> dict:
@@ -272,12 +310,17 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            try:
+                converted = float(value)
+            except OverflowError:  # an integer beyond any float
+                return False, value
+            return math.isfinite(converted), converted
         if isinstance(value, str):  # PyYAML reads 2e6 and 1e-3 (no dot) as strings
             try:
-                return True, float(value)
+                converted = float(value)
             except ValueError:
                 return False, value
+            return math.isfinite(converted), converted
         return False, value
     if annotation is str:
         return isinstance(value, str), value
@@ -292,8 +335,14 @@ def _type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is Union:
         names = [_type_name(a) for a in typing.get_args(annotation) if a is not type(None)]
         return " or ".join(names) + " or null"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+    return {bool: "true/false", int: "an integer", float: "a finite number", str: "a string",
             list: "a list", dict: "a mapping"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value for an error line: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _build(cls, raw: Any, path: str):
@@ -305,8 +354,9 @@ def _build(cls, raw: Any, path: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            where = f"{path}.{key}" if path else str(key)
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            name = str(key) if len(str(key)) <= 60 else str(key)[:57] + "..."
+            where = f"{path}.{name}" if path else name
+            close = difflib.get_close_matches(str(key)[:100], list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(fields)}"
             raise ConfigError(f"{where}: unknown field{hint}")
     values = {}
@@ -320,15 +370,15 @@ def _build(cls, raw: Any, path: str):
             continue
         ok, value = _type_ok(raw[name], annotation)
         if not ok:
-            raise ConfigError(f"{where}: must be {_type_name(annotation)}, got {raw[name]!r}")
+            raise ConfigError(f"{where}: must be {_type_name(annotation)}, got {_show(raw[name])}")
         check = getattr(cls, "_checks", {}).get(name)
         if check is not None:
             try:
                 valid = value is None and typing.get_origin(annotation) is Union or check[0](value)
-            except TypeError:
+            except (TypeError, ValueError, OverflowError):  # e.g. a string compared with a number
                 valid = False
             if not valid:
-                raise ConfigError(f"{where}: {check[1]}, got {value!r}")
+                raise ConfigError(f"{where}: {check[1]}, got {_show(value)}")
         values[name] = value
     return cls(**values)
 
@@ -345,7 +395,7 @@ def _cross_checks(config: Config) -> None:
     if config.framework not in FRAMEWORKS:
         close = difflib.get_close_matches(config.framework, list(FRAMEWORKS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"framework: unknown framework {config.framework!r}; choose one of "
+        raise ConfigError(f"framework: unknown framework {_show(config.framework)}; choose one of "
                           f"{', '.join(sorted(FRAMEWORKS))}{hint}")
     options = FRAMEWORKS[config.framework].defaults
     for key, value in config.framework_options.items():
@@ -354,11 +404,16 @@ def _cross_checks(config: Config) -> None:
             hint = f"; did you mean {close[0]!r}?" if close else (
                 f"; it takes {', '.join(options)}" if options else "; it takes none")
             raise ConfigError(f"framework_options.{key}: {config.framework} has no such option{hint}")
-        if not isinstance(value, type(options[key])) and not (
-                isinstance(options[key], float) and isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"framework_options.{key}: must be like {options[key]!r}, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(f"framework_options.{key}: must be > 0, got {value!r}")
+        default = options[key]
+        same_type = isinstance(value, type(default)) and isinstance(value, bool) == isinstance(default, bool)
+        if not same_type and not (isinstance(default, float) and _number(value)):
+            raise ConfigError(f"framework_options.{key}: must be like {default!r}, got {_show(value)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not _number(value) or value <= 0:
+                raise ConfigError(f"framework_options.{key}: must be a finite number > 0, got {_show(value)}")
+            low_high = OPTION_RANGES.get(key)
+            if low_high is not None and not low_high[0](value):
+                raise ConfigError(f"framework_options.{key}: {low_high[1]}, got {_show(value)}")
     if config.search.warmup_epochs >= config.search.epochs:
         raise ConfigError(f"search.warmup_epochs: must be below search.epochs ({config.search.epochs}), "
                           f"got {config.search.warmup_epochs}: the architecture would never move")
@@ -368,8 +423,30 @@ def _cross_checks(config: Config) -> None:
     _backbone_checks(config)
     if config.data.dataset != "digits" and not config.data.root:
         raise ConfigError(f"data.root: dataset {config.data.dataset!r} needs a path on disk")
-    if config.data.root and not Path(config.data.root).expanduser().exists():
-        raise ConfigError(f"data.root: dataset path {config.data.root!r} does not exist")
+    if config.model.head_space == "mlp":
+        from search_spaces.layouts import head_dims
+
+        hidden = head_dims(config.framework, config.model.head_width).projector_hidden
+        if round(min(config.model.mlp_widths) * hidden) < 1:
+            raise ConfigError(f"model.mlp_widths: {min(config.model.mlp_widths)} of a {hidden}-wide hidden layer "
+                              f"is no unit at all; use a larger factor or model.head_width")
+    if config.data.root and not _path_exists(config.data.root):
+        raise ConfigError(f"data.root: dataset path {_show(config.data.root)} does not exist")
+
+
+def _path_exists(text: str) -> bool:
+    try:
+        return Path(text).expanduser().exists()
+    except (OSError, RuntimeError, ValueError):  # "~nobody/x": no such home directory
+        return False
+
+
+#: ranges of the framework options that have one beyond "> 0" (all are checked to be > 0)
+OPTION_RANGES = {
+    "momentum": (lambda v: v < 1, "must be in (0, 1): an EMA coefficient"),
+    "queue_size": (lambda v: v <= 2 ** 20, "must be at most 1048576"),
+    "temperature": (lambda v: 1e-3 <= v <= 100, "must be between 0.001 and 100"),
+}
 
 
 def _backbone_checks(config: Config) -> None:
@@ -397,9 +474,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. search.epochs=3")
     key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: the key before '=' is empty, e.g. search.epochs=3")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         parsed = value
     return key.strip().split("."), parsed
 
@@ -427,6 +506,10 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
+        except (UnicodeDecodeError, OSError) as err:
+            raise ConfigError(f"{p}: cannot read the config as text ({type(err).__name__})") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: the YAML is nested too deeply") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

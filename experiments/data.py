@@ -20,7 +20,12 @@ DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
 
 
 class DataError(ValueError):
-    """A dataset that cannot be read: the message names what is wrong."""
+    """A dataset that cannot be read: the message names what is wrong (and the first bad file)."""
+
+
+def _one_line(err: BaseException) -> str:
+    """A library's error message on one line (decoders and torchvision may print several)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 @dataclass
@@ -79,7 +84,10 @@ def _torchvision(name: str, root: str, split: str) -> ImageSet:
             labels = torch.as_tensor(ds.targets).long()
             classes = list(ds.classes)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
-        raise DataError(f"{name} not found under {root!r} (nothing is downloaded: put the dataset there first): {err}") from None
+        raise DataError(f"{name} not found under {root!r} (nothing is downloaded: put the dataset there "
+                        f"first): {_one_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file fails in pickle or numpy
+        raise DataError(f"{name} under {root!r} cannot be read: {type(err).__name__}: {_one_line(err)}") from None
     return ImageSet(images, labels, classes)
 
 
@@ -92,8 +100,8 @@ def _imagefolder(root: str, split: str, limit: Optional[int], seed: int, image_s
         raise DataError(f"imagefolder dataset needs {folder} (an ImageFolder layout with train/ and test/ splits)")
     try:
         listing = ImageFolder(str(folder), loader=lambda p: p)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"no images under {folder}: {err}") from None
+    except (FileNotFoundError, RuntimeError) as err:  # no class folders, or none holds an image file
+        raise DataError(f"no images under {folder}: {_one_line(err)}") from None
     samples = listing.samples
     if limit is not None and limit < len(samples):
         samples = [samples[i] for i in torch.randperm(len(samples), generator=_generator(seed))[:limit].tolist()]
@@ -103,13 +111,14 @@ def _imagefolder(root: str, split: str, limit: Optional[int], seed: int, image_s
         try:
             image = decode_image(path, mode=ImageReadMode.RGB)
         except Exception as err:  # noqa: BLE001 - any decoder failure names the file
-            raise DataError(f"cannot read image {path}: {err}") from None
+            raise DataError(f"cannot read image {path}: {_one_line(err)}") from None
         if resize is not None and tuple(image.shape[-2:]) != (image_size, image_size):
             image = resize(image)
+        if images and image.shape != images[0].shape:
+            raise DataError(f"images under {folder} differ in size ({path} is {tuple(image.shape[-2:])}, "
+                            f"{samples[0][0]} is {tuple(images[0].shape[-2:])}): set data.image_size to resize them")
         images.append(image)
         labels.append(label)
-    if len({tuple(i.shape) for i in images}) > 1:
-        raise DataError(f"images under {folder} differ in size: set data.image_size to resize them")
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), list(listing.classes))
 
 
@@ -204,10 +213,54 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index):
+        if isinstance(index, tuple):  # (index, sample seed) from SeededSampler: views from their own seed
+            index, seed = index
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)  # CPU only (torch.manual_seed also queues CUDA seeding)
+                return tuple(t(self.images[index]) for t in self.transforms)
         image = self.images[index]
         views = tuple(t(image) for t in self.transforms)
         return views if self.labels is None else views + (self.labels[index],)
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """Each epoch's order and every sample's augmentation seed, a pure function of (seed, stream, epoch).
+
+    Yields ``(index, sample_seed)``; ``MultiViewDataset`` draws that sample's views from its
+    own seed. So what a run sees never depends on how many random numbers anything else
+    drew, nor on the worker count, and a resumed run sees exactly the data an uninterrupted
+    one would: ``resume_at(epoch, samples_done)`` skips what that epoch already served.
+    Lightning calls ``set_epoch`` (also through its DDP wrapper, which shards our order).
+    """
+
+    def __init__(self, n: int, seed: int, stream: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.stream, self.shuffle = int(n), int(seed), int(stream), shuffle
+        self.epoch = 0
+        self._resume: Optional[tuple[int, int]] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        self._resume = (int(epoch), int(samples_done))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import numpy as np
+
+        state = np.random.SeedSequence([self.seed, self.stream, self.epoch]).generate_state(1, np.uint64)[0]
+        g = torch.Generator().manual_seed(int(state) >> 1)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2 ** 62, (self.n,), generator=g)
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = min(self._resume[1], self.n)
+            self._resume = None
+        for i in range(start, self.n):
+            yield int(order[i]), int(seeds[i])
 
 
 def normalized(data: ImageSet, mean, std) -> torch.Tensor:

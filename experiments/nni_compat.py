@@ -61,7 +61,9 @@ def architecture_probabilities(model: torch.nn.Module) -> dict[str, dict[str, fl
     GumbelDARTS adds fresh Gumbel noise in ``export_probs()`` and Proxyless samples in
     ``export()``; the plain softmax of the architecture weights is the stable quantity.
     """
-    return {label: dict(zip(names, torch.softmax(alpha.detach().float(), dim=-1).tolist()))
+    # str(label): NNI's labels are ``nni.mutable.utils.label`` objects (quirk 6), which
+    # ``torch.load(weights_only=True)`` refuses in a checkpoint of the monitor's history.
+    return {str(label): dict(zip(map(str, names), torch.softmax(alpha.detach().float(), dim=-1).tolist()))
             for label, (names, alpha) in sorted(mixed_layers(model).items())}
 
 
@@ -462,3 +464,53 @@ def sync_architecture_gradients(trainer: Any, alphas: list) -> None:
             alpha.grad = flat[offset:offset + grad.numel()].view_as(alpha).clone()
             offset += grad.numel()
     model.require_backward_grad_sync = True
+
+def forward_checkpoint_hook(pl_module: Any, hook: str, checkpoint: dict) -> None:
+    """Quirk 21: NNI's one-shot wrapper forwards the train hooks to our module, not the checkpoint ones.
+
+    ``BaseOneShotLightningModule`` passes ``on_train_*`` and friends to the training module,
+    but not ``on_save_checkpoint`` / ``on_load_checkpoint``: state kept there (the weight-step
+    counter) would be lost on resume. A callback calls this to forward them; outside a
+    one-shot strategy Lightning already calls the module's own hook, so this does nothing.
+    """
+    inner = training_module_of(pl_module)
+    if inner is not pl_module:
+        getattr(inner, hook)(checkpoint)
+
+
+def stable_arch_parameter_order(strategy: Any) -> Any:
+    """Quirk 22: DARTS builds its architecture optimiser from ``list(set(alphas))``.
+
+    The set's order follows object ids, so it differs from one process to the next. The
+    optimiser's state (Adam's moments) is saved by position: resumed in a new process, it
+    lands on the wrong alphas (silently, when they share a shape). Give the one-shot
+    module an ``arch_parameters`` in registration order; returns the strategy.
+    """
+    configure = strategy.configure_oneshot_module
+
+    def configure_oneshot_module(training_module):
+        module = configure(training_module)
+        unordered = module.arch_parameters
+
+        def arch_parameters():
+            position = {id(p): i for i, p in enumerate(module.parameters())}
+            return sorted(unordered(), key=lambda p: position.get(id(p), len(position)))
+
+        module.arch_parameters = arch_parameters
+        return module
+
+    strategy.configure_oneshot_module = configure_oneshot_module
+    return strategy
+
+
+def replay_epoch_start(pl_module: Any) -> None:
+    """Quirk 23: NNI's one-shot modules set per-epoch state in ``on_train_epoch_start``.
+
+    GumbelDARTS sets the epoch's Gumbel temperature there, DARTS freezes or frees the
+    architecture weights around its warm-up. Lightning does not call that hook when it
+    resumes in the middle of an epoch, so a resumed GumbelDARTS would go on at the initial
+    temperature. Call this before the first batch after such a resume (a one-shot module
+    only: our own modules keep no epoch-start state).
+    """
+    if training_module_of(pl_module) is not pl_module:
+        pl_module.on_train_epoch_start()

@@ -21,7 +21,9 @@ from nni.nas.strategy import DARTS, GumbelDARTS
 
 from experiments.common import (FORMAT_VERSION, build_data, build_module, build_monitor, build_space, build_trainer,
                                 downstream_metrics, save_model_atomic, versions, write_json_atomic)
+from experiments.checkpointing import claim_output_dir, claims_output_dir
 from experiments.config import BACKBONE_SPACE_NAMES, Config, ConfigError
+from experiments.guards import FailureGuard
 
 log = logging.getLogger("experiments.search")
 
@@ -50,8 +52,9 @@ def space_record(cfg: Config, framework: str, head_space: str) -> dict:
             "mlp_widths": list(m.mlp_widths), "mlp_depths": list(m.mlp_depths)}
 
 
+@claims_output_dir
 def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
-               log_fn: Callable[[str], None] = print) -> Optional[dict]:
+               log_fn: Callable[[str], None] = print, overwrite: bool = False) -> Optional[dict]:
     """Run one search into ``out``; returns the architecture record written to ``best_architecture.json``.
 
     Under DDP, ranks other than global rank zero write nothing and return None.
@@ -66,7 +69,7 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
     data = build_data(cfg)
     weight_idx, arch_idx = _split(cfg, data)
     weight_loader = data.loader(weight_idx, cfg)
-    arch_loader = data.loader(arch_idx, cfg)
+    arch_loader = data.loader(arch_idx, cfg, stream=1)
     space = build_space(cfg)
     labels = list(space.simplify())
     log_fn(f"search space {cfg.model.head_space} for {cfg.framework}: {len(labels)} choices "
@@ -75,9 +78,13 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
     module = build_module(cfg, cfg.search.epochs, interleaved=True, augment=data.augment)
     monitor = build_monitor(cfg, data, listeners)
     monitor.listeners.insert(0, functools.partial(_log_epoch, log_fn))  # picklable, for ddp_spawn
-    trainer = build_trainer(cfg, cfg.search.epochs, out, [monitor])
-    evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader)
-    strategy = build_strategy(cfg)
+    run = claim_output_dir(out, cfg, "search", (ARCHITECTURE_FILE, "search_model.pt"), overwrite=overwrite, log_fn=log_fn)
+    guard = FailureGuard(monitor, cfg, "search")
+    trainer = build_trainer(cfg, cfg.search.epochs, out, [monitor, guard, *run.callbacks(
+        cfg, [weight_loader.sampler, arch_loader.sampler], cfg.data.batch_size)])
+    evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader,
+                          fit_kwargs=run.fit_kwargs())
+    strategy = nni_compat.stable_arch_parameter_order(build_strategy(cfg))
     experiment = NasExperiment(space, evaluator, strategy)
     nni_compat.experiment_config_dir(experiment, out / "nni")
     start = time.perf_counter()

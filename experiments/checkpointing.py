@@ -1,0 +1,512 @@
+"""Checkpoint and resume, and the safety of a run's output directory.
+
+A search or retrain owns its output directory while it runs:
+
+- ``.lock``: an exclusive ``flock`` held for the whole run, so a second run on the same
+  directory (another nnictl trial, a second terminal) is refused; the kernel releases it
+  when the process ends, even by SIGKILL.
+- ``run.json``: what the run is (job, config, architecture). Running the same command
+  again resumes; a different config on that directory is refused, never overwritten.
+- ``checkpoints/last.ckpt``: Lightning's checkpoint at every epoch end (network and
+  architecture weights, both optimisers, schedulers, momentum encoders and queues, loop
+  progress, the monitor's history) plus ``RunState``: RNG states, the data seed, the
+  sampler position and the run's fingerprint. Written to a temporary file that is renamed
+  into place, so the last good checkpoint survives any crash; loaded with
+  ``torch.load(weights_only=True)``. SIGINT and SIGTERM stop the run after the current
+  batch and save a checkpoint there first.
+- ``status.json``: running, interrupted, failed (with the reason) or finished.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import random
+import signal
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from experiments import nni_compat
+
+import numpy as np
+import torch
+from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from experiments.config import Config, ConfigError
+from experiments.failures import RunFailed, RunInterrupted  # noqa: F401  (re-exported)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+RUN_RECORD = "run.json"
+STATUS = "status.json"
+LOCK = ".lock"
+#: what a job writes into its output directory; ``--overwrite`` clears exactly these
+JOB_OUTPUTS = (CHECKPOINT_DIR, RUN_RECORD, STATUS, "logs", "tensorboard", "nni")
+#: config fields that do not change a run's results (a resume may differ in them)
+VOLATILE_FIELDS = ("output_dir", "trainer.progress_bar", "data.num_workers")
+STATE_FORMAT = 1
+
+# We restore the sampler's position ourselves (RunState), so a mid-epoch checkpoint resumes
+# exactly; Lightning cannot see that and warns that the loader is not resumable.
+warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
+# A resumed run finds its own logs and checkpoints: the earlier metrics.csv was moved aside
+# (_keep_csv_log), TensorBoard adds an event file, and ModelCheckpoint replaces last.ckpt.
+warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used for this run; one line for the user."""
+
+
+# --- atomic files ------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, fsync, rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """A checkpoint loaded with ``weights_only=True``; a bad file is one clear line."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or unsafe: all the same to the user
+        first = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {first})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this package")
+    return payload
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with an atomic rename on save and ``weights_only=True`` on load."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+        return load_checkpoint(Path(path), map_location if map_location is not None else "cpu")
+
+
+# --- RNG states, safe to load with weights_only=True --------------------------------------------
+def capture_rng() -> dict:
+    """torch (CPU and CUDA), numpy and Python RNG states as tensors, lists and numbers only."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": [int(x) for x in internal], "gauss": py_gauss},
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# --- the run record ------------------------------------------------------------------------------
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: node}
+
+
+def run_record(cfg: Config, job: str, extra: Optional[dict] = None) -> dict:
+    """What identifies a run: the job, the config less its volatile fields, and ``extra`` (the architecture)."""
+    config = json.loads(json.dumps(cfg.to_dict()))
+    for dotted in VOLATILE_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    record = {"job": job, "config": config, **(json.loads(json.dumps(extra)) if extra else {})}
+    record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    return record
+
+
+def _differences(old: dict, new: dict, limit: int = 3) -> str:
+    a, b = _flatten({k: v for k, v in old.items() if k != "fingerprint"}), \
+        _flatten({k: v for k, v in new.items() if k != "fingerprint"})
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    parts = [f"{k.removeprefix('config.')} {b.get(k, '<unset>')!r} here, {a.get(k, '<unset>')!r} there"
+             for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(parts) + more
+
+
+def _global_rank() -> int:
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    from experiments.common import write_json_atomic
+
+    write_json_atomic(path, payload)
+
+
+@dataclass
+class Run:
+    """A claimed output directory: what to add to the trainer, and where to resume from."""
+
+    out: Path
+    job: str
+    record: dict
+    resume_from: Optional[Path] = None
+    resumed_epoch: Optional[int] = None
+    state: Optional["RunState"] = field(default=None, repr=False)
+    lock_fd: Optional[int] = field(default=None, repr=False)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / CHECKPOINT_DIR
+
+    def callbacks(self, cfg: Config, samplers: Sequence[Any] = (), batch_size: int = 1) -> list:
+        """Lightning's ModelCheckpoint (``last.ckpt`` at every epoch end) and our RunState."""
+        self.state = RunState(self.record["fingerprint"], cfg.seed, samplers, batch_size, self.checkpoint_dir / LAST)
+        # One file, replaced at every epoch end. (``save_last=True`` with ``save_top_k=0`` would
+        # write only when training ends: Lightning saves "last" only after a top-k save.)
+        checkpoint = ModelCheckpoint(dirpath=str(self.checkpoint_dir), filename=LAST.removesuffix(".ckpt"),
+                                     monitor=None, save_top_k=1, save_last=False, every_n_epochs=1,
+                                     save_on_train_epoch_end=True, enable_version_counter=False)
+        return [self.state, checkpoint]
+
+    def fit_kwargs(self) -> dict:
+        """``trainer.fit`` arguments (also for NNI's ``Lightning(fit_kwargs=...)``): resume if possible."""
+        return {"ckpt_path": str(self.resume_from)} if self.resume_from else {}
+
+    def set_status(self, state: str, **extra: Any) -> None:
+        if self.lock_fd is not None:
+            _write_json(self.out / STATUS, {"state": state, "job": self.job, "pid": os.getpid(),
+                                            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+
+    def release(self, error: Optional[BaseException] = None) -> None:
+        """Record how the run ended in ``status.json`` and release the directory's lock."""
+        if self.lock_fd is None:
+            return
+        try:
+            last = self.checkpoint_dir / LAST
+            checkpoint = str(last) if last.is_file() else None
+            if error is None:
+                self.set_status("finished")
+            elif isinstance(error, (RunInterrupted, SIGTERMException, KeyboardInterrupt, SystemExit)):
+                # SystemExit: Lightning turns a KeyboardInterrupt (a second Ctrl-C) into sys.exit(1)
+                reason = str(error) if isinstance(error, RunInterrupted) else \
+                    "interrupted by SIGTERM" if isinstance(error, SIGTERMException) else "stopped at once, not saved"
+                self.set_status("interrupted", reason=reason, checkpoint=checkpoint)
+            else:
+                reason = str(error) if isinstance(error, (RunFailed, ConfigError)) else \
+                    f"{type(error).__name__}: {error}"
+                self.set_status("failed", reason=" ".join(reason.split()), checkpoint=checkpoint)
+        finally:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _acquire_lock(out: Path) -> int:
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(f"{out} is in use by another run (pid {holder}); wait for it to finish or choose "
+                          f"another --output-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of writers that died (SIGKILL mid-write); safe to remove under the lock."""
+    for folder in (out, out / CHECKPOINT_DIR):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def _keep_csv_log(out: Path) -> None:
+    """Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts: on resume, keep
+    the earlier part as ``metrics.1.csv`` (``.2`` after a second resume, ...)."""
+    current = out / "logs" / "metrics.csv"
+    if current.is_file():
+        n = 1
+        while (kept := current.with_name(f"metrics.{n}.csv")).exists():
+            n += 1
+        os.replace(current, kept)
+
+
+def _clear_outputs(out: Path, result_files: Sequence[str]) -> None:
+    import shutil
+
+    for name in (*JOB_OUTPUTS, *result_files):
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
+def _check_record(out: Path, record: dict, job: str) -> None:
+    path = out / RUN_RECORD
+    try:
+        stored = json.loads(path.read_text())
+        stored_job, stored_fingerprint = stored["job"], stored["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is unreadable, so what made {out} is unknown; pass --overwrite to start "
+                          f"over there or choose another --output-dir") from None
+    if stored_job != job:
+        raise ConfigError(f"{out} holds a {stored_job} run, not a {job} run; choose another --output-dir")
+    if stored_fingerprint != record["fingerprint"]:
+        raise ConfigError(f"{out} holds a {job} run with another config ({_differences(stored, record)}); run its "
+                          f"own command to resume it, or pass --overwrite (discards it) or another --output-dir")
+
+
+def _check_checkpoint(path: Path, record: dict) -> int:
+    """The resumable checkpoint must load safely and come from this very run; returns its epoch."""
+    payload = load_checkpoint(path)
+    state = (payload.get("callbacks") or {}).get(RunState.__qualname__)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} was not written by this package's {record['job']}; pass --overwrite to "
+                              f"start over or choose another --output-dir")
+    if state.get("fingerprint") != record["fingerprint"]:
+        what = "architecture" if "architecture" in record else "config"
+        raise CheckpointError(f"{path} comes from a run with another {what} (fingerprint {state.get('fingerprint')}, "
+                              f"this run {record['fingerprint']}); pass --overwrite to start over or choose another "
+                              f"--output-dir")
+    return int(payload.get("epoch", 0))
+
+
+def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[str], extra: Optional[dict] = None,
+                     overwrite: bool = False, log_fn=print) -> Run:
+    """Claim ``out`` for one run: lock it, check what is there, and resume or start.
+
+    Call it once the inputs are validated: nothing is written before it. It refuses, with one
+    line: a directory in use by another run, a finished run (unless ``overwrite``), a run
+    with another config or architecture (unless ``overwrite``), a foreign checkpoint. The
+    claim ends with ``run.release(error)``, done for you by ``@claims_output_dir`` or ``open_run``.
+    """
+    out = Path(out)
+    record = run_record(cfg, job, extra)
+    if _global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
+        last = out / CHECKPOINT_DIR / LAST
+        return _register(Run(out, job, record, last if last.is_file() else None))
+    finished = [name for name in result_files if (out / name).exists()]
+    if finished and not overwrite:  # checked before anything is written, the lock included
+        raise ConfigError(f"{out / finished[0]} exists: this run is finished; pass --overwrite to replace it or "
+                          f"choose another --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    fd = _acquire_lock(out)
+    try:
+        _remove_stale_temporaries(out)
+        if overwrite:
+            _clear_outputs(out, result_files)
+        last = out / CHECKPOINT_DIR / LAST
+        if (out / RUN_RECORD).exists():
+            _check_record(out, record, job)
+        elif last.exists():
+            raise ConfigError(f"{last} has no {RUN_RECORD} beside it, so what made it is unknown; pass --overwrite "
+                              f"to start over or choose another --output-dir")
+        run = Run(out, job, record, lock_fd=fd)
+        if last.is_file():
+            run.resumed_epoch = _check_checkpoint(last, record)
+            run.resume_from = last
+            _keep_csv_log(out)
+            log_fn(f"resuming the {job} from {last} (epoch {run.resumed_epoch + 1} done)")
+        else:
+            _write_json(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        run.set_status("running")
+    except BaseException:
+        os.close(fd)
+        raise
+    return _register(run)
+
+
+_claims: list[list[Run]] = []
+
+
+def _register(run: Run) -> Run:
+    if _claims:
+        _claims[-1].append(run)
+    return run
+
+
+def claims_output_dir(fn):
+    """Decorate a job function that calls ``claim_output_dir``: when it returns or raises, each claim
+    made inside records the outcome in ``status.json`` and releases its lock."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _claims.append([])
+        error: Optional[BaseException] = None
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as err:
+            error = err
+            raise
+        finally:
+            for run in _claims.pop():
+                run.release(error)
+    return wrapper
+
+
+@contextlib.contextmanager
+def open_run(out: Path, cfg: Config, job: str, result_files: Sequence[str], extra: Optional[dict] = None,
+             overwrite: bool = False, log_fn=print) -> Iterator[Run]:
+    """``claim_output_dir`` as a context manager."""
+    run = claim_output_dir(out, cfg, job, result_files, extra, overwrite, log_fn)
+    error: Optional[BaseException] = None
+    try:
+        yield run
+    except BaseException as err:
+        error = err
+        raise
+    finally:
+        run.release(error)
+
+
+# --- the callback ---------------------------------------------------------------------------------
+class RunState(Callback):
+    """What Lightning's checkpoint lacks for an exact resume, and a graceful stop on SIGINT/SIGTERM.
+
+    Saved in every checkpoint: RNG states, the data seed, the epoch and batches done (so the
+    seeded samplers resume where they were) and the run's fingerprint. A signal sets a flag;
+    the run stops before the next batch, saves ``last.ckpt`` there and raises RunInterrupted.
+    A second signal stops at once.
+    """
+
+    def __init__(self, fingerprint: str, seed: int, samplers: Sequence[Any] = (), batch_size: int = 1,
+                 checkpoint_path: Optional[Path] = None):
+        self.fingerprint, self.seed = fingerprint, int(seed)
+        self.samplers, self.batch_size = list(samplers), int(batch_size)
+        self.checkpoint_path = checkpoint_path
+        self.signum: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+        self._trainer = None
+        self._replay_epoch_start = False
+        self._pending_rng: Optional[dict] = None
+
+    # state ---------------------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict:
+        trainer = self._trainer
+        epoch = int(trainer.current_epoch) if trainer is not None else 0
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed) if trainer is not None else 0
+        total = getattr(trainer, "num_training_batches", float("inf")) if trainer is not None else float("inf")
+        return {"format": STATE_FORMAT, "fingerprint": self.fingerprint, "seed": self.seed,
+                "epoch": epoch, "batches_done": done, "mid_epoch": bool(done < total),
+                "rng": capture_rng()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(f"the checkpoint comes from another run (fingerprint {state.get('fingerprint')}, "
+                                  f"this run {self.fingerprint})")
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise CheckpointError(f"the checkpoint was made with seed {state.get('seed')}, this run has {self.seed}")
+        epoch, done, mid = int(state["epoch"]), int(state["batches_done"]), bool(state["mid_epoch"])
+        # Every new DataLoader iterator draws a seed from the global generator. After an epoch
+        # end the uninterrupted run creates the next epoch's iterators too: restore now, before
+        # Lightning creates them. In mid-epoch it creates none: restore once they exist.
+        if mid:
+            self._pending_rng = state["rng"]
+        else:
+            restore_rng(state["rng"])
+        self._replay_epoch_start = mid
+        for sampler in self.samplers:
+            if mid:
+                sampler.resume_at(epoch, done * self.batch_size)
+            # Set the epoch now: Lightning creates the first iterator before it calls set_epoch.
+            sampler.set_epoch(epoch if mid else epoch + 1)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        nni_compat.forward_checkpoint_hook(pl_module, "on_save_checkpoint", checkpoint)
+        for logger in trainer.loggers:  # the logs are as durable as the checkpoint (CSV flushes every 100 steps)
+            logger.save()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        nni_compat.forward_checkpoint_hook(pl_module, "on_load_checkpoint", checkpoint)
+
+    # signals -------------------------------------------------------------------------------------
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None:  # the second signal: stop now, without a checkpoint
+            self._restore_handlers()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def _restore_handlers(self) -> None:
+        for signum, previous in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, previous)
+        self._previous = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending_rng is not None:  # after Lightning created the resumed epoch's iterators
+            restore_rng(self._pending_rng)
+            self._pending_rng = None
+        if trainer.world_size > 1:  # DDP: Lightning's own SIGTERM handling stops every rank together
+            return
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handler)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._replay_epoch_start:  # resumed mid-epoch: Lightning skipped the epoch-start hook
+            self._replay_epoch_start = False
+            nni_compat.replay_epoch_start(pl_module)
+        # Checked before a batch, when the previous one is fully counted: the checkpoint
+        # then says exactly which batches are done.
+        if self.signum is not None:
+            raise RunInterrupted(self.signum)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handlers()
+        interrupted = isinstance(exception, (RunInterrupted, SIGTERMException))
+        if interrupted and self.checkpoint_path is not None:
+            if trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0:
+                trainer.save_checkpoint(str(self.checkpoint_path))  # every rank calls it; rank zero writes
+            if isinstance(exception, RunInterrupted):
+                exception.checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
+                exception.args = (exception.describe(),)
