@@ -287,3 +287,12 @@ def test_cli_subprocesses_exit_2_with_one_error_line(tmp_path):
         assert len(lines) == 1 and cases[name][1] in lines[0], (name, lines)
         assert not out.exists()
     assert snapshot(tmp_path) == before
+
+
+def test_directory_in_use_by_another_run(tmp_path, capsys, tiny_cfg):
+    from experiments.checkpointing import open_run
+
+    out = tmp_path / "out"
+    with open_run(out, tiny_cfg(), "search", ("best_architecture.json",), log_fn=lambda line: None):
+        assert_refused(["search", "--config", CONFIG, *sets(), "--output-dir", str(out)], capsys, out,
+                       [f"{out} is in use by another run (pid {os.getpid()})", "choose another --output-dir"])
