@@ -21,7 +21,7 @@ class Supervised(SSLFramework):
     uses_labels = True
 
     @staticmethod
-    def view_transforms(settings, size: int, mean, std):
+    def view_transforms(settings, size: int, mean, std, options=None):
         """One view: random crop (padding size/8) and flip, then scaling and normalisation."""
         return [T.Compose([
             T.RandomCrop(size, padding=max(1, size // 8)),

@@ -41,11 +41,16 @@ class UInt8Images(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
+    def __getitem__(self, index) -> torch.Tensor:
+        return self.images[_index(index)]
 
-    def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+    def __getitems__(self, indices: Sequence) -> torch.Tensor:
+        return self.images[torch.as_tensor([_index(i) for i in indices], dtype=torch.long)]
+
+
+def _index(item) -> int:
+    """``SeededSampler`` yields (index, sample seed); batched views draw their own randomness."""
+    return int(item[0]) if isinstance(item, (tuple, list)) else int(item)
 
 
 def collate_uint8(batch) -> torch.Tensor:

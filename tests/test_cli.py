@@ -31,7 +31,7 @@ def _run(args, cwd):
     (["--set", "search.epochs=-1"], "search.epochs: must be >= 1"),
     (["--set", "data.dataset=imagefolder", "--set", "data.root=/nonexistent/cifar"], "does not exist"),
     (["--set", "data.batchsize=4"], "did you mean 'batch_size'"),
-    (["--set", "optim.lr=fast"], "optim.lr: must be a number"),
+    (["--set", "optim.lr=fast"], "optim.lr: must be a finite number"),
 ])
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, setting, message):
     out = tmp_path / "out"
