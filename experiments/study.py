@@ -498,6 +498,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to resume (finished runs are reused)", file=sys.stderr)
         return 130
+    except SystemExit as err:  # Lightning turns SIGTERM into a SystemExit with status 0: not a success
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not isinstance(err, SIGTERMException):
+            raise
+        print("error: terminated (SIGTERM); rerun the same command to resume (finished runs are reused)",
+              file=sys.stderr)
+        return 143
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -94,3 +94,16 @@ def test_study_command_prints_and_writes_the_table(tmp_path, capsys):
     again = json.loads((docs / "head_study_simsiam_digits.json").read_text())
     assert again["reused_runs"] == len(arms.split(",")) and again["run_seconds"] == result["run_seconds"] > 0
     assert [e["knn_top1"] for e in again["table"]] == [e["knn_top1"] for e in result["table"]]
+
+
+def test_sigterm_during_a_run_is_an_error_not_a_success(tmp_path, capsys, monkeypatch):
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    def terminated(*args, **kwargs):
+        raise SIGTERMException  # what Lightning raises on SIGTERM: a SystemExit whose status is 0
+
+    monkeypatch.setattr(study, "run_one", terminated)
+    code = study.main(["--framework", "simsiam", "--dataset", "digits", "--seeds", "0", "--arms", "hand-made",
+                       "--output-dir", str(tmp_path / "out"), "--docs-dir", str(tmp_path / "docs"), *TINY])
+    assert code == 143 and "error: terminated (SIGTERM)" in capsys.readouterr().err
+    assert not (tmp_path / "docs").exists()
