@@ -249,3 +249,15 @@ def mixed_op_hooks() -> list:
     NNI's own) build mixed layers that drop the ``None`` entries.
     """
     return [BiasFreeMixedConv2d.mutate, BiasFreeMixedLinear.mutate]
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Quirk 13: NNI's shape inference (FLOPs profiler) fails on ``Tensor.contiguous(memory_format=...)``.
+
+    The macro spaces run channels-last because PyTorch's CPU depth-wise convolution is several
+    times faster in it; NNI profiles them with a tensor subclass (``ShapeTensor``) that has no
+    shape formula for the conversion, so only plain tensors are converted.
+    """
+    if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

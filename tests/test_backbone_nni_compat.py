@@ -89,3 +89,21 @@ def test_quirk12_a_bias_free_mixed_conv_freezes_only_with_our_hooks():
     frozen = fixed.freeze({"backbone.width": 4})
     assert isinstance(frozen.conv, torch.nn.Conv2d) and frozen.conv.bias is None
     assert torch.equal(frozen.conv.weight, fixed.conv.weight[:4])  # the supernet's weights, sliced
+
+
+def test_quirk13_nni_shape_inference_cannot_follow_a_memory_format_change():
+    from nni.nas.profiler.pytorch.flops import FlopsProfiler
+
+    class ChannelsLast(ModelSpace):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x.contiguous(memory_format=torch.channels_last))
+
+    with pytest.raises(TypeError):
+        FlopsProfiler(ChannelsLast(), torch.zeros(1, 3, 8, 8))
+    x = torch.randn(2, 3, 4, 4)
+    assert nni_compat.to_channels_last(x).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nni_compat.to_channels_last(x), x)
