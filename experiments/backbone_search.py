@@ -10,9 +10,10 @@ evaluation -> ``best_architecture.json`` (the same export and ``retrain`` as the
   ``supervised``. An NNI ``Filter`` keeps every scored sub-network within the budget.
 - ``darts``, ``gdarts``, ``proxyless``: relaxation of every ``LayerChoice``; the budget is a
   differentiable penalty ``budget_penalty * max(0, E[cost] / budget - 1)`` on the architecture
-  step, E[cost] being NNI's FLOPs/params expression in expectation under the architecture
-  weights. The derived network is the argmax, then, if still over budget, the most probable
-  network within it (greedy: give up the least probability per unit of excess cost).
+  step, E[cost] the exact expectation of the profiled cost (a sum over layers) under the
+  softmax of the architecture weights. The derived network is the argmax, then, if still over
+  budget, the most probable network within it (greedy: give up the least probability per unit
+  of excess cost).
 - ``enas``: NNI ``ENAS`` (needs tianshou); the reward is the sampled network's kNN top-1
   (or accuracy) on a held-out batch, minus a budget penalty; exported as for DARTS.
 
@@ -21,7 +22,6 @@ multiply-accumulates at the data's image size (NAS-Bench-Macro's count), params 
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -38,8 +38,6 @@ from experiments.common import (FORMAT_VERSION, build_data, build_module, build_
 from experiments.config import Config, ConfigError
 from search_spaces.backbone_spaces import SPACE_STRATEGIES, is_backbone_space
 from search_spaces.cost import BackboneCost, Cost
-
-log = logging.getLogger("experiments.backbone_search")
 
 ARCHITECTURE_FILE = "best_architecture.json"
 INTERLEAVED = ("darts", "gdarts", "proxyless")
