@@ -158,6 +158,7 @@ def main(argv=None) -> int:
         for framework in args.frameworks:
             log(f"== {framework}: SPOS supernet, {args.epochs} epochs on {args.train_images} CIFAR-10 images")
             results[framework] = rank(framework, keys, args, cifar, args.workdir, log)
+            write_json_atomic(args.workdir / f"scores_{framework}.json", {"keys": keys, **results[framework]})
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

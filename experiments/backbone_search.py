@@ -10,9 +10,10 @@ evaluation -> ``best_architecture.json`` (the same export and ``retrain`` as the
   ``supervised``. An NNI ``Filter`` keeps every scored sub-network within the budget.
 - ``darts``, ``gdarts``, ``proxyless``: relaxation of every ``LayerChoice``; the budget is a
   differentiable penalty ``budget_penalty * max(0, E[cost] / budget - 1)`` on the architecture
-  step, E[cost] being NNI's FLOPs/params expression in expectation under the architecture
-  weights. The derived network is the argmax, then, if still over budget, the most probable
-  network within it (greedy: give up the least probability per unit of excess cost).
+  step, E[cost] the exact expectation of the profiled cost (a sum over layers) under the
+  softmax of the architecture weights. The derived network is the argmax, then, if still over
+  budget, the most probable network within it (greedy: give up the least probability per unit
+  of excess cost).
 - ``enas``: NNI ``ENAS`` (needs tianshou); the reward is the sampled network's kNN top-1
   (or accuracy) on a held-out batch, minus a budget penalty; exported as for DARTS.
 
@@ -21,7 +22,6 @@ multiply-accumulates at the data's image size (NAS-Bench-Macro's count), params 
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -38,8 +38,6 @@ from experiments.common import (FORMAT_VERSION, build_data, build_module, build_
 from experiments.config import Config, ConfigError
 from search_spaces.backbone_spaces import SPACE_STRATEGIES, is_backbone_space
 from search_spaces.cost import BackboneCost, Cost
-
-log = logging.getLogger("experiments.backbone_search")
 
 ARCHITECTURE_FILE = "best_architecture.json"
 INTERLEAVED = ("darts", "gdarts", "proxyless")
@@ -282,11 +280,11 @@ def _strategy(cfg: Config, module, cost: BackboneCost, scorer):
 
     s, b = cfg.search, cfg.backbone_search
     common = dict(arc_learning_rate=s.arch_lr, gradient_clip_val=s.gradient_clip, warmup_epochs=s.warmup_epochs,
-                  log_prob_every_n_step=1, mutation_hooks=nni_compat.mixed_op_hooks())
+                  log_prob_every_n_step=1)
     if b.strategy in INTERLEAVED and (b.max_flops is not None or b.max_params is not None) and b.budget_penalty > 0:
         module.arch_penalties["budget"] = budget_penalty_fn(cost, b.max_flops, b.max_params, b.budget_penalty)
     if b.strategy == "spos":
-        return RandomOneShot(mutation_hooks=nni_compat.mixed_op_hooks())
+        return RandomOneShot()
     if b.strategy == "darts":
         return DARTS(**common)
     if b.strategy == "gdarts":
@@ -299,8 +297,7 @@ def _strategy(cfg: Config, module, cost: BackboneCost, scorer):
                               cfg.evaluation.knn_temperature)
         module.validation_step = module.reward_step  # NNI's ENAS calls it on held-out batches
         return nni_compat.tagged_enas(cost, b.max_flops, b.max_params, b.budget_penalty,
-                                      batches_per_update=b.enas_batches_per_update, warmup_epochs=s.warmup_epochs,
-                                      mutation_hooks=nni_compat.mixed_op_hooks())
+                                      batches_per_update=b.enas_batches_per_update, warmup_epochs=s.warmup_epochs)
     raise ConfigError(f"backbone_search.strategy: unknown strategy {b.strategy!r}")
 
 

@@ -266,24 +266,32 @@ def allow_dotted_repeat_labels() -> None:
 allow_dotted_repeat_labels()
 
 
-def freeze_linear_without_bias() -> None:
-    """Quirk 13: after a one-shot search, freezing a ``MutableLinear(..., bias=False)`` fails: NNI's
-    ``MixedLinear.freeze_weight`` returns ``bias: None`` and ``load_state_dict`` rejects the key
-    (``Unexpected key(s) in state_dict: "bias"``). Leave a missing bias out of the weights."""
-    from nni.nas.oneshot.pytorch.supermodule.operation import MixedLinear
-
-    if getattr(MixedLinear, "_bias_free_freeze", False):
-        return
-    original = MixedLinear.freeze_weight
-
-    def freeze_weight(self, *args, **kwargs):
-        return {k: v for k, v in original(self, *args, **kwargs).items() if v is not None}
-
-    MixedLinear.freeze_weight = freeze_weight
-    MixedLinear._bias_free_freeze = True
+_ORIGINAL_FREEZE_WEIGHT: dict = {}
 
 
-freeze_linear_without_bias()
+def freeze_without_missing_bias() -> None:
+    """Quirk 13: NNI's weight-preserving ``freeze`` of a bias-free mixed linear/conv layer fails.
+
+    After a one-shot search, ``MixedLinear.freeze_weight`` and ``MixedConv2d.freeze_weight``
+    return ``{'weight': ..., 'bias': None}`` and ``freeze`` loads that into a layer built with
+    ``bias=False``, which rejects the key (``Unexpected key(s) in state_dict: "bias"``). Every
+    ResNet conv and every bias-free head layer is such a layer, so no searched width or head
+    could be frozen with its weights. Leave a missing bias out of the weights.
+    """
+    from nni.nas.oneshot.pytorch.supermodule.operation import MixedConv2d, MixedLinear
+
+    for cls in (MixedLinear, MixedConv2d):
+        if cls in _ORIGINAL_FREEZE_WEIGHT:
+            continue
+        original = _ORIGINAL_FREEZE_WEIGHT[cls] = cls.freeze_weight
+
+        def freeze_weight(self, *args, _original=original, **kwargs):
+            return {k: v for k, v in _original(self, *args, **kwargs).items() if v is not None}
+
+        cls.freeze_weight = freeze_weight
+
+
+freeze_without_missing_bias()
 
 # --- the backbone search (experiments/backbone_search.py) ----------------------------------------
 def differentiable_probabilities(model: torch.nn.Module, labels: dict[str, list]) -> dict[str, torch.Tensor]:
@@ -397,40 +405,6 @@ def enas_probabilities(oneshot_module) -> dict[str, dict[str, float]]:
     return out
 
 
-def _drop_none(state: dict) -> dict:
-    return {k: v for k, v in state.items() if v is not None}
-
-
-try:  # the one-shot package needs pytorch-lightning; it is always there in this project
-    from nni.nas.oneshot.pytorch.supermodule.operation import MixedConv2d as _MixedConv2d
-    from nni.nas.oneshot.pytorch.supermodule.operation import MixedLinear as _MixedLinear
-
-    class BiasFreeMixedConv2d(_MixedConv2d):
-        """MixedConv2d whose weight-preserving ``freeze`` also works without a bias (see quirk 12)."""
-
-        def freeze_weight(self, **kwargs):
-            return _drop_none(super().freeze_weight(**kwargs))
-
-    class BiasFreeMixedLinear(_MixedLinear):
-        """MixedLinear whose weight-preserving ``freeze`` also works without a bias (see quirk 12)."""
-
-        def freeze_weight(self, **kwargs):
-            return _drop_none(super().freeze_weight(**kwargs))
-except ImportError:  # pragma: no cover
-    BiasFreeMixedConv2d = BiasFreeMixedLinear = None
-
-
-def mixed_op_hooks() -> list:
-    """Quirk 19: NNI's weight-preserving ``freeze`` of a bias-free mixed conv/linear layer fails.
-
-    ``MixedConv2d.freeze_weight`` returns ``{'weight': ..., 'bias': None}`` and ``freeze`` loads
-    it into a ``Conv2d(bias=False)``, which rejects the unexpected ``bias`` key; so no sub-network
-    of a supernet with a searched width (every ResNet conv is bias-free) can be frozen with its
-    weights. These hooks (pass them as a one-shot strategy's ``mutation_hooks``; they run before
-    NNI's own) build mixed layers that drop the ``None`` entries.
-    """
-    return [BiasFreeMixedConv2d.mutate, BiasFreeMixedLinear.mutate]
-
 def pause_ddp_gradient_sync(trainer: Any) -> bool:
     """Quirk 20: DARTS runs the architecture and the weight backward inside one DDP forward.
 
@@ -514,3 +488,15 @@ def replay_epoch_start(pl_module: Any) -> None:
     """
     if training_module_of(pl_module) is not pl_module:
         pl_module.on_train_epoch_start()
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Quirk 19: NNI's shape inference (FLOPs profiler) fails on ``Tensor.contiguous(memory_format=...)``.
+
+    The macro spaces run channels-last because PyTorch's CPU depth-wise convolution is several
+    times faster in it; NNI profiles them with a tensor subclass (``ShapeTensor``) that has no
+    shape formula for the conversion, so only plain tensors are converted.
+    """
+    if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

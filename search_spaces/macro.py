@@ -22,6 +22,8 @@ import torch
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from torch import nn
 
+from experiments.nni_compat import to_channels_last
+
 _MB = re.compile(r"^mb(\d+)_k(\d+)$")
 
 
@@ -149,6 +151,8 @@ class MacroBackboneSpace(ModelSpace):
         # PyTorch's default initialisation, as the benchmark's training used.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last: PyTorch's CPU depth-wise convolution is several times faster in it (same numbers)
+        x = to_channels_last(x)
         return self.pool(self.head(self.layers(self.stem(x))))
 
 

@@ -1,4 +1,4 @@
-"""The NNI 3.0 quirks the backbone search works around (experiments/nni_compat.py, quirks 7-12)."""
+"""The NNI 3.0 quirks the backbone search works around (experiments/nni_compat.py, quirks 13-19)."""
 from __future__ import annotations
 
 import inspect
@@ -77,15 +77,33 @@ class WidthSpace(ModelSpace):
         return self.conv(x)
 
 
-def test_quirk19_a_bias_free_mixed_conv_freezes_only_with_our_hooks():
+def test_quirk13_bias_free_mixed_layers_freeze_with_their_weights():
+    from nni.nas.oneshot.pytorch.supermodule.operation import MixedConv2d, MixedLinear
     from nni.nas.strategy import RandomOneShot
 
-    plain = WidthSpace()
-    RandomOneShot().mutate_model(plain)
-    with pytest.raises(RuntimeError, match="Unexpected key"):
-        plain.freeze({"backbone.width": 4})
-    fixed = WidthSpace()
-    RandomOneShot(mutation_hooks=nni_compat.mixed_op_hooks()).mutate_model(fixed)
-    frozen = fixed.freeze({"backbone.width": 4})
+    space = WidthSpace()
+    RandomOneShot().mutate_model(space)
+    # the quirk: NNI's own freeze_weight hands a ``bias: None`` to a bias-free layer
+    assert nni_compat._ORIGINAL_FREEZE_WEIGHT[MixedConv2d](space.conv, in_channels=3, out_channels=4, kernel_size=3, groups=1)["bias"] is None
+    assert set(nni_compat._ORIGINAL_FREEZE_WEIGHT) == {MixedConv2d, MixedLinear}
+    frozen = space.freeze({"backbone.width": 4})
     assert isinstance(frozen.conv, torch.nn.Conv2d) and frozen.conv.bias is None
-    assert torch.equal(frozen.conv.weight, fixed.conv.weight[:4])  # the supernet's weights, sliced
+    assert torch.equal(frozen.conv.weight, space.conv.weight[:4])  # the supernet's weights, sliced
+
+
+def test_quirk19_nni_shape_inference_cannot_follow_a_memory_format_change():
+    from nni.nas.profiler.pytorch.flops import FlopsProfiler
+
+    class ChannelsLast(ModelSpace):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x.contiguous(memory_format=torch.channels_last))
+
+    with pytest.raises(TypeError):
+        FlopsProfiler(ChannelsLast(), torch.zeros(1, 3, 8, 8))
+    x = torch.randn(2, 3, 4, 4)
+    assert nni_compat.to_channels_last(x).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nni_compat.to_channels_last(x), x)
