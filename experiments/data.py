@@ -218,9 +218,9 @@ class MultiViewDataset(Dataset):
             index, seed = index
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)  # CPU only (torch.manual_seed also queues CUDA seeding)
-                return tuple(t(self.images[index]) for t in self.transforms)
-        image = self.images[index]
-        views = tuple(t(image) for t in self.transforms)
+                views = tuple(t(self.images[index]) for t in self.transforms)
+        else:
+            views = tuple(t(self.images[index]) for t in self.transforms)
         return views if self.labels is None else views + (self.labels[index],)
 
 

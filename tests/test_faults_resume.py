@@ -75,12 +75,19 @@ def finish(proc: subprocess.Popen, timeout: float = 300.0) -> tuple[int, str, st
 
 
 def interrupt_mid_epoch(out: Path, signum: int, epochs_done: int = 2) -> tuple[int, str, str, dict]:
-    """Start a search, let it finish ``epochs_done`` epochs, then signal it a few batches into the next."""
+    """Start a search, let it finish ``epochs_done`` epochs, then signal it in the middle of the next.
+
+    "The middle" is a third of an epoch's measured length after its checkpoint, so the kill
+    lands mid-epoch on a fast machine and a slow one alike.
+    """
     proc = start(out)
-    wait_for(lambda: (s := checkpoint_state(out)) is not None and s["epoch"] + 1 >= epochs_done, proc,
-             what=f"the checkpoint of epoch {epochs_done}")
+    done = lambda n: (s := checkpoint_state(out)) is not None and s["epoch"] + 1 >= n  # noqa: E731
+    wait_for(lambda: done(epochs_done - 1), proc, what=f"the checkpoint of epoch {epochs_done - 1}")
+    began = time.monotonic()
+    wait_for(lambda: done(epochs_done), proc, what=f"the checkpoint of epoch {epochs_done}")
+    epoch_seconds = time.monotonic() - began
     saved = checkpoint_state(out)
-    time.sleep(2.0)  # a few batches into the next epoch (4 batches of about 1 s)
+    time.sleep(epoch_seconds / 3)
     proc.send_signal(signum)
     rc, stdout, stderr = finish(proc)
     return rc, stdout, stderr, saved

@@ -160,6 +160,19 @@ def test_views_come_from_the_sample_seed_not_the_global_rng():
     assert torch.equal(torch.rand(1), after)
 
 
+
+def test_seeded_items_of_a_labelled_dataset_end_with_their_label():
+    """The supervised objective reads the label as the last item of every seeded batch."""
+    from experiments.data import MultiViewDataset
+
+    images = torch.arange(4 * 3 * 2 * 2, dtype=torch.uint8).view(4, 3, 2, 2)
+    labels = torch.tensor([7, 8, 9, 3])
+    ds = MultiViewDataset(images, [lambda x: x.float()], labels)
+    views_and_label = ds[(2, 99)]
+    assert len(views_and_label) == 2 and int(views_and_label[-1]) == 9
+    assert torch.equal(views_and_label[0], images[2].float())
+    assert len(MultiViewDataset(images, [lambda x: x.float()])[(2, 99)]) == 1
+
 # --- the failure guard ---------------------------------------------------------------------------
 def _guard(scores, threshold=0.05, patience=2):
     from experiments.guards import FailureGuard
