@@ -198,7 +198,7 @@ class _SignalAt:
 
 def test_sigint_mid_epoch_checkpoint_resumes_exactly_under_gumbel_darts(tmp_path, monkeypatch):
     """GumbelDARTS draws noise from the global RNG every step and anneals its temperature per
-    epoch: a mid-epoch resume must restore both (see nni_compat quirk 9)."""
+    epoch: a mid-epoch resume must restore both (see nni_compat quirk 23)."""
     from experiments import search
     from experiments.config import load_config
     from experiments.failures import RunInterrupted

@@ -76,6 +76,17 @@ def test_quirk4_gumbel_export_probs_are_noisy_but_ours_are_not():
     assert len(ours) == 1
 
 
+def test_quirk5_the_experiment_writes_where_we_say_not_under_home(tmp_path):
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment import NasExperiment
+    from nni.nas.strategy import Random
+
+    experiment = NasExperiment(_Space(), FunctionalEvaluator(lambda model: None), Random())
+    assert "nni-experiments" in str(experiment.config.experiment_working_directory)  # NNI's default
+    nni_compat.experiment_config_dir(experiment, tmp_path)
+    assert experiment.config.experiment_working_directory == str(tmp_path)
+
+
 def test_quirk6_exported_labels_become_plain_strings(tmp_path):
     import pytest
     from nni.mutable.utils import label

@@ -7,7 +7,7 @@ import torch
 from experiments import nni_compat
 
 
-def test_label_parameter_dict_keeps_dotted_labels():
+def test_quirk12_label_parameter_dict_keeps_dotted_labels():
     d = nni_compat.LabelParameterDict({"projector.depth": torch.nn.Parameter(torch.zeros(3))})
     assert list(d.keys()) == ["projector.depth"] and d["projector.depth"].shape == (3,)
     assert [n for n, _ in d.named_parameters()] == ["projector__dot__depth"]

@@ -42,7 +42,7 @@ def recording_trial():
         channels._channel, nni.trial._params, nni.trial._intermediate_seq = saved
 
 
-def test_search_inside_trial_reports_through_the_trials_own_channel(recording_trial, tiny_config, tmp_path):
+def test_quirk7_8_search_inside_trial_reports_through_the_trials_own_channel(recording_trial, tiny_config, tmp_path):
     from experiments.search import run_search
     from experiments.trial import intermediate_metric
 
@@ -81,7 +81,7 @@ def test_search_inside_trial_reports_through_the_trials_own_channel(recording_tr
     assert [m["parameter_id"] for m in finals] == [OUR_PARAMETER_ID, OUR_PARAMETER_ID]
 
 
-def test_nested_experiments_stay_out_of_nnictls_experiment_list(monkeypatch):
+def test_quirk9_nested_experiments_stay_out_of_nnictls_experiment_list(monkeypatch):
     import nni.nas.experiment.experiment as nas_experiment
     from nni.nas.experiment import NasExperiment
 
@@ -113,7 +113,7 @@ def test_nested_experiments_stay_out_of_nnictls_experiment_list(monkeypatch):
     assert added == [("nested01", "status"), ("nested01", "endTime")]
 
 
-def test_a_failed_experiment_file_does_not_break_the_next_load(tmp_path):
+def test_quirk11_a_failed_experiment_file_does_not_break_the_next_load(tmp_path):
     from nni.experiment.config import ExperimentConfig
     from nni.experiment.config.utils import internal
 
