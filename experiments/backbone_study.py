@@ -160,12 +160,46 @@ def print_table(result: dict) -> None:
     Console(width=140).print(t)
 
 
+def markdown(results: list[dict], seed: int, scale: float, machine: dict, argv: list[str]) -> str:
+    """The tables as a Markdown page (docs/results/backbone_study.md), with machine, budget and seed."""
+    import os
+    from datetime import datetime, timezone
+
+    command = " ".join(["python -m experiments.backbone_study", *argv])
+    lines = ["# A searched backbone against ResNet-18 and NAS-Bench-Macro's best, at equal FLOPs", "",
+             f"Rerun: `{command}`", "",
+             f"- machine: {machine.get('machine', '?')}, {os.cpu_count()} CPUs, GPU: {machine.get('cuda') or 'none'}; "
+             + ", ".join(f"{k} {machine[k]}" for k in ("python", "torch", "torchvision", "nni", "pytorch_lightning")
+                         if k in machine),
+             f"- seed {seed} (data split, search, training); scale {scale}; finished "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the end "
+             f"{os.getloadavg()[0]:.1f} (a shared machine: times are wall-clock and noisy)", ""]
+    for r in results:
+        lines += [f"## {r['dataset']}", "",
+                  f"SimSiam, {r['train_images']} train / {r['test_images']} test images at {r['image_size']} px; "
+                  f"SPOS search {r['search_epochs']} epochs ({r['search_seconds']:.0f} s) within "
+                  f"{r['budget_flops']:,.0f} FLOPs (multiply-accumulates of the backbone); each network then "
+                  f"trained from scratch for {r['train_epochs']} epochs with the same heads, data and optimiser.", "",
+                  "| backbone | FLOPs | params | kNN top-1 | linear top-1 | train s | note |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            lines.append(f"| {row['network']} | {row['flops']:,} | {row['params']:,} | {row['knn_top1']:.3f} | "
+                         f"{row['linear_top1']:.3f} | {row['train_seconds']:.0f} | {row['note']} |")
+        lines.append("")
+    lines += ["kNN (k=20) and linear probe (100 epochs) on frozen backbone features of the test split; one seed, "
+              "so differences of a few points are within noise.", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.backbone_study", description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["digits", "cifar10"], choices=sorted(SETTINGS))
     p.add_argument("--output", type=Path, default=ROOT / "runs" / "backbone_study")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="multiply epochs and CIFAR-10 images (1: CPU size)")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "results" / "backbone_study.md",
+                   help="the tables as Markdown (empty string: none)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     from experiments.common import versions, write_json_atomic
     from experiments.config import ConfigError
@@ -191,6 +225,11 @@ def main(argv=None) -> int:
     for r in results:
         print_table(r)
     print(f"written: {args.output / 'study.json'}")
+    if str(args.docs) not in ("", "."):
+        from experiments.common import write_text_atomic
+
+        write_text_atomic(args.docs, markdown(results, args.seed, args.scale, versions(), argv))
+        print(f"written: {args.docs}")
     return 0
 
 

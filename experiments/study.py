@@ -453,7 +453,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     from experiments import nni_compat  # noqa: F401  (filters NNI's import warning)
-    from experiments.common import versions, write_json_atomic
+    from experiments.common import versions, write_json_atomic, write_text_atomic
     from experiments.config import ConfigError
 
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -527,10 +527,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     stem = f"head_study_{args.framework}_{label}"
     write_json_atomic(out / "study.json", study)
     write_json_atomic(docs / f"{stem}.json", study)
-    docs.mkdir(parents=True, exist_ok=True)
-    tmp = docs / f".{stem}.md.tmp"
-    tmp.write_text(markdown(study))
-    os.replace(tmp, docs / f"{stem}.md")
+    write_text_atomic(docs / f"{stem}.md", markdown(study))
     log(f"written: {docs / (stem + '.md')}, {docs / (stem + '.json')}")
     return 0
 
