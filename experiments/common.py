@@ -20,7 +20,7 @@ from evaluators.monitors import EvaluationSet, SSLMonitor
 from experiments.batch_augment import BatchViewAugment, UInt8Images, collate_uint8
 from experiments.config import Config, ConfigError
 from experiments.data import (AugmentSettings, DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats,
-                              load_images, normalized, split_indices, ssl_view)
+                              load_images, normalized, ssl_view)
 from search_spaces import SSLNetworkSpace
 from search_spaces.layouts import head_dims
 

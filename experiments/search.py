@@ -13,7 +13,6 @@ from typing import Callable, Optional, Sequence
 from experiments import nni_compat
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from nni.nas.evaluator.pytorch import Lightning
 from nni.nas.experiment import NasExperiment

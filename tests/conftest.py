@@ -1,7 +1,7 @@
 """Shared fixtures: tiny configs that train in seconds on a 2-core CPU."""
 from __future__ import annotations
 
-import os
+import logging
 import sys
 from pathlib import Path
 
@@ -12,6 +12,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from experiments import nni_compat  # noqa: E402,F401  (filters NNI's import warning)
+
+# In-process searches leave NNI's log handlers on pytest's capture streams, and NNI logs again at
+# exit, after pytest closed them: keep logging from printing its own tracebacks then.
+logging.raiseExceptions = False
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

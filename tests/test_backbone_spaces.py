@@ -133,7 +133,6 @@ def test_a_frozen_subnetwork_computes_what_the_supernet_computes(space_name):
     """SPOS scores a sub-network frozen from the supernet: same weights, same function."""
     from nni.nas.strategy import RandomOneShot
 
-    from experiments import nni_compat
     from search_spaces.backbone_spaces import build_backbone_space
 
     torch.manual_seed(0)

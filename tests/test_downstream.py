@@ -1,5 +1,4 @@
 """kNN, linear probe and collapse score on real data and hand-made cases."""
-import math
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -19,9 +18,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# In-process runs leave NNI log handlers on pytest's capture streams, which log at exit after
-# they are closed: keep logging from printing its own tracebacks then.
-logging.raiseExceptions = False
 CONFIG = str(ROOT / "configs" / "digits_simsiam.yml")
 SHIPPED = ROOT / "architectures" / "nasiam_simsiam_cifar10_resnet18.json"
 TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625, "data.train_subset": 128,

@@ -13,7 +13,6 @@ checkpoint and that resuming from it ends exactly where an uninterrupted run end
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -25,9 +24,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# In-process runs leave NNI log handlers on pytest's capture streams, which log at exit after
-# they are closed: keep logging from printing its own tracebacks then.
-logging.raiseExceptions = False
 EPOCHS = 4
 TINY = {
     "search.epochs": EPOCHS, "search.warmup_epochs": 1, "search.collapse_threshold": 0.0,

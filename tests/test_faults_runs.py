@@ -4,7 +4,6 @@ reason; a BYOL retrain interrupted mid-epoch resumes to exactly the uninterrupte
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 from pathlib import Path
@@ -13,9 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# In-process runs leave NNI log handlers on pytest's capture streams, which log at exit after
-# they are closed: keep logging from printing its own tracebacks then.
-logging.raiseExceptions = False
 CONFIG = str(ROOT / "configs" / "digits_simsiam.yml")
 TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625, "data.train_subset": 128,
         "data.test_subset": 100, "data.batch_size": 32, "search.warmup_epochs": 0,

@@ -1,0 +1,31 @@
+"""Each benchmark script runs at a tiny size and writes its JSON record (the figures are not checked:
+timings are not tests). lightly is a benchmark-only dependency: its script is skipped without it."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+
+import pytest
+
+TINY = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "16"]
+CASES = {
+    "throughput": [*TINY, "--frameworks", "simsiam,ressl", "--variants", "per-image,batched", "--steps", "1",
+                   "--warmup", "1"],
+    "search_cost": [*TINY, "--images", "64", "--epochs", "1", "--variants", "per-image"],
+    "frameworks_knn": [*TINY, "--frameworks", "simsiam,wcl", "--epochs", "1", "--train-images", "64",
+                       "--test-images", "50", "--linear-epochs", "2", "--knn-k", "5"],
+    "vs_lightly": [*TINY, "--steps", "1", "--warmup", "1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_benchmark_writes_its_record(name, tmp_path, capsys):
+    if name == "vs_lightly" and importlib.util.find_spec("lightly") is None:
+        pytest.skip("lightly is not installed (benchmarks/requirements-lightly.txt)")
+    output = tmp_path / f"{name}.json"
+    importlib.import_module(f"benchmarks.{name}").main([*CASES[name], "--output", str(output)])
+    record = json.loads(output.read_text())
+    assert record["benchmark"] == name and record["rows"]
+    assert record["machine"]["torch"]
+    assert "written:" in capsys.readouterr().out
