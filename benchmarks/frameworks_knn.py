@@ -21,6 +21,7 @@ from pathlib import Path
 from benchmarks._util import ROOT, common_arguments, report, resolve
 
 FRAMEWORKS = ("simsiam", "simclr", "moco", "byol", "ressl", "wcl")
+UNTRAINED = "untrained"  # the floor: SimSiam's network at initialisation, evaluated the same way
 
 
 def framework_config(args: argparse.Namespace, framework: str, out: Path):
@@ -53,24 +54,34 @@ def run_framework(args: argparse.Namespace, framework: str) -> dict:
     from experiments.search import run_search
 
     out = Path(tempfile.mkdtemp(prefix=f"bench-frameworks-{framework}-"))
-    cfg = framework_config(args, framework, out)
+    cfg = framework_config(args, "simsiam" if framework == UNTRAINED else framework, out)
     start = time.perf_counter()
-    if args.job == "retrain":
+    if framework == UNTRAINED:
+        import pytorch_lightning as pl
+
+        from experiments.architecture import build_fixed
+        from experiments.common import build_data, downstream_metrics
+
+        pl.seed_everything(cfg.seed, verbose=False)
+        network, _ = build_fixed({"space": {"framework": "simsiam", "head_space": "fixed"}, "architecture": {}}, cfg)
+        result = {"metrics": downstream_metrics(cfg, build_data(cfg), network)}
+    elif args.job == "retrain":
         record = {"space": {"framework": framework, "head_space": "fixed"}, "architecture": {}}
         result = run_retrain(cfg, record, out, log_fn=lambda line: None, source="hand-made")
     else:
         result = run_search(cfg, out, log_fn=lambda line: None)
     wall = time.perf_counter() - start
     m = result["metrics"]
-    return {"framework": framework, "job": args.job, "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"],
-            "collapse": m["collapse"], "wall_s": wall, "epochs": args.epochs,
+    return {"framework": framework, "job": "none" if framework == UNTRAINED else args.job, "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"],
+            "collapse": m["collapse"], "wall_s": wall, "epochs": 0 if framework == UNTRAINED else args.epochs,
             "architecture": result.get("architecture") or None, "output": str(out)}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.frameworks_knn", description=__doc__.splitlines()[0])
     common_arguments(parser, width=0.125, batch_size=128)
-    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma list")
+    parser.add_argument("--frameworks", default=",".join((*FRAMEWORKS, UNTRAINED)),
+                        help=f"comma list ({UNTRAINED}: the network at initialisation, a floor)")
     parser.add_argument("--job", default="retrain", choices=("retrain", "search"),
                         help="retrain: the hand-made head; search: a DARTS head search (nasiam space)")
     parser.add_argument("--epochs", type=int, default=5)
@@ -84,9 +95,10 @@ def main(argv=None) -> None:
     if args.head_width == args.width and "--head-width" not in (argv or []):
         args.head_width = 0.25  # heads as in the study configs
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-    unknown = sorted(set(frameworks) - set(FRAMEWORKS))
+    unknown = sorted(set(frameworks) - {*FRAMEWORKS, UNTRAINED})
     if unknown:
-        raise SystemExit(f"error: --frameworks: unknown {', '.join(unknown)}; choose from {', '.join(FRAMEWORKS)}")
+        raise SystemExit(f"error: --frameworks: unknown {', '.join(unknown)}; "
+                         f"choose from {', '.join((*FRAMEWORKS, UNTRAINED))}")
     rows = []
     for framework in frameworks:
         rows.append(run_framework(args, framework))

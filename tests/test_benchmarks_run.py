@@ -13,7 +13,7 @@ CASES = {
     "throughput": [*TINY, "--frameworks", "simsiam,ressl", "--variants", "per-image,batched", "--steps", "1",
                    "--warmup", "1"],
     "search_cost": [*TINY, "--images", "64", "--epochs", "1", "--variants", "per-image"],
-    "frameworks_knn": [*TINY, "--frameworks", "simsiam,wcl", "--epochs", "1", "--train-images", "64",
+    "frameworks_knn": [*TINY, "--frameworks", "simsiam,wcl,untrained", "--epochs", "1", "--train-images", "64",
                        "--test-images", "50", "--linear-epochs", "2", "--knn-k", "5"],
     "vs_lightly": [*TINY, "--steps", "1", "--warmup", "1"],
 }
