@@ -240,3 +240,22 @@ class SSLFramework(LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self.weight_steps = int(checkpoint.get("weight_steps", 0))
+
+
+class KeyQueue:
+    """A ring buffer of past L2-normalised keys, for frameworks built on ``SSLFramework``
+    (MoCo's negatives, ReSSL's relation anchors); pushed once per weight step by the caller."""
+
+    def register_queue(self, size: int, dim: int) -> None:
+        self.register_buffer("queue", torch.nn.functional.normalize(torch.randn(int(size), dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Overwrite the oldest entries with ``keys``, newest last."""
+        keys = torch.nn.functional.normalize(keys.detach(), dim=1)
+        size = self.queue.shape[0]
+        keys = keys[-size:]
+        idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)

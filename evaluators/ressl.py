@@ -13,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import torch
-import torch.nn.functional as F
 
-from evaluators.base import SSLFramework
+from evaluators.base import KeyQueue, SSLFramework
 from evaluators.losses import RelationalLoss
 from experiments.data import AugmentSettings, ssl_view
 
 
-class ReSSL(SSLFramework):
+class ReSSL(KeyQueue, SSLFramework):
     name = "ressl"
     defaults = {"student_temperature": 0.1, "teacher_temperature": 0.04, "queue_size": 4096,
                 "teacher_momentum": 0.99}
@@ -29,9 +27,7 @@ class ReSSL(SSLFramework):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.criterion = RelationalLoss(self.options["student_temperature"], self.options["teacher_temperature"])
-        queue = F.normalize(torch.randn(int(self.options["queue_size"]), self.embedding_dim), dim=1)
-        self.register_buffer("queue", queue)
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_queue(self.options["queue_size"], self.embedding_dim)
 
     @classmethod
     def view_transforms(cls, settings: AugmentSettings, size: int, mean, std, options: Optional[dict] = None):
@@ -41,16 +37,6 @@ class ReSSL(SSLFramework):
 
     def before_weight_step(self):
         self.momentum_step(self.options["teacher_momentum"], schedule=False)
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Overwrite the oldest entries with ``keys`` (a ring buffer), newest last."""
-        keys = F.normalize(keys.detach(), dim=1)
-        size = self.queue.shape[0]
-        keys = keys[-size:]
-        idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
 
     def ssl_loss(self, views, arch_step):
         strong, weak = views[:2]
