@@ -132,6 +132,16 @@ def _load(config: Optional[str], overrides: dict, parameters: dict):
         raise ConfigError(_with_parameters(str(err), parameters)) from None
 
 
+def _trial_config(trial: "Trial", config: Optional[str], overrides: list[str], output_dir: Optional[str],
+                  result_file: str, overwrite: bool):
+    """The config with the tuner's parameters over the YAML and ``--set``, and the trial's output directory."""
+    cfg = _load(config, cli_overrides(overrides), trial.parameters)
+    out = trial.output_dir(Path(output_dir or cfg.output_dir))
+    cfg = _load(config, {**cli_overrides(overrides), **trial.parameters, "output_dir": str(out)}, trial.parameters)
+    _refuse_finished(out / result_file, trial, overwrite)
+    return cfg, out
+
+
 def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
                      overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
     """One search as one trial: the tuner's parameters are config keys."""
@@ -139,11 +149,7 @@ def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Op
 
     trial = Trial.start(log_fn)
     try:
-        cfg = _load(config, cli_overrides(overrides), trial.parameters)
-        out = trial.output_dir(Path(output_dir or cfg.output_dir))
-        cfg = _load(config, {**cli_overrides(overrides), **trial.parameters, "output_dir": str(out)},
-                    trial.parameters)
-        _refuse_finished(out / ARCHITECTURE_FILE, trial, overwrite)
+        cfg, out = _trial_config(trial, config, overrides, output_dir, ARCHITECTURE_FILE, overwrite)
         scalars = _scalars(out)
         listeners = [trial.report_epoch] + ([scalars] if scalars else [])
         status = 0
@@ -213,11 +219,7 @@ def run_retrain_trial(config: Optional[str], overrides: list[str], arch: str, ou
 
     trial = Trial.start(log_fn)
     try:
-        cfg = _load(config, cli_overrides(overrides), trial.parameters)
-        out = trial.output_dir(Path(output_dir or cfg.output_dir))
-        cfg = _load(config, {**cli_overrides(overrides), **trial.parameters, "output_dir": str(out)},
-                    trial.parameters)
-        _refuse_finished(out / RESULTS_FILE, trial, overwrite)
+        cfg, out = _trial_config(trial, config, overrides, output_dir, RESULTS_FILE, overwrite)
         result = run_retrain(cfg, read_architecture(arch), out, listeners=[trial.report_epoch], log_fn=log_fn,
                              source=arch)
         trial.report_final(final_metric(result))
