@@ -70,6 +70,15 @@ class CheckpointError(ConfigError):
 
 
 # --- atomic files ------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # mkstemp's files are private (0600); results get what open() would give
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same directory, fsync, rename into place."""
     path = Path(path)
@@ -80,6 +89,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

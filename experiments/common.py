@@ -174,11 +174,14 @@ def versions() -> dict:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file through a temporary file renamed into place: readers never see half a file."""
+    from experiments.checkpointing import FILE_MODE
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -191,15 +194,10 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def save_model_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` atomically and durably (``checkpointing.atomic_torch_save``)."""
+    from experiments.checkpointing import atomic_torch_save
+
+    atomic_torch_save(payload, path)
 
 
 def downstream_metrics(cfg: Config, data: DataBundle, network: torch.nn.Module) -> dict:

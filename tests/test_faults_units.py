@@ -36,6 +36,21 @@ def test_atomic_save_keeps_the_last_good_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
 
+def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path):
+    """mkstemp's temporary files are private (0600); a result renamed from one must not stay so."""
+    import stat
+
+    from experiments.common import save_model_atomic, write_json_atomic, write_text_atomic
+
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    write_text_atomic(tmp_path / "a.md", "# x\n")
+    save_model_atomic(tmp_path / "m.pt", {"x": torch.ones(1)})
+    (tmp_path / "plain").write_text("x")
+    plain = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    for name in ("a.json", "a.md", "m.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == plain
+
+
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     import random
 
