@@ -282,11 +282,8 @@ def test_registry_and_layouts_list_both():
 
 
 def test_wcl_darts_over_the_mlp_space_searches_both_heads(tiny_config, tmp_path):
-    from experiments import nni_compat
     from experiments.search import run_search
 
-    if not hasattr(nni_compat, "allow_dotted_repeat_labels"):
-        pytest.skip("DARTS over the mlp space needs the dotted-Repeat-label work-around (NNI quirk, study branch)")
     cfg = tiny_config(framework="wcl", **{"model.head_space": "mlp", "search.epochs": 1, "data.train_subset": 256,
                                           "framework_options.low_res_crops": 2, "framework_options.knn_crops": 1,
                                           "search.collapse_threshold": 0.0})
