@@ -105,6 +105,36 @@ def rank(framework: str, keys: list[str], args, cifar: Path, out: Path, log) -> 
             "held_out_images": len(setup.arch_idx), "final_epoch": monitor.history[-1] if monitor.history else None}
 
 
+def compare(files: list[Path], rounds: int, seed: int) -> int:
+    """Kendall's tau between the supernet scores of two result files over the same architectures.
+
+    For rankings trained in separate runs (say, one objective per run at a large budget).
+    """
+    import json
+
+    try:
+        runs = [json.loads(Path(f).read_text()) for f in files]
+    except (OSError, ValueError) as err:
+        print(f"error: --compare: {err}", file=sys.stderr)
+        return 2
+    columns = []
+    for f, run in zip(files, runs):
+        scored = [k for k in run.get("summary", {}) if k not in ("flops", "params") and "_vs_" not in k]
+        if len(scored) != 1:
+            print(f"error: --compare: {f} must hold exactly one objective's scores (it has {scored})", file=sys.stderr)
+            return 2
+        columns.append((scored[0], [a[scored[0]] for a in run["architectures"]], [a["key"] for a in run["architectures"]]))
+    if columns[0][2] != columns[1][2]:
+        print("error: --compare: the two files ranked different architectures (use the same --archs and --seed)",
+              file=sys.stderr)
+        return 2
+    (na, a, _), (nb, b, _) = columns
+    lo, hi = bootstrap(a, b, rounds, seed)
+    print(f"{na} ({files[0]}) vs {nb} ({files[1]}), {len(a)} architectures: "
+          f"tau {kendall(a, b):+.3f}  [{lo:+.3f}, {hi:+.3f}]")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ranking_nas_bench_macro",
                                 description=__doc__.splitlines()[0])
@@ -122,7 +152,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ranking_nas_bench_macro")
+    p.add_argument("--compare", type=Path, nargs=2, metavar="RESULT",
+                   help="only compare the scores of two result files (one objective each, same architectures)")
     args = p.parse_args(argv)
+    if args.compare:
+        return compare(args.compare, args.bootstrap, args.seed)
     args.lr = {"supervised": 0.1, "simsiam": 0.06, "simclr": 0.3, "byol": 0.06, "moco": 0.06}
 
     import torch

@@ -29,3 +29,19 @@ def test_benchmark_writes_its_record(name, tmp_path, capsys):
     assert record["benchmark"] == name and record["rows"]
     assert record["machine"]["torch"]
     assert "written:" in capsys.readouterr().out
+
+
+def test_ranking_compare_gives_the_tau_of_two_saved_rankings(tmp_path, capsys):
+    from benchmarks.ranking_nas_bench_macro import main
+
+    def saved(name, objective, scores, keys="abcd"):
+        path = tmp_path / name
+        path.write_text(json.dumps({"summary": {objective: {}, "flops": {}},
+                                    "architectures": [{"key": k, objective: s} for k, s in zip(keys, scores)]}))
+        return str(path)
+
+    a = saved("a.json", "supervised", [0.1, 0.2, 0.3, 0.4])
+    assert main(["--compare", a, saved("b.json", "simsiam", [0.4, 0.3, 0.2, 0.1]), "--bootstrap", "20"]) == 0
+    assert "tau -1.000" in capsys.readouterr().out  # exactly reversed
+    assert main(["--compare", a, saved("c.json", "simsiam", [1, 2, 3, 4], keys="abce")]) == 2
+    assert "different architectures" in capsys.readouterr().err
