@@ -209,6 +209,19 @@ def quiet_trainer(args, max_epochs: int, callbacks: list, **kwargs):
                    callbacks=callbacks, default_root_dir=tempfile.mkdtemp(prefix="bench-"), **kwargs)
 
 
+def timed_training(args: argparse.Namespace, cfg, module, loader, steps: int, warmup: int,
+                   network: torch.nn.Module) -> dict:
+    """Train ``module`` for ``warmup`` untimed then ``steps`` timed steps: images/s, step time, peak memory."""
+    timer = StepTimer(warmup)
+    trainer = quiet_trainer(args, 1, [timer], precision=cfg.trainer.precision, limit_train_batches=warmup + steps)
+    with PeakMemory(args.device) as memory:
+        trainer.fit(module, train_dataloaders=loader)
+    images = timer.steps * cfg.data.batch_size
+    return {"images_per_s": images / timer.wall, "images_per_cpu_s": images / timer.cpu,
+            "step_s": timer.wall / timer.steps, "peak_mib": memory.mib, "steps": timer.steps,
+            "params_m": sum(p.numel() for p in network.parameters()) / 1e6}
+
+
 def machine(args: argparse.Namespace) -> dict:
     from experiments.common import versions
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from benchmarks._util import (PeakMemory, StepTimer, common_arguments, make_config, quiet_trainer, report, resolve,
-                              with_options)
+from benchmarks._util import common_arguments, make_config, report, resolve, timed_training, with_options
 
 SWITCHES = {"per-image", "batched", "cl", "bf16", "compile"}
 DEFAULT_VARIANTS = {"cpu": "per-image,batched,batched+cl",
@@ -48,14 +47,7 @@ def run_ours(args, cfg, data, framework: str, steps: int, warmup: int) -> dict:
     network = build_space(cfg, framework=framework, head_space="fixed").freeze({})
     module = build_module(cfg, 1, interleaved=False, framework=framework, augment=bundle.augment)
     module.set_model(network)
-    timer = StepTimer(warmup)
-    trainer = quiet_trainer(args, 1, [timer], precision=cfg.trainer.precision, limit_train_batches=warmup + steps)
-    with PeakMemory(args.device) as memory:
-        trainer.fit(module, train_dataloaders=bundle.loader(None, cfg))
-    images = timer.steps * cfg.data.batch_size
-    return {"images_per_s": images / timer.wall, "images_per_cpu_s": images / timer.cpu,
-            "step_s": timer.wall / timer.steps, "peak_mib": memory.mib, "steps": timer.steps,
-            "params_m": sum(p.numel() for p in network.parameters()) / 1e6}
+    return timed_training(args, cfg, module, bundle.loader(None, cfg), steps, warmup, network)
 
 
 def main(argv=None) -> None:

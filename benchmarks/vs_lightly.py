@@ -21,8 +21,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from benchmarks._util import (PeakMemory, StepTimer, common_arguments, make_config, quiet_trainer, report, resolve,
-                              with_options)
+from benchmarks._util import common_arguments, make_config, report, resolve, timed_training, with_options
 from benchmarks.throughput import run_ours, variant_options
 
 DEFAULT_VARIANTS = {"cpu": "per-image,batched,batched+cl", "cuda": "per-image,batched+cl,batched+cl+compile"}
@@ -137,14 +136,7 @@ def run_lightly(args, cfg, data, steps: int, warmup: int) -> dict:
     module = lightly_module(cfg, network, 1)
     if cfg.trainer.compile:
         module.backbone.compile()
-    timer = StepTimer(warmup)
-    trainer = quiet_trainer(args, 1, [timer], precision=cfg.trainer.precision, limit_train_batches=warmup + steps)
-    with PeakMemory(args.device) as memory:
-        trainer.fit(module, train_dataloaders=lightly_loader(cfg, data))
-    images = timer.steps * cfg.data.batch_size
-    return {"images_per_s": images / timer.wall, "images_per_cpu_s": images / timer.cpu,
-            "step_s": timer.wall / timer.steps, "peak_mib": memory.mib, "steps": timer.steps,
-            "params_m": sum(p.numel() for p in module.parameters()) / 1e6}
+    return timed_training(args, cfg, module, lightly_loader(cfg, data), steps, warmup, module)
 
 
 def main(argv=None) -> None:
