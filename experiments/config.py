@@ -483,6 +483,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """``--set`` texts (``search.epochs=3``) as a dotted-key dict; a repeated key keeps its last value."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        keys, value = parse_override(text)
+        out[".".join(keys)] = value
+    return out
+
+
 def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     """Set dotted keys (``search.arch_lr``) in a raw config mapping; returns it."""
     for dotted, value in overrides.items():

@@ -140,7 +140,7 @@ def check_dataset(cfg) -> None:
 
 def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[dict] = None) -> list[str]:
     """All checks; returns what was found, raises ConfigError on the first problem."""
-    from experiments.trial import cli_overrides
+    from experiments.config import parse_overrides
 
     env = dict(os.environ) if env is None else env
     notes = []
@@ -157,7 +157,7 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
             raise ConfigError("trialCommand: add --nni, or trials run without reporting to the dashboard")
         if platform == "local":
             notes.append(f"trial python: {check_python(tokens[0], code_dir, env)}")
-        overrides = cli_overrides(args.overrides)
+        overrides = parse_overrides(args.overrides)
         with _cwd(code_dir):
             cfg = load_config(args.config, overrides)
             check_dataset(cfg)

@@ -71,16 +71,6 @@ OP_SHORT = {"maxpool_3x3": "max", "avgpool_3x3": "avg", "identity": "id", "linea
 
 
 # --- configs ---------------------------------------------------------------------------------
-def parse_sets(texts: list[str]) -> dict:
-    from experiments.config import parse_override
-
-    out = {}
-    for text in texts:
-        keys, value = parse_override(text)
-        out[".".join(keys)] = value
-    return out
-
-
 def arm_config(base: Path, user: dict, framework: str, seed: int, arm: Arm, run_dir: Path):
     """One arm's config: the base file, the user's --set, then the arm's own overrides."""
     from experiments.config import load_config
@@ -454,7 +444,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from experiments import nni_compat  # noqa: F401  (filters NNI's import warning)
     from experiments.common import versions, write_json_atomic, write_text_atomic
-    from experiments.config import ConfigError
+    from experiments.config import ConfigError, parse_overrides
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
@@ -479,7 +469,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         arms = [a for a in ARMS if a.name in wanted and a.applies_to(args.framework)]
         skipped = [a.name for a in ARMS if a.name in wanted and not a.applies_to(args.framework)]
         out = Path(args.output_dir or f"runs/study/{args.framework}-{label}")
-        runs = plan(base, parse_sets(args.overrides), args.framework, args.seeds, arms, out)
+        runs = plan(base, parse_overrides(args.overrides), args.framework, args.seeds, arms, out)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from experiments import nni_compat
-from experiments.config import ConfigError, load_config, parse_override
+from experiments.config import ConfigError, load_config, parse_overrides
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -113,14 +113,6 @@ class Trial:
             self.channel.restore()
 
 
-def cli_overrides(texts: list[str]) -> dict:
-    out = {}
-    for text in texts:
-        keys, value = parse_override(text)
-        out[".".join(keys)] = value
-    return out
-
-
 def _with_parameters(message: str, parameters: dict) -> str:
     return f"{message} (this trial's parameters: {parameters})" if parameters else message
 
@@ -133,13 +125,29 @@ def _load(config: Optional[str], overrides: dict, parameters: dict):
 
 
 def _trial_config(trial: "Trial", config: Optional[str], overrides: list[str], output_dir: Optional[str],
-                  result_file: str, overwrite: bool):
-    """The config with the tuner's parameters over the YAML and ``--set``, and the trial's output directory."""
-    cfg = _load(config, cli_overrides(overrides), trial.parameters)
-    out = trial.output_dir(Path(output_dir or cfg.output_dir))
-    cfg = _load(config, {**cli_overrides(overrides), **trial.parameters, "output_dir": str(out)}, trial.parameters)
+                  result_file: str, overwrite: bool, settings: Optional[dict] = None, base=None):
+    """The config with the tuner's ``settings`` (default: all its parameters) over the YAML and ``--set``,
+    and the trial's output directory; ``base`` is the config without them, when the caller has it."""
+    user = parse_overrides(overrides)
+    if base is None:
+        base = _load(config, user, trial.parameters)
+    out = trial.output_dir(Path(output_dir or base.output_dir))
+    settings = trial.parameters if settings is None else settings
+    cfg = _load(config, {**user, **settings, "output_dir": str(out)}, trial.parameters)
     _refuse_finished(out / result_file, trial, overwrite)
     return cfg, out
+
+
+def _as_trial(log_fn: Callable[[str], None], job: Callable[["Trial"], int]) -> int:
+    """Run ``job`` as one nnictl trial: bad input exits 2 with one line; the trial channel is always restored."""
+    trial = Trial.start(log_fn)
+    try:
+        return job(trial)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        trial.close()
 
 
 def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
@@ -147,8 +155,7 @@ def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Op
     """One search as one trial: the tuner's parameters are config keys."""
     from experiments.search import ARCHITECTURE_FILE, SearchCollapsed, run_search
 
-    trial = Trial.start(log_fn)
-    try:
+    def job(trial: Trial) -> int:
         cfg, out = _trial_config(trial, config, overrides, output_dir, ARCHITECTURE_FILE, overwrite)
         scalars = _scalars(out)
         listeners = [trial.report_epoch] + ([scalars] if scalars else [])
@@ -170,11 +177,8 @@ def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Op
         _picture(record, out, cfg, log_fn)
         trial.report_final(final_metric(record))
         return status
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        trial.close()
+
+    return _as_trial(log_fn, job)
 
 
 def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
@@ -184,9 +188,8 @@ def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Opti
     from experiments.retrain import RESULTS_FILE, run_retrain
     from experiments.search import space_record
 
-    trial = Trial.start(log_fn)
-    try:
-        base = _load(config, cli_overrides(overrides), trial.parameters)
+    def job(trial: Trial) -> int:
+        base = _load(config, parse_overrides(overrides), trial.parameters)
         labels = set(build_space(base).simplify())
         architecture = {k: v for k, v in trial.parameters.items() if k in labels}
         settings = {k: v for k, v in trial.parameters.items() if k not in labels}
@@ -195,20 +198,15 @@ def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Opti
                 f"retrain --nni without --arch takes the architecture from the tuner, but no parameter names a "
                 f"label of the {base.model.head_space} space for {base.framework} (e.g. {sorted(labels)[0]}); "
                 f"generate the search space with python -m experiments.export_space", trial.parameters))
-        out = trial.output_dir(Path(output_dir or base.output_dir))
-        cfg = _load(config, {**cli_overrides(overrides), **settings, "output_dir": str(out)}, trial.parameters)
-        _refuse_finished(out / RESULTS_FILE, trial, overwrite)
+        cfg, out = _trial_config(trial, config, overrides, output_dir, RESULTS_FILE, overwrite, settings, base)
         record = {"space": space_record(cfg, cfg.framework, cfg.model.head_space), "framework": cfg.framework,
                   "architecture": architecture}
         result = run_retrain(cfg, record, out, listeners=[trial.report_epoch], log_fn=log_fn,
                              source="the tuner's parameters")
         trial.report_final(final_metric(result))
         return 0
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        trial.close()
+
+    return _as_trial(log_fn, job)
 
 
 def run_retrain_trial(config: Optional[str], overrides: list[str], arch: str, output_dir: Optional[str] = None,
@@ -217,18 +215,14 @@ def run_retrain_trial(config: Optional[str], overrides: list[str], arch: str, ou
     from experiments.architecture import read_architecture
     from experiments.retrain import RESULTS_FILE, run_retrain
 
-    trial = Trial.start(log_fn)
-    try:
+    def job(trial: Trial) -> int:
         cfg, out = _trial_config(trial, config, overrides, output_dir, RESULTS_FILE, overwrite)
         result = run_retrain(cfg, read_architecture(arch), out, listeners=[trial.report_epoch], log_fn=log_fn,
                              source=arch)
         trial.report_final(final_metric(result))
         return 0
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        trial.close()
+
+    return _as_trial(log_fn, job)
 
 
 def guarded(job: Callable[[], int]) -> int:
