@@ -49,31 +49,38 @@ def framework_config(args: argparse.Namespace, framework: str, out: Path):
     return load_config(ROOT / "configs" / f"cifar10_{framework}.yml", values)
 
 
+def untrained_metrics(cfg) -> dict:
+    """The floor: the hand-made SimSiam network at initialisation, evaluated like the trained ones."""
+    import pytorch_lightning as pl
+
+    from experiments.architecture import build_fixed
+    from experiments.common import build_data, downstream_metrics
+
+    pl.seed_everything(cfg.seed, verbose=False)
+    network, _ = build_fixed({"space": {"framework": "simsiam", "head_space": "fixed"}, "architecture": {}}, cfg)
+    return {"metrics": downstream_metrics(cfg, build_data(cfg), network)}
+
+
 def run_framework(args: argparse.Namespace, framework: str) -> dict:
     from experiments.retrain import run_retrain
     from experiments.search import run_search
 
+    untrained = framework == UNTRAINED
     out = Path(tempfile.mkdtemp(prefix=f"bench-frameworks-{framework}-"))
-    cfg = framework_config(args, "simsiam" if framework == UNTRAINED else framework, out)
+    cfg = framework_config(args, "simsiam" if untrained else framework, out)
+    job = "none" if untrained else args.job
     start = time.perf_counter()
-    if framework == UNTRAINED:
-        import pytorch_lightning as pl
-
-        from experiments.architecture import build_fixed
-        from experiments.common import build_data, downstream_metrics
-
-        pl.seed_everything(cfg.seed, verbose=False)
-        network, _ = build_fixed({"space": {"framework": "simsiam", "head_space": "fixed"}, "architecture": {}}, cfg)
-        result = {"metrics": downstream_metrics(cfg, build_data(cfg), network)}
-    elif args.job == "retrain":
+    if untrained:
+        result = untrained_metrics(cfg)
+    elif job == "retrain":
         record = {"space": {"framework": framework, "head_space": "fixed"}, "architecture": {}}
         result = run_retrain(cfg, record, out, log_fn=lambda line: None, source="hand-made")
     else:
         result = run_search(cfg, out, log_fn=lambda line: None)
     wall = time.perf_counter() - start
     m = result["metrics"]
-    return {"framework": framework, "job": "none" if framework == UNTRAINED else args.job, "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"],
-            "collapse": m["collapse"], "wall_s": wall, "epochs": 0 if framework == UNTRAINED else args.epochs,
+    return {"framework": framework, "job": job, "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"],
+            "collapse": m["collapse"], "wall_s": wall, "epochs": 0 if untrained else args.epochs,
             "architecture": result.get("architecture") or None, "output": str(out)}
 
 
@@ -91,9 +98,8 @@ def main(argv=None) -> None:
     parser.add_argument("--linear-epochs", type=int, default=50)
     parser.add_argument("--no-hue", action=argparse.BooleanOptionalAction, default=True,
                         help="leave the hue jitter out (default; --no-no-hue keeps it)")
+    parser.set_defaults(head_width=0.25)  # heads as in the study configs
     args = resolve(parser.parse_args(argv))
-    if args.head_width == args.width and "--head-width" not in (argv or []):
-        args.head_width = 0.25  # heads as in the study configs
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = sorted(set(frameworks) - {*FRAMEWORKS, UNTRAINED})
     if unknown:
