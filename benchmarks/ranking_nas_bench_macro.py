@@ -123,7 +123,8 @@ def compare(files: list[Path], rounds: int, seed: int) -> int:
         if len(scored) != 1:
             print(f"error: --compare: {f} must hold exactly one objective's scores (it has {scored})", file=sys.stderr)
             return 2
-        columns.append((scored[0], [a[scored[0]] for a in run["architectures"]], [a["key"] for a in run["architectures"]]))
+        archs = run["architectures"]
+        columns.append((scored[0], [a[scored[0]] for a in archs], [a["key"] for a in archs]))
     if columns[0][2] != columns[1][2]:
         print("error: --compare: the two files ranked different architectures (use the same --archs and --seed)",
               file=sys.stderr)

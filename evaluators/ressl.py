@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-
 from evaluators.base import KeyQueue, SSLFramework
 from evaluators.losses import RelationalLoss
 from experiments.data import AugmentSettings, ssl_view
