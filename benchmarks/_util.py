@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from experiments import nni_compat  # noqa: E402,F401  (filters NNI's import warning)
+from experiments import nni_compat  # noqa: E402
+
+nni_compat.apply()  # a command-line entry: patch NNI before it is imported
 
 import torch  # noqa: E402
 from pytorch_lightning import Callback  # noqa: E402
@@ -73,7 +75,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 def make_config(args: argparse.Namespace, train_images: int, **overrides: Any):
     """The README's config with the benchmark's dataset, network size, batch and device."""
-    from experiments.config import load_config
+    from experiments.core.config import load_config
 
     values: dict[str, Any] = {
         "seed": args.seed,
@@ -223,7 +225,7 @@ def timed_training(args: argparse.Namespace, cfg, module, loader, steps: int, wa
 
 
 def machine(args: argparse.Namespace) -> dict:
-    from experiments.common import versions
+    from experiments.core.records import versions
 
     info = versions()
     info.update({"device": args.device, "torch_threads": torch.get_num_threads(),
@@ -244,7 +246,7 @@ def report(name: str, title: str, columns: list[str], rows: list[dict], args: ar
     from rich.console import Console
     from rich.table import Table
 
-    from experiments.common import write_json_atomic
+    from experiments.core.files import write_json_atomic
 
     info = machine(args)
     table = Table(title=title, caption=f"{info.get('cpu', info['machine'])}; {info['cuda'] or 'no CUDA'}; "

@@ -26,7 +26,7 @@ UNTRAINED = "untrained"  # the floor: SimSiam's network at initialisation, evalu
 
 def framework_config(args: argparse.Namespace, framework: str, out: Path):
     """The framework's CIFAR-10 recipe at the benchmark's budget."""
-    from experiments.config import load_config
+    from experiments.core.config import load_config
 
     values = {
         "seed": args.seed, "output_dir": str(out),
@@ -53,8 +53,8 @@ def untrained_metrics(cfg) -> dict:
     """The floor: the hand-made SimSiam network at initialisation, evaluated like the trained ones."""
     import pytorch_lightning as pl
 
-    from experiments.architecture import build_fixed
-    from experiments.common import build_data, downstream_metrics
+    from experiments.core.records import build_fixed
+    from experiments.core.assembly import build_data, downstream_metrics
 
     pl.seed_everything(cfg.seed, verbose=False)
     network, _ = build_fixed({"space": {"framework": "simsiam", "head_space": "fixed"}, "architecture": {}}, cfg)
@@ -62,8 +62,8 @@ def untrained_metrics(cfg) -> dict:
 
 
 def run_framework(args: argparse.Namespace, framework: str) -> dict:
-    from experiments.retrain import run_retrain
-    from experiments.search import run_search
+    from experiments.jobs.retrain import run_retrain
+    from experiments.jobs.search import run_search
 
     untrained = framework == UNTRAINED
     out = Path(tempfile.mkdtemp(prefix=f"bench-frameworks-{framework}-"))

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from experiments import nni_compat  # noqa: E402,F401  (filters NNI's import warning)
+from experiments import nni_compat  # noqa: E402
+
+nni_compat.apply()  # a command-line entry: patch NNI before it is imported
 
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "ranking_nas_bench_macro.json"
 
@@ -68,7 +70,7 @@ def bootstrap(x, y, rounds: int, seed: int) -> tuple[float, float]:
 
 
 def config_for(framework: str, args, cifar: Path):
-    from experiments.config import load_config
+    from experiments.core.config import load_config
 
     overrides = {
         "framework": framework, "seed": args.seed,
@@ -86,7 +88,7 @@ def config_for(framework: str, args, cifar: Path):
 
 
 def rank(framework: str, keys: list[str], args, cifar: Path, out: Path, log) -> dict:
-    from experiments.backbone_search import prepare, train_supernet
+    from experiments.jobs.backbone_search import prepare, train_supernet
     from search_spaces.nas_bench_macro import key_to_arch
 
     cfg = config_for(framework, args, cifar)
@@ -162,8 +164,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from experiments.common import versions, write_json_atomic
-    from experiments.config import ConfigError
+    from experiments.core.records import versions
+    from experiments.core.files import write_json_atomic
+    from experiments.core.errors import ConfigError
     from search_spaces.cost import BackboneCost, classifier_cost
     from search_spaces.nas_bench_macro import (NasBenchMacro, NasBenchMacroSpace, canonical_key, key_to_arch,
                                                shared_data_candidates)

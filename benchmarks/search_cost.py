@@ -32,9 +32,9 @@ def run_one(args, cfg, data, run: str, epochs: int) -> dict:
     from nni.nas.experiment import NasExperiment
 
     from experiments import nni_compat
-    from experiments.common import build_module, build_space
-    from experiments.data import split_indices
-    from experiments.search import build_strategy
+    from experiments.core.assembly import build_module, build_space
+    from experiments.core.data import split_indices
+    from experiments.strategies import STRATEGIES, SearchContext
 
     pl.seed_everything(args.seed, verbose=False)
     bundle = data if cfg.data.batched_augment else replace(data, augment=None)
@@ -42,7 +42,7 @@ def run_one(args, cfg, data, run: str, epochs: int) -> dict:
     timer = EpochTimer()
     trainer = quiet_trainer(args, epochs, [timer], precision=cfg.trainer.precision)
     space = build_space(cfg)
-    strategy = build_strategy(cfg)
+    strategy = STRATEGIES[cfg.search.strategy].build(SearchContext(cfg, "heads"))
     with PeakMemory(args.device) as memory:
         if run == "plain":
             supernet = strategy.mutate_model(space)  # the same mixed network DARTS trains
@@ -76,12 +76,13 @@ def step_costs(args, cfg, data, repeats: int = 5) -> dict:
 
     import torch
 
-    from experiments.common import build_module, build_space
-    from experiments.search import build_strategy
+    from experiments.core.assembly import build_module, build_space
+    from experiments.strategies import STRATEGIES, SearchContext
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    supernet = build_strategy(cfg).mutate_model(build_space(cfg)).to(device)
+    strategy = STRATEGIES[cfg.search.strategy].build(SearchContext(cfg, "heads"))
+    supernet = strategy.mutate_model(build_space(cfg)).to(device)
     module = build_module(cfg, 1, interleaved=True, augment=None)
     module.set_model(supernet)
     module.to(device).train()
@@ -133,7 +134,7 @@ def main(argv=None) -> None:
                         help="run plain, fast and stock this many times in turn; the median epoch counts")
     args = resolve(parser.parse_args(argv))
 
-    from experiments.common import build_data
+    from experiments.core.assembly import build_data
 
     base = make_config(args, train_images=args.images, **{
         "model.head_space": args.head_space, "search.epochs": args.epochs + 1, "search.warmup_epochs": 0})

@@ -39,7 +39,7 @@ def run_ours(args, cfg, data, framework: str, steps: int, warmup: int) -> dict:
     """One timed training run of this package's ``framework`` module; returns images/s and peak memory."""
     import pytorch_lightning as pl
 
-    from experiments.common import build_module, build_space
+    from experiments.core.assembly import build_module, build_space
 
     pl.seed_everything(args.seed, verbose=False)
     batched = cfg.data.batched_augment
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     options = {v: variant_options(v) for v in variants}
     frameworks = args.frameworks.split(",")
 
-    from experiments.common import build_data
+    from experiments.core.assembly import build_data
 
     base = make_config(args, train_images=args.batch_size * (args.warmup + args.steps))
     data = build_data(with_options(base, {"data.batched_augment": True}))  # decoded once; views by variant

@@ -100,7 +100,7 @@ def lightly_loader(cfg, data):
     from torch.utils.data import DataLoader, Dataset
     from torchvision.transforms.functional import to_pil_image
 
-    from experiments.common import augment_settings
+    from experiments.core.assembly import augment_settings
 
     s = augment_settings(cfg, data.image_size)
     b, c, sat, hue = s.jitter
@@ -129,7 +129,7 @@ def lightly_loader(cfg, data):
 def run_lightly(args, cfg, data, steps: int, warmup: int) -> dict:
     import pytorch_lightning as pl
 
-    from experiments.common import build_space
+    from experiments.core.assembly import build_space
 
     pl.seed_everything(args.seed, verbose=False)
     network = build_space(cfg, framework="simsiam", head_space="fixed").freeze({})
@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
     variants = (args.variants or DEFAULT_VARIANTS[args.device]).split(",")
 
-    from experiments.common import build_data
+    from experiments.core.assembly import build_data
 
     base = make_config(args, train_images=args.batch_size * (args.warmup + args.steps),
                        **{"framework": "simsiam", "trainer.precision": precision})

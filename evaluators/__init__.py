@@ -2,7 +2,6 @@
 
 A new framework is one new module and one line in ``FRAMEWORKS``.
 """
-from experiments import nni_compat  # noqa: F401  (filters NNI's import warning first)
 from evaluators.byol import BYOL
 from evaluators.moco import MoCo
 from evaluators.ressl import ReSSL

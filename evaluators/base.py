@@ -9,14 +9,17 @@ weight step, and the architecture step can skip the backbone's backward entirely
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from nni.nas.evaluator.pytorch import LightningModule
 from torch import nn
 
+from evaluators.options import Option, option_problems
+from evaluators.views import AugmentSettings, ssl_view
 from experiments.nni_compat import (is_architecture_step, mixed_layers, pause_ddp_gradient_sync,
                                     sync_architecture_gradients)
+from search_spaces.heads import HeadSpec
 
 PARAMETER_FREE_CANDIDATES = frozenset({"maxpool_3x3", "avgpool_3x3", "identity"})
 
@@ -31,17 +34,46 @@ def update_momentum(online: nn.Module, target: nn.Module, momentum: float) -> No
 
 
 class SSLFramework(LightningModule):
-    """Shared base: optimiser and schedule, the architecture-step logic, the guards' penalty."""
+    """Shared base: optimiser and schedule, the architecture-step logic, the guards' penalty.
+
+    A framework declares, in its own module: ``name``; ``option_specs`` (its options, their
+    defaults and ranges); ``heads`` (its head sizes, NASiam layout and branches, which the
+    network space builds); ``view_transforms`` when it trains on other views than two of the
+    config's recipe; and its loss in ``ssl_loss``.
+    """
 
     name = "base"
-    #: framework-specific options with their defaults; the config validates against these
+    #: framework-specific options: name -> Option (default and range); the config validates against these
+    option_specs: dict[str, Option] = {}
+    #: the defaults of ``option_specs`` (set for each subclass)
     defaults: dict[str, Any] = {}
+    #: what the network space builds for this framework
+    heads: Optional[HeadSpec] = None
+    #: its batches carry labels
+    uses_labels = False
+    #: its views can be made from uint8 batches in the training step (``data.batched_augment``)
+    batched_views = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {key: spec.default for key, spec in cls.option_specs.items()}
+
+    @classmethod
+    def option_problems(cls, options: dict) -> list[tuple[str, str]]:
+        """``(key, what is wrong)`` for every option that is unknown or out of its range."""
+        return option_problems(cls.option_specs, options)
+
+    @classmethod
+    def view_transforms(cls, settings: AugmentSettings, size: int, mean, std, options: Optional[dict] = None):
+        """The views one image gives: two of the config's recipe (SimSiam, SimCLR, MoCo, BYOL)."""
+        return [ssl_view(settings, size, mean, std), ssl_view(settings, size, mean, std)]
 
     def __init__(self, *, lr: float = 0.06, sgd_momentum: float = 0.9, weight_decay: float = 5e-4,
                  batch_size: int = 256, max_epochs: int = 100, warmup_epochs: int = 0,
                  optimizer: str = "sgd", param_free_penalty: float = 0.0, fast_arch_step: bool = True,
                  interleaved: bool = False, embedding_dim: int = 128, batch_augment: Optional[nn.Module] = None,
-                 channels_last: bool = False, compile_backbone: bool = False, **options: Any):
+                 channels_last: bool = False, compile_backbone: bool = False,
+                 arch_penalties: Optional[dict[str, Callable]] = None, reward_bank: Any = None, **options: Any):
         super().__init__()
         unknown = set(options) - set(self.defaults)
         if unknown:
@@ -57,10 +89,14 @@ class SSLFramework(LightningModule):
         self.weight_steps = 0  # counts weight steps, the unit of momentum and queue updates
         # name -> fn(module) -> scalar tensor added to the loss of every architecture step
         # (the backbone search's FLOPs/params budget under DARTS-family strategies)
-        self.arch_penalties: dict = {}
-        # (images, labels, num_classes, k, temperature): the kNN bank of ``reward`` (ENAS)
-        self.reward_bank: Any = None
-        # Speed (experiments.batch_augment, NHWC, torch.compile): no effect on what is computed.
+        self.arch_penalties: dict = dict(arch_penalties or {})
+        # (images, labels, num_classes, k, temperature): the kNN bank of ``reward`` (ENAS). With
+        # one, held-out batches are reward steps: NNI's ENAS calls ``validation_step`` on them.
+        # Without, the module has no validation loop at all.
+        self.reward_bank: Any = reward_bank
+        if reward_bank is not None:
+            self.validation_step = self.reward_step
+        # Speed (experiments.core.batch_augment, NHWC, torch.compile): no effect on what is computed.
         self.batch_augment = batch_augment  # uint8 batch -> views, on the batch's device
         self._augment_generator: Optional[torch.Generator] = None
         self.channels_last = channels_last
@@ -119,8 +155,8 @@ class SSLFramework(LightningModule):
 
     def momentum_step(self, base: float, schedule: bool) -> None:
         m = self.momentum_value(base) if schedule else base
-        update_momentum(self.model.backbone, self.model.momentum_backbone, m)
-        update_momentum(self.model.projector, self.model.momentum_projector, m)
+        for online, target in self.model.momentum_pairs():
+            update_momentum(online, target, m)
 
     # --- the framework's part ----------------------------------------------------------------
     def ssl_loss(self, views: Sequence[torch.Tensor], arch_step: bool) -> torch.Tensor:
@@ -208,8 +244,8 @@ class SSLFramework(LightningModule):
         return (prediction == y.cpu()).float().mean()
 
     def reward_step(self, batch, batch_idx):
-        """ENAS's ``validation_step`` (the backbone search sets it on the module for ENAS only, so
-        that no other job gains a validation loop): logs ``val/reward``."""
+        """ENAS's ``validation_step`` (set in ``__init__`` only with a ``reward_bank``, so that no other
+        job gains a validation loop): logs ``val/reward``."""
         value = self.reward(batch)
         self.log("val/reward", value, on_step=True, on_epoch=False, batch_size=len(batch[0]))
         return value

@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 from evaluators.base import SSLFramework
+from evaluators.options import Option
 from evaluators.losses import NegativeCosineSimilarity
+from search_spaces.heads import HeadDims, HeadSpec, NasiamLayout
 
 
 class BYOL(SSLFramework):
     name = "byol"
-    defaults = {"momentum": 0.99}
+    option_specs = {"momentum": Option(0.99, "(0, 1)", "the EMA coefficient's start (cosine-scheduled to 1)")}
+    # 4096 -> 256 projector and predictor; NASiam (not in the paper; ours): MoCo's projector layout
+    # and a 4-layer predictor with NASiam's 512-wide hidden layer.
+    heads = HeadSpec("byol", HeadDims(projector_hidden=4096, projector_out=256, predictor_hidden=4096),
+                     NasiamLayout(projector=("at_f", 4, "linear"), predictor=4), momentum=True)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

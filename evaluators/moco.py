@@ -8,12 +8,19 @@ from __future__ import annotations
 import torch
 
 from evaluators.base import KeyQueue, SSLFramework
+from evaluators.options import Option
 from evaluators.losses import QueueInfoNCELoss
+from search_spaces.heads import HeadDims, HeadSpec, NasiamLayout
 
 
 class MoCo(KeyQueue, SSLFramework):
     name = "moco"
-    defaults = {"temperature": 0.2, "queue_size": 4096, "momentum": 0.99}
+    option_specs = {"temperature": Option(0.2, "[0.001, 100]", "a softmax temperature"),
+                    "queue_size": Option(4096, "[1, 1048576]"),
+                    "momentum": Option(0.99, "(0, 1)", "an EMA coefficient; at 1 the keys never learn")}
+    # 2048 -> 128 (MoCo v2); NASiam: 4 searchable layers at f, then Linear to 128.
+    heads = HeadSpec("moco", HeadDims(projector_hidden=2048, projector_out=128),
+                     NasiamLayout(projector=("at_f", 4, "linear")), momentum=True)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -14,14 +14,23 @@ import dataclasses
 from typing import Optional
 
 from evaluators.base import KeyQueue, SSLFramework
+from evaluators.options import Option
 from evaluators.losses import RelationalLoss
-from experiments.data import AugmentSettings, ssl_view
+from evaluators.views import AugmentSettings, ssl_view
+from search_spaces.heads import HeadDims, HeadSpec, NasiamLayout
 
 
 class ReSSL(KeyQueue, SSLFramework):
     name = "ressl"
-    defaults = {"student_temperature": 0.1, "teacher_temperature": 0.04, "queue_size": 4096,
-                "teacher_momentum": 0.99}
+    option_specs = {"student_temperature": Option(0.1, "[0.001, 100]", "a softmax temperature"),
+                    "teacher_temperature": Option(0.04, "[0.001, 100]", "a softmax temperature"),
+                    "queue_size": Option(4096, "[1, 1048576]"),
+                    "teacher_momentum": Option(0.99, "(0, 1)", "an EMA coefficient; above 1 the teacher diverges")}
+    # The paper's CIFAR head: 512 -> 128 without BatchNorm. NASiam (ours): ReSSL is MoCo-shaped
+    # (momentum teacher, queue), so it takes MoCo's projector layout.
+    heads = HeadSpec("ressl", HeadDims(projector_hidden=512, projector_out=128, projector_hidden_norm=None),
+                     NasiamLayout(projector=("at_f", 4, "linear")), momentum=True)
+    batched_views = False  # a strong and a weak view
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

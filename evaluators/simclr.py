@@ -4,12 +4,17 @@ from __future__ import annotations
 import torch
 
 from evaluators.base import SSLFramework
+from evaluators.options import Option
 from evaluators.losses import NTXentLoss
+from search_spaces.heads import HeadDims, HeadSpec, NasiamLayout
 
 
 class SimCLR(SSLFramework):
     name = "simclr"
-    defaults = {"temperature": 0.5}
+    option_specs = {"temperature": Option(0.5, "[0.001, 100]", "a softmax temperature")}
+    # 2048 -> 128 (the libraries' CIFAR head); NASiam: 6 searchable layers, the last to 128.
+    heads = HeadSpec("simclr", HeadDims(projector_hidden=2048, projector_out=128),
+                     NasiamLayout(projector=("to_out", 6, None)))
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from evaluators.base import SSLFramework
 from evaluators.losses import NegativeCosineSimilarity
+from search_spaces.heads import HeadDims, HeadSpec, NasiamLayout
 
 
 class SimSiam(SSLFramework):
     name = "simsiam"
-    defaults = {}
+    # The SSL libraries' CIFAR head: 2048-2048 projector (BN without affine at its output) and a
+    # 2048-512-2048 predictor. NASiam: 6 projector layers at f, then Linear and BN without affine;
+    # a 4-layer predictor.
+    heads = HeadSpec("simsiam", HeadDims(projector_hidden=2048, projector_out=2048, predictor_hidden=512,
+                                         projector_out_norm="bn_noaffine"),
+                     NasiamLayout(projector=("at_f", 6, "linear_bn_noaffine"), predictor=4))
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -13,12 +13,18 @@ import torch.nn.functional as F
 from torchvision.transforms import v2 as T
 
 from evaluators.base import SSLFramework
+from evaluators.options import Option
+from search_spaces.heads import HeadDims, HeadSpec
 
 
 class Supervised(SSLFramework):
     name = "supervised"
-    defaults = {"label_smoothing": 0.0}
+    option_specs = {"label_smoothing": Option(0.0, "[0, 1)")}
+    # A linear classifier, sized by the dataset's classes in the network space (``classifier``).
+    heads = HeadSpec("supervised", HeadDims(projector_hidden=10, projector_out=10, projector_hidden_layers=0),
+                     classifier=True)
     uses_labels = True
+    batched_views = False  # one lightly augmented view, with its label
 
     @staticmethod
     def view_transforms(settings, size: int, mean, std, options=None):

@@ -15,8 +15,10 @@ from typing import Optional
 import torch
 
 from evaluators.base import SSLFramework
+from evaluators.options import Option
 from evaluators.losses import KNNMultiCropLoss, NTXentLoss, WeakLabelSupConLoss
-from experiments.data import AugmentSettings, ssl_view
+from evaluators.views import AugmentSettings, ssl_view
+from search_spaces.heads import HeadDims, HeadSpec, NasiamLayout
 
 
 def low_res_crop(size: int) -> tuple[int, tuple[float, float]]:
@@ -33,7 +35,16 @@ def low_res_crop(size: int) -> tuple[int, tuple[float, float]]:
 
 class WCL(SSLFramework):
     name = "wcl"
-    defaults = {"temperature": 0.1, "multi_crop": True, "low_res_crops": 6, "knn_crops": 3}
+    option_specs = {"temperature": Option(0.1, "[0.001, 100]", "a softmax temperature"),
+                    "multi_crop": Option(True),
+                    "low_res_crops": Option(6, "[1, 64]"),
+                    "knn_crops": Option(3, "[1, 64]")}
+    # The paper's two identical heads: two 2048-wide hidden blocks -> 128. NASiam (ours): both
+    # heads are SimCLR-shaped (NT-Xent) and take SimCLR's layout, the second as ``projector2.*``.
+    heads = HeadSpec("wcl", HeadDims(projector_hidden=2048, projector_out=128, projector_hidden_layers=2),
+                     NasiamLayout(projector=("to_out", 6, None), projector2=("to_out", 6, None)),
+                     second_projector=True)
+    batched_views = False  # low-resolution crops beside the two views
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -2,6 +2,10 @@
 
 Each function names the quirk it handles; ``tests/test_nni_compat.py`` pins each one, so a
 future NNI (or a fork) means changing this file alone. See ../shared/NNI3_NOTES.md.
+
+It imports nothing from this project. The quirks that must patch NNI itself (1, 12, 13, 24) do so
+only when :func:`apply` is called: by the command-line entry, the benchmarks, the test
+suite's conftest, and anyone using the package as a library, before NNI is imported.
 """
 from __future__ import annotations
 
@@ -10,13 +14,19 @@ from typing import Any
 
 import torch
 
-# Quirk 1: importing NNI under torch >= 2.6 warns that ``Buffer`` and ``LinearCrossEntropyOptions``
-# are "not a nn.Module" (NNI fails to wrap two new torch classes; harmless). Filter that message only.
-warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
 
-# Strategies that call ``training_step`` twice per batch: an even batch_idx (2i) is the
-# architecture step on a held-out batch, the odd one (2i+1) the weight step (quirk 2).
-INTERLEAVED_STRATEGIES = ("darts", "gdarts", "proxyless")
+def apply() -> None:
+    """Patch what must be patched before any search runs (quirks 1, 12, 13, 24); safe to call twice."""
+    quiet_nni_import_warning()
+    allow_dotted_repeat_labels()
+    freeze_without_missing_bias()
+    seeded_choice_sampling()
+
+
+def quiet_nni_import_warning() -> None:
+    """Quirk 1: importing NNI under torch >= 2.6 warns that ``Buffer`` and ``LinearCrossEntropyOptions``
+    are "not a nn.Module" (NNI fails to wrap two new torch classes; harmless). Filter that message only."""
+    warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
 
 
 def is_architecture_step(batch_idx: int, interleaved: bool) -> bool:
@@ -263,8 +273,6 @@ def allow_dotted_repeat_labels() -> None:
     DifferentiableMixedRepeat._dotted_labels_allowed = True
 
 
-allow_dotted_repeat_labels()
-
 
 _ORIGINAL_FREEZE_WEIGHT: dict = {}
 
@@ -291,9 +299,7 @@ def freeze_without_missing_bias() -> None:
         cls.freeze_weight = freeze_weight
 
 
-freeze_without_missing_bias()
-
-# --- the backbone search (experiments/backbone_search.py) ----------------------------------------
+# --- the backbone search (experiments/jobs/backbone_search.py) ----------------------------------------
 def differentiable_probabilities(model: torch.nn.Module, labels: dict[str, list]) -> dict[str, torch.Tensor]:
     """Quirk 14: ``DARTS(penalty=...)`` is not differentiable.
 
@@ -333,16 +339,17 @@ def current_sample() -> dict:
     return dict(sample)
 
 
-def require_tianshou() -> None:
-    """Quirk 16: ENAS imports ``tianshou`` (its PPO controller) and ``gym``; neither comes with NNI."""
+def missing_enas_dependencies() -> str:
+    """Quirk 16: ENAS imports ``tianshou`` (its PPO controller) and ``gym``; neither comes with NNI.
+
+    Returns the import error's text, or an empty string when both are there.
+    """
     try:
         import gym  # noqa: F401
         import tianshou  # noqa: F401
     except ImportError as err:
-        from experiments.config import ConfigError
-
-        raise ConfigError(f"backbone_search.strategy: enas needs tianshou and gym ({err}); install them with "
-                          f"pip install -r requirements-enas.txt, or use spos") from None
+        return str(err)
+    return ""
 
 
 class TaggedBatches:
@@ -500,3 +507,28 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+_GLOBAL_RANDOM_STATE = "_seeded_choice_sampling"
+
+
+def seeded_choice_sampling() -> None:
+    """Quirk 24: a choice sampled without a ``random_state`` draws from a fresh, unseeded numpy ``RandomState``.
+
+    ``Categorical.random()`` (and the other mutables') create ``RandomState()`` when none is
+    given, which seeds itself from the operating system: SPOS's path of every step
+    (``RandomOneShot``, the mixed operations' ``resample``) then differs from run to run, the
+    same seed gives another supernet, and a killed search cannot resume exactly. Draw instead
+    from numpy's global generator, which ``seed_everything`` seeds and every checkpoint saves.
+    """
+    import numpy as np
+    from nni.mutable import mutable
+
+    if getattr(mutable, _GLOBAL_RANDOM_STATE, False):
+        return
+
+    def global_random_state(*seed):
+        return np.random.RandomState(*seed) if seed else np.random.mtrand._rand
+
+    mutable.RandomState = global_random_state
+    setattr(mutable, _GLOBAL_RANDOM_STATE, True)

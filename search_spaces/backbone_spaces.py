@@ -1,7 +1,9 @@
 """The backbone-space registry: a name in a config -> an NNI model space with ``feature_dim``.
 
 A new backbone space is one module and one line here. ``options`` are the space's own
-keyword arguments (``model.backbone_options`` in a config), checked against its signature.
+keyword arguments (``model.backbone_options`` in a config), checked against its signature. A
+space declares the kinds of choice it holds (``choice_kinds``); a strategy lists those it can
+search (``experiments.strategies``: DARTS-family strategies relax layer choices only).
 """
 from __future__ import annotations
 
@@ -16,19 +18,16 @@ from search_spaces.resnet_space import ResNetSpace
 
 BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace)}
 
-# One-shot strategies each space supports. DARTS-family strategies relax LayerChoices only
-# here; the ResNet space's widths and depths are weight-shared mixed operations that only the
-# sampling strategies (SPOS, ENAS) search.
-SPACE_STRATEGIES = {
-    "nas_bench_macro": ("spos", "darts", "gdarts", "proxyless", "enas"),
-    "macro": ("spos", "darts", "gdarts", "proxyless", "enas"),
-    "resnet": ("spos", "enas"),
-}
 _RESERVED = ("width", "in_channels", "prefix")
 
 
 def is_backbone_space(name: str) -> bool:
     return name in BACKBONE_SPACES
+
+
+def choice_kinds(name: str) -> frozenset:
+    """The kinds of choice the space holds (``layer``, ``width``, ``depth``): a strategy must handle them all."""
+    return frozenset(BACKBONE_SPACES[name].choice_kinds)
 
 
 def space_options(name: str) -> list[str]:
@@ -50,4 +49,4 @@ def build_backbone_space(name: str, width: float = 1.0, in_channels: int = 3,
     return BACKBONE_SPACES[name](width=width, in_channels=in_channels, **options)
 
 
-__all__ = ["BACKBONE_SPACES", "SPACE_STRATEGIES", "build_backbone_space", "is_backbone_space", "space_options"]
+__all__ = ["BACKBONE_SPACES", "build_backbone_space", "choice_kinds", "is_backbone_space", "space_options"]

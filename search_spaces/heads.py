@@ -71,3 +71,38 @@ def fixed_predictor(dims: HeadDims) -> nn.Sequential:
         (dims.projector_out, dims.predictor_hidden, "bn", nn.ReLU(inplace=True)),
         (dims.predictor_hidden, dims.projector_out, None, None),
     ])
+
+
+@dataclass(frozen=True)
+class NasiamLayout:
+    """A framework's head layout in NASiam's space (``search_spaces.nasiam``).
+
+    A projector is ``(kind, layers, tail)``: ``kind`` "at_f" keeps every searchable layer at the
+    backbone's feature width f and ``tail`` maps to the output ("linear", or
+    "linear_bn_noaffine" for SimSiam's BN without affine); "to_out" makes the last searchable
+    layer map to the output itself (``tail`` None). ``predictor`` is its number of layers (0: none).
+    """
+
+    projector: tuple
+    predictor: int = 0
+    projector2: Optional[tuple] = None  # a second head (WCL), under the labels ``projector2.*``
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a network space needs to know of a framework: its heads and branches, declared by the framework.
+
+    ``classifier``: the "projector" is a linear classifier over the dataset's classes (supervised).
+    ``momentum``: a momentum (EMA) copy of backbone and projector (``SSLNetworkSpace.momentum_pairs``).
+    ``second_projector``: a second projection head (WCL), searched under its own labels.
+    """
+
+    name: str
+    dims: HeadDims
+    nasiam: Optional[NasiamLayout] = None
+    momentum: bool = False
+    second_projector: bool = False
+    classifier: bool = False
+
+    def scaled(self, width: float) -> HeadDims:
+        return self.dims.scaled(width)

@@ -112,6 +112,7 @@ class MacroBackboneSpace(ModelSpace):
     """
 
     space_name = "macro"
+    choice_kinds = frozenset({"layer"})  # what a strategy must be able to search
 
     def __init__(self, ops: Sequence[str] = MACRO_OPS, plan: str = "cifar", width: float = 1.0,
                  in_channels: int = 3, prefix: str = "backbone"):

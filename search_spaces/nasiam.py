@@ -5,7 +5,8 @@ max-pool 3 and average-pool 3 over the feature axis (stride 1, padding 1, then
 BatchNorm1d), identity, and Linear -> BatchNorm1d -> {ReLU, SiLU, Hardswish, ELU}.
 Where a layer changes width, NASiam's adapter rules apply: a widening Linear layer is a
 bare Linear; a pool or identity gets Linear -> BN -> ReLU in front when narrowing and a
-bare Linear in front when widening.
+bare Linear in front when widening. Each framework declares its layout
+(``HeadSpec.nasiam``, ``search_spaces.heads.NasiamLayout``) in its own module.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from nni.nas.nn.pytorch import LayerChoice
+
+from search_spaces.heads import NasiamLayout
 
 # Order matters only for display; the first three are NASiam's parameter-free candidates.
 NASIAM_OPS = ("maxpool_3x3", "avgpool_3x3", "identity",
@@ -70,31 +73,15 @@ class NasiamCell(nn.Sequential):
         super().__init__(layers)
 
 
-# NASiam's layouts, as functions of the backbone feature width f and the head sizes.
-# SimSiam: 6 layers at f, then Linear to the projector width and BN without affine;
-# predictor 4 layers P -> H -> H -> H -> P. MoCo v2: 4 layers at f then Linear to 128.
-# SimCLR: 6 layers, the last to 128. BYOL (not in NASiam; ours): MoCo's projector and
-# SimSiam's predictor shape at BYOL's sizes, with NASiam's 512-wide predictor hidden layer.
-# ReSSL and WCL (not in NASiam; ours): ReSSL is MoCo-shaped (momentum teacher, queue), so it
-# takes MoCo's projector; WCL's two heads are SimCLR-shaped (NT-Xent) and take SimCLR's
-# layout each, the second under the labels ``projector2.layer<i>.op``.
-NASIAM_LAYOUTS = {
-    "simsiam": dict(projector=("at_f", 6, "linear_bn_noaffine"), predictor=4),
-    "moco": dict(projector=("at_f", 4, "linear"), predictor=0),
-    "simclr": dict(projector=("to_out", 6, None), predictor=0),
-    "byol": dict(projector=("at_f", 4, "linear"), predictor=4),
-    "ressl": dict(projector=("at_f", 4, "linear"), predictor=0),
-    "wcl": dict(projector=("to_out", 6, None), projector2=("to_out", 6, None), predictor=0),
-}
 NASIAM_PREDICTOR_HIDDEN = 512
 
 
-def nasiam_projector(framework: str, feature_dim: int, out_dim: int, width: float = 1.0,
-                     prefix: str = "projector") -> nn.Module:
+def nasiam_projector(layout: NasiamLayout, feature_dim: int, out_dim: int, prefix: str = "projector") -> nn.Module:
     """The projector (or, with ``prefix="projector2"``, a framework's second head) of the layout."""
-    if framework not in NASIAM_LAYOUTS or prefix not in NASIAM_LAYOUTS[framework]:
-        raise ValueError(f"the nasiam space has no {prefix} layout for framework {framework!r}")
-    kind, n_layers, tail = NASIAM_LAYOUTS[framework][prefix]
+    spec = getattr(layout, prefix, None)
+    if spec is None:
+        raise ValueError(f"this nasiam layout has no {prefix}")
+    kind, n_layers, tail = spec
     f = feature_dim
     if kind == "at_f":
         dims = [(f, f)] * n_layers
@@ -109,10 +96,9 @@ def nasiam_projector(framework: str, feature_dim: int, out_dim: int, width: floa
     return nn.Sequential(*parts)
 
 
-def nasiam_predictor(framework: str, dim: int, width: float = 1.0) -> nn.Module | None:
-    n_layers = NASIAM_LAYOUTS[framework]["predictor"]
-    if not n_layers:
+def nasiam_predictor(layout: NasiamLayout, dim: int, width: float = 1.0) -> nn.Module | None:
+    if not layout.predictor:
         return None
     hidden = max(8, int(round(NASIAM_PREDICTOR_HIDDEN * width)))
-    dims = [(dim, hidden)] + [(hidden, hidden)] * (n_layers - 2) + [(hidden, dim)]
+    dims = [(dim, hidden)] + [(hidden, hidden)] * (layout.predictor - 2) + [(hidden, dim)]
     return NasiamCell("predictor", dims)

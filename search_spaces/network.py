@@ -1,6 +1,6 @@
 """The searched network: a backbone, a projector and (for some frameworks) a predictor.
 
-Frameworks with a momentum target (MoCo, BYOL) get a second backbone and projector built
+Frameworks with a momentum target (MoCo, BYOL, ReSSL) get a second backbone and projector built
 with the *same labels*: NNI then shares the architecture weights between the online and
 the momentum branch, and ``freeze`` gives both the same choices. WCL has a second
 projection head, ``projector2``, searched under its own labels (``projector2.layer1.op``).
@@ -19,13 +19,13 @@ from torch import nn
 
 from search_spaces.backbone_spaces import build_backbone_space, is_backbone_space
 from search_spaces.backbones import build_backbone
-from search_spaces.heads import fixed_predictor, fixed_projector
-from search_spaces.layouts import MOMENTUM_FRAMEWORKS, TWO_HEAD_FRAMEWORKS, head_dims
+from search_spaces.heads import HeadSpec, fixed_predictor, fixed_projector
 from search_spaces.mlp import MlpHead
 from search_spaces.nasiam import nasiam_predictor, nasiam_projector
 
 HEAD_SPACES = ("fixed", "nasiam", "mlp")
-LABELLED_FRAMEWORKS = ("supervised",)  # their "projector" is a classifier over num_classes
+#: (online, target) attribute pairs of a momentum framework: built here, followed by EMA in the framework
+MOMENTUM_PAIRS = (("backbone", "momentum_backbone"), ("projector", "momentum_projector"))
 
 
 def make_backbone(name: str, width: float, in_channels: int, options: dict | None = None) -> nn.Module:
@@ -37,33 +37,35 @@ def make_backbone(name: str, width: float, in_channels: int, options: dict | Non
     return build_backbone(name, width, in_channels)
 
 
-def _projector(framework: str, head_space: str, feature_dim: int, head_width: float,
+def _projector(heads: HeadSpec, head_space: str, feature_dim: int, head_width: float,
                mlp_widths: Sequence[float], mlp_depths: Sequence[int], prefix: str = "projector"):
     """A projection head; ``prefix`` names its labels (``projector2`` for a second head)."""
-    dims = head_dims(framework, head_width)
+    dims = heads.scaled(head_width)
     if head_space == "fixed":
         return fixed_projector(feature_dim, dims)
     if head_space == "nasiam":
-        return nasiam_projector(framework, feature_dim, dims.projector_out, head_width, prefix)
+        if heads.nasiam is None:
+            raise ValueError(f"the nasiam space has no layout for framework {heads.name!r}")
+        return nasiam_projector(heads.nasiam, feature_dim, dims.projector_out, prefix)
     if head_space == "mlp":
         return MlpHead(prefix, feature_dim, dims.projector_out,
                        [round(w * dims.projector_hidden) for w in mlp_widths], mlp_depths, dims.projector_out_norm)
     raise ValueError(f"unknown head space {head_space!r}; choose one of {HEAD_SPACES}")
 
 
-def _heads(framework: str, head_space: str, feature_dim: int, head_width: float,
+def _heads(heads: HeadSpec, head_space: str, feature_dim: int, head_width: float,
            mlp_widths: Sequence[float], mlp_depths: Sequence[int], num_classes: int = 10):
-    if framework in LABELLED_FRAMEWORKS:
+    if heads.classifier:
         if head_space != "fixed":
-            raise ValueError(f"framework {framework} trains a linear classifier: use head_space fixed, "
+            raise ValueError(f"framework {heads.name} trains a linear classifier: use head_space fixed, "
                              f"got {head_space!r}")
         return nn.Linear(feature_dim, num_classes), None
-    dims = head_dims(framework, head_width)
-    projector = _projector(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
+    dims = heads.scaled(head_width)
+    projector = _projector(heads, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
     if head_space == "fixed":
         predictor = fixed_predictor(dims) if dims.predictor_hidden else None
     elif head_space == "nasiam":
-        predictor = nasiam_predictor(framework, dims.projector_out, head_width) if dims.predictor_hidden else None
+        predictor = nasiam_predictor(heads.nasiam, dims.projector_out, head_width) if dims.predictor_hidden else None
     elif head_space == "mlp":
         predictor = None
         if dims.predictor_hidden:
@@ -75,35 +77,45 @@ def _heads(framework: str, head_space: str, feature_dim: int, head_width: float,
 
 
 class SSLNetworkSpace(ModelSpace):
-    """Backbone + searchable projector/predictor; ``forward`` gives backbone features."""
+    """Backbone + searchable projector/predictor; ``forward`` gives backbone features.
 
-    def __init__(self, framework: str = "simsiam", head_space: str = "nasiam", backbone: str = "resnet18",
+    ``heads`` is the framework's ``HeadSpec`` (``FRAMEWORKS[name].heads``): the space builds
+    what it declares and knows no framework by name.
+    """
+
+    def __init__(self, heads: HeadSpec, head_space: str = "nasiam", backbone: str = "resnet18",
                  backbone_width: float = 1.0, in_channels: int = 3, head_width: float = 1.0,
                  mlp_widths: Sequence[float] = (1.0,), mlp_depths: Sequence[int] = (1, 2, 3),
                  backbone_options: dict | None = None, num_classes: int = 10):
         super().__init__()
-        self.framework = framework
+        self.framework = heads.name
         self.head_space = head_space
         self.backbone = make_backbone(backbone, backbone_width, in_channels, backbone_options)
         feature_dim = self.backbone.feature_dim
         self.feature_dim = feature_dim
-        self.projector, predictor = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
+        self.projector, predictor = _heads(heads, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
                                            num_classes)
         self.predictor = predictor if predictor is not None else nn.Identity()
         self.has_predictor = predictor is not None
-        self.has_momentum = framework in MOMENTUM_FRAMEWORKS
-        if framework in TWO_HEAD_FRAMEWORKS:  # WCL: a second head with its own labels (projector2.*)
-            self.projector2 = _projector(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
+        self.has_momentum = heads.momentum
+        if heads.second_projector:  # WCL: a second head with its own labels (projector2.*)
+            self.projector2 = _projector(heads, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
                                          prefix="projector2")
         if self.has_momentum:
             self.momentum_backbone = make_backbone(backbone, backbone_width, in_channels, backbone_options)
-            self.momentum_projector, _ = _heads(framework, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
+            self.momentum_projector, _ = _heads(heads, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
                                                 num_classes)
             # The target starts as an exact copy of the online branch, then follows it by EMA.
-            self.momentum_backbone.load_state_dict(self.backbone.state_dict())
-            self.momentum_projector.load_state_dict(self.projector.state_dict())
-            for p in list(self.momentum_backbone.parameters()) + list(self.momentum_projector.parameters()):
-                p.requires_grad_(False)
+            for online, target in self.momentum_pairs():
+                target.load_state_dict(online.state_dict())
+                for p in target.parameters():
+                    p.requires_grad_(False)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, target) modules of the momentum branch; empty without one."""
+        if not self.has_momentum:
+            return []
+        return [(getattr(self, online), getattr(self, target)) for online, target in MOMENTUM_PAIRS]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

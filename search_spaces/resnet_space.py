@@ -161,6 +161,7 @@ class ResNetSpace(ModelSpace):
     """Stem, four searchable stages, global pooling, zero-padding to ``feature_dim``."""
 
     space_name = "resnet"
+    choice_kinds = frozenset({"layer", "width", "depth"})  # what a strategy must be able to search
 
     def __init__(self, depths: Sequence[Sequence[int]] = DEFAULT_DEPTHS, widths: Sequence[float] = DEFAULT_WIDTHS,
                  blocks: Sequence[str] = RESNET_BLOCKS, width: float = 1.0, in_channels: int = 3,

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from experiments import nni_compat  # noqa: E402,F401  (filters NNI's import warning)
+from experiments import nni_compat  # noqa: E402
+
+nni_compat.apply()  # the suite's entry, as the command line's: patch NNI before any test imports it
 
 # In-process searches leave NNI's log handlers on pytest's capture streams, and NNI logs again at
 # exit, after pytest closed them: keep logging from printing its own tracebacks then.
@@ -43,7 +45,7 @@ def tiny_overrides(out: Path, **extra) -> dict:
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    from experiments.config import load_config
+    from experiments.core.config import load_config
 
     def make(**extra):
         return load_config(ROOT / "configs" / "digits_simsiam.yml", tiny_overrides(tmp_path / "run", **extra))

@@ -14,12 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import nni_compat  # noqa: E402,F401
+from experiments import nni_compat  # noqa: E402
+
+nni_compat.apply()
 
 
 def main(out: str, strategy: str) -> None:
-    from experiments.config import load_config
-    from experiments.search import run_search
+    from experiments.core.config import load_config
+    from experiments.jobs.search import run_search
 
     cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", {
         "data.batch_size": 32, "data.train_subset": 256, "data.test_subset": 100,

@@ -40,11 +40,13 @@ def test_quirk15_the_current_sample_exists_only_inside_a_sequential_trial():
 
 
 def test_quirk16_enas_without_tianshou_is_one_clear_error(monkeypatch):
-    from experiments.config import ConfigError
+    from experiments.core.errors import ConfigError
+    from experiments.strategies import STRATEGIES
 
     monkeypatch.setitem(sys.modules, "tianshou", None)
+    assert "No module named" in nni_compat.missing_enas_dependencies()
     with pytest.raises(ConfigError, match="enas needs tianshou and gym"):
-        nni_compat.require_tianshou()
+        STRATEGIES["enas"].check(None, "backbone")
 
 
 def test_quirk17_enas_reads_a_two_item_batch_as_batch_and_mode_so_we_tag_batches():
@@ -108,3 +110,17 @@ def test_quirk19_nni_shape_inference_cannot_follow_a_memory_format_change():
     x = torch.randn(2, 3, 4, 4)
     assert nni_compat.to_channels_last(x).is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(nni_compat.to_channels_last(x), x)
+
+
+def test_quirk24_sampled_choices_follow_the_global_numpy_seed():
+    import numpy as np
+    from nni.mutable import Categorical
+
+    choice = Categorical(list(range(10)), label="quirk24")
+    np.random.seed(0)
+    first = [choice.random() for _ in range(30)]
+    np.random.seed(0)
+    again = [choice.random() for _ in range(30)]
+    np.random.seed(1)
+    other = [choice.random() for _ in range(30)]
+    assert first == again and first != other  # unpatched, each draw comes from a fresh OS-seeded RandomState

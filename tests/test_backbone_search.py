@@ -27,13 +27,13 @@ def tiny_backbone_overrides(out, **extra) -> dict:
 
 
 def load(out, **extra):
-    from experiments.config import load_config
+    from experiments.core.config import load_config
 
     return load_config(CONFIG, tiny_backbone_overrides(out, **extra))
 
 
 def run(cfg, out):
-    from experiments.backbone_search import run_backbone_search
+    from experiments.jobs.backbone_search import run_backbone_search
 
     return run_backbone_search(cfg, out, log_fn=lambda line: None)
 
@@ -53,7 +53,7 @@ STRATEGIES = ["spos", "darts", "gdarts", "proxyless",
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_searches_within_budget_and_exports_what_retrain_rebuilds(tmp_path, strategy):
-    from experiments.architecture import build_fixed, read_architecture
+    from experiments.core.records import build_fixed, read_architecture
     from search_spaces.cost import count_fixed
 
     out = tmp_path / strategy
@@ -80,8 +80,8 @@ def test_each_strategy_searches_within_budget_and_exports_what_retrain_rebuilds(
 
 
 def test_spos_over_the_resnet_space_with_the_supervised_objective_then_retrain(tmp_path):
-    from experiments.architecture import read_architecture
-    from experiments.retrain import run_retrain
+    from experiments.core.records import read_architecture
+    from experiments.jobs.retrain import run_retrain
 
     out = tmp_path / "search"
     cfg = load(out, **{"framework": "supervised", "model.backbone": "resnet", "backbone_search.max_params": 60_000,
@@ -112,11 +112,12 @@ def test_supervised_loss_is_cross_entropy_of_the_classifier():
 def test_budget_penalty_is_zero_within_budget_and_pushes_towards_cheap_operations():
     from nni.nas.strategy import DARTS
 
-    from experiments.backbone_search import budget_penalty_fn
+    from experiments.strategies.budget import budget_penalty_fn
     from search_spaces.cost import BackboneCost
+    from evaluators import FRAMEWORKS
     from search_spaces.network import SSLNetworkSpace
 
-    space = SSLNetworkSpace("simsiam", "fixed", "nas_bench_macro", 0.125, head_width=0.0625)
+    space = SSLNetworkSpace(FRAMEWORKS["simsiam"].heads, "fixed", "nas_bench_macro", 0.125, head_width=0.0625)
     cost = BackboneCost(space.backbone, 8)
     DARTS().mutate_model(space)
     module = torch.nn.Module()
@@ -131,7 +132,7 @@ def test_budget_penalty_is_zero_within_budget_and_pushes_towards_cheap_operation
 
 
 def test_fit_to_budget_keeps_a_network_within_budget_and_repairs_one_over_it():
-    from experiments.backbone_search import fit_to_budget
+    from experiments.strategies.budget import fit_to_budget
     from search_spaces.cost import BackboneCost
     from search_spaces.nas_bench_macro import NasBenchMacroSpace, key_to_arch
 
@@ -171,7 +172,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, overr
 
 def test_a_searched_backbone_pairs_with_a_searched_head(tmp_path):
     """DARTS over NAS-Bench-Macro's backbone and NASiam's SimSiam heads at once: both sets of weights move."""
-    from experiments.architecture import build_fixed, read_architecture
+    from experiments.core.records import build_fixed, read_architecture
 
     out = tmp_path / "joint"
     cfg = load(out, **{"backbone_search.strategy": "darts", "model.head_space": "nasiam",

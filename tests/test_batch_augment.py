@@ -7,9 +7,8 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from experiments.batch_augment import (BatchViewAugment, UInt8Images, adjust_hue, collate_uint8, color_jitter,
-                                       gaussian_blur, resized_crop, sample_crops)
-from experiments.data import AugmentSettings
+from experiments.core.batch_augment import (BatchViewAugment, UInt8Images, adjust_hue, collate_uint8, color_jitter, gaussian_blur, resized_crop, sample_crops)
+from evaluators.views import AugmentSettings
 
 
 def _images(n=6, size=16, seed=0):
@@ -138,7 +137,7 @@ def test_runs_on_cuda_with_a_cuda_generator():
 
 
 def test_search_module_makes_views_from_uint8_batches(tiny_config):
-    from experiments.common import build_data, build_module
+    from experiments.core.assembly import build_data, build_module
 
     cfg = tiny_config(**{"data.batched_augment": True, "trainer.channels_last": True})
     data = build_data(cfg)

@@ -66,10 +66,11 @@ def test_learning_rate_scales_with_the_global_batch_under_ddp():
     from types import SimpleNamespace
 
     from evaluators import SimSiam
+    from evaluators import FRAMEWORKS
     from search_spaces import SSLNetworkSpace
 
     module = SimSiam(lr=0.06, batch_size=128)
-    module.set_model(SSLNetworkSpace("simsiam", "fixed", "resnet18", 0.125, 3, 0.0625).freeze({}))
+    module.set_model(SSLNetworkSpace(FRAMEWORKS["simsiam"].heads, "fixed", "resnet18", 0.125, 3, 0.0625).freeze({}))
     single = module.configure_optimizers()["optimizer"].param_groups[0]["lr"]
     module._trainer = SimpleNamespace(world_size=4)  # four processes of 128 images each
     four = module.configure_optimizers()["optimizer"].param_groups[0]["lr"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from evaluators.downstream import collapse_score, knn_accuracy, knn_predict, linear_probe_accuracy
-from experiments.data import load_images
+from experiments.core.data import load_images
 
 
 def _digits_pixels():

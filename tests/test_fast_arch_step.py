@@ -8,13 +8,13 @@ import torch
 from nni.nas.strategy import DARTS
 
 from evaluators import FRAMEWORKS
-from experiments.common import build_module
+from experiments.core.assembly import build_module
 from search_spaces import SSLNetworkSpace
 
 
 def _supernet_module(framework: str):
     torch.manual_seed(0)
-    space = SSLNetworkSpace(framework, "nasiam", "resnet18", backbone_width=0.125, head_width=0.0625)
+    space = SSLNetworkSpace(FRAMEWORKS[framework].heads, "nasiam", "resnet18", backbone_width=0.125, head_width=0.0625)
     supernet = DARTS().mutate_model(space)  # LayerChoices become DARTS mixed layers with alphas
     options = {"queue_size": 64} if framework == "moco" else {}
     module = FRAMEWORKS[framework](interleaved=True, param_free_penalty=0.5, embedding_dim=8, **options)

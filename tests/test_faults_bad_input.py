@@ -183,7 +183,7 @@ def test_bad_architecture_files(tmp_path, capsys, change, expected):
 # --- checkpoints and output directories ----------------------------------------------------------
 @pytest.fixture
 def tiny_cfg():
-    from experiments.config import load_config
+    from experiments.core.config import load_config
 
     def make(**extra):
         return load_config(CONFIG, {**TINY, **extra})
@@ -191,7 +191,7 @@ def tiny_cfg():
 
 
 def test_model_file_from_another_architecture(tmp_path, capsys, tiny_cfg):
-    from experiments.architecture import build_fixed
+    from experiments.core.records import build_fixed
 
     record = json.loads(SHIPPED.read_text())
     network, _ = build_fixed(record, tiny_cfg())
@@ -208,7 +208,7 @@ def test_model_file_from_another_architecture(tmp_path, capsys, tiny_cfg):
 
 def _claimed_dir(out: Path, cfg, job: str, extra=None) -> None:
     """An output directory as a run of ``cfg`` leaves it (run.json), without training."""
-    from experiments.checkpointing import open_run
+    from experiments.core.checkpointing import open_run
 
     with open_run(out, cfg, job, (), extra, log_fn=lambda line: None):
         pass
@@ -234,7 +234,7 @@ def test_resume_with_another_architecture_is_refused(tmp_path, capsys, tiny_cfg)
 
 
 def test_checkpoint_from_another_run_is_refused(tmp_path, capsys, tiny_cfg):
-    from experiments.checkpointing import atomic_torch_save
+    from experiments.core.files import atomic_torch_save
 
     out = tmp_path / "out"
     record = json.loads(SHIPPED.read_text())
@@ -286,7 +286,7 @@ def test_cli_subprocesses_exit_2_with_one_error_line(tmp_path):
 
 
 def test_directory_in_use_by_another_run(tmp_path, capsys, tiny_cfg):
-    from experiments.checkpointing import open_run
+    from experiments.core.checkpointing import open_run
 
     out = tmp_path / "out"
     with open_run(out, tiny_cfg(), "search", ("best_architecture.json",), log_fn=lambda line: None):

@@ -17,7 +17,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from experiments.config import Config, ConfigError, config_from_dict, load_config
+from experiments.core.config import Config, config_from_dict, load_config
+from experiments.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -158,7 +159,7 @@ def test_generated_overrides_are_accepted_or_refused_in_one_line(overrides):
 # --- architecture JSON ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def spaces():
-    from experiments.architecture import space_for
+    from experiments.core.records import space_for
 
     cfg = load_config(ROOT / "configs" / "digits_simsiam.yml",
                       {"model.backbone_width": 0.0625, "model.head_width": 0.0625})
@@ -220,7 +221,7 @@ def architecture_records(draw, spaces: dict):
 @settings(max_examples=30, **SETTINGS)
 @given(data=st.data())
 def test_generated_architecture_files_are_accepted_or_refused_in_one_line(spaces, tmp_path_factory, data):
-    from experiments.architecture import read_architecture, space_for, validate_choices
+    from experiments.core.records import read_architecture, space_for, validate_choices
 
     cfg, known = spaces
     record = data.draw(architecture_records(known))

@@ -91,8 +91,9 @@ def interrupt_mid_epoch(out: Path, signum: int, epochs_done: int = 2) -> tuple[i
 
 def claim_while_running(out: Path, pid: int) -> dict:
     """Claim ``out`` here, as a second run would (same config), while process ``pid`` holds it."""
-    from experiments.checkpointing import open_run
-    from experiments.config import ConfigError, load_config
+    from experiments.core.checkpointing import open_run
+    from experiments.core.errors import ConfigError
+    from experiments.core.config import load_config
 
     cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", {**TINY, "output_dir": str(out)})
     os.kill(pid, signal.SIGSTOP)  # paused, it keeps its lock however long this takes
@@ -195,9 +196,9 @@ class _SignalAt:
 def test_sigint_mid_epoch_checkpoint_resumes_exactly_under_gumbel_darts(tmp_path, monkeypatch):
     """GumbelDARTS draws noise from the global RNG every step and anneals its temperature per
     epoch: a mid-epoch resume must restore both (see nni_compat quirk 23)."""
-    from experiments import search
-    from experiments.config import load_config
-    from experiments.failures import RunInterrupted
+    from experiments.jobs import search
+    from experiments.core.config import load_config
+    from experiments.core.errors import RunInterrupted
 
     torch.set_num_threads(1)
     overrides = {**TINY, "search.epochs": 2, "search.strategy": "gdarts", "data.train_subset": 192}

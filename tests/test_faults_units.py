@@ -19,14 +19,15 @@ TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625}
 
 @pytest.fixture
 def cfg():
-    from experiments.config import load_config
+    from experiments.core.config import load_config
 
     return load_config(CONFIG, TINY)
 
 
 # --- atomic files and RNG ------------------------------------------------------------------------
 def test_atomic_save_keeps_the_last_good_file(tmp_path):
-    from experiments.checkpointing import atomic_torch_save, load_checkpoint
+    from experiments.core.files import atomic_torch_save
+    from experiments.core.checkpointing import load_checkpoint
 
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"epoch": 1, "w": torch.ones(3)}, path)
@@ -40,11 +41,11 @@ def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path):
     """mkstemp's temporary files are private (0600); a result renamed from one must not stay so."""
     import stat
 
-    from experiments.common import save_model_atomic, write_json_atomic, write_text_atomic
+    from experiments.core.files import atomic_torch_save, write_json_atomic, write_text_atomic
 
     write_json_atomic(tmp_path / "a.json", {"x": 1})
     write_text_atomic(tmp_path / "a.md", "# x\n")
-    save_model_atomic(tmp_path / "m.pt", {"x": torch.ones(1)})
+    atomic_torch_save({"x": torch.ones(1)}, tmp_path / "m.pt")
     (tmp_path / "plain").write_text("x")
     plain = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
     for name in ("a.json", "a.md", "m.pt"):
@@ -56,7 +57,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from experiments.checkpointing import capture_rng, restore_rng
+    from experiments.core.checkpointing import capture_rng, restore_rng
 
     torch.manual_seed(3), np.random.seed(4), random.seed(5)
     np.random.standard_normal()  # a cached Gaussian in numpy's state
@@ -70,7 +71,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
 
 def test_bad_checkpoint_is_one_line(tmp_path):
-    from experiments.checkpointing import CheckpointError, load_checkpoint
+    from experiments.core.checkpointing import CheckpointError, load_checkpoint
 
     path = tmp_path / "x.ckpt"
     torch.save({"obj": SimpleNamespace(a=1)}, path)  # a pickled object: refused by weights_only
@@ -81,8 +82,8 @@ def test_bad_checkpoint_is_one_line(tmp_path):
 
 # --- the output directory ------------------------------------------------------------------------
 def test_a_second_claim_on_the_same_directory_is_refused(tmp_path, cfg):
-    from experiments.checkpointing import open_run
-    from experiments.config import ConfigError
+    from experiments.core.checkpointing import open_run
+    from experiments.core.errors import ConfigError
 
     out = tmp_path / "out"
     with open_run(out, cfg, "search", (), log_fn=lambda line: None):
@@ -96,8 +97,8 @@ def test_a_second_claim_on_the_same_directory_is_refused(tmp_path, cfg):
 
 
 def test_claim_records_failures_and_cleans_stale_temporaries(tmp_path, cfg):
-    from experiments.checkpointing import open_run
-    from experiments.failures import NonFiniteLoss
+    from experiments.core.checkpointing import open_run
+    from experiments.core.errors import NonFiniteLoss
 
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
@@ -112,8 +113,9 @@ def test_claim_records_failures_and_cleans_stale_temporaries(tmp_path, cfg):
 
 
 def test_overwrite_starts_over(tmp_path, cfg):
-    from experiments.checkpointing import open_run
-    from experiments.config import ConfigError, load_config
+    from experiments.core.checkpointing import open_run
+    from experiments.core.errors import ConfigError
+    from experiments.core.config import load_config
 
     out = tmp_path / "out"
     with open_run(out, cfg, "search", (), log_fn=lambda line: None):
@@ -132,8 +134,8 @@ def test_overwrite_starts_over(tmp_path, cfg):
 
 
 def test_volatile_fields_do_not_change_the_run(cfg):
-    from experiments.checkpointing import run_record
-    from experiments.config import load_config
+    from experiments.core.checkpointing import run_record
+    from experiments.core.config import load_config
 
     same = load_config(CONFIG, {**TINY, "trainer.progress_bar": False, "data.num_workers": 2, "output_dir": "x"})
     other = load_config(CONFIG, {**TINY, "search.arch_lr": 0.01})
@@ -143,7 +145,7 @@ def test_volatile_fields_do_not_change_the_run(cfg):
 
 # --- data order ----------------------------------------------------------------------------------
 def test_seeded_sampler_is_a_function_of_seed_stream_epoch():
-    from experiments.data import SeededSampler
+    from experiments.core.data import SeededSampler
 
     def order(seed=0, stream=0, epoch=0, resume=None):
         s = SeededSampler(20, seed, stream)
@@ -158,7 +160,8 @@ def test_seeded_sampler_is_a_function_of_seed_stream_epoch():
 
 
 def test_views_come_from_the_sample_seed_not_the_global_rng():
-    from experiments.data import AugmentSettings, MultiViewDataset, ssl_view
+    from evaluators.views import AugmentSettings, ssl_view
+    from experiments.core.data import MultiViewDataset
 
     images = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
     view = ssl_view(AugmentSettings(crop_min_scale=0.3), 8, [0.5] * 3, [0.25] * 3)
@@ -178,7 +181,7 @@ def test_views_come_from_the_sample_seed_not_the_global_rng():
 
 def test_seeded_items_of_a_labelled_dataset_end_with_their_label():
     """The supervised objective reads the label as the last item of every seeded batch."""
-    from experiments.data import MultiViewDataset
+    from experiments.core.data import MultiViewDataset
 
     images = torch.arange(4 * 3 * 2 * 2, dtype=torch.uint8).view(4, 3, 2, 2)
     labels = torch.tensor([7, 8, 9, 3])
@@ -190,7 +193,7 @@ def test_seeded_items_of_a_labelled_dataset_end_with_their_label():
 
 # --- the failure guard ---------------------------------------------------------------------------
 def _guard(scores, threshold=0.05, patience=2):
-    from experiments.guards import FailureGuard
+    from experiments.core.guards import FailureGuard
 
     cfg = SimpleNamespace(search=SimpleNamespace(collapse_threshold=threshold),
                           evaluation=SimpleNamespace(collapse_patience=patience))
@@ -206,7 +209,7 @@ def _guard(scores, threshold=0.05, patience=2):
     ([0.01], False),
 ])
 def test_collapse_needs_patience_epochs_below_the_threshold(scores, stops):
-    from experiments.failures import RepresentationCollapsed
+    from experiments.core.errors import RepresentationCollapsed
 
     guard, trainer = _guard(scores)
     if stops:
@@ -220,7 +223,7 @@ def test_collapse_needs_patience_epochs_below_the_threshold(scores, stops):
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_non_finite_losses_stop_the_run(value):
-    from experiments.failures import NonFiniteLoss
+    from experiments.core.errors import NonFiniteLoss
 
     guard, trainer = _guard([1.0])
     guard.on_train_batch_end(trainer, None, torch.tensor(1.0), None, 0)
@@ -237,7 +240,7 @@ def test_non_finite_losses_stop_the_run(value):
 def darts(cfg):
     from nni.nas.strategy import DARTS
 
-    from experiments.common import build_module, build_space
+    from experiments.core.assembly import build_module, build_space
 
     strategy = DARTS()
     supernet = strategy.mutate_model(build_space(cfg))
@@ -291,7 +294,7 @@ def test_quirk23_replaying_the_epoch_start_sets_the_gumbel_temperature(cfg):
     from nni.nas.oneshot.pytorch.supermodule.differentiable import GumbelSoftmax
     from nni.nas.strategy import GumbelDARTS
 
-    from experiments.common import build_module, build_space
+    from experiments.core.assembly import build_module, build_space
     from experiments.nni_compat import replay_epoch_start
 
     strategy = GumbelDARTS(temperature=(1.0, 0.2))

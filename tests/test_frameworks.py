@@ -54,7 +54,7 @@ def test_parameter_free_mass_of_the_nasiam_space_under_darts():
 
     from search_spaces import SSLNetworkSpace
 
-    space = DARTS().mutate_model(SSLNetworkSpace("simclr", "nasiam", backbone_width=0.125, head_width=0.125))
+    space = DARTS().mutate_model(SSLNetworkSpace(FRAMEWORKS["simclr"].heads, "nasiam", backbone_width=0.125, head_width=0.125))
     module = FRAMEWORKS["simclr"](param_free_penalty=1.0, interleaved=True)
     module.set_model(space)
     # near-uniform alphas at init: 3 of 7 candidates are parameter-free

@@ -12,12 +12,20 @@ from tests.conftest import ROOT
 
 def test_quirk1_import_warning_is_filtered_by_message_only():
     code = ("import warnings; warnings.simplefilter('default');"
-            "import experiments.nni_compat; import nni.nas.nn.pytorch;"
+            "import experiments.nni_compat as c; c.apply(); import nni.nas.nn.pytorch;"
             "warnings.warn('another RuntimeWarning', RuntimeWarning)")
     result = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert "not a nn.Module" not in result.stderr
     assert "another RuntimeWarning" in result.stderr  # other warnings still show
+
+
+def test_importing_nni_compat_patches_nothing_until_apply_is_called():
+    code = ("import experiments.nni_compat as c; from nni.mutable import mutable; import numpy;"
+            "print(mutable.RandomState is numpy.random.RandomState); c.apply();"
+            "print(mutable.RandomState is numpy.random.RandomState)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["True", "False"], result.stderr[-2000:]
 
 
 def test_quirk2_even_batch_indices_are_architecture_steps_only_when_interleaved():

@@ -16,8 +16,8 @@ def test_quirk12_label_parameter_dict_keeps_dotted_labels():
 
 
 def test_darts_searches_and_exports_the_mlp_space(tiny_config, tmp_path):
-    from experiments.architecture import build_fixed
-    from experiments.search import SearchCollapsed, run_search
+    from experiments.core.records import build_fixed
+    from experiments.jobs.search import SearchCollapsed, run_search
 
     cfg = tiny_config(**{"model.head_space": "mlp", "search.epochs": 1, "data.train_subset": 128,
                          "evaluation.linear_epochs": 2})

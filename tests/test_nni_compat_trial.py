@@ -43,8 +43,8 @@ def recording_trial():
 
 
 def test_quirk7_8_search_inside_trial_reports_through_the_trials_own_channel(recording_trial, tiny_config, tmp_path):
-    from experiments.search import run_search
-    from experiments.trial import intermediate_metric
+    from experiments.jobs.search import run_search
+    from experiments.jobs.trial import intermediate_metric
 
     assert nni.get_next_parameter() == {"search.arch_lr": 0.002}
     ours = nni_compat.TrialChannel()

@@ -19,13 +19,13 @@ from nni.runtime.trial_command_channel import TrialCommandChannel
 
 from conftest import ROOT, tiny_overrides
 from experiments import nni_compat
-from experiments.config import ConfigError
+from experiments.core.errors import ConfigError
 
 
 # ---------------------------------------------------------------- metrics
 
 def test_epoch_and_final_metrics_put_knn_first_and_drop_missing_values():
-    from experiments.trial import final_metric, intermediate_metric
+    from experiments.jobs.trial import final_metric, intermediate_metric
 
     record = {"epoch": 3, "knn_top1": 0.41, "collapse": 0.7, "ssl_loss": None, "architecture": {}}
     assert intermediate_metric(record) == {"default": 0.41, "collapse": 0.7, "epoch": 3}
@@ -95,9 +95,9 @@ class RecordingChannel(TrialCommandChannel):
 
 
 def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch):
-    from experiments.common import build_space
-    from experiments.config import load_config
-    from experiments.trial import run_head_trial
+    from experiments.core.assembly import build_space
+    from experiments.core.config import load_config
+    from experiments.jobs.trial import run_head_trial
 
     overrides = tiny_overrides(tmp_path / "unused", **{"data.train_subset": 256, "data.test_subset": 100,
                                                        "evaluation.linear_epochs": 5, "evaluation.knn_k": 10})
@@ -133,7 +133,7 @@ def test_a_failing_trial_exits_non_zero_with_its_reason_on_stderr(tmp_path, caps
         "error: search.arch_lrr: unknown field; did you mean 'arch_lr'?"
     assert not (tmp_path / "x").exists()
 
-    from experiments.trial import guarded
+    from experiments.jobs.trial import guarded
 
     def boom():
         raise RuntimeError("CUDA out of memory")
@@ -194,7 +194,7 @@ def _fake_experiment(base: Path, exp_id: str = "abcd1234") -> Path:
 
 
 def test_export_reads_nnis_database_reconciles_parameters_and_writes_the_best(tmp_path):
-    from experiments.export import export_best, read_experiment
+    from experiments.jobs.export import export_best, read_experiment
 
     _fake_experiment(tmp_path)
     exp = read_experiment("abcd1234", str(tmp_path))
@@ -227,8 +227,8 @@ def test_export_says_why_it_cannot(tmp_path):
 # ---------------------------------------------------------------- the generated head space
 
 def test_committed_head_search_space_is_what_the_space_generates(tmp_path):
-    from experiments.config import load_config
-    from experiments.export_space import head_search_space, render
+    from experiments.core.config import load_config
+    from experiments.jobs.export_space import head_search_space, render
 
     (tmp_path / "train" / "a").mkdir(parents=True)
     nni_config = yaml.safe_load((ROOT / "nni_configs" / "heads_simsiam.yml").read_text())
@@ -260,7 +260,7 @@ DIGITS = "--config configs/digits_simsiam.yml --set search.epochs=6"
 
 
 def test_check_passes_a_good_experiment_and_names_each_problem(tmp_path):
-    from experiments.nni_check import check
+    from experiments.jobs.check import check
 
     good = _nni_config(tmp_path)
     assert any("searchSpace: 4 keys" in note for note in check(good, None, _env(DIGITS)))
@@ -309,7 +309,7 @@ def _history(epochs=4):
 def test_architecture_weights_become_a_png_and_tensorboard_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from experiments.plots import ArchitectureScalars, architecture_series, plot_architecture_history
+    from experiments.core.plots import ArchitectureScalars, architecture_series, plot_architecture_history
 
     epochs, series = architecture_series(_history())
     assert epochs == [1, 2, 3, 4]

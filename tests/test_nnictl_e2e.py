@@ -176,7 +176,7 @@ def test_trials_report_intermediate_and_final_results_under_their_own_parameter_
 
 
 def test_dashboard_trial_list_shows_the_trials(experiment, tmp_path):
-    from experiments import screenshot
+    from experiments.jobs import screenshot
 
     if screenshot.find_chromium() is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
@@ -196,9 +196,9 @@ def test_dashboard_trial_list_shows_the_trials(experiment, tmp_path):
 
 def test_export_after_stop_writes_an_architecture_retrain_accepts(experiment, tmp_path, capsys):
     from conftest import tiny_overrides
-    from experiments.architecture import build_fixed, read_architecture
+    from experiments.core.records import build_fixed, read_architecture
     from experiments.cli import main
-    from experiments.config import load_config
+    from experiments.core.config import load_config
 
     experiment.stop()  # export reads NNI's stored data, no manager needed
     output = tmp_path / "best.json"

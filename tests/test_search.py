@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 import evaluators.base as base
-from experiments.architecture import build_fixed, read_architecture
-from experiments.config import load_config
-from experiments.evaluate import run_evaluate
-from experiments.retrain import run_retrain
-from experiments.search import run_search
+from experiments.core.records import build_fixed, read_architecture
+from experiments.core.config import load_config
+from experiments.jobs.evaluate import run_evaluate
+from experiments.jobs.retrain import run_retrain
+from experiments.jobs.search import run_search
 from tests.conftest import ROOT, tiny_overrides
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from evaluators import FRAMEWORKS
 from search_spaces import SSLNetworkSpace, build_backbone
 from search_spaces.nasiam import NASIAM_OPS, FeaturePool, nasiam_op
 
@@ -44,7 +45,7 @@ def test_feature_pool_pools_along_the_feature_axis():
 @pytest.mark.parametrize("framework,projector,predictor", [
     ("simsiam", 6, 4), ("moco", 4, 0), ("simclr", 6, 0), ("byol", 4, 4)])
 def test_nasiam_layouts(framework, projector, predictor):
-    space = SSLNetworkSpace(framework, "nasiam", backbone_width=0.125, head_width=0.125)
+    space = SSLNetworkSpace(FRAMEWORKS[framework].heads, "nasiam", backbone_width=0.125, head_width=0.125)
     labels = list(space.simplify())
     assert labels == [f"projector.layer{i}.op" for i in range(1, projector + 1)] + \
         [f"predictor.layer{i}.op" for i in range(1, predictor + 1)]
@@ -52,7 +53,7 @@ def test_nasiam_layouts(framework, projector, predictor):
 
 
 def test_simsiam_nasiam_projector_ends_in_linear_to_2048_and_bn_without_affine():
-    space = SSLNetworkSpace("simsiam", "nasiam", backbone_width=0.125)
+    space = SSLNetworkSpace(FRAMEWORKS["simsiam"].heads, "nasiam", backbone_width=0.125)
     tail = list(space.projector.children())[1:]
     assert isinstance(tail[0], nn.Linear) and tail[0].out_features == 2048
     assert isinstance(tail[1], nn.BatchNorm1d) and not tail[1].affine
@@ -60,7 +61,7 @@ def test_simsiam_nasiam_projector_ends_in_linear_to_2048_and_bn_without_affine()
 
 def test_shipped_nasiam_architecture_freezes_to_those_operations():
     record = json.loads((ROOT / "architectures" / "nasiam_simsiam_cifar10_resnet18.json").read_text())
-    space = SSLNetworkSpace("simsiam", "nasiam", backbone_width=0.125, head_width=0.125)
+    space = SSLNetworkSpace(FRAMEWORKS["simsiam"].heads, "nasiam", backbone_width=0.125, head_width=0.125)
     net = space.freeze(record["architecture"])
     proj = list(net.projector[0].children())
     assert [type(m[-1]).__name__ if isinstance(m, nn.Sequential) else type(m).__name__ for m in proj] == \
@@ -76,7 +77,7 @@ def test_shipped_nasiam_architecture_freezes_to_those_operations():
     ("simsiam", [(512, 2048), (2048, 2048)]), ("simclr", [(512, 2048), (2048, 128)]),
     ("moco", [(512, 2048), (2048, 128)]), ("byol", [(512, 4096), (4096, 256)])])
 def test_fixed_heads_have_the_libraries_cifar_sizes(framework, shapes):
-    net = SSLNetworkSpace(framework, "fixed")
+    net = SSLNetworkSpace(FRAMEWORKS[framework].heads, "fixed")
     linears = [(m.in_features, m.out_features) for m in net.projector.modules() if isinstance(m, nn.Linear)]
     assert linears == shapes
     if framework == "simsiam":
@@ -88,7 +89,7 @@ def test_fixed_heads_have_the_libraries_cifar_sizes(framework, shapes):
 
 
 def test_mlp_space_labels_and_activations():
-    space = SSLNetworkSpace("simsiam", "mlp", backbone_width=0.125, head_width=0.125, mlp_depths=(1, 2))
+    space = SSLNetworkSpace(FRAMEWORKS["simsiam"].heads, "mlp", backbone_width=0.125, head_width=0.125, mlp_depths=(1, 2))
     mutables = space.simplify()
     assert "projector.depth" in mutables and list(mutables["projector.depth"].values) == [1, 2]
     assert list(mutables["projector.layer1.activation"].values) == [
@@ -98,7 +99,7 @@ def test_mlp_space_labels_and_activations():
 
 
 def test_momentum_branch_shares_labels_and_starts_as_a_copy():
-    space = SSLNetworkSpace("byol", "nasiam", backbone_width=0.125, head_width=0.125)
+    space = SSLNetworkSpace(FRAMEWORKS["byol"].heads, "nasiam", backbone_width=0.125, head_width=0.125)
     for a, b in zip(space.backbone.state_dict().values(), space.momentum_backbone.state_dict().values()):
         assert torch.equal(a, b)
     assert not any(p.requires_grad for p in space.momentum_projector.parameters())

@@ -4,8 +4,13 @@ from __future__ import annotations
 import json
 
 
-from experiments import study
+from experiments.cli import main
+from experiments.studies import head_study as study
 from tests.conftest import ROOT
+
+
+def study_main(argv: list) -> int:
+    return main(["head-study", *argv])
 
 TINY = ["--set", "train.epochs=1", "--set", "search.epochs=1", "--set", "search.warmup_epochs=0",
         "--set", "data.train_subset=128", "--set", "data.test_subset=64", "--set", "data.batch_size=64",
@@ -47,10 +52,10 @@ def test_verdict_and_architecture_text():
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
-    assert study.main(["--framework", "simsiam", "--dataset", "digits", "--arms", "hand-made,bogus",
+    assert study_main(["--framework", "simsiam", "--dataset", "digits", "--arms", "hand-made,bogus",
                        "--output-dir", str(out), "--docs-dir", str(tmp_path / "docs")]) == 2
     assert "error: --arms: unknown arm(s) bogus" in capsys.readouterr().err
-    assert study.main(["--framework", "simsiam", "--dataset", "digits", "--set", "train.epochs=0",
+    assert study_main(["--framework", "simsiam", "--dataset", "digits", "--set", "train.epochs=0",
                        "--output-dir", str(out), "--docs-dir", str(tmp_path / "docs")]) == 2
     assert "train.epochs" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "docs").exists()
@@ -61,7 +66,7 @@ def test_study_command_prints_and_writes_the_table(tmp_path, capsys):
     arms = "raw-pixels,untrained,hand-made,nasiam-published,darts-nasiam,darts-mlp"
     argv = ["--framework", "simsiam", "--dataset", "digits", "--seeds", "0", "--arms", arms,
             "--output-dir", str(out), "--docs-dir", str(docs), *TINY]
-    assert study.main(argv) == 0
+    assert study_main(argv) == 0
     printed = capsys.readouterr().out
     assert "Does the head search pay? simsiam on digits" in printed and "Derived architectures" in printed
 
@@ -85,12 +90,12 @@ def test_study_command_prints_and_writes_the_table(tmp_path, capsys):
 
     md = (docs / "head_study_simsiam_digits.md").read_text()
     assert md.startswith("# Does the head search pay? simsiam on digits")
-    assert "python -m experiments.study --framework simsiam" in md and "machine:" in md and "budget:" in md
+    assert "python -m experiments head-study --framework simsiam" in md and "machine:" in md and "budget:" in md
     for name in arms.split(","):
         assert f"\n| {name} |" in md
 
     # Rerunning the same command reuses every finished run and gives the same table.
-    assert study.main(argv) == 0
+    assert study_main(argv) == 0
     again = json.loads((docs / "head_study_simsiam_digits.json").read_text())
     assert again["reused_runs"] == len(arms.split(",")) and again["run_seconds"] == result["run_seconds"] > 0
     assert [e["knn_top1"] for e in again["table"]] == [e["knn_top1"] for e in result["table"]]
@@ -103,7 +108,7 @@ def test_sigterm_during_a_run_is_an_error_not_a_success(tmp_path, capsys, monkey
         raise SIGTERMException  # what Lightning raises on SIGTERM: a SystemExit whose status is 0
 
     monkeypatch.setattr(study, "run_one", terminated)
-    code = study.main(["--framework", "simsiam", "--dataset", "digits", "--seeds", "0", "--arms", "hand-made",
+    code = study_main(["--framework", "simsiam", "--dataset", "digits", "--seeds", "0", "--arms", "hand-made",
                        "--output-dir", str(tmp_path / "out"), "--docs-dir", str(tmp_path / "docs"), *TINY])
     assert code == 143 and "error: terminated (SIGTERM)" in capsys.readouterr().err
     assert not (tmp_path / "docs").exists()

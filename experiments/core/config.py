@@ -16,15 +16,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message is one line meant for the user.
-
-    Whitespace is collapsed, so a value or key that carries a newline cannot split it.
-    """
-
-    def __init__(self, message: object = ""):
-        super().__init__(" ".join(str(message).split()))
+from experiments.core.errors import ConfigError
 
 
 def _positive(x):
@@ -153,6 +145,16 @@ class OptimConfig:
     }
 
 
+def _strategy_check(target: str) -> tuple:
+    """A strategy name that the registry lists for ``target``, read when a config is checked."""
+    def names() -> list[str]:
+        from experiments.strategies import strategy_names  # the registry is the truth for strategy names
+
+        return strategy_names(target)
+
+    return (lambda v: v in names(), lambda: "must be one of " + ", ".join(names()))
+
+
 @dataclass
 class SearchConfig:
     strategy: str = "darts"
@@ -166,7 +168,7 @@ class SearchConfig:
     collapse_threshold: float = 0.05
 
     _checks = {
-        "strategy": (lambda v: v in ("darts", "gdarts"), "must be darts or gdarts"),
+        "strategy": _strategy_check("heads"),
         "epochs": (lambda v: v >= 1, "must be >= 1"),
         "warmup_epochs": (_non_negative, "must be >= 0"),
         "arch_lr": (_positive, "must be > 0"),
@@ -176,9 +178,6 @@ class SearchConfig:
                                "must be [initial, final] with initial >= final > 0"),
         "collapse_threshold": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     }
-
-
-BACKBONE_STRATEGIES = ("spos", "darts", "gdarts", "proxyless", "enas")
 
 
 @dataclass
@@ -196,9 +195,10 @@ class BackboneSearchConfig:
     bn_batches: int = 4  # BatchNorm recalibration batches before a sub-network is scored
     score_images: Optional[int] = 1000  # held-out images a sub-network is scored on (null: all)
     enas_batches_per_update: int = 10  # ENAS: rewards per controller update
+    strategy_options: dict = field(default_factory=dict)  # the strategy's own options (its option_specs)
 
     _checks = {
-        "strategy": (lambda v: v in BACKBONE_STRATEGIES, "must be one of " + ", ".join(BACKBONE_STRATEGIES)),
+        "strategy": _strategy_check("backbone"),
         "max_flops": (lambda v: v is None or v > 0, "must be > 0 or null"),
         "max_params": (lambda v: v is None or v > 0, "must be > 0 or null"),
         "budget_penalty": (_non_negative, "must be >= 0"),
@@ -378,7 +378,8 @@ def _build(cls, raw: Any, path: str):
             except (TypeError, ValueError, OverflowError):  # e.g. a string compared with a number
                 valid = False
             if not valid:
-                raise ConfigError(f"{where}: {check[1]}, got {_show(value)}")
+                rule = check[1]() if callable(check[1]) else check[1]  # a registry's names, read when needed
+                raise ConfigError(f"{where}: {rule}, got {_show(value)}")
         values[name] = value
     return cls(**values)
 
@@ -397,23 +398,15 @@ def _cross_checks(config: Config) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"framework: unknown framework {_show(config.framework)}; choose one of "
                           f"{', '.join(sorted(FRAMEWORKS))}{hint}")
-    options = FRAMEWORKS[config.framework].defaults
-    for key, value in config.framework_options.items():
-        if key not in options:
-            close = difflib.get_close_matches(str(key), list(options), n=1)
+    framework = FRAMEWORKS[config.framework]
+    for key, problem in framework.option_problems(config.framework_options):
+        if problem == "unknown":
+            options = list(framework.option_specs)
+            close = difflib.get_close_matches(str(key), options, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else (
                 f"; it takes {', '.join(options)}" if options else "; it takes none")
             raise ConfigError(f"framework_options.{key}: {config.framework} has no such option{hint}")
-        default = options[key]
-        same_type = isinstance(value, type(default)) and isinstance(value, bool) == isinstance(default, bool)
-        if not same_type and not (isinstance(default, float) and _number(value)):
-            raise ConfigError(f"framework_options.{key}: must be like {default!r}, got {_show(value)}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not _number(value) or value <= 0:
-                raise ConfigError(f"framework_options.{key}: must be a finite number > 0, got {_show(value)}")
-            low_high = OPTION_RANGES.get(key)
-            if low_high is not None and not low_high[0](value):
-                raise ConfigError(f"framework_options.{key}: {low_high[1]}, got {_show(value)}")
+        raise ConfigError(f"framework_options.{key}: {problem}, got {_show(config.framework_options[key])}")
     if config.search.warmup_epochs >= config.search.epochs:
         raise ConfigError(f"search.warmup_epochs: must be below search.epochs ({config.search.epochs}), "
                           f"got {config.search.warmup_epochs}: the architecture would never move")
@@ -424,9 +417,7 @@ def _cross_checks(config: Config) -> None:
     if config.data.dataset != "digits" and not config.data.root:
         raise ConfigError(f"data.root: dataset {config.data.dataset!r} needs a path on disk")
     if config.model.head_space == "mlp":
-        from search_spaces.layouts import head_dims
-
-        hidden = head_dims(config.framework, config.model.head_width).projector_hidden
+        hidden = framework.heads.scaled(config.model.head_width).projector_hidden
         if round(min(config.model.mlp_widths) * hidden) < 1:
             raise ConfigError(f"model.mlp_widths: {min(config.model.mlp_widths)} of a {hidden}-wide hidden layer "
                               f"is no unit at all; use a larger factor or model.head_width")
@@ -439,14 +430,6 @@ def _path_exists(text: str) -> bool:
         return Path(text).expanduser().exists()
     except (OSError, RuntimeError, ValueError):  # "~nobody/x": no such home directory
         return False
-
-
-#: ranges of the framework options that have one beyond "> 0" (all are checked to be > 0)
-OPTION_RANGES = {
-    "momentum": (lambda v: v < 1, "must be in (0, 1): an EMA coefficient"),
-    "queue_size": (lambda v: v <= 2 ** 20, "must be at most 1048576"),
-    "temperature": (lambda v: 1e-3 <= v <= 100, "must be between 0.001 and 100"),
-}
 
 
 def _backbone_checks(config: Config) -> None:
@@ -465,9 +448,19 @@ def _backbone_checks(config: Config) -> None:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(allowed) or 'none'}"
                 raise ConfigError(f"model.backbone_options.{key}: backbone space {m.backbone} has no such option{hint}")
-    if b.tournament > b.population:
-        raise ConfigError(f"backbone_search.tournament: must be <= backbone_search.population ({b.population}), "
-                          f"got {b.tournament}")
+    from evaluators.options import option_problems
+    from experiments.strategies import STRATEGIES  # each strategy's own rules (SPOS: tournament <= population)
+
+    strategy = STRATEGIES[b.strategy]
+    for key, problem in option_problems(strategy.option_specs, b.strategy_options):
+        if problem == "unknown":
+            known = list(strategy.option_specs)
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(known) or 'none'}"
+            raise ConfigError(f"backbone_search.strategy_options.{key}: {b.strategy} has no such option{hint}")
+        raise ConfigError(f"backbone_search.strategy_options.{key}: {problem}, got {_show(b.strategy_options[key])}")
+    STRATEGIES[config.search.strategy].check(config, "heads")
+    strategy.check(config, "backbone")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

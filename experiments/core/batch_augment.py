@@ -1,6 +1,6 @@
 """Two-view SSL augmentation of a whole uint8 batch at once, on the batch's device.
 
-The per-image recipe (``experiments.data.ssl_view``) runs one torchvision transform per
+The per-image recipe (``experiments.core.data.ssl_view``) runs one torchvision transform per
 image and view in the data loader; on a GPU machine the CPU workers then bound the epoch.
 ``BatchViewAugment`` applies the same recipe to a ``B x C x H x W`` uint8 batch with
 batched tensor operations and per-sample random parameters:
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from experiments.data import AugmentSettings
+from evaluators.views import AugmentSettings
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 

@@ -5,19 +5,40 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from experiments import nni_compat  # noqa: F401
-
 import pytorch_lightning as pl
 
-from experiments.architecture import build_fixed
-from experiments.common import (FORMAT_VERSION, build_data, build_module, build_monitor, build_trainer,
-                                downstream_metrics, save_model_atomic, versions, write_json_atomic)
-from experiments.checkpointing import claim_output_dir, claims_output_dir
-from experiments.config import Config
-from experiments.guards import FailureGuard
+from experiments.core.assembly import build_data, build_module, build_monitor, build_trainer, downstream_metrics
+from experiments.core.checkpointing import claim_output_dir, claims_output_dir, refuse_finished
+from experiments.core.config import Config, load_config
+from experiments.core.console import EpochPrinter, summary
+from experiments.core.errors import ConfigError
+from experiments.core.guards import FailureGuard
+from experiments.core.records import build_fixed, new_record, read_architecture, write_results
+from experiments.jobs.command import add_config_arguments
+from search_spaces.backbone_spaces import is_backbone_space
 
+NAME = "retrain"
+HELP = "train an architecture JSON from scratch and evaluate it"
 RESULTS_FILE = "retrain_results.json"
 MODEL_FILE = "retrain_model.pt"
+
+
+def add_arguments(p) -> None:
+    add_config_arguments(p)
+    p.add_argument("--arch", help="architecture JSON (best_architecture.json or a shipped one); with --nni "
+                                  "and no --arch the tuner's parameters are the architecture")
+
+
+def run(args) -> int:
+    if not args.arch:
+        raise ConfigError("retrain: --arch is required (except with --nni, where the tuner gives the architecture)")
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.output_dir or cfg.output_dir)
+    refuse_finished(out, (RESULTS_FILE, MODEL_FILE), args.overwrite)
+    record = read_architecture(args.arch)
+    result = run_retrain(cfg, record, out, source=args.arch, overwrite=args.overwrite)
+    summary(result, out / RESULTS_FILE)
+    return 0
 
 
 @claims_output_dir
@@ -31,8 +52,7 @@ def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callab
     module = build_module(cfg, cfg.train.epochs, interleaved=False, framework=framework, augment=data.augment)
     module.set_model(network)
     monitor = build_monitor(cfg, data, listeners)
-    monitor.listeners.insert(0, lambda r: log_fn(f"epoch {r['epoch']}: ssl_loss {r['ssl_loss']:.4f}  "
-                                                 f"knn_top1 {r['knn_top1']:.3f}  collapse {r['collapse']:.3f}"))
+    monitor.listeners.insert(0, EpochPrinter(log_fn))
     run = claim_output_dir(out, cfg, "retrain", (RESULTS_FILE, MODEL_FILE), overwrite=overwrite, log_fn=log_fn,
                            extra={"space": {k: record["space"][k] for k in ("framework", "head_space")},
                                   "architecture": architecture})
@@ -43,17 +63,11 @@ def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callab
     trainer.fit(module, train_dataloaders=loader, **run.fit_kwargs())
     metrics = downstream_metrics(cfg, data, network)
     metrics["train_seconds"] = time.perf_counter() - start
-    from search_spaces.backbone_spaces import is_backbone_space
-
     if is_backbone_space(str(record["space"].get("backbone", ""))):
         space = dict(record["space"])  # a searched backbone is retrained as it was searched
     else:
         space = dict(record["space"], backbone=cfg.model.backbone, backbone_width=cfg.model.backbone_width,
                      head_width=cfg.model.head_width)
-    result = {"format_version": FORMAT_VERSION, "kind": "ssl_retrain", "space": space, "framework": framework,
-              "architecture": architecture, "metrics": metrics, "history": monitor.history,
-              "config": cfg.to_dict(), "versions": versions()}
-    write_json_atomic(out / RESULTS_FILE, result)
-    save_model_atomic(out / MODEL_FILE, {"space": space, "architecture": architecture,
-                                         "state_dict": network.state_dict()})
+    result = new_record("ssl_retrain", cfg, space, architecture, metrics, monitor.history)
+    write_results(out, result, RESULTS_FILE, network, MODEL_FILE)
     return result

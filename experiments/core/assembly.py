@@ -1,31 +1,22 @@
 """What every job shares: data bundle, network space, framework module, trainer, result files."""
 from __future__ import annotations
 
-import json
-import os
-import platform
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-from experiments import nni_compat  # noqa: F401  (filters NNI's import warning)
 
 import torch
 from nni.nas.evaluator.pytorch import DataLoader, Trainer
 
 from evaluators import FRAMEWORKS
 from evaluators.monitors import EvaluationSet, SSLMonitor
-from experiments.batch_augment import BatchViewAugment, UInt8Images, collate_uint8
-from experiments.config import Config, ConfigError
-from experiments.data import (AugmentSettings, DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats,
-                              load_images, normalized, ssl_view)
+from experiments.core.batch_augment import BatchViewAugment, UInt8Images, collate_uint8
+from experiments.core.config import Config
+from experiments.core.errors import ConfigError
+from evaluators.views import AugmentSettings
+from experiments.core.data import (DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats, load_images,
+                                   normalized)
 from search_spaces import SSLNetworkSpace
-from search_spaces.layouts import head_dims
-
-FORMAT_VERSION = 1
-
 
 @dataclass
 class DataBundle:
@@ -86,11 +77,7 @@ def build_data(cfg: Config) -> DataBundle:
     size = int(train.images.shape[-1])
     framework = FRAMEWORKS[cfg.framework]
     settings = augment_settings(cfg, size)
-    if hasattr(framework, "view_transforms"):  # a framework's own views (ReSSL weak/strong, WCL multi-crop)
-        views = framework.view_transforms(settings, size, mean, std,
-                                          options={**framework.defaults, **cfg.framework_options})
-    else:
-        views = [ssl_view(settings, size, mean, std), ssl_view(settings, size, mean, std)]
+    views = framework.view_transforms(settings, size, mean, std, options={**framework.defaults, **cfg.framework_options})
     bank = train
     if cfg.evaluation.bank_subset is not None and cfg.evaluation.bank_subset < len(train):
         bank = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
@@ -99,7 +86,7 @@ def build_data(cfg: Config) -> DataBundle:
                                test.labels, num_classes=len(train.classes))
     augment = None
     if d.batched_augment:
-        if hasattr(framework, "view_transforms"):
+        if not framework.batched_views:
             raise ConfigError(f"data.batched_augment: {cfg.framework} makes its own views; set it to false")
         augment = BatchViewAugment(settings, size, mean, std, views=len(views))
     return DataBundle(train, test, mean, std, size, views, evaluation, augment)
@@ -107,24 +94,33 @@ def build_data(cfg: Config) -> DataBundle:
 
 def build_space(cfg: Config, framework: Optional[str] = None, head_space: Optional[str] = None,
                 num_classes: int = 10) -> SSLNetworkSpace:
+    """The network space of the config (or of ``framework``/``head_space``): backbone and the framework's heads."""
     m = cfg.model
-    return SSLNetworkSpace(framework or cfg.framework, head_space or m.head_space, m.backbone, m.backbone_width,
+    heads = FRAMEWORKS[framework or cfg.framework].heads
+    return SSLNetworkSpace(heads, head_space or m.head_space, m.backbone, m.backbone_width,
                            3, m.head_width, tuple(m.mlp_widths), tuple(m.mlp_depths),
                            backbone_options=dict(m.backbone_options), num_classes=num_classes)
 
 
 def build_module(cfg: Config, epochs: int, interleaved: bool, framework: Optional[str] = None,
-                 augment: Optional[torch.nn.Module] = None):
-    """The framework's Lightning module; ``augment`` (``DataBundle.augment``) makes views from uint8 batches."""
+                 augment: Optional[torch.nn.Module] = None, **strategy_options: Any):
+    """The framework's Lightning module.
+
+    ``augment`` (``DataBundle.augment``) makes views from uint8 batches; ``strategy_options``
+    are what the search strategy needs of the module (``Strategy.module_options``: an
+    architecture-step penalty, a reward bank, no fast architecture step).
+    """
     name = framework or cfg.framework
     o = cfg.optim
-    return FRAMEWORKS[name](
+    options: dict[str, Any] = dict(
         lr=o.lr, sgd_momentum=o.momentum, weight_decay=o.weight_decay, optimizer=o.optimizer,
         warmup_epochs=o.warmup_epochs, batch_size=cfg.data.batch_size, max_epochs=epochs,
         param_free_penalty=cfg.search.param_free_penalty if interleaved else 0.0,
         fast_arch_step=cfg.search.fast_arch_step, interleaved=interleaved,
-        embedding_dim=head_dims(name, cfg.model.head_width).projector_out, batch_augment=augment,
-        channels_last=cfg.trainer.channels_last, compile_backbone=cfg.trainer.compile, **cfg.framework_options)
+        embedding_dim=FRAMEWORKS[name].heads.scaled(cfg.model.head_width).projector_out, batch_augment=augment,
+        channels_last=cfg.trainer.channels_last, compile_backbone=cfg.trainer.compile)
+    options.update(strategy_options)
+    return FRAMEWORKS[name](**options, **cfg.framework_options)
 
 
 def build_monitor(cfg: Config, data: DataBundle, listeners: Sequence = ()) -> SSLMonitor:
@@ -136,7 +132,7 @@ def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient
     from pytorch_lightning.callbacks import Checkpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from experiments.checkpointing import AtomicCheckpointIO
+    from experiments.core.checkpointing import AtomicCheckpointIO
 
     t = cfg.trainer
     loggers = [CSVLogger(str(out), name="logs", version="")]
@@ -158,46 +154,6 @@ def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient
     if gradient_clip is not None:
         kwargs["gradient_clip_val"] = gradient_clip
     return Trainer(**kwargs)
-
-
-def versions() -> dict:
-    import nni
-    import pytorch_lightning
-    import torchvision
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "nni": nni.__version__, "pytorch_lightning": pytorch_lightning.__version__,
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cpu_count": os.cpu_count()}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file renamed into place: readers never see half a file."""
-    from experiments.checkpointing import FILE_MODE
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON atomically (see ``write_text_atomic``)."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
-
-
-def save_model_atomic(path: Path, payload: dict) -> None:
-    """``torch.save`` atomically and durably (``checkpointing.atomic_torch_save``)."""
-    from experiments.checkpointing import atomic_torch_save
-
-    atomic_torch_save(payload, path)
 
 
 def downstream_metrics(cfg: Config, data: DataBundle, network: torch.nn.Module) -> dict:

@@ -1,21 +1,33 @@
-"""Architecture JSON: read, validate against its space, and rebuild the fixed network through NNI.
+"""The architecture record: the one owner of its format, its writer, its reader and its checks.
 
-The JSON's ``architecture`` is NNI's exported choice dict (label -> value); ``space`` says
-which space the labels belong to. Rebuilding uses ``ModelSpace.freeze``, never a parser
-of our own, so what retrain trains is exactly what NNI would build.
+Every job writes one (``best_architecture.json`` of a search, ``retrain_results.json``) and a
+model file with the same ``space`` and ``architecture`` beside it. The JSON's ``architecture``
+is NNI's exported choice dict (label -> value); ``space`` says which space the labels belong
+to. Rebuilding uses ``ModelSpace.freeze``, never a parser of our own, so what retrain trains
+is exactly what NNI would build.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import math
+import os
+import platform
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from experiments import nni_compat  # noqa: F401
+import torch
 
-from experiments.config import Config, ConfigError
-from search_spaces import SSLNetworkSpace
+from experiments.core.config import Config, config_from_dict
+from experiments.core.errors import ConfigError
+from experiments.core.files import atomic_torch_save, write_json_atomic
+from evaluators import FRAMEWORKS
+from search_spaces.backbone_spaces import is_backbone_space
+from search_spaces.network import HEAD_SPACES, SSLNetworkSpace
+
+#: the record's format; a reader refuses a newer one
+FORMAT_VERSION = 1
 
 SPACE_KEYS = ("framework", "head_space")
 
@@ -38,8 +50,6 @@ def read_architecture(path: str | Path) -> dict:
 
 def check_record(record: Any, source: str = "architecture") -> None:
     """The shape of an architecture record, before any space is built: one line per problem."""
-    from experiments.common import FORMAT_VERSION
-
     if not isinstance(record, dict) or not isinstance(record.get("architecture"), dict) \
             or not isinstance(record.get("space"), dict):
         raise ConfigError(f"{source}: not an architecture file: it needs an 'architecture' mapping and a 'space' mapping")
@@ -78,11 +88,6 @@ def space_for(record: dict, cfg: Config) -> SSLNetworkSpace:
     A searched backbone (its record names a backbone space) is rebuilt as it was searched: the
     record's backbone space, widths, options and classes, since its labels depend on them.
     """
-    from evaluators import FRAMEWORKS
-    from search_spaces.backbone_spaces import is_backbone_space
-
-    from search_spaces.network import HEAD_SPACES
-
     check_record(record)
     space = record["space"]
     if space["framework"] not in FRAMEWORKS:
@@ -98,12 +103,12 @@ def space_for(record: dict, cfg: Config) -> SSLNetworkSpace:
         raise ConfigError(f"architecture space: mlp_widths {_show(widths)} / mlp_depths {_show(depths)} are beyond "
                           f"what this package builds (16)")
     backbone, backbone_width, head_width, options = m.backbone, m.backbone_width, m.head_width, {}
-    if is_backbone_space(str(space.get("backbone", ""))):
-        backbone, options = space["backbone"], dict(space.get("backbone_options") or {})
-        backbone_width = float(space.get("backbone_width", 1.0))
-        head_width = float(space.get("head_width", head_width))
     try:
-        return SSLNetworkSpace(space["framework"], space["head_space"], backbone, backbone_width, 3,
+        if is_backbone_space(str(space.get("backbone", ""))):
+            backbone, options = space["backbone"], dict(space.get("backbone_options") or {})
+            backbone_width = float(space.get("backbone_width", 1.0))
+            head_width = float(space.get("head_width", head_width))
+        return SSLNetworkSpace(FRAMEWORKS[space["framework"]].heads, space["head_space"], backbone, backbone_width, 3,
                                head_width, tuple(widths), tuple(depths), backbone_options=options,
                                num_classes=int(space.get("num_classes", 10)))
     except (ValueError, TypeError) as err:
@@ -138,3 +143,79 @@ def build_fixed(record: dict, cfg: Config, source: str = "architecture"):
     space = space_for(record, cfg)
     architecture = validate_choices(space, record["architecture"], source)
     return space.freeze(architecture), architecture
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def versions() -> dict:
+    """The package versions and machine a result came from."""
+    import nni
+    import pytorch_lightning
+    import torchvision
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "nni": nni.__version__, "pytorch_lightning": pytorch_lightning.__version__,
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_count": os.cpu_count()}
+
+
+def space_record(cfg: Config, framework: Optional[str] = None, head_space: Optional[str] = None,
+                 num_classes: int = 10) -> dict:
+    """What ``space_for`` needs to rebuild the space a record's labels belong to."""
+    m = cfg.model
+    return {"framework": framework or cfg.framework, "head_space": head_space or m.head_space,
+            "backbone": m.backbone, "backbone_width": m.backbone_width, "backbone_options": dict(m.backbone_options),
+            "head_width": m.head_width, "mlp_widths": list(m.mlp_widths), "mlp_depths": list(m.mlp_depths),
+            "num_classes": num_classes}
+
+
+def dataset_record(cfg: Config, data: Any) -> dict:
+    return {"name": cfg.data.dataset, "root": cfg.data.root, "train_images": len(data.train),
+            "test_images": len(data.test), "image_size": data.image_size}
+
+
+def new_record(kind: str, cfg: Config, space: dict, architecture: dict, metrics: dict, history: list,
+               **fields: Any) -> dict:
+    """A record of ``kind`` (``ssl_head_search``, ``backbone_search``, ``ssl_retrain``); ``fields`` are the job's own."""
+    return {"format_version": FORMAT_VERSION, "kind": kind, "space": space, "framework": space["framework"],
+            "architecture": architecture, **fields, "metrics": metrics, "history": history,
+            "config": cfg.to_dict(), "versions": versions()}
+
+
+def write_results(out: Path, record: dict, record_file: str, network: torch.nn.Module, model_file: str) -> None:
+    """The record as JSON and the network as a model file that ``evaluate`` and ``load_saved_model`` read."""
+    write_json_atomic(out / record_file, record)
+    atomic_torch_save({"space": record["space"], "architecture": record["architecture"],
+                       "state_dict": network.state_dict()}, out / model_file)
+
+
+# --- reading a model file ----------------------------------------------------------------------------
+def load_saved_model(path: str | Path, cfg: Config):
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"checkpoint {str(p)!r} does not exist")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ConfigError(f"{p}: not a model file of this package ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or not {"space", "architecture", "state_dict"} <= set(payload):
+        raise ConfigError(f"{p}: not a model file of this package (needs space, architecture, state_dict)")
+    space = payload["space"]
+    if not isinstance(space, dict):
+        raise ConfigError(f"{p}: not a model file of this package (its space is not a mapping)")
+    saved = {key: space[key] for key in ("backbone", "backbone_width", "head_width") if key in space}
+    try:  # the saved sizes pass the same checks as a config's
+        checked = config_from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], **saved}}).model
+    except ConfigError as err:
+        raise ConfigError(f"{p}: the saved network does not fit this package: {err}") from None
+    for key in saved:
+        setattr(cfg.model, key, getattr(checked, key))
+    network, _ = build_fixed({"space": space, "architecture": payload["architecture"]}, cfg, str(p))
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        detail = detail if len(detail) <= 240 else detail[:237] + "..."
+        raise ConfigError(f"{p}: weights do not fit the architecture (a checkpoint of another network?): "
+                          f"{detail}") from None
+    return network, payload

@@ -9,6 +9,7 @@ one ``error:`` line and exit status 2.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -21,12 +22,15 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from experiments.config import ConfigError, load_config
+from experiments.core.errors import ConfigError
+from experiments.core.config import load_config
 
 DEFAULT_PORT = 8080
 # Training services whose manager also listens on port + 1 (NNI 3.0 launcher).
 WEBSOCKET_PLATFORMS = ("hybrid", "remote", "openpai", "kubeflow", "frameworkcontroller", "adl")
-JOBS = ("search", "retrain")
+JOBS = ("search", "retrain")  # the jobs an nnictl trial runs
+NAME = "check"
+HELP = "check an nnictl experiment file (and its SSL config, data, port) before nnictl create"
 
 
 @contextlib.contextmanager
@@ -37,6 +41,17 @@ def _cwd(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(old)
+
+
+def trial_parser() -> argparse.ArgumentParser:
+    """The command line of the jobs a trial runs, exactly as ``python -m experiments`` reads it."""
+    from experiments.jobs import retrain, search
+
+    p = argparse.ArgumentParser(prog="python -m experiments")
+    sub = p.add_subparsers(dest="job", required=True)
+    for module in (search, retrain):
+        module.add_arguments(sub.add_parser(module.NAME))
+    return p
 
 
 def load_experiment_config(path: str | Path):
@@ -84,12 +99,10 @@ def trial_arguments(command: str, env: dict) -> tuple[list[str], Optional[Any]]:
         raise ConfigError(f"trialCommand: cannot split {expanded!r}: {err}") from None
     if len(tokens) < 4 or tokens[1:3] != ["-m", "experiments"] or tokens[3] not in JOBS:
         return tokens, None
-    from experiments.cli import _parser
-
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            args = _parser().parse_args(tokens[3:])
+            args = trial_parser().parse_args(tokens[3:])
     except SystemExit:
         last = (captured.getvalue().strip().splitlines() or ["cannot parse it"])[-1]
         raise ConfigError(f"trialCommand: {last}") from None
@@ -140,7 +153,7 @@ def check_dataset(cfg) -> None:
 
 def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[dict] = None) -> list[str]:
     """All checks; returns what was found, raises ConfigError on the first problem."""
-    from experiments.config import parse_overrides
+    from experiments.core.config import parse_overrides
 
     env = dict(os.environ) if env is None else env
     notes = []
@@ -165,13 +178,13 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
                          f"{cfg.data.dataset} data")
             labels = {}
             if args.job == "retrain" and not args.arch:
-                from experiments.common import build_space
+                from experiments.core.assembly import build_space
 
                 labels = {str(k): list(m.values) for k, m in build_space(cfg).simplify().items()}
                 missing = sorted(set(labels) - set(exp.search_space or {}))
                 if missing:
                     raise ConfigError(f"searchSpace: a head trial needs every label of the space; missing "
-                                      f"{', '.join(missing)} (regenerate it with python -m experiments.export_space)")
+                                      f"{', '.join(missing)} (regenerate it with python -m experiments.jobs.export_space)")
             for key, spec in (exp.search_space or {}).items():
                 for value in representative_values(spec, key):
                     if key in labels:
@@ -189,12 +202,13 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
     return notes
 
 
-def main(args) -> int:
-    try:
-        notes = check(args.nni_config, args.port)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def add_arguments(s) -> None:
+    s.add_argument("nni_config", help="an nnictl experiment file, e.g. nni_configs/darts_simsiam.yml")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="the port nnictl create will use (default 8080)")
+
+
+def run(args) -> int:
+    notes = check(args.nni_config, args.port)
     for note in notes:
         print(f"ok: {note}")
     port = f" --port {args.port}" if args.port is not None else ""
@@ -202,10 +216,3 @@ def main(args) -> int:
     prefix = f"SSLNAS_ARGS={shlex.quote(extra)} " if extra else ""
     print(f"ready: {prefix}nnictl create --config {args.nni_config}{port}")
     return 0
-
-
-def add_check_parser(sub) -> None:
-    s = sub.add_parser("check", help="check an nnictl experiment file (and its SSL config, data, port) "
-                                     "before nnictl create")
-    s.add_argument("nni_config", help="an nnictl experiment file, e.g. nni_configs/darts_simsiam.yml")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="the port nnictl create will use (default 8080)")

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from experiments.config import ConfigError
+from experiments.core.errors import ConfigError
+
+NAME = "export"
+HELP = "table of an nnictl experiment's trials; write its best architecture JSON"
 
 ARCHITECTURE_FILES = ("best_architecture.json", "retrain_results.json")
 MANIFEST = Path("~/nni-experiments/.experiment")
@@ -197,8 +200,8 @@ def print_table(exp: ExperimentRecord, best: Optional[TrialRow], console=None) -
 
 def export_best(exp: ExperimentRecord, output: Path) -> tuple[TrialRow, dict]:
     """Write the best trial's architecture record, with its NNI provenance, to ``output``."""
-    from experiments.architecture import read_architecture
-    from experiments.common import write_json_atomic
+    from experiments.core.records import read_architecture
+    from experiments.core.files import write_json_atomic
 
     best = exp.best()
     if best is None:
@@ -219,8 +222,7 @@ def export_best(exp: ExperimentRecord, output: Path) -> tuple[TrialRow, dict]:
     return best, record
 
 
-def add_export_parser(sub) -> None:
-    s = sub.add_parser("export", help="table of an nnictl experiment's trials; write its best architecture JSON")
+def add_arguments(s) -> None:
     s.add_argument("--experiment", required=True, metavar="ID", help="the experiment id nnictl printed")
     s.add_argument("--experiment-dir", metavar="DIR",
                    help="the experiment's experimentWorkingDirectory (default: where nnictl's list says, "
@@ -229,23 +231,17 @@ def add_export_parser(sub) -> None:
                    help="best architecture JSON (default: runs/nni-<ID>/best_architecture.json)")
 
 
-def main(args) -> int:
-    import sys
-
+def run(args) -> int:
     from rich.console import Console
 
     console = Console()
     if not console.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
         console = Console(width=160)
-    try:
-        exp = read_experiment(args.experiment, args.experiment_dir)
-        best = exp.best()
-        print_table(exp, best, console)
-        output = Path(args.output or f"runs/nni-{exp.experiment_id}/best_architecture.json")
-        best, record = export_best(exp, output)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    exp = read_experiment(args.experiment, args.experiment_dir)
+    best = exp.best()
+    print_table(exp, best, console)
+    output = Path(args.output or f"runs/nni-{exp.experiment_id}/best_architecture.json")
+    best, record = export_best(exp, output)
     final = ", ".join(f"{k} {_fmt(v)}" for k, v in (best.final or {}).items())
     console.print(f"best trial: no. {best.sequence} ({best.trial_id}): {final}")
     picture = Path(best.output_dir) / "architecture_weights.png"

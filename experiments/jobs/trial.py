@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from experiments import nni_compat
-from experiments.config import ConfigError, load_config, parse_overrides
+from experiments.core.errors import EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_FAILED, ConfigError
+from experiments.core.checkpointing import refuse_finished
+from experiments.core.config import load_config, parse_overrides
 
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_COLLAPSED = 3
 
 PICTURE_FILE = "architecture_weights.png"
 
@@ -153,7 +152,7 @@ def _as_trial(log_fn: Callable[[str], None], job: Callable[["Trial"], int]) -> i
 def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
                      overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
     """One search as one trial: the tuner's parameters are config keys."""
-    from experiments.search import ARCHITECTURE_FILE, SearchCollapsed, run_search
+    from experiments.jobs.search import ARCHITECTURE_FILE, SearchCollapsed, run_search
 
     def job(trial: Trial) -> int:
         cfg, out = _trial_config(trial, config, overrides, output_dir, ARCHITECTURE_FILE, overwrite)
@@ -169,7 +168,7 @@ def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Op
                 record = json.loads((out / ARCHITECTURE_FILE).read_text())
                 log_fn(f"error: {err}")
                 print(f"error: {err}", file=sys.stderr)
-                status = EXIT_COLLAPSED
+                status = EXIT_FAILED
             finally:
                 if scalars:
                     scalars.close()
@@ -184,9 +183,9 @@ def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Op
 def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
                    overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
     """One fixed head as one trial: the tuner's parameters are the head space's labels."""
-    from experiments.common import build_space
-    from experiments.retrain import RESULTS_FILE, run_retrain
-    from experiments.search import space_record
+    from experiments.core.assembly import build_space
+    from experiments.jobs.retrain import RESULTS_FILE, run_retrain
+    from experiments.core.records import space_record
 
     def job(trial: Trial) -> int:
         base = _load(config, parse_overrides(overrides), trial.parameters)
@@ -197,9 +196,9 @@ def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Opti
             raise ConfigError(_with_parameters(
                 f"retrain --nni without --arch takes the architecture from the tuner, but no parameter names a "
                 f"label of the {base.model.head_space} space for {base.framework} (e.g. {sorted(labels)[0]}); "
-                f"generate the search space with python -m experiments.export_space", trial.parameters))
+                f"generate the search space with python -m experiments export-space", trial.parameters))
         cfg, out = _trial_config(trial, config, overrides, output_dir, RESULTS_FILE, overwrite, settings, base)
-        record = {"space": space_record(cfg, cfg.framework, cfg.model.head_space), "framework": cfg.framework,
+        record = {"space": space_record(cfg), "framework": cfg.framework,
                   "architecture": architecture}
         result = run_retrain(cfg, record, out, listeners=[trial.report_epoch], log_fn=log_fn,
                              source="the tuner's parameters")
@@ -212,8 +211,8 @@ def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Opti
 def run_retrain_trial(config: Optional[str], overrides: list[str], arch: str, output_dir: Optional[str] = None,
                       overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
     """A given architecture retrained as one trial: the tuner's parameters are config keys (e.g. seeds)."""
-    from experiments.architecture import read_architecture
-    from experiments.retrain import RESULTS_FILE, run_retrain
+    from experiments.core.records import read_architecture
+    from experiments.jobs.retrain import RESULTS_FILE, run_retrain
 
     def job(trial: Trial) -> int:
         cfg, out = _trial_config(trial, config, overrides, output_dir, RESULTS_FILE, overwrite)
@@ -223,6 +222,18 @@ def run_retrain_trial(config: Optional[str], overrides: list[str], arch: str, ou
         return 0
 
     return _as_trial(log_fn, job)
+
+
+def run(args) -> int:
+    """``python -m experiments {search,retrain} --nni ...``: the job as one nnictl trial."""
+    common = dict(output_dir=args.output_dir, overwrite=args.overwrite)
+    if args.job == "search":
+        return guarded(lambda: run_search_trial(args.config, args.overrides, **common))
+    if args.job != "retrain":
+        raise ConfigError(f"--nni: the {args.job} job does not run as an nnictl trial; search and retrain do")
+    if args.arch:
+        return guarded(lambda: run_retrain_trial(args.config, args.overrides, args.arch, **common))
+    return guarded(lambda: run_head_trial(args.config, args.overrides, **common))
 
 
 def guarded(job: Callable[[], int]) -> int:
@@ -235,18 +246,17 @@ def guarded(job: Callable[[], int]) -> int:
     except Exception as err:  # noqa: BLE001 - a trial must say why it failed, then exit non-zero
         traceback.print_exc(file=sys.stderr)
         print(f"error: trial failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CRASHED
 
 
 def _refuse_finished(path: Path, trial: Trial, overwrite: bool) -> None:
-    if trial.channel is None and path.exists() and not overwrite:
-        raise ConfigError(f"{path} exists: this run is finished; pass --overwrite to replace it or choose "
-                          f"another --output-dir")
+    if trial.channel is None:  # outside nnictl; a trial that nnictl restarts resumes its own directory
+        refuse_finished(path.parent, (path.name,), overwrite)
 
 
 def _scalars(out: Path):
     try:
-        from experiments.plots import ArchitectureScalars
+        from experiments.core.plots import ArchitectureScalars
 
         import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
     except ModuleNotFoundError:
@@ -255,7 +265,7 @@ def _scalars(out: Path):
 
 
 def _picture(record: dict, out: Path, cfg, log_fn) -> None:
-    from experiments.plots import plot_architecture_history
+    from experiments.core.plots import plot_architecture_history
 
     title = (f"{cfg.framework} {cfg.model.head_space} heads, {cfg.search.strategy}, arch_lr {cfg.search.arch_lr:.3g}, "
              f"seed {cfg.seed}")

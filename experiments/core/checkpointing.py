@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -42,8 +41,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from experiments.config import Config, ConfigError
-from experiments.failures import RunFailed, RunInterrupted  # noqa: F401  (re-exported)
+from experiments.core.config import Config
+from experiments.core.errors import ConfigError
+from experiments.core.errors import RunFailed, RunInterrupted
+from experiments.core.files import atomic_torch_save, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -69,39 +70,7 @@ class CheckpointError(ConfigError):
     """A checkpoint that cannot be used for this run; one line for the user."""
 
 
-# --- atomic files ------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # mkstemp's files are private (0600); results get what open() would give
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
+# --- checkpoint files ---------------------------------------------------------------------------
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     """A checkpoint loaded with ``weights_only=True``; a bad file is one clear line."""
     try:
@@ -188,12 +157,6 @@ def _global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    from experiments.common import write_json_atomic
-
-    write_json_atomic(path, payload)
-
-
 @dataclass
 class Run:
     """A claimed output directory: what to add to the trainer, and where to resume from."""
@@ -226,7 +189,7 @@ class Run:
 
     def set_status(self, state: str, **extra: Any) -> None:
         if self.lock_fd is not None:
-            _write_json(self.out / STATUS, {"state": state, "job": self.job, "pid": os.getpid(),
+            write_json_atomic(self.out / STATUS, {"state": state, "job": self.job, "pid": os.getpid(),
                                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
 
     def release(self, error: Optional[BaseException] = None) -> None:
@@ -326,6 +289,14 @@ def _check_checkpoint(path: Path, record: dict) -> int:
     return int(payload.get("epoch", 0))
 
 
+def refuse_finished(out: Path, result_files: Sequence[str], overwrite: bool) -> None:
+    """A finished run (one of its result files exists) is never overwritten unless ``overwrite``."""
+    finished = [name for name in result_files if (Path(out) / name).exists()]
+    if finished and not overwrite:
+        raise ConfigError(f"{Path(out) / finished[0]} exists: this run is finished; pass --overwrite to replace it "
+                          f"or choose another --output-dir")
+
+
 def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[str], extra: Optional[dict] = None,
                      overwrite: bool = False, log_fn=print) -> Run:
     """Claim ``out`` for one run: lock it, check what is there, and resume or start.
@@ -340,10 +311,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     if _global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
         last = out / CHECKPOINT_DIR / LAST
         return _register(Run(out, job, record, last if last.is_file() else None))
-    finished = [name for name in result_files if (out / name).exists()]
-    if finished and not overwrite:  # checked before anything is written, the lock included
-        raise ConfigError(f"{out / finished[0]} exists: this run is finished; pass --overwrite to replace it or "
-                          f"choose another --output-dir")
+    refuse_finished(out, result_files, overwrite)  # before anything is written, the lock included
     out.mkdir(parents=True, exist_ok=True)
     fd = _acquire_lock(out)
     try:
@@ -363,7 +331,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
             _keep_csv_log(out)
             log_fn(f"resuming the {job} from {last} (epoch {run.resumed_epoch + 1} done)")
         else:
-            _write_json(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            write_json_atomic(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         run.set_status("running")
     except BaseException:
         os.close(fd)

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import torch
 from pytorch_lightning import Callback
 
-from experiments.failures import NonFiniteLoss, RepresentationCollapsed, RunFailed  # noqa: F401
+from experiments.core.errors import NonFiniteLoss, RepresentationCollapsed
 
 LOSS_METRICS = ("train/ssl_loss", "search/arch_loss")
 

@@ -1,0 +1,68 @@
+"""What a job prints: one line per epoch, a table of the result at the end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def epoch_line(r: dict) -> str:
+    """An epoch of the monitor's history; with architecture weights, how far they moved from uniform."""
+    loss = f"{r['ssl_loss']:.4f}" if r.get("ssl_loss") is not None else "n/a"
+    arch = r.get("architecture") or {}
+    moved = ""
+    if arch:  # mean top probability against 1/n: has the search decided anything?
+        top = sum(max(p.values()) for p in arch.values()) / len(arch)
+        uniform = sum(1 / len(p) for p in arch.values()) / len(arch)
+        moved = f"  arch top-p {top:.3f} (uniform {uniform:.3f})"
+    seconds = f"  ({r['epoch_seconds']:.1f}s)" if r.get("epoch_seconds") is not None else ""
+    return (f"epoch {r['epoch']}: loss {loss}  knn_top1 {r['knn_top1']:.3f}  "
+            f"collapse {r['collapse']:.3f}{moved}{seconds}")
+
+
+class EpochPrinter:
+    """A monitor listener that prints ``epoch_line`` on global rank zero (a class, so it pickles under ddp_spawn)."""
+
+    def __init__(self, log_fn=print):
+        self.log_fn = log_fn
+
+    def __call__(self, record: dict) -> None:
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank == 0:
+            self.log_fn(epoch_line(record))
+
+
+def summary(record: dict, path: Path) -> None:
+    """The record's choices (with their probabilities), its cost against a budget, its downstream accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    space = record["space"]
+    searched = f"{space['backbone']} backbone · {record['strategy']}" if record.get("kind") == "backbone_search" \
+        else f"{space['head_space']} heads"
+    table = Table(title=f"{record['framework']} · {searched}")
+    table.add_column("choice")
+    table.add_column("value")
+    probabilities = record.get("probabilities") or {}
+    if probabilities:
+        table.add_column("probability", justify="right")
+    for label, value in record["architecture"].items():
+        row = [label, str(value)]
+        if probabilities:
+            p = probabilities.get(label, {}).get(str(value))
+            row.append(f"{p:.3f}" if p is not None else "")
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    if record.get("cost"):
+        c, b = record["cost"], record["budget"]
+        console.print(f"backbone {c['flops']:,} FLOPs (budget {b['max_flops']}), {c['params']:,} params "
+                      f"(budget {b['max_params']}) at {c['input_size']}x{c['input_size']}")
+    if record.get("benchmark"):
+        bm = record["benchmark"]
+        acc = f", NAS-Bench-Macro mean_acc {bm['mean_acc']:.2f}" if "mean_acc" in bm else ""
+        console.print(f"benchmark key {bm['key']}{acc}")
+    m = record["metrics"]
+    held_out = f"  held-out score {m['held_out_score']:.3f}" if "held_out_score" in m else ""
+    console.print(f"kNN top-1 {m['knn_top1']:.3f}  linear top-1 {m['linear_top1']:.3f}  "
+                  f"collapse {m['collapse']:.3f} (healthy ~1){held_out}  chance {m['chance']:.3f}")
+    console.print(f"written: {path}")

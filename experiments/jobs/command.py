@@ -1,0 +1,40 @@
+"""What the run jobs' commands share: their arguments, and how a search job starts and reports.
+
+The command line and ``check`` (which parses an nnictl trial command) read the same arguments.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def add_config_arguments(p: argparse.ArgumentParser, outputs: bool = True) -> None:
+    """``--config``, ``--set`` and, for jobs that write a run directory, ``--output-dir``, ``--overwrite``, ``--nni``."""
+    p.add_argument("--config", help="YAML config (README: Config reference)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set search.epochs=3 (repeatable)")
+    if outputs:
+        p.add_argument("--output-dir", help="where results go (default: the config's output_dir)")
+        p.add_argument("--overwrite", action="store_true", help="replace the results of a finished run")
+        p.add_argument("--nni", action="store_true",
+                       help="run as the trial of an nnictl experiment (README: Searching with nnictl)")
+
+
+def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
+    """Load the config, refuse a finished run before anything is built, search, print the record.
+
+    ``search(cfg, out, overwrite=...)`` returns the record written to ``result_files[0]`` (None on
+    a DDP rank other than zero, which prints nothing).
+    """
+    from experiments.core.checkpointing import refuse_finished
+    from experiments.core.config import load_config
+    from experiments.core.console import summary
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.output_dir or cfg.output_dir)
+    refuse_finished(out, result_files, args.overwrite)
+    record = search(cfg, out, overwrite=args.overwrite)
+    if record is not None:
+        summary(record, out / result_files[0])
+    return 0

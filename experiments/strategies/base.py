@@ -1,0 +1,93 @@
+"""What a search strategy is: how it trains a supernet through NNI and how it picks the result.
+
+After the seed authors' split (algorithm, sampler, searcher; ``../shared/STYLE.md``): a
+strategy builds NNI's one-shot strategy (the sampler or relaxation that trains the supernet),
+says what the framework module needs for it (an architecture-step penalty, a reward), and
+selects the final architecture from the trained supernet (the searcher). The SSL framework
+stays the objective. One module per strategy, one entry in ``experiments.strategies.STRATEGIES``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from evaluators.options import Option
+from search_spaces.cost import BackboneCost
+
+# The config (``experiments.core.config.Config``) imports this registry to validate strategy
+# names, so strategies take it without importing its module.
+Config = Any
+
+#: what a strategy can search: the head search job's heads, the backbone search job's backbones
+TARGETS = ("heads", "backbone")
+
+
+@dataclass
+class SearchContext:
+    """What a strategy may read: the config, the job's target and, for a backbone, its cost and scorer."""
+
+    cfg: Config
+    target: str
+    cost: Optional[BackboneCost] = None  # the backbone space's FLOPs/params model
+    scorer: Any = None  # evaluators.subnet.SubnetScorer: a sub-network's held-out score
+    out: Optional[Path] = None  # the run directory (NNI's own files go under out/nni)
+    log_fn: Callable[[str], None] = print
+
+    @property
+    def budget(self) -> tuple[Optional[float], Optional[float]]:
+        b = self.cfg.backbone_search
+        return (b.max_flops, b.max_params) if self.target == "backbone" else (None, None)
+
+
+@dataclass
+class Selection:
+    """The searcher's answer: the architecture, and what it saw on the way."""
+
+    architecture: dict
+    probabilities: dict = field(default_factory=dict)  # label -> value -> probability (relaxed strategies)
+    evolution: list = field(default_factory=list)  # every sub-network scored (sampling strategies)
+
+
+class Strategy:
+    """One search strategy; subclasses set the attributes and override what they change."""
+
+    name: str = ""
+    summary: str = ""
+    #: NNI calls ``training_step`` twice per batch, architecture step first (quirk 2)
+    interleaved: bool = False
+    targets: tuple[str, ...] = ("backbone",)
+    #: the kinds of choice it can search (a backbone space declares ``choice_kinds``)
+    handles: frozenset = frozenset({"layer"})
+    #: the frameworks it takes (None: every one)
+    objectives: Optional[tuple[str, ...]] = None
+    #: the config fields it reads (beyond ``search.epochs``), for ``check`` and the README
+    config_fields: tuple[str, ...] = ()
+    #: its own options (``backbone_search.strategy_options``): name -> Option (default and range)
+    option_specs: dict[str, Option] = {}
+    #: its architecture loader carries labels (a reward computed against them)
+    needs_labels: bool = False
+
+    def check(self, cfg: Config, target: str) -> None:
+        """Refuse a config this strategy cannot run (raise ``ConfigError``); called at validation."""
+
+    def settings(self, cfg: Config) -> dict:
+        """Its options: the defaults of ``option_specs`` with ``backbone_search.strategy_options`` over them."""
+        return {**{k: o.default for k, o in self.option_specs.items()}, **cfg.backbone_search.strategy_options}
+
+    def module_options(self, ctx: SearchContext) -> dict:
+        """Keyword arguments of the framework module this strategy needs (``build_module(**...)``)."""
+        return {}
+
+    def build(self, ctx: SearchContext) -> Any:
+        """NNI's strategy object that trains the supernet."""
+        raise NotImplementedError
+
+    def select(self, ctx: SearchContext, nni_strategy: Any) -> Selection:
+        """The final architecture from the trained supernet (backbone search)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        kinds = ", ".join(sorted(self.handles))
+        reads = f"; reads {', '.join(self.config_fields)}" if self.config_fields else ""
+        return f"{self.name}: {self.summary} (searches {', '.join(self.targets)}; {kinds} choices{reads})"

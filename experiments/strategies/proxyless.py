@@ -1,0 +1,16 @@
+"""ProxylessNAS (Cai et al. 2019, NNI's ``Proxyless``): binarised paths, one candidate active per step."""
+from __future__ import annotations
+
+from experiments.strategies.base import SearchContext
+from experiments.strategies.darts import DARTS
+
+
+class Proxyless(DARTS):
+    name = "proxyless"
+    summary = "binarised paths with a gradient estimate of the architecture weights (NNI Proxyless)"
+    targets = ("backbone",)
+
+    def nni_strategy(self, ctx: SearchContext):
+        from nni.nas.strategy import Proxyless as NniProxyless
+
+        return NniProxyless(**self.nni_arguments(ctx))

@@ -1,0 +1,81 @@
+"""SPOS (Guo et al. 2020): uniform single-path supernet training, then evolution over the trained supernet.
+
+NNI ``RandomOneShot`` trains the supernet; NNI ``RegularizedEvolution`` then runs over it
+(sequential engine, weights kept), each sub-network scored with inherited weights after
+recalibrating BatchNorm: kNN top-1 on held-out images for SSL frameworks, classifier top-1
+for ``supervised``. An NNI ``Filter`` keeps every scored sub-network within the budget.
+"""
+from __future__ import annotations
+
+from experiments import nni_compat
+from experiments.core.errors import ConfigError
+from experiments.strategies.base import SearchContext, Selection, Strategy
+
+
+class SPOS(Strategy):
+    name = "spos"
+    summary = "uniform single-path sampling, then regularized evolution with inherited weights"
+    handles = frozenset({"layer", "width", "depth"})
+    config_fields = ("backbone_search.population", "backbone_search.tournament", "backbone_search.mutation_prob",
+               "backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
+
+    def check(self, cfg, target: str) -> None:
+        b = cfg.backbone_search
+        if b.tournament > b.population:
+            raise ConfigError(f"backbone_search.tournament: must be <= backbone_search.population ({b.population}), "
+                              f"got {b.tournament}")
+
+    def build(self, ctx: SearchContext):
+        from nni.nas.strategy import RandomOneShot
+
+        return RandomOneShot()
+
+    def select(self, ctx: SearchContext, nni_strategy) -> Selection:
+        architecture, history = evolve(ctx, nni_strategy.supernet)
+        return Selection(architecture, evolution=history)
+
+
+def evolve(ctx: SearchContext, supernet) -> tuple[dict, list]:
+    """NNI RegularizedEvolution over the trained supernet, scored with inherited weights, within budget."""
+    import nni
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment import NasExperiment
+    from nni.nas.strategy import RegularizedEvolution
+    from nni.nas.strategy.middleware import Chain, Filter
+
+    cfg, cost, scorer, log_fn = ctx.cfg, ctx.cost, ctx.scorer, ctx.log_fn
+    b = cfg.backbone_search
+    history: list[dict] = []
+
+    def in_budget(model) -> bool:
+        return cost(model.sample).within(b.max_flops, b.max_params)
+
+    def evaluate(network):
+        sample = nni_compat.current_sample()
+        accuracy = scorer(network)
+        c = cost(sample)
+        history.append({"architecture": nni_compat.plain_architecture(sample), "score": accuracy,
+                        "flops": c.flops, "params": c.params})
+        log_fn(f"[{len(history):3d}/{b.trials}] score {accuracy:.4f}  {c.flops:,} FLOPs  {c.params:,} params")
+        nni.report_final_result(accuracy)
+
+    evolution = Chain(RegularizedEvolution(population_size=min(b.population, b.trials),
+                                           sample_size=min(b.tournament, b.population, b.trials),
+                                           mutation_prob=b.mutation_prob, seed=cfg.seed),
+                      Filter(in_budget, patience=10_000, retain_history=False))
+    experiment = NasExperiment(supernet, FunctionalEvaluator(evaluate), evolution)
+    experiment.config.max_trial_number = b.trials
+    nni_compat.experiment_config_dir(experiment, ctx.out / "nni")
+    run_and_stop(experiment)
+    if not history:
+        raise ConfigError("backbone_search: the evolution scored no network (is the budget too tight?)")
+    best = max(history, key=lambda r: r["score"])
+    return dict(best["architecture"]), history
+
+
+def run_and_stop(experiment) -> None:
+    """``run()`` leaves an NNI experiment open until process exit (atexit); close it here."""
+    try:
+        experiment.run()
+    finally:
+        experiment.stop()

@@ -1,0 +1,185 @@
+"""The redesign's promises: one strategy registry, a framework in one file, no import cycles, one CLI."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_backbone_search import load
+
+
+def make_toy_strategy():
+    """A toy backbone strategy, registered alone: uniform SPOS training, then the smallest network."""
+    from experiments.strategies import Selection, Strategy
+
+    class SmallestNetwork(Strategy):
+        name = "smallest"
+        summary = "SPOS supernet training, then the network with the fewest FLOPs"
+        handles = frozenset({"layer", "width", "depth"})
+
+        def build(self, ctx):
+            from nni.nas.strategy import RandomOneShot
+
+            return RandomOneShot()
+
+        def select(self, ctx, nni_strategy):
+            return Selection(ctx.cost.smallest("flops")[0])
+
+    return SmallestNetwork()
+
+
+def test_a_strategy_added_through_the_registry_alone_searches_and_exports(tmp_path, monkeypatch):
+    from experiments.core.errors import ConfigError
+    from experiments.core.records import build_fixed, read_architecture
+    from experiments.jobs.backbone_search import run_backbone_search
+    from experiments.strategies import STRATEGIES
+
+    with pytest.raises(ConfigError, match="backbone_search.strategy"):
+        load(tmp_path / "before", **{"backbone_search.strategy": "smallest"})
+    monkeypatch.setitem(STRATEGIES, "smallest", make_toy_strategy())
+    cfg = load(tmp_path / "toy", **{"backbone_search.strategy": "smallest"})
+    record = run_backbone_search(cfg, tmp_path / "toy", log_fn=lambda line: None)
+    assert record["strategy"] == "smallest"
+    assert all(value == "identity" for label, value in record["architecture"].items() if label.startswith("backbone."))
+    network, architecture = build_fixed(read_architecture(tmp_path / "toy" / "best_architecture.json"), cfg)
+    assert architecture == record["architecture"]
+
+
+def test_registry_says_what_each_strategy_takes():
+    from experiments.strategies import STRATEGIES, strategy_names
+
+    assert strategy_names("heads") == ["darts", "gdarts"]
+    assert strategy_names("backbone") == ["darts", "gdarts", "proxyless", "spos", "enas"]
+    assert [n for n, s in STRATEGIES.items() if s.interleaved] == ["darts", "gdarts", "proxyless"]
+    assert "search.gumbel_temperature" in STRATEGIES["gdarts"].config_fields
+    assert "search.gumbel_temperature" not in STRATEGIES["darts"].config_fields
+
+
+def test_a_darts_strategy_cannot_search_width_and_depth_choices(tmp_path):
+    from experiments.core.errors import ConfigError
+    from experiments.jobs.backbone_search import validate
+
+    cfg = load(tmp_path / "x", **{"model.backbone": "resnet", "backbone_search.strategy": "darts",
+                                  "backbone_search.max_flops": None})
+    with pytest.raises(ConfigError, match=r"darts cannot search space resnet .*use spos, enas"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("teacher_momentum", 1.5, r"must be in \(0, 1\): an EMA coefficient"),
+    ("queue_size", 0, r"must be in \[1, 1048576\]"),
+    ("queue_size", 2.5, "must be an integer"),
+    ("student_temperature", 0.0, r"must be in \[0.001, 100\]"),
+])
+def test_each_framework_option_has_its_own_range(option, value, message):
+    from experiments.core.config import load_config
+    from experiments.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"framework_options.{option}: {message}"):
+        load_config(ROOT / "configs" / "digits_ressl.yml", {f"framework_options.{option}": value})
+
+
+def test_label_smoothing_zero_is_a_valid_option():
+    from experiments.core.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "digits_backbone_spos.yml",
+                      {"framework": "supervised", "framework_options.label_smoothing": 0})
+    assert cfg.framework_options == {"label_smoothing": 0}
+
+
+def test_every_framework_declares_its_heads_options_and_views():
+    from evaluators import FRAMEWORKS
+    from evaluators.base import SSLFramework
+
+    for name, framework in FRAMEWORKS.items():
+        assert framework.heads is not None and framework.heads.name == name
+        assert framework.defaults == {k: o.default for k, o in framework.option_specs.items()}
+        assert framework.view_transforms is not None
+        assert issubclass(framework, SSLFramework)
+    momentum = {n for n, f in FRAMEWORKS.items() if f.heads.momentum}
+    assert momentum == {"moco", "byol", "ressl"}
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """module -> project modules it imports (top-level and function-level), tests excluded."""
+    modules = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ("tests", "docs", "runs") or any(p.startswith(".") for p in rel.parts):
+            continue
+        name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                targets += [f"{node.module}.{a.name}" for a in node.names]
+            for t in targets:
+                while t and t not in modules:
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    found.add(t)
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycle_among_the_projects_modules():
+    graph = _project_imports()
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_the_library_imports_no_job_and_nni_compat_imports_nothing_of_the_project():
+    graph = _project_imports()
+    for name, imported in graph.items():
+        if name.split(".")[0] in ("evaluators", "search_spaces"):
+            assert not any(m.startswith(("experiments.jobs", "experiments.studies", "experiments.cli"))
+                           for m in imported), (name, imported)
+            assert not any(m.startswith("experiments.core") for m in imported), (name, imported)
+    assert graph["experiments.nni_compat"] == set()
+
+
+def test_help_lists_every_job_and_study():
+    help_text = subprocess.run([sys.executable, "-m", "experiments", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120).stdout
+    for job in ("search", "backbone-search", "retrain", "evaluate", "export", "check", "export-space",
+                "head-study", "backbone-study", "screenshot"):
+        assert f"    {job}" in help_text, job
+
+
+def test_old_module_paths_still_run_their_job():
+    out = subprocess.run([sys.executable, "-m", "experiments.export_space", "--config", "configs/digits_simsiam.yml"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert '"projector.layer1.op"' in out.stdout
