@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -59,3 +60,40 @@ def cifar10_root():
     if not (path / "train").is_dir():
         pytest.skip("../shared/data/cifar10 is not present")
     return path
+
+
+class OptimisedWeights:
+    """The parameters each SSL module handed its optimiser (one entry per ``configure_optimizers``
+    call, in order), each with its value at that moment."""
+
+    def __init__(self):
+        self.runs: list[dict] = []
+
+    def names(self, prefix: str = "", run: int = -1) -> list[str]:
+        """The watched parameters under ``prefix``, architecture weights left out."""
+        chosen = [n for n in self.runs[run] if n.startswith(prefix) and "_arch_alpha" not in n]
+        assert chosen, f"no parameter {prefix}* reached the optimiser"
+        return chosen
+
+    def moved(self, prefix: str = "", run: int = -1) -> list[str]:
+        """Those of ``names`` that training changed since."""
+        return [n for n in self.names(prefix, run)
+                if not torch.equal(self.runs[run][n][0].detach(), self.runs[run][n][1])]
+
+
+@pytest.fixture
+def optimised_weights(monkeypatch):
+    """Watch every ``SSLFramework.configure_optimizers``: did the run's optimiser really move its weights?"""
+    from evaluators.base import SSLFramework
+
+    watch, original = OptimisedWeights(), SSLFramework.configure_optimizers
+
+    def recording(self):
+        config = original(self)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        watch.runs.append({names[id(p)]: (p, p.detach().clone())
+                           for group in config["optimizer"].param_groups for p in group["params"]})
+        return config
+
+    monkeypatch.setattr(SSLFramework, "configure_optimizers", recording)
+    return watch

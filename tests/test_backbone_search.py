@@ -3,6 +3,7 @@ the supervised framework, and the errors for bad input."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ STRATEGIES = ["spos", "darts", "gdarts", "proxyless",
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_each_strategy_searches_within_budget_and_exports_what_retrain_rebuilds(tmp_path, strategy):
+def test_each_strategy_searches_within_budget_and_exports_what_retrain_rebuilds(tmp_path, strategy, optimised_weights):
     from experiments.core.records import build_fixed, read_architecture
     from search_spaces.cost import count_fixed
 
@@ -61,7 +62,11 @@ def test_each_strategy_searches_within_budget_and_exports_what_retrain_rebuilds(
     cfg = load(out, **{"backbone_search.strategy": strategy, "backbone_search.max_flops": budget})
     record = run(cfg, out)
     assert record["status"] == "ok" and record["strategy"] == strategy
-    assert record["history"][-1]["ssl_loss"] is not None  # the weights trained (ENAS: quirk 17)
+    assert math.isfinite(record["history"][-1]["ssl_loss"])
+    # the weights trained (ENAS: quirk 17): the stem, some searched layers and the projector moved
+    moved = optimised_weights.moved()
+    assert "backbone.stem.0.weight" in moved and any(n.startswith("backbone.layers.") for n in moved), moved
+    assert any(n.startswith("projector.") for n in moved)
     assert record["cost"]["flops"] <= budget
     assert set(record["architecture"]) == {f"backbone.layer{i}.op" for i in range(1, 9)}
     assert len(record["benchmark"]["key"]) == 8
@@ -79,7 +84,7 @@ def test_each_strategy_searches_within_budget_and_exports_what_retrain_rebuilds(
     assert count_fixed(network.backbone, 8).params == record["cost"]["params"]
 
 
-def test_spos_over_the_resnet_space_with_the_supervised_objective_then_retrain(tmp_path):
+def test_spos_over_the_resnet_space_with_the_supervised_objective_then_retrain(tmp_path, optimised_weights):
     from experiments.core.records import read_architecture
     from experiments.jobs.retrain import run_retrain
 
@@ -93,7 +98,12 @@ def test_spos_over_the_resnet_space_with_the_supervised_objective_then_retrain(t
     result = run_retrain(cfg, read_architecture(out / "best_architecture.json"), tmp_path / "retrain",
                          log_fn=lambda line: None)
     assert result["architecture"] == record["architecture"]
-    assert 0.0 <= result["metrics"]["knn_top1"] <= 1.0
+    # the retrain (the second optimiser: the search's came first) trained every weight of its network ...
+    assert len(optimised_weights.runs) == 2
+    assert optimised_weights.moved() == optimised_weights.names()
+    assert optimised_weights.moved("projector.")  # the classifier among them
+    # ... with the labels: its kNN is well above chance
+    assert result["metrics"]["knn_top1"] > 2 * result["metrics"]["chance"]
 
 
 def test_supervised_loss_is_cross_entropy_of_the_classifier():

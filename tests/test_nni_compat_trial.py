@@ -58,8 +58,9 @@ def test_quirk7_8_search_inside_trial_reports_through_the_trials_own_channel(rec
                          "evaluation.linear_epochs": 5, "evaluation.knn_k": 10,
                          "search.collapse_threshold": 0.0})
     with nni_compat.unregistered_nested_experiments():
-        run_search(cfg, tmp_path / "s", listeners=[naive, lambda r: ours.report_intermediate(intermediate_metric(r))],
-                   log_fn=lambda _: None)
+        record = run_search(cfg, tmp_path / "s",
+                            listeners=[naive, lambda r: ours.report_intermediate(intermediate_metric(r))],
+                            log_fn=lambda _: None)
 
     # Quirk 7: during the search NNI's global channel was the sequential engine's, so the naive
     # report went there; only our channel's report reached the manager.
@@ -67,7 +68,10 @@ def test_quirk7_8_search_inside_trial_reports_through_the_trials_own_channel(rec
     periodical = [m for m in recording_trial.sent if m["type"] == "PERIODICAL"]
     assert len(periodical) == 1
     assert periodical[0]["parameter_id"] == OUR_PARAMETER_ID and periodical[0]["sequence"] == 0
-    assert 0.0 <= periodical[0]["value"]["default"] <= 1.0 and periodical[0]["value"]["epoch"] == 1
+    # what reached the manager is the search's own epoch-1 record: its kNN, loss and collapse score
+    epoch1 = record["history"][0]
+    assert periodical[0]["value"] == intermediate_metric(epoch1) and periodical[0]["value"]["epoch"] == 1
+    assert periodical[0]["value"]["default"] == epoch1["knn_top1"] and "ssl_loss" in periodical[0]["value"]
     # Quirk 8: the engine left its own parameter record behind (id 0, the model as parameters).
     assert nni.trial._params["parameter_id"] == 0
     assert nni.trial._params["parameter_id"] != OUR_PARAMETER_ID

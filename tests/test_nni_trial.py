@@ -94,7 +94,7 @@ class RecordingChannel(TrialCommandChannel):
         self.sent.append((type, parameter_id, sequence, value))
 
 
-def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch):
+def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch, optimised_weights):
     from experiments.core.assembly import build_space
     from experiments.core.config import load_config
     from experiments.jobs.trial import run_head_trial
@@ -118,6 +118,9 @@ def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch):
     assert status == 0
     result = json.loads((tmp_path / "trial" / "retrain_results.json").read_text())
     assert result["architecture"] == architecture and result["config"]["seed"] == 3
+    # trains: the one optimiser of the trial moved every weight of that network, its heads' included
+    assert len(optimised_weights.runs) == 1 and optimised_weights.moved() == optimised_weights.names()
+    assert optimised_weights.moved("projector.") and optimised_weights.moved("predictor.")
     kinds = [(t, pid) for t, pid, _, _ in recorder.sent]
     assert kinds == [("PERIODICAL", 5), ("FINAL", 5)]
     assert recorder.sent[-1][3]["default"] == pytest.approx(result["metrics"]["knn_top1"])

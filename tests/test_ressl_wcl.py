@@ -152,6 +152,7 @@ def test_view_transforms_give_weak_strong_and_low_resolution_crops():
 @pytest.mark.parametrize("framework", ["ressl", "wcl"])
 @pytest.mark.parametrize("head_space", ["nasiam", "mlp", "fixed"])
 def test_every_head_space_builds_freezes_and_trains(framework, head_space, tiny_config):
+    torch.manual_seed(0)
     cfg = tiny_config(framework=framework, **{"model.head_space": head_space})
     space = build_space(cfg)
     labels = list(space.simplify())
@@ -162,15 +163,45 @@ def test_every_head_space_builds_freezes_and_trains(framework, head_space, tiny_
     network = space.freeze({label: list(m.values)[-1] for label, m in space.simplify().items()})
     module = build_module(cfg, 1, interleaved=False)
     module.set_model(network)
-    views = [torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8)]
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(8, 3, 8, 8, generator=g), torch.randn(8, 3, 8, 8, generator=g)]
     if framework == "wcl":
-        views += [torch.randn(8, 3, 4, 4)] * 3
-    loss = module.ssl_loss(views, arch_step=False)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert network.backbone.conv1.weight.grad is not None
+        views += [torch.randn(8, 3, 4, 4, generator=g)] * 3
+    parts = {"backbone": network.backbone, "projector": network.projector}
     if framework == "wcl":
-        assert any(p.grad is not None for p in network.projector2.parameters())
+        parts["projector2"] = network.projector2
+    before = {name: [p.detach().clone() for p in part.parameters()] for name, part in parts.items()}
+    queue = module.queue.clone() if framework == "ressl" else None
+
+    def loss_on_the_batch():  # ReSSL: the same queue every step (a weight step pushes its keys)
+        loss = module.ssl_loss(views, arch_step=False)
+        if queue is not None:
+            with torch.no_grad():
+                module.queue.copy_(queue)
+                module.queue_ptr.zero_()
+        return loss
+
+    # two small steps of the framework's own optimiser (a tenth of its rate: the searched heads'
+    # WCL loss on noise overshoots at the full rate) on one fixed batch lower its loss
+    optimizer = module.configure_optimizers()["optimizer"]
+    for group in optimizer.param_groups:
+        group["lr"] /= 10
+    losses = []
+    for step in range(2):
+        optimizer.zero_grad()
+        loss = loss_on_the_batch()
+        loss.backward()
+        if step == 0:
+            for name, part in parts.items():
+                assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), name
+        optimizer.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        losses.append(loss_on_the_batch().item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0], losses
+    for name, part in parts.items():  # and every trained part moved
+        assert any(not torch.equal(p, b) for p, b in zip(part.parameters(), before[name])), name
 
 
 def test_config_accepts_framework_options_and_rejects_unknown(tiny_config):
@@ -250,7 +281,7 @@ def test_ressl_darts_search_updates_once_per_weight_step(tiny_config, tmp_path, 
     assert record["metrics"]["knn_top1"] > record["metrics"]["chance"]
 
 
-def test_wcl_darts_search_moves_both_heads_then_retrains_and_evaluates(tiny_config, tmp_path):
+def test_wcl_darts_search_moves_both_heads_then_retrains_and_evaluates(tiny_config, tmp_path, optimised_weights):
     from experiments.jobs.evaluate import run_evaluate
     from experiments.jobs.retrain import run_retrain
     from experiments.jobs.search import run_search
@@ -267,7 +298,11 @@ def test_wcl_darts_search_moves_both_heads_then_retrains_and_evaluates(tiny_conf
         probs = record["probabilities"][f"{head}.layer1.op"]
         assert max(abs(p - uniform) for p in probs.values()) > 1e-4, head  # DARTS moved this head's alphas
     result = run_retrain(cfg, record, tmp_path / "retrain", log_fn=lambda _: None)
-    assert result["framework"] == "wcl" and 0.0 <= result["metrics"]["knn_top1"] <= 1.0
+    assert result["framework"] == "wcl" and result["architecture"] == record["architecture"]
+    # the retrain trained every weight of the derived network, both heads included
+    assert optimised_weights.moved() == optimised_weights.names()
+    assert optimised_weights.moved("projector2.") and optimised_weights.moved("projector.")
+    assert math.isfinite(result["history"][-1]["ssl_loss"])
     evaluated = run_evaluate(cfg, tmp_path / "retrain" / "retrain_model.pt")
     assert evaluated["metrics"]["knn_top1"] == pytest.approx(result["metrics"]["knn_top1"])
 

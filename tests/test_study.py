@@ -76,10 +76,16 @@ def test_study_command_prints_and_writes_the_table(tmp_path, capsys):
     assert result["budget"]["train_epochs"] == 1 and result["budget"]["search_epochs"] == 1
     assert result["seeds"] == [0] and result["versions"]["torch"]
     rows = {e["arm"]: e for e in result["table"]}
-    for name in ("untrained", "hand-made", "nasiam-published", "darts-nasiam", "darts-mlp"):
-        knn, std = rows[name]["knn_top1"]
-        assert 0.0 <= knn <= 1.0 and std is None  # one seed: no spread
-        assert rows[name]["collapse_min"] is not None
+    # each row holds its own run's numbers: what that run wrote in its results file
+    ran = {"untrained": out / "untrained" / "seed0" / "untrained_results.json",
+           "raw-pixels": out / "raw-pixels" / "seed0" / "pixels_results.json"}
+    for name in ("untrained", "raw-pixels", "hand-made", "nasiam-published", "darts-nasiam", "darts-mlp"):
+        path = ran.get(name, out / name / "seed0" / "retrain" / "retrain_results.json")
+        metrics = json.loads(path.read_text())["metrics"]
+        assert rows[name]["knn_top1"] == [metrics["knn_top1"], None], name  # one seed: no spread
+        assert rows[name]["linear_top1"] == [metrics["linear_top1"], None], name
+        assert rows[name]["collapse_min"] == metrics["collapse"], name  # None for raw pixels
+    assert rows["raw-pixels"]["collapse_min"] is None and rows["hand-made"]["collapse_min"] > 0
     assert rows["hand-made"]["vs_hand_made"] is None
     vs = rows["darts-mlp"]["vs_hand_made"]
     assert vs["knn"] == "n/a" and vs["knn_seeds_above"][1] == 1  # one seed: no verdict, one paired seed
