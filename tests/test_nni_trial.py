@@ -126,6 +126,32 @@ def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch, 
     assert recorder.sent[-1][3]["default"] == pytest.approx(result["metrics"]["knn_top1"])
 
 
+def test_backbone_search_trial_reports_its_epochs_and_final_result(tmp_path, monkeypatch):
+    """``python -m experiments backbone-search --nni`` (the shipped nni_configs/*_backbone_*.yml)."""
+    from experiments.jobs.trial import run_backbone_trial
+    from tests.test_backbone_search import tiny_backbone_overrides
+
+    overrides = tiny_backbone_overrides(tmp_path / "unused", **{"backbone_search.max_flops": 40000})
+    recorder = RecordingChannel({"seed": 2})
+    saved = channels._channel, nni.trial._params, nni.trial._intermediate_seq
+    channels.set_default_trial_command_channel(recorder)
+    monkeypatch.setenv("NNI_PLATFORM", "local")
+    monkeypatch.setenv("NNI_OUTPUT_DIR", str(tmp_path / "trial"))
+    monkeypatch.delenv("NNI_TRIAL_COMMAND_CHANNEL", raising=False)
+    try:
+        status = run_backbone_trial(str(ROOT / "configs" / "digits_backbone_spos.yml"),
+                                    [f"{k}={json.dumps(v)}" for k, v in overrides.items()], log_fn=lambda _: None)
+    finally:
+        channels._channel, nni.trial._params, nni.trial._intermediate_seq = saved
+    assert status == 0
+    result = json.loads((tmp_path / "trial" / "best_architecture.json").read_text())
+    assert result["kind"] == "backbone_search" and result["config"]["seed"] == 2
+    assert result["cost"]["flops"] <= 40000
+    kinds = [(t, pid) for t, pid, _, _ in recorder.sent]
+    assert kinds == [("PERIODICAL", 5), ("FINAL", 5)]
+    assert recorder.sent[-1][3]["default"] == pytest.approx(result["metrics"]["knn_top1"])
+
+
 def test_a_failing_trial_exits_non_zero_with_its_reason_on_stderr(tmp_path, capsys):
     from experiments.cli import main
 

@@ -28,7 +28,7 @@ from experiments.core.config import load_config
 DEFAULT_PORT = 8080
 # Training services whose manager also listens on port + 1 (NNI 3.0 launcher).
 WEBSOCKET_PLATFORMS = ("hybrid", "remote", "openpai", "kubeflow", "frameworkcontroller", "adl")
-JOBS = ("search", "retrain")  # the jobs an nnictl trial runs
+JOBS = ("search", "backbone-search", "retrain")  # the jobs an nnictl trial runs
 NAME = "check"
 HELP = "check an nnictl experiment file (and its SSL config, data, port) before nnictl create"
 
@@ -45,11 +45,11 @@ def _cwd(path: Path) -> Iterator[None]:
 
 def trial_parser() -> argparse.ArgumentParser:
     """The command line of the jobs a trial runs, exactly as ``python -m experiments`` reads it."""
-    from experiments.jobs import retrain, search
+    from experiments.jobs import backbone_search, retrain, search
 
     p = argparse.ArgumentParser(prog="python -m experiments")
     sub = p.add_subparsers(dest="job", required=True)
-    for module in (search, retrain):
+    for module in (search, backbone_search, retrain):
         module.add_arguments(sub.add_parser(module.NAME))
     return p
 
@@ -164,7 +164,7 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
     code_dir = Path(exp.trial_code_directory)
     tokens, args = trial_arguments(exp.trial_command, env)
     if args is None:
-        notes.append("trialCommand does not run `python -m experiments search|retrain`: only NNI's checks apply")
+        notes.append("trialCommand does not run `python -m experiments search|backbone-search|retrain`: only NNI's checks apply")
     else:
         if not args.nni:
             raise ConfigError("trialCommand: add --nni, or trials run without reporting to the dashboard")

@@ -180,6 +180,22 @@ def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Op
     return _as_trial(log_fn, job)
 
 
+def run_backbone_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
+                       overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
+    """One backbone search as one trial (``nni_configs/*_backbone_*.yml``): the tuner's parameters are config keys."""
+    from experiments.jobs.backbone_search import ARCHITECTURE_FILE, run_backbone_search
+
+    def job(trial: Trial) -> int:
+        cfg, out = _trial_config(trial, config, overrides, output_dir, ARCHITECTURE_FILE, overwrite)
+        with nni_compat.unregistered_nested_experiments():
+            record = run_backbone_search(cfg, out, listeners=[trial.report_epoch], log_fn=log_fn)
+        trial.close()
+        trial.report_final(final_metric(record))
+        return 0
+
+    return _as_trial(log_fn, job)
+
+
 def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Optional[str] = None,
                    overwrite: bool = False, log_fn: Callable[[str], None] = print) -> int:
     """One fixed head as one trial: the tuner's parameters are the head space's labels."""
@@ -229,8 +245,8 @@ def run(args) -> int:
     common = dict(output_dir=args.output_dir, overwrite=args.overwrite)
     if args.job == "search":
         return guarded(lambda: run_search_trial(args.config, args.overrides, **common))
-    if args.job != "retrain":
-        raise ConfigError(f"--nni: the {args.job} job does not run as an nnictl trial; search and retrain do")
+    if args.job == "backbone-search":
+        return guarded(lambda: run_backbone_trial(args.config, args.overrides, **common))
     if args.arch:
         return guarded(lambda: run_retrain_trial(args.config, args.overrides, args.arch, **common))
     return guarded(lambda: run_head_trial(args.config, args.overrides, **common))
