@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -163,21 +164,29 @@ def median(values: Iterable[float]) -> float:
 
 
 class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or this process's peak resident set on CPU (Linux)."""
+    """Peak memory of a block: CUDA allocator peak, or this process's peak resident set on CPU (Linux).
+
+    ``start_mib`` is the same measure at the block's start (allocated CUDA memory, or the
+    resident set): in a process that ran something before, ``mib - start_mib`` is what the
+    block itself added, ``mib`` also counts what earlier work left resident.
+    """
 
     def __init__(self, device: str):
         self.device = device
         self.mib: Optional[float] = None
+        self.start_mib: Optional[float] = None
 
     def __enter__(self):
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self.start_mib = torch.cuda.memory_allocated() / 2 ** 20
         else:
             try:  # "5" resets the process's peak RSS (VmHWM) to its current RSS
                 Path("/proc/self/clear_refs").write_text("5")
             except OSError:
                 pass
+            self.start_mib = _status_mib("VmRSS")
         return self
 
     def __exit__(self, *exc):
@@ -188,17 +197,53 @@ class PeakMemory:
             self.mib = _vm_hwm_mib()
         return False
 
+    @property
+    def added_mib(self) -> Optional[float]:
+        return None if self.mib is None or self.start_mib is None else self.mib - self.start_mib
 
-def _vm_hwm_mib() -> Optional[float]:
+
+def _status_mib(field: str) -> Optional[float]:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in MiB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def _vm_hwm_mib() -> Optional[float]:
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_measured(command: list[str], cwd: Path, poll_s: float = 0.1) -> tuple[int, str, Optional[float]]:
+    """Run ``command``; its exit status, its stderr and its peak resident set in MiB.
+
+    The peak is the child's own high-water mark (``VmHWM``), read every ``poll_s`` while it
+    runs: ``wait4``'s ``ru_maxrss`` would report this (large) parent's resident set, which
+    a forked child inherits as its starting maximum. ``VmHWM`` only grows, so the last
+    reading misses at most what the child added in its last ``poll_s``.
+    """
+    peak = None
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) / 1024
+            except (OSError, ValueError, IndexError):
+                pass
+            time.sleep(poll_s)
+        err.seek(0)
+        return proc.returncode, err.read(), peak
 
 
 def quiet_trainer(args, max_epochs: int, callbacks: list, **kwargs):
@@ -220,7 +265,8 @@ def timed_training(args: argparse.Namespace, cfg, module, loader, steps: int, wa
         trainer.fit(module, train_dataloaders=loader)
     images = timer.steps * cfg.data.batch_size
     return {"images_per_s": images / timer.wall, "images_per_cpu_s": images / timer.cpu,
-            "step_s": timer.wall / timer.steps, "peak_mib": memory.mib, "steps": timer.steps,
+            "step_s": timer.wall / timer.steps, "peak_mib": memory.mib, "start_mib": memory.start_mib,
+            "added_mib": memory.added_mib, "steps": timer.steps,
             "params_m": sum(p.numel() for p in network.parameters()) / 1e6}
 
 

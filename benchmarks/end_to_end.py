@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._util import ROOT, report
+from benchmarks._util import ROOT, report, run_measured
 
 VARIANTS = {
     "default": [],
@@ -39,16 +38,16 @@ def run_job(config: str, overrides: list[str], device: str) -> dict:
     for item in overrides:
         command += ["--set", item]
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    returncode, stderr, peak_rss_mib = run_measured(command, ROOT)
     wall = time.perf_counter() - start
-    if proc.returncode not in (0, 3):  # 3: the derived head collapsed (still a finished run)
-        raise SystemExit(f"error: the job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    if returncode not in (0, 3):  # 3: the derived head collapsed (still a finished run)
+        raise SystemExit(f"error: the job failed ({returncode}):\n{stderr[-3000:]}")
     record = json.loads((out / "best_architecture.json").read_text())
     m = record["metrics"]
     epochs = [h["epoch_seconds"] for h in record.get("history", [])]
     return {"wall_s": wall, "search_s": m.get("search_seconds"), "mean_epoch_s": sum(epochs) / len(epochs) if epochs
             else None, "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"], "collapse": m["collapse"],
-            "status": record["status"], "output": str(out)}
+            "status": record["status"], "peak_rss_mib": peak_rss_mib, "output": str(out)}
 
 
 def main(argv=None) -> None:
@@ -74,8 +73,9 @@ def main(argv=None) -> None:
         row["speedup"] = first / row["wall_s"]
     report("end_to_end", f"python -m experiments search --config {args.config} ({args.device}, "
            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
-           ["variant", "wall_s", "speedup", "search_s", "mean_epoch_s", "knn_top1", "linear_top1", "collapse",
-            "status", "overrides"], rows, args)
+           ["variant", "wall_s", "speedup", "search_s", "mean_epoch_s", "peak_rss_mib", "knn_top1", "linear_top1",
+            "collapse", "status", "overrides"], rows, args,
+           notes=["peak_rss_mib: the job process's peak resident set (host memory, also under CUDA)"])
 
 
 if __name__ == "__main__":

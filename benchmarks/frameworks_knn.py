@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._util import ROOT, common_arguments, report, resolve
+from benchmarks._util import ROOT, PeakMemory, common_arguments, report, resolve
 
 FRAMEWORKS = ("simsiam", "simclr", "moco", "byol", "ressl", "wcl")
 UNTRAINED = "untrained"  # the floor: SimSiam's network at initialisation, evaluated the same way
@@ -70,17 +70,19 @@ def run_framework(args: argparse.Namespace, framework: str) -> dict:
     cfg = framework_config(args, "simsiam" if untrained else framework, out)
     job = "none" if untrained else args.job
     start = time.perf_counter()
-    if untrained:
-        result = untrained_metrics(cfg)
-    elif job == "retrain":
-        record = {"space": {"framework": framework, "head_space": "fixed"}, "architecture": {}}
-        result = run_retrain(cfg, record, out, log_fn=lambda line: None, source="hand-made")
-    else:
-        result = run_search(cfg, out, log_fn=lambda line: None)
+    with PeakMemory(args.device) as memory:
+        if untrained:
+            result = untrained_metrics(cfg)
+        elif job == "retrain":
+            record = {"space": {"framework": framework, "head_space": "fixed"}, "architecture": {}}
+            result = run_retrain(cfg, record, out, log_fn=lambda line: None, source="hand-made")
+        else:
+            result = run_search(cfg, out, log_fn=lambda line: None)
     wall = time.perf_counter() - start
     m = result["metrics"]
     return {"framework": framework, "job": job, "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"],
-            "collapse": m["collapse"], "wall_s": wall, "epochs": 0 if untrained else args.epochs,
+            "collapse": m["collapse"], "wall_s": wall, "peak_mib": memory.mib,
+            "epochs": 0 if untrained else args.epochs,
             "architecture": result.get("architecture") or None, "output": str(out)}
 
 
@@ -112,7 +114,7 @@ def main(argv=None) -> None:
               f"{rows[-1]['wall_s']:.0f} s", flush=True)
     report("frameworks_knn", f"{args.job} at one budget: {args.dataset}, {args.train_images} images, "
            f"{args.epochs} epochs, {args.backbone} x{args.width}",
-           ["framework", "knn_top1", "linear_top1", "collapse", "wall_s"], rows, args,
+           ["framework", "knn_top1", "linear_top1", "collapse", "wall_s", "peak_mib"], rows, args,
            notes=["kNN (k={}) and linear probe ({} epochs) on frozen backbone features of {} test images; "
                   "chance 0.100; one seed ({}).".format(args.knn_k, args.linear_epochs, args.test_images, args.seed)])
 

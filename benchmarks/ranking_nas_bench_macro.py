@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._util import PeakMemory  # noqa: E402
 from experiments import nni_compat  # noqa: E402
 
 nni_compat.apply()  # a command-line entry: patch NNI before it is imported
@@ -93,17 +94,20 @@ def rank(framework: str, keys: list[str], args, cifar: Path, out: Path, log) -> 
 
     cfg = config_for(framework, args, cifar)
     start = time.perf_counter()
-    setup = prepare(cfg, log_fn=log)
-    strategy, monitor, train_seconds = train_supernet(setup, out / framework, log_fn=log)
+    with PeakMemory("cpu") as training_memory:  # the config trains on the CPU: peak resident set
+        setup = prepare(cfg, log_fn=log)
+        strategy, monitor, train_seconds = train_supernet(setup, out / framework, log_fn=log)
     supernet = strategy.supernet
     start_scoring = time.perf_counter()
     scores = []
-    for i, key in enumerate(keys, 1):
-        scores.append(setup.scorer(supernet.freeze(key_to_arch(key))))
-        if i % 10 == 0:
-            log(f"{framework}: scored {i}/{len(keys)}")
+    with PeakMemory("cpu") as scoring_memory:
+        for i, key in enumerate(keys, 1):
+            scores.append(setup.scorer(supernet.freeze(key_to_arch(key))))
+            if i % 10 == 0:
+                log(f"{framework}: scored {i}/{len(keys)}")
     return {"scores": scores, "train_seconds": train_seconds, "score_seconds": time.perf_counter() - start_scoring,
-            "total_seconds": time.perf_counter() - start, "weight_images": len(setup.weight_idx),
+            "total_seconds": time.perf_counter() - start, "train_peak_mib": training_memory.mib,
+            "score_peak_mib": scoring_memory.mib, "weight_images": len(setup.weight_idx),
             "held_out_images": len(setup.arch_idx), "final_epoch": monitor.history[-1] if monitor.history else None}
 
 
@@ -218,7 +222,8 @@ def main(argv=None) -> int:
                    "width": args.width, "head_width": args.head_width, "batch_size": args.batch_size,
                    "score_images": args.score_images, "bn_batches": args.bn_batches, "archs": len(keys),
                    "bootstrap_rounds": args.bootstrap,
-                   "seconds": {f: {k: r[k] for k in ("train_seconds", "score_seconds", "total_seconds")}
+                   "seconds": {f: {k: r[k] for k in ("train_seconds", "score_seconds", "total_seconds",
+                                                              "train_peak_mib", "score_peak_mib")}
                                for f, r in results.items()}},
         "seeds": {"data_split_and_training": args.seed, "architecture_sample": args.seed, "bootstrap": args.seed},
         "machine": versions(),

@@ -5,7 +5,9 @@ mixed by the softmax of the architecture weights). Same data: the weight split o
 search. A plain epoch trains the supernet's weights on it (architecture weights frozen);
 a DARTS epoch adds, per weight step, an architecture step on a held-out batch, either
 the fast one (``search.fast_arch_step: true``: the backbone runs under ``no_grad``, only
-the heads back-propagate) or NNI's stock one (a full forward and backward).
+the heads back-propagate) or NNI's stock one (a full forward and backward). The
+``darts-fast-everyK`` runs take the fast architecture step on every K-th batch only
+(``search.arch_every: K``; ``--arch-every``).
 
 Each setting runs ``1 + --epochs`` epochs; the first is discarded and the median of the
 others is the epoch time. Ratios compare runs made by this one invocation.
@@ -18,12 +20,18 @@ import argparse
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 from benchmarks._util import (EpochTimer, PeakMemory, common_arguments, make_config, median, quiet_trainer, report,
                               resolve, with_options)
 from benchmarks.throughput import variant_options
 
 RUNS = ("plain", "darts-fast", "darts-stock")
+
+
+def arch_every_of(run: str) -> int:
+    """``darts-fast-every3`` -> 3; any other run takes the architecture step on every batch."""
+    return int(run.rsplit("every", 1)[1]) if "-every" in run else 1
 
 
 def run_one(args, cfg, data, run: str, epochs: int) -> dict:
@@ -41,6 +49,9 @@ def run_one(args, cfg, data, run: str, epochs: int) -> dict:
     weight_idx, arch_idx = split_indices(len(bundle.train), cfg.data.search_split, cfg.seed)
     timer = EpochTimer()
     trainer = quiet_trainer(args, epochs, [timer], precision=cfg.trainer.precision)
+    if run != "plain":
+        cfg = with_options(cfg, {"search.fast_arch_step": run != "darts-stock",
+                                 "search.arch_every": arch_every_of(run)})
     space = build_space(cfg)
     strategy = STRATEGIES[cfg.search.strategy].build(SearchContext(cfg, "heads"))
     with PeakMemory(args.device) as memory:
@@ -53,7 +64,6 @@ def run_one(args, cfg, data, run: str, epochs: int) -> dict:
             module.set_model(supernet)
             trainer.fit(module, train_dataloaders=bundle.loader(weight_idx, cfg))
         else:
-            cfg = with_options(cfg, {"search.fast_arch_step": run == "darts-fast"})
             module = build_module(cfg, epochs, interleaved=True, augment=bundle.augment)
             evaluator = Lightning(module, trainer, train_dataloaders=bundle.loader(weight_idx, cfg),
                                   val_dataloaders=bundle.loader(arch_idx, cfg))
@@ -104,19 +114,20 @@ def step_costs(args, cfg, data, repeats: int = 5) -> dict:
             for v in views:
                 module.backbone(v)
 
-    def timed(fn) -> tuple[float, float]:
+    def timed(fn) -> tuple[float, float, Optional[float]]:
         fn()
         walls, cpus = [], []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            walls.append(time.perf_counter() - w)
-            cpus.append(time.process_time() - c)
-        return median(walls), median(cpus)
+        with PeakMemory(args.device) as memory:
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                w, c = time.perf_counter(), time.process_time()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                walls.append(time.perf_counter() - w)
+                cpus.append(time.process_time() - c)
+        return median(walls), median(cpus), memory.mib
 
     return {"weight step": timed(lambda: step(False, True)), "arch step, fast": timed(lambda: step(True, True)),
             "arch step, stock": timed(lambda: step(True, False)), "backbone forward, no_grad": timed(backbone_forward)}
@@ -130,6 +141,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", default="per-image,batched+cl",
                         help="data/speed variants as in benchmarks.throughput (comma list)")
     parser.add_argument("--head-space", default="nasiam", choices=("nasiam", "mlp"))
+    parser.add_argument("--arch-every", default="3",
+                        help="search.arch_every values of extra fast runs (comma list; empty: none)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run plain, fast and stock this many times in turn; the median epoch counts")
     args = resolve(parser.parse_args(argv))
@@ -139,12 +152,13 @@ def main(argv=None) -> None:
     base = make_config(args, train_images=args.images, **{
         "model.head_space": args.head_space, "search.epochs": args.epochs + 1, "search.warmup_epochs": 0})
     data = build_data(with_options(base, {"data.batched_augment": True}))
+    runs = RUNS + tuple(f"darts-fast-every{int(k)}" for k in args.arch_every.split(",") if k.strip())
     rows, summary = [], {}
     for variant in args.variants.split(","):
         cfg = with_options(base, variant_options(variant))
-        rounds: dict[str, list[dict]] = {run: [] for run in RUNS}
-        for _ in range(args.rounds):  # in turn, so that a change of load on the machine hits all three
-            for run in RUNS:
+        rounds: dict[str, list[dict]] = {run: [] for run in runs}
+        for _ in range(args.rounds):  # in turn, so that a change of load on the machine hits all of them
+            for run in runs:
                 rounds[run].append(run_one(args, cfg, data, run, args.epochs + 1))
                 print(f"{variant:16s} {run:12s} {rounds[run][-1]['epoch_s']:.2f} s/epoch "
                       f"({rounds[run][-1]['epoch_cpu_s']:.2f} CPU s)")
@@ -153,16 +167,17 @@ def main(argv=None) -> None:
                          "peak_mib": max(r["peak_mib"] or 0 for r in rs), "weight_steps": rs[0]["weight_steps"]}
                    for run, rs in rounds.items()}
         plain = results["plain"]
-        for run in RUNS:
+        for run in runs:
             r = results[run]
             rows.append({"variant": variant, "run": run, **r, "ratio": r["epoch_s"] / plain["epoch_s"],
                          "ratio_cpu": r["epoch_cpu_s"] / plain["epoch_cpu_s"]})
         costs = step_costs(args, cfg, data)
         weight = costs["weight step"]
-        for name, (wall, cpu) in costs.items():
+        for name, (wall, cpu, mib) in costs.items():
             rows.append({"variant": variant, "run": name, "epoch_s": None, "step_s": wall, "step_cpu_s": cpu,
-                         "ratio": wall / weight[0], "ratio_cpu": cpu / weight[1]})
-        for run, label in (("darts-fast", "fast"), ("darts-stock", "stock")):
+                         "ratio": wall / weight[0], "ratio_cpu": cpu / weight[1], "peak_mib": mib})
+        labelled = [("darts-fast", "fast"), ("darts-stock", "stock")] + [(r, r[len("darts-"):]) for r in runs[3:]]
+        for run, label in labelled:
             summary[f"{variant}: {label} / plain"] = results[run]["epoch_s"] / plain["epoch_s"]
             summary[f"{variant}: {label} / plain (CPU time)"] = results[run]["epoch_cpu_s"] / plain["epoch_cpu_s"]
         summary[f"{variant}: 1 + fast arch step / weight step, one fixed batch (CPU time)"] = \
@@ -171,9 +186,12 @@ def main(argv=None) -> None:
            f"{args.batch_size}, {args.images} {args.dataset} images, {args.device}",
            ["variant", "run", "epoch_s", "epoch_cpu_s", "step_s", "step_cpu_s", "ratio", "ratio_cpu", "peak_mib",
             "weight_steps"], rows, args, summary,
-           notes=["ratio: epoch time over the plain epoch of the same variant (target for darts-fast: <= 1.3); "
+           notes=["ratio: epoch time over the plain epoch of the same variant (target for darts-fast: <= 1.3, "
+                  "for darts-fast-everyK: <= 1.1); "
                   "for the step rows, step time over the weight step's. ratio_cpu: the same in process CPU time "
-                  "(less sensitive to other jobs on a shared machine). Step rows: one fixed batch, no loader."])
+                  "(less sensitive to other jobs on a shared machine). Step rows: one fixed batch, no loader. "
+                  "peak_mib: CUDA allocator peak, or the process's peak resident set on CPU (step rows: on top "
+                  "of what the epoch runs before them left allocated)."])
 
 
 if __name__ == "__main__":

@@ -79,9 +79,11 @@ def main(argv=None) -> None:
             print(f"{framework:8s} {variant:28s} {result['images_per_s']:8.1f} images/s")
     report("throughput", f"Training throughput: {args.backbone} x{args.width}, batch {args.batch_size}, "
            f"{args.dataset}, {args.device}",
-           ["framework", "variant", "images_per_s", "speedup", "step_s", "peak_mib", "params_m", "images_per_cpu_s"],
+           ["framework", "variant", "images_per_s", "speedup", "step_s", "peak_mib", "added_mib", "params_m",
+            "images_per_cpu_s"],
            rows, args, notes=["speedup: images/s over the framework's first variant; "
-                              "peak_mib: CUDA allocator peak, or the process's peak resident set on CPU"])
+                              "peak_mib: CUDA allocator peak, or the process's peak resident set on CPU; "
+                              "added_mib: the peak less the same measure at the run's start"])
 
 
 if __name__ == "__main__":

@@ -182,9 +182,12 @@ def main(argv=None) -> None:
                if name.startswith("ours")}
     report("vs_lightly", f"SimSiam, ours vs lightly {lightly.__version__}: {args.backbone} x{args.width}, batch "
            f"{args.batch_size}, {args.dataset}, {precision}, {args.workers} workers, {args.device}",
-           ["run", "images_per_s", "ours_over_lightly", "step_s", "peak_mib", "params_m", "images_per_cpu_s",
-            "ours_over_lightly_cpu"], rows, args, summary,
-           notes=["ours_over_lightly: images/s over lightly's (target on CPU: >= 1.0; on an H100 >= 3)"])
+           ["run", "images_per_s", "ours_over_lightly", "step_s", "peak_mib", "start_mib", "added_mib", "params_m",
+            "images_per_cpu_s", "ours_over_lightly_cpu"], rows, args, summary,
+           notes=["ours_over_lightly: images/s over lightly's (target on CPU: >= 1.0; on an H100 >= 3)",
+                  "peak_mib: CUDA allocator peak, or the process's peak resident set on CPU; start_mib: the same "
+                  "at the run's start (all runs share one process, so a later run starts with what earlier ones "
+                  "left resident); added_mib: peak_mib - start_mib, what the run itself added"])
 
 
 if __name__ == "__main__":

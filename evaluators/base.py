@@ -15,6 +15,7 @@ import torch
 from nni.nas.evaluator.pytorch import LightningModule
 from torch import nn
 
+from evaluators.distributed import gather
 from evaluators.options import Option, option_problems
 from evaluators.views import AugmentSettings, ssl_view
 from experiments.nni_compat import (is_architecture_step, mixed_layers, pause_ddp_gradient_sync,
@@ -280,7 +281,11 @@ class SSLFramework(LightningModule):
 
 class KeyQueue:
     """A ring buffer of past L2-normalised keys, for frameworks built on ``SSLFramework``
-    (MoCo's negatives, ReSSL's relation anchors); pushed once per weight step by the caller."""
+    (MoCo's negatives, ReSSL's relation anchors); pushed once per weight step by the caller.
+
+    Under DDP every rank pushes the keys of all ranks, in rank order (as MoCo's and ReSSL's
+    own code do): the queue holds ``world`` times more recent keys and stays the same on
+    every rank."""
 
     def register_queue(self, size: int, dim: int) -> None:
         self.register_buffer("queue", torch.nn.functional.normalize(torch.randn(int(size), dim), dim=1))
@@ -288,8 +293,8 @@ class KeyQueue:
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Overwrite the oldest entries with ``keys``, newest last."""
-        keys = torch.nn.functional.normalize(keys.detach(), dim=1)
+        """Overwrite the oldest entries with every rank's ``keys``, newest last (a collective under DDP)."""
+        keys = torch.nn.functional.normalize(gather(keys), dim=1)
         size = self.queue.shape[0]
         keys = keys[-size:]
         idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size

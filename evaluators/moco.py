@@ -1,7 +1,8 @@
 """MoCo v2 (Chen et al., 2020): momentum key encoder and a queue of negative keys.
 
 The symmetric loss of the SSL libraries' CIFAR recipe; the EMA update runs before the
-keys are computed and the queue receives the newest keys, once per weight step.
+keys are computed and the queue receives the newest keys, once per weight step (under
+DDP, every rank's: ``KeyQueue``).
 """
 from __future__ import annotations
 

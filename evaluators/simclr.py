@@ -1,4 +1,5 @@
-"""SimCLR (Chen et al., 2020): NT-Xent over the two views of every image in the batch."""
+"""SimCLR (Chen et al., 2020): NT-Xent over the two views of every image in the batch
+(under DDP, the global batch: every rank's views are negatives, ``evaluators.distributed``)."""
 from __future__ import annotations
 
 import torch

@@ -484,6 +484,42 @@ def stable_arch_parameter_order(strategy: Any) -> Any:
     return strategy
 
 
+def architecture_step_every(strategy: Any, every: int) -> Any:
+    """Quirk 25: NNI's DARTS takes an architecture step on every batch after its warm-up.
+
+    ``search.arch_every: k`` keeps it on every k-th batch of an epoch (batch indices 0, k,
+    2k, ...). On the other batches the one-shot module's ``training_step`` runs as it does
+    in warm-up (its own test ``warmup_epochs == 0 or current_epoch >= warmup_epochs``
+    fails for that call): the held-out half of the batch is drawn by the loader but not
+    computed, the architecture optimiser neither zeroes nor steps (Adam's momentum and
+    weight decay would move the alphas on a zero gradient), the weights train as always.
+    DARTS, GumbelDARTS and Proxyless share that ``training_step``. Returns the strategy.
+    """
+    if every == 1:
+        return strategy
+    configure = strategy.configure_oneshot_module
+
+    def configure_oneshot_module(training_module):
+        module = configure(training_module)
+        step = module.training_step
+
+        def training_step(batch, batch_idx):
+            if batch_idx % every == 0:
+                return step(batch, batch_idx)
+            warmup = module.warmup_epochs
+            module.warmup_epochs = module.trainer.current_epoch + 1  # "still warming up", for this call only
+            try:
+                return step(batch, batch_idx)
+            finally:
+                module.warmup_epochs = warmup
+
+        module.training_step = training_step
+        return module
+
+    strategy.configure_oneshot_module = configure_oneshot_module
+    return strategy
+
+
 def replay_epoch_start(pl_module: Any) -> None:
     """Quirk 23: NNI's one-shot modules set per-epoch state in ``on_train_epoch_start``.
 

@@ -1,5 +1,5 @@
-"""Each benchmark script runs at a tiny size and writes its JSON record (the figures are not checked:
-timings are not tests). lightly is a benchmark-only dependency: its script is skipped without it."""
+"""Each benchmark script runs at a tiny size and writes its JSON record, with a peak memory beside
+every time or throughput figure (the figures are not checked: timings are not tests). lightly is a benchmark-only dependency: its script is skipped without it."""
 from __future__ import annotations
 
 import importlib
@@ -16,7 +16,10 @@ CASES = {
     "frameworks_knn": [*TINY, "--frameworks", "simsiam,wcl,untrained", "--epochs", "1", "--train-images", "64",
                        "--test-images", "50", "--linear-epochs", "2", "--knn-k", "5"],
     "vs_lightly": [*TINY, "--steps", "1", "--warmup", "1"],
+    "arch_every": ["--seeds", "0", "--set", "search.epochs=2", "--set", "data.train_subset=128",
+                   "--set", "data.batch_size=32", "--set", "model.backbone_width=0.0625"],
 }
+TIMES = ("epoch_s", "step_s", "wall_s", "search_s", "images_per_s")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -27,6 +30,9 @@ def test_benchmark_writes_its_record(name, tmp_path, capsys):
     importlib.import_module(f"benchmarks.{name}").main([*CASES[name], "--output", str(output)])
     record = json.loads(output.read_text())
     assert record["benchmark"] == name and record["rows"]
+    for row in record["rows"]:  # every time or throughput figure has its peak memory beside it
+        if any(row.get(key) is not None for key in TIMES):
+            assert isinstance(row.get("peak_mib"), float) and row["peak_mib"] > 0, row
     assert record["machine"]["torch"]
     assert "written:" in capsys.readouterr().out
 

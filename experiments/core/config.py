@@ -161,6 +161,7 @@ class SearchConfig:
     epochs: int = 100
     warmup_epochs: int = 10
     arch_lr: float = 1e-3
+    arch_every: int = 1  # DARTS family: an architecture step on every k-th batch only (the others train weights)
     param_free_penalty: float = 0.5
     gradient_clip: Optional[float] = 5.0
     fast_arch_step: bool = True
@@ -172,6 +173,7 @@ class SearchConfig:
         "epochs": (lambda v: v >= 1, "must be >= 1"),
         "warmup_epochs": (_non_negative, "must be >= 0"),
         "arch_lr": (_positive, "must be > 0"),
+        "arch_every": (lambda v: v >= 1, "must be >= 1"),
         "param_free_penalty": (_non_negative, "must be >= 0"),
         "gradient_clip": (lambda v: v is None or v > 0, "must be > 0 or null"),
         "gumbel_temperature": (lambda v: len(v) == 2 and all(_number(x) for x in v) and v[0] >= v[1] > 0,

@@ -1,6 +1,7 @@
 """DARTS (Liu et al. 2019) through NNI: every choice relaxed to a softmax over its candidates.
 
-NNI alternates an architecture step on a held-out batch with a weight step (quirk 2). On a
+NNI alternates an architecture step on a held-out batch with a weight step (quirk 2);
+``search.arch_every: k`` keeps the architecture step on every k-th batch only (quirk 25). On a
 backbone, a budget is a differentiable penalty ``budget_penalty * max(0, E[cost] / budget - 1)``
 on the architecture step, E[cost] the exact expectation of the profiled cost under the softmax;
 the derived network is the argmax, then, if still over budget, the most probable one within it.
@@ -17,8 +18,8 @@ class DARTS(Strategy):
     summary = "differentiable relaxation of every choice (NNI DARTS)"
     interleaved = True
     targets = ("heads", "backbone")
-    config_fields = ("search.arch_lr", "search.warmup_epochs", "search.gradient_clip", "search.fast_arch_step",
-               "search.param_free_penalty", "backbone_search.budget_penalty")
+    config_fields = ("search.arch_lr", "search.warmup_epochs", "search.arch_every", "search.gradient_clip",
+                     "search.fast_arch_step", "search.param_free_penalty", "backbone_search.budget_penalty")
 
     def nni_arguments(self, ctx: SearchContext) -> dict:
         s = ctx.cfg.search
@@ -31,7 +32,8 @@ class DARTS(Strategy):
         return NniDARTS(**self.nni_arguments(ctx))
 
     def build(self, ctx: SearchContext):
-        return nni_compat.stable_arch_parameter_order(self.nni_strategy(ctx))
+        strategy = nni_compat.stable_arch_parameter_order(self.nni_strategy(ctx))
+        return nni_compat.architecture_step_every(strategy, ctx.cfg.search.arch_every)
 
     def module_options(self, ctx: SearchContext) -> dict:
         # On a backbone the architecture step must reach the backbone's choices: no fast step.
