@@ -75,6 +75,21 @@ def check_record(record: Any, source: str = "architecture") -> None:
             if not ok:
                 raise ConfigError(f"{source}: space.{key} must be a non-empty list of positive "
                                   f"{'integers' if integer else 'numbers'}, got {_show(values)}")
+    for key in ("backbone_width", "head_width"):
+        if key in space and not _positive_number(space[key]):
+            raise ConfigError(f"{source}: space.{key} must be a positive number, got {_show(space[key])}")
+    if "num_classes" in space and not (_positive_number(space["num_classes"]) and isinstance(space["num_classes"], int)):
+        raise ConfigError(f"{source}: space.num_classes must be a positive integer, got {_show(space['num_classes'])}")
+    if "backbone" in space and not isinstance(space["backbone"], str):
+        raise ConfigError(f"{source}: space.backbone must be a backbone name, got {_show(space['backbone'])}")
+    options = space.get("backbone_options")
+    if options is not None and not (isinstance(options, dict) and all(isinstance(k, str) for k in options)):
+        raise ConfigError(f"{source}: space.backbone_options must be a mapping of option names to values, got "
+                          f"{_show(options)}")
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _show(value: Any, limit: int = 60) -> str:
