@@ -395,10 +395,12 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     try:
         _remove_stale_temporaries(out)
         if overwrite:
-            if (out / RUN_RECORD).exists():
-                with contextlib.suppress(ConfigError):  # unreadable: --overwrite is what it asks for
-                    stored = _stored_record(out)
-                    _refuse_other_job(out, stored, job)
+            try:
+                stored = _stored_record(out) if (out / RUN_RECORD).exists() else None
+            except ConfigError:  # unreadable: starting over is what --overwrite asks for
+                stored = None
+            if stored is not None:
+                _refuse_other_job(out, stored, job)  # before a file is removed
             _clear_outputs(out, result_files)
         last = out / CHECKPOINT_DIR / LAST
         if (out / RUN_RECORD).exists():

@@ -97,13 +97,13 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def space_for(record: dict, cfg: Config) -> SSLNetworkSpace:
+def space_for(record: dict, cfg: Config, source: str = "architecture") -> SSLNetworkSpace:
     """The record's space (its framework and head space) at the config's backbone and widths.
 
     A searched backbone (its record names a backbone space) is rebuilt as it was searched: the
     record's backbone space, widths, options and classes, since its labels depend on them.
     """
-    check_record(record)
+    check_record(record, source)
     space = record["space"]
     if space["framework"] not in FRAMEWORKS:
         raise ConfigError(f"architecture was made for framework {_show(space['framework'])}, which this package "
@@ -155,7 +155,7 @@ def validate_choices(space: SSLNetworkSpace, architecture: dict[str, Any], sourc
 
 def build_fixed(record: dict, cfg: Config, source: str = "architecture"):
     """The fixed network of ``record`` via NNI's ``freeze``."""
-    space = space_for(record, cfg)
+    space = space_for(record, cfg, source)
     architecture = validate_choices(space, record["architecture"], source)
     return space.freeze(architecture), architecture
 
