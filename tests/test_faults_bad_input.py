@@ -313,14 +313,15 @@ BACKBONE_SPACE = {"backbone": "macro", "backbone_width": 0.0625, "head_width": 0
 
 
 @pytest.mark.parametrize("space, expected", [
-    ({"backbone_width": "wide"}, "space.backbone_width must be a positive number, got 'wide'"),
-    ({"backbone_width": None}, "space.backbone_width must be a positive number, got None"),
-    ({"head_width": "0.5"}, "space.head_width must be a positive number, got '0.5'"),
-    ({"head_width": None}, "space.head_width must be a positive number, got None"),
+    ({"backbone_width": "wide"}, "space.backbone_width must be a number in (0, 16], got 'wide'"),
+    ({"backbone_width": None}, "space.backbone_width must be a number in (0, 16], got None"),
+    ({"head_width": "0.5"}, "space.head_width must be a number in (0, 16], got '0.5'"),
+    ({"head_width": None}, "space.head_width must be a number in (0, 16], got None"),
     ({"backbone_options": [1, 2]}, "space.backbone_options must be a mapping"),
     ({"backbone_options": "plan=cifar"}, "space.backbone_options must be a mapping"),
     ({"backbone": 7}, "space.backbone must be a backbone name"),
-    ({"num_classes": "ten"}, "space.num_classes must be a positive integer"),
+    ({"num_classes": "ten"}, "space.num_classes must be an integer from 1 to 100000"),
+    ({"backbone_width": 1e6}, "space.backbone_width must be a number in (0, 16], got 1000000.0"),
 ])
 def test_architecture_space_of_the_wrong_type(tmp_path, capsys, finished_run, space, expected):
     path = arch_file(tmp_path / "arch.json", lambda r: r["space"].update({**BACKBONE_SPACE, **space}))

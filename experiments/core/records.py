@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from experiments.core.config import Config, config_from_dict
+from experiments.core.config import MAX_WIDTH, Config, config_from_dict
 from experiments.core.errors import ConfigError
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from evaluators import FRAMEWORKS
@@ -30,6 +30,7 @@ from search_spaces.network import HEAD_SPACES, SSLNetworkSpace
 FORMAT_VERSION = 1
 
 SPACE_KEYS = ("framework", "head_space")
+MAX_CLASSES = 100_000
 
 
 def read_architecture(path: str | Path) -> dict:
@@ -75,11 +76,13 @@ def check_record(record: Any, source: str = "architecture") -> None:
             if not ok:
                 raise ConfigError(f"{source}: space.{key} must be a non-empty list of positive "
                                   f"{'integers' if integer else 'numbers'}, got {_show(values)}")
-    for key in ("backbone_width", "head_width"):
-        if key in space and not _positive_number(space[key]):
-            raise ConfigError(f"{source}: space.{key} must be a positive number, got {_show(space[key])}")
-    if "num_classes" in space and not (_positive_number(space["num_classes"]) and isinstance(space["num_classes"], int)):
-        raise ConfigError(f"{source}: space.num_classes must be a positive integer, got {_show(space['num_classes'])}")
+    for key in ("backbone_width", "head_width"):  # the bounds a config's widths have (a huge one fills the memory)
+        if key in space and not (_positive_number(space[key]) and space[key] <= MAX_WIDTH):
+            raise ConfigError(f"{source}: space.{key} must be a number in (0, {MAX_WIDTH:g}], got {_show(space[key])}")
+    classes = space.get("num_classes", 1)
+    if not (_positive_number(classes) and isinstance(classes, int) and classes <= MAX_CLASSES):
+        raise ConfigError(f"{source}: space.num_classes must be an integer from 1 to {MAX_CLASSES}, got "
+                          f"{_show(classes)}")
     if "backbone" in space and not isinstance(space["backbone"], str):
         raise ConfigError(f"{source}: space.backbone must be a backbone name, got {_show(space['backbone'])}")
     options = space.get("backbone_options")
