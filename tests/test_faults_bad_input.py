@@ -484,7 +484,9 @@ def test_a_difference_of_configs_lists_real_differences_only(tmp_path, capsys, t
     assert "created" in json.loads((out / "run.json").read_text())
     changed = {"search.epochs": 3, "optim.lr": 0.01, "seed": 7}
     assert_refused(["search", "--config", CONFIG, *sets(**changed), "--output-dir", str(out)], capsys, out,
-                   ["search.epochs 3 here, 2 there", "optim.lr 0.01 here, 0.06 there", "seed 7 here, 0 there"])
+                   ["(optim.lr 0.01 here, 0.06 there; search.epochs 3 here, 2 there; seed 7 here, 0 there);"])
+    rc, lines = run_main(["search", "--config", CONFIG, *sets(**changed), "--output-dir", str(out)], capsys)
+    assert "created" not in lines[0] and "more" not in lines[0], lines  # three differences, and only those
 
 
 def test_unsafe_checkpoint_is_refused_in_a_whole_sentence_without_weights_only_advice(tmp_path, capsys, tiny_cfg):
