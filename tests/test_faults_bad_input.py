@@ -358,7 +358,7 @@ def test_backbone_options_of_the_wrong_type(tmp_path, capsys, finished_run, opti
     out = tmp_path / "out"
     argv = ["backbone-search", "--config", str(ROOT / "configs" / "digits_backbone_spos.yml"), *sets(),
             "--set", "model.backbone=macro", "--set", f"model.backbone_options={options}", "--output-dir", str(out)]
-    assert_refused(argv, capsys, tmp_path, ["model.backbone_options:", expected])
+    assert_refused(argv, capsys, tmp_path, ["error: model: ", expected])
     assert not out.exists()
 
 
