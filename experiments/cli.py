@@ -2,7 +2,8 @@
 
 Bad input ends with one ``error:`` line on stderr and exit status 2, before anything is
 written; a run that failed (NaN loss, collapsed representation, a search whose derived head
-collapsed) exits with status 3; SIGINT/SIGTERM save a checkpoint and exit with 128 + signal.
+collapsed) exits with status 3; SIGINT/SIGTERM save a checkpoint and exit with 128 + signal; a disk
+that fills up or turns read-only mid-run ends it with one line and status 1.
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.jobs import trial
 
         args.run = trial.run
-    from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, RunFailed, RunInterrupted,
-                                         one_line)
+    from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, OutputUnwritable, RunFailed,
+                                         RunInterrupted, one_line)
 
     try:
         return args.run(args)
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     except RunInterrupted as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return err.exit_code
+    except OutputUnwritable as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
     except SystemExit as err:

@@ -117,10 +117,12 @@ class MacroBackboneSpace(ModelSpace):
     def __init__(self, ops: Sequence[str] = MACRO_OPS, plan: str = "cifar", width: float = 1.0,
                  in_channels: int = 3, prefix: str = "backbone"):
         super().__init__()
-        if plan not in MACRO_PLANS:
+        if not isinstance(plan, str) or plan not in MACRO_PLANS:
             raise ValueError(f"unknown channel plan {plan!r}; choose one of {sorted(MACRO_PLANS)}")
-        if width <= 0:
+        if not isinstance(width, (int, float)) or isinstance(width, bool) or width <= 0:
             raise ValueError(f"backbone width must be positive, got {width}")
+        if isinstance(ops, str) or not isinstance(ops, (list, tuple)) or not all(isinstance(op, str) for op in ops):
+            raise ValueError(f"macro operations must be a list of operation names, got {ops!r}")
         ops = tuple(ops)
         if not ops or len(set(ops)) != len(ops):
             raise ValueError(f"macro operations must be distinct and non-empty, got {list(ops)}")

@@ -87,3 +87,21 @@ def test_architecture_with_unknown_label_or_value(tmp_path, capsys):
                               "--arch", str(bad), "--output-dir", str(tmp_path / "out")], capsys)
     assert result.returncode == 2 and "'linear_gelu' is not one of its choices" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_faults_as_real_processes_one_error_line_and_exit_2(tmp_path):
+    """Issue 23, at the process level: an --output-dir that is a file, and a port out of range."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("kept")
+    cases = [(["search", "--config", "configs/digits_simsiam.yml", "--set", "trainer.accelerator=cpu",
+               "--output-dir", str(blocker / "run")], f"lies under {blocker}, which is a file"),
+             (["check", "nni_configs/darts_simsiam.yml", "--port", "99999"], "--port 99999: a port is 1 to 65535")]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(pool.map(lambda case: _run(case[0], ROOT), cases))
+    for (argv, expected), result in zip(cases, results):
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], (argv, result.stderr[-1500:])
+        assert "Traceback" not in result.stderr
+    assert blocker.read_text() == "kept"

@@ -292,3 +292,217 @@ def test_directory_in_use_by_another_run(tmp_path, capsys, tiny_cfg):
     with open_run(out, tiny_cfg(), "search", ("best_architecture.json",), log_fn=lambda line: None):
         assert_refused(["search", "--config", CONFIG, *sets(), "--output-dir", str(out)], capsys, out,
                        [f"{out} is in use by another run (pid {os.getpid()})", "choose another --output-dir"])
+
+
+# --- issue 23: every bad input one line, and an existing finished run untouched -----------------
+@pytest.fixture
+def finished_run(tmp_path):
+    """A finished search's directory beside the test's own: no refusal may change a byte of it."""
+    done = tmp_path / "finished"
+    (done / "checkpoints").mkdir(parents=True)
+    (done / "logs").mkdir()
+    (done / "run.json").write_text(json.dumps({"job": "search", "fingerprint": "0123456789abcdef", "config": {}}))
+    (done / "status.json").write_text(json.dumps({"state": "finished", "job": "search"}))
+    (done / "best_architecture.json").write_text(SHIPPED.read_text())
+    (done / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (done / "logs" / "metrics.csv").write_text("epoch,loss\n0,1.0\n")
+    return done
+
+
+BACKBONE_SPACE = {"backbone": "macro", "backbone_width": 0.0625, "head_width": 0.0625, "backbone_options": {}}
+
+
+@pytest.mark.parametrize("space, expected", [
+    ({"backbone_width": "wide"}, "space.backbone_width must be a number in (0, 16], got 'wide'"),
+    ({"backbone_width": None}, "space.backbone_width must be a number in (0, 16], got None"),
+    ({"head_width": "0.5"}, "space.head_width must be a number in (0, 16], got '0.5'"),
+    ({"head_width": None}, "space.head_width must be a number in (0, 16], got None"),
+    ({"backbone_options": [1, 2]}, "space.backbone_options must be a mapping"),
+    ({"backbone_options": "plan=cifar"}, "space.backbone_options must be a mapping"),
+    ({"backbone": 7}, "space.backbone must be a backbone name"),
+    ({"num_classes": "ten"}, "space.num_classes must be an integer from 1 to 100000"),
+    ({"backbone_width": 1e6}, "space.backbone_width must be a number in (0, 16], got 1000000.0"),
+])
+def test_architecture_space_of_the_wrong_type(tmp_path, capsys, finished_run, space, expected):
+    path = arch_file(tmp_path / "arch.json", lambda r: r["space"].update({**BACKBONE_SPACE, **space}))
+    out = tmp_path / "out"
+    assert_refused(["retrain", "--config", CONFIG, *sets(), "--arch", str(path), "--output-dir", str(out)],
+                   capsys, tmp_path, [str(path), expected])
+    assert not out.exists()
+    # the same space inside a model file, read by evaluate --checkpoint
+    model = tmp_path / "model.pt"
+    record = json.loads(path.read_text())
+    torch.save({"space": record["space"], "architecture": record["architecture"], "state_dict": {}}, model)
+    before = snapshot(tmp_path)
+    rc, lines = run_main(["evaluate", "--config", CONFIG, *sets(), "--checkpoint", str(model)], capsys)
+    assert rc == 2 and len(lines) == 1 and str(model) in lines[0], lines
+    assert snapshot(tmp_path) == before
+
+
+def test_retrain_refuses_a_config_of_another_framework(tmp_path, capsys, finished_run):
+    wcl = str(ROOT / "configs" / "digits_wcl.yml")
+    out = tmp_path / "out"
+    for extra in ([], ["--set", "framework_options={}"]):  # with its options, and with none: never a silent SimSiam
+        assert_refused(["retrain", "--config", wcl, *sets(), *extra, "--arch", str(SHIPPED), "--output-dir", str(out)],
+                       capsys, tmp_path, ["is a simsiam architecture but the config is for wcl"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("options, expected", [
+    ("{plan: [[1, 2], [3, 4]]}", "unknown channel plan [[1, 2], [3, 4]]"),
+    ("{ops: null}", "macro operations must be a list of operation names, got None"),
+    ("{ops: mb3_k3}", "macro operations must be a list of operation names, got 'mb3_k3'"),
+    ("{ops: [1, 2]}", "macro operations must be a list of operation names"),
+])
+def test_backbone_options_of_the_wrong_type(tmp_path, capsys, finished_run, options, expected):
+    out = tmp_path / "out"
+    argv = ["backbone-search", "--config", str(ROOT / "configs" / "digits_backbone_spos.yml"), *sets(),
+            "--set", "model.backbone=macro", "--set", f"model.backbone_options={options}", "--output-dir", str(out)]
+    assert_refused(argv, capsys, tmp_path, ["error: model: ", expected])
+    assert not out.exists()
+
+
+def _nni_config(tmp_path: Path, **changes) -> Path:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "nni_configs" / "darts_simsiam.yml").read_text())
+    raw["trialCodeDirectory"] = str(ROOT)
+    raw["trialCommand"] = "python -m experiments search --nni --config configs/digits_simsiam.yml"
+    raw.update(changes)
+    path = tmp_path / "exp.yml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def trial_python(monkeypatch):
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0"])
+def test_check_refuses_a_port_out_of_range(tmp_path, capsys, trial_python, finished_run, port):
+    assert_refused(["check", str(_nni_config(tmp_path)), "--port", port], capsys, tmp_path,
+                   [f"--port {port}: a port is 1 to 65535"])
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"_type": "randint", "_value": ["a", "b"]}, "randint needs a list of 2 numbers, got ['a', 'b']"),
+    ({"_type": "randint", "_value": [5, 5]}, "randint needs [lower, upper) integers with lower < upper"),
+    ({"_type": "randint", "_value": [1.5, 4]}, "randint needs [lower, upper) integers"),
+    ({"_type": "choice", "_value": 5}, "choice needs a non-empty list of values, got 5"),
+    ({"_type": "choice", "_value": []}, "choice needs a non-empty list of values, got []"),
+    ({"_type": "uniform", "_value": [0.1]}, "uniform needs a list of 2 numbers"),
+    ({"_type": "uniform", "_value": [0.5, 0.1]}, "uniform needs low <= high"),
+    ({"_type": "loguniform", "_value": [0, 0.1]}, "loguniform needs low <= high and low > 0"),
+    ({"_type": "quniform", "_value": [0.1, 0.5, 0]}, "quniform's q must be > 0"),
+    ({"_type": "normal", "_value": [0.1, -1]}, "normal's sigma must be > 0"),
+])
+def test_check_refuses_a_search_space_entry_nni_lets_through(tmp_path, capsys, trial_python, finished_run,
+                                                             entry, expected):
+    path = _nni_config(tmp_path, searchSpace={"optim.lr": entry})
+    assert_refused(["check", str(path), "--port", "8080"], capsys, tmp_path, [f"searchSpace.optim.lr: {expected}"])
+
+
+@pytest.mark.parametrize("kind", ["file", "under_file", "not_writable"])
+def test_output_dir_that_cannot_be_one(tmp_path, capsys, monkeypatch, finished_run, kind):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    out = {"file": blocker, "under_file": blocker / "run", "not_writable": tmp_path / "locked" / "run"}[kind]
+    expected = {"file": f"--output-dir {blocker} is a file, not a directory",
+                "under_file": f"lies under {blocker}, which is a file",
+                "not_writable": f"{tmp_path / 'locked'} is not writable"}[kind]
+    if kind == "not_writable":  # tests run as root, whom chmod does not stop: the kernel's answer is patched in
+        (tmp_path / "locked").mkdir()
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path / "locked"
+                            else real_access(p, mode, **kw))
+    for argv in (["search", "--config", CONFIG, *sets()],
+                 ["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED)]):
+        assert_refused([*argv, "--output-dir", str(out)], capsys, tmp_path, [expected])
+
+
+def test_output_dir_on_a_read_only_file_system(tmp_path, capsys, finished_run):
+    """A real read-only mount (tmpfs, remounted ro), where the machine lets a test mount one."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mount / "kept.txt").write_text("kept")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+        assert_refused(["search", "--config", CONFIG, *sets(), "--output-dir", str(mount / "run")], capsys, tmp_path,
+                       [f"{mount} is not writable"])
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("trainer.accelerator=gpu", "trainer.accelerator: gpu asked for, but this machine has no GPU"),
+    ("trainer.accelerator=cuda", "trainer.accelerator: cuda asked for, but this machine has no GPU"),
+    ("trainer.accelerator=mps", "trainer.accelerator: mps asked for, but this machine has no Apple GPU"),
+    ("trainer.devices=[3]", "trainer.devices: [3] are GPU indices, but the run is on the CPU"),
+])
+def test_trainer_that_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, capsys, finished_run,
+                                                                               setting, expected):
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "out"
+    assert_refused(["retrain", "--config", CONFIG, *sets(), "--set", setting, "--arch", str(SHIPPED),
+                    "--output-dir", str(out)], capsys, tmp_path, [expected])
+    assert not out.exists()  # so the corrected command is not refused as "another config"
+
+
+def test_trainer_devices_beyond_the_gpus_there_are(monkeypatch, tiny_cfg):
+    from experiments.core.assembly import check_trainer
+    from experiments.core.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_trainer(tiny_cfg(**{"trainer.accelerator": "gpu", "trainer.devices": [0, 1]}))
+    check_trainer(tiny_cfg(**{"trainer.accelerator": "auto", "trainer.devices": 2}))
+    with pytest.raises(ConfigError, match=r"asks for device 3, but this machine has 2 GPU\(s\) \(indices 0 to 1\)"):
+        check_trainer(tiny_cfg(**{"trainer.accelerator": "gpu", "trainer.devices": [3]}))
+    with pytest.raises(ConfigError, match="asks for device 2"):
+        check_trainer(tiny_cfg(**{"trainer.accelerator": "auto", "trainer.devices": 3}))
+
+
+def test_overwrite_refuses_the_directory_of_another_job(tmp_path, capsys, tiny_cfg):
+    out = tmp_path / "search-run"
+    _claimed_dir(out, tiny_cfg(), "search")
+    for name in ("logs", "tensorboard", "nni", "checkpoints"):
+        (out / name).mkdir(exist_ok=True)
+        (out / name / "kept").write_text(name)
+    (out / "best_architecture.json").write_text(SHIPPED.read_text())
+    assert_refused(["retrain", "--overwrite", "--config", CONFIG, *sets(), "--arch", str(SHIPPED),
+                    "--output-dir", str(out)], capsys, out, ["holds a search run, not a retrain run",
+                                                             "choose another --output-dir"])
+
+
+def test_a_difference_of_configs_lists_real_differences_only(tmp_path, capsys, tiny_cfg):
+    out = tmp_path / "out"
+    _claimed_dir(out, tiny_cfg(), "search")
+    assert "created" in json.loads((out / "run.json").read_text())
+    changed = {"search.epochs": 3, "optim.lr": 0.01, "seed": 7}
+    assert_refused(["search", "--config", CONFIG, *sets(**changed), "--output-dir", str(out)], capsys, out,
+                   ["(optim.lr 0.01 here, 0.06 there; search.epochs 3 here, 2 there; seed 7 here, 0 there);"])
+    rc, lines = run_main(["search", "--config", CONFIG, *sets(**changed), "--output-dir", str(out)], capsys)
+    assert "created" not in lines[0] and "more" not in lines[0], lines  # three differences, and only those
+
+
+def test_unsafe_checkpoint_is_refused_in_a_whole_sentence_without_weights_only_advice(tmp_path, capsys, tiny_cfg):
+    out = tmp_path / "out"
+    record = json.loads(SHIPPED.read_text())
+    _claimed_dir(out, tiny_cfg(), "retrain", {"space": {k: record["space"][k] for k in ("framework", "head_space")},
+                                              "architecture": record["architecture"]})
+    last = out / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(exist_ok=True)
+    torch.save({"epoch": 0, "an object": Path("x")}, last)  # a pickle of a class: weights_only refuses it
+    before = snapshot(out)
+    rc, lines = run_main(["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED), "--output-dir", str(out)],
+                         capsys)
+    assert rc == 2 and len(lines) == 1, lines
+    line = lines[0]
+    assert "it holds more than tensors, so it is not safe to load" in line and "PosixPath" in line, line
+    assert "weights_only" not in line and "add_safe_globals" not in line, line
+    assert line.endswith("pass --overwrite to start over or choose another --output-dir"), line
+    assert snapshot(out) == before

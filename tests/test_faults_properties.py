@@ -242,3 +242,165 @@ def test_generated_architecture_files_are_accepted_or_refused_in_one_line(spaces
     event("accepted")
     network = space.freeze(architecture)  # accepted means NNI builds it
     assert network is not None
+
+
+# --- issue 23: space sections, backbone options, nnictl search spaces, output directories ---------
+# within the bounds but large, a width builds for long: the plausible ones stay small
+widths = st.one_of(st.sampled_from([0.0625, 0.125, 0.25, 1e6, 17]),
+                   scalars.filter(lambda v: not (isinstance(v, (int, float)) and 0.25 < v <= 16)))
+backbone_options = st.one_of(
+    st.none(), values,
+    st.fixed_dictionaries({}, optional={"plan": st.one_of(st.sampled_from(["cifar", "imagenet", "tiny"]), values),
+                                        "ops": st.one_of(st.sampled_from([["identity", "mb3_k3"], ["mb6_k5"],
+                                                                          ["mb3_k4"], []]), values)}))
+
+
+@st.composite
+def space_sections(draw) -> dict:
+    """The shipped simsiam/nasiam record's space with backbone fields as a searched backbone writes them,
+    each one either plausible or anything JSON can hold."""
+    space = {"framework": "simsiam", "head_space": "nasiam"}
+    fields = {"backbone": st.one_of(st.sampled_from(["macro", "resnet18", "macro", "nas_bench_macro"]), scalars),
+              "backbone_width": widths, "head_width": widths, "backbone_options": backbone_options,
+              "num_classes": st.one_of(st.sampled_from([10, 3]), scalars)}
+    for key in draw(st.lists(st.sampled_from(sorted(fields)), unique=True)):
+        space[key] = draw(fields[key])
+    return space
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(space=space_sections())
+def test_generated_space_sections_are_built_or_refused_in_one_line(spaces, space):
+    from experiments.core.records import space_for
+
+    cfg, _ = spaces
+    record = json.loads((ROOT / "architectures" / "nasiam_simsiam_cifar10_resnet18.json").read_text())
+    record["space"] = space
+    try:
+        built = space_for(json.loads(json.dumps(record)), cfg, "arch.json")
+    except ConfigError as err:
+        event("refused")
+        assert_one_line(err)
+        return
+    event("accepted")
+    if space.get("backbone") == "macro":  # accepted means the recorded options really built the backbone
+        options = space.get("backbone_options") or {}
+        assert built.backbone.ops == tuple(options.get("ops", built.backbone.ops))
+        assert built.backbone.plan_name == options.get("plan", "cifar")
+
+
+range_values = st.one_of(st.lists(st.one_of(st.integers(-5, 10), st.floats(-2, 2), scalars), max_size=4), scalars)
+search_space_entries = st.one_of(
+    st.fixed_dictionaries({"_type": st.sampled_from(["choice", "randint", "uniform", "quniform", "loguniform",
+                                                     "qloguniform", "normal", "qnormal", "lognormal", "qlognormal",
+                                                     "beta"]),
+                           "_value": range_values}),
+    values)
+TRIAL = "python -m experiments search --nni --config configs/digits_simsiam.yml"
+
+
+@settings(max_examples=15, **SETTINGS)
+@given(entries=st.dictionaries(st.sampled_from(["optim.lr", "search.arch_lr", "seed", "data.batch_size"]),
+                               search_space_entries, min_size=1, max_size=2),
+       port=st.one_of(st.sampled_from([8080, 0, -1, 65535, 65536, 99999]), st.integers(-10, 70000)))
+def test_generated_nnictl_search_spaces_pass_check_or_are_refused_in_one_line(tmp_path_factory, entries, port):
+    """The whole check job (NNI's validation first, then ours), as the command line runs it."""
+    import os
+    import sys
+
+    from experiments.jobs.check import check
+
+    raw = yaml.safe_load((ROOT / "nni_configs" / "darts_simsiam.yml").read_text())
+    raw.update(trialCodeDirectory=str(ROOT), trialCommand=TRIAL, searchSpace=entries)
+    path = tmp_path_factory.mktemp("nni") / "exp.yml"
+    path.write_text(yaml.safe_dump(raw))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    try:
+        notes = check(path, port, env)
+    except ConfigError as err:
+        event("refused")
+        assert_one_line(err)
+        if not 1 <= port <= 65535:
+            assert f"--port {port}" in str(err)  # a bad port is the first thing said
+        return
+    event("accepted")
+    assert 1 <= port <= 65535 and any("every choice and range end accepted" in note for note in notes)
+
+
+DIR_KINDS = ["missing", "empty", "file", "under_file", "not_writable", "same_run", "finished_other_job",
+             "unreadable_record", "finished_run"]
+
+
+def _finished(out: Path, job: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps({"job": job, "fingerprint": "0" * 16, "config": {}}))
+    (out / "status.json").write_text('{"state": "finished"}')
+    (out / "best_architecture.json").write_text("{}")
+    (out / "logs").mkdir(exist_ok=True)
+    (out / "logs" / "metrics.csv").write_text("epoch\n0\n")
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(kind=st.sampled_from(DIR_KINDS), job=st.sampled_from(["search", "retrain"]), overwrite=st.booleans())
+def test_generated_output_directories_are_claimed_or_refused_in_one_line(tmp_path_factory, monkeypatch_session,
+                                                                        kind, job, overwrite):
+    """Each kind of --output-dir, claimed by a search or a retrain, with or without --overwrite: a claim
+    or one line, and a finished run elsewhere (or there, but for --overwrite of its own job) is unchanged."""
+    import os
+
+    from experiments.core.checkpointing import open_run
+
+    root = tmp_path_factory.mktemp("dirs")
+    cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", {"trainer.accelerator": "cpu"})
+    elsewhere = root / "elsewhere"
+    _finished(elsewhere, "search")
+    out = root / "out"
+    if kind == "empty":
+        out.mkdir()
+    elif kind in ("file", "under_file"):
+        out.write_text("a file")
+        out = out if kind == "file" else out / "run"
+    elif kind == "not_writable":  # root ignores chmod: the kernel's answer is patched in
+        out.mkdir()
+        real_access = os.access
+        monkeypatch_session.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == out
+                                    else real_access(p, mode, **kw))
+    elif kind == "same_run":
+        with open_run(out, cfg, job, ("best_architecture.json",), log_fn=lambda line: None):
+            pass
+    elif kind == "finished_other_job":
+        _finished(out, "retrain" if job == "search" else "search")
+    elif kind == "unreadable_record":
+        out.mkdir()
+        (out / "run.json").write_text("{not json")
+    elif kind == "finished_run":
+        _finished(out, job)
+    before = _files(root)
+    try:
+        with open_run(out, cfg, job, ("best_architecture.json",), overwrite=overwrite, log_fn=lambda line: None):
+            pass
+    except ConfigError as err:
+        event(f"refused {kind}")
+        assert_one_line(err)
+        after = _files(root)  # a refusal changes nothing anywhere; only the lock it took may remain
+        assert {k: after.get(k) for k in before} == before
+        assert all(Path(k).name == ".lock" for k in set(after) - set(before)), sorted(set(after) - set(before))
+        return
+    finally:
+        monkeypatch_session.undo()
+    event(f"claimed {kind}")
+    assert kind not in ("file", "under_file", "not_writable", "finished_other_job")
+    assert kind != "finished_run" or overwrite
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    assert {k: v for k, v in _files(root).items() if k.startswith("elsewhere")} == \
+        {k: v for k, v in before.items() if k.startswith("elsewhere")}
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_session():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

@@ -118,3 +118,177 @@ def test_retrain_interrupted_mid_epoch_resumes_exactly(tmp_path, byol_arch, monk
     rb = json.loads((out / "retrain_results.json").read_text())
     assert [r["ssl_loss"] for r in rb["history"]] == pytest.approx([r["ssl_loss"] for r in ra["history"]], abs=1e-6)
     assert (out / "logs" / "metrics.1.csv").is_file()  # the interrupted part of the CSV log is kept
+
+
+# --- issue 23: a fault mid-run ends with a true status and one line ------------------------------
+SHIPPED = ROOT / "architectures" / "nasiam_simsiam_cifar10_resnet18.json"
+
+
+def _retrain(out: Path, epochs: int = 2) -> list[str]:
+    return ["retrain", "--config", CONFIG, *sets(**{"train.epochs": epochs, "train.collapse_threshold": 0.0}),
+            "--arch", str(SHIPPED), "--output-dir", str(out)]
+
+
+def _temporaries(out: Path) -> list[Path]:
+    return sorted(out.rglob(".*.tmp"))
+
+
+def test_disk_full_at_a_checkpoint_keeps_the_last_good_one(tmp_path, capsys, monkeypatch):
+    """ENOSPC from a monkeypatched writer (honest: the same OSError the kernel gives), half-way
+    through the second epoch's checkpoint."""
+    import errno
+
+    from experiments.core import files
+
+    out = tmp_path / "out"
+    saves = []
+    real = files.atomic_write
+
+    def full_at_the_second(path, write, binary=False, durable=False):
+        if Path(path).name == "last.ckpt":
+            saves.append(path)
+            if len(saves) == 2:  # half a checkpoint is written, then the disk is full
+                return real(path, lambda fh: (fh.write(b"half a checkpoint"),
+                                              _raise(OSError(errno.ENOSPC, "No space left on device"))),
+                            binary, durable)
+        return real(path, write, binary, durable)
+
+    monkeypatch.setattr(files, "atomic_write", full_at_the_second)
+    rc, lines = run_main(_retrain(out), capsys)
+    assert rc == 1 and len(lines) == 1, lines
+    assert lines[0] == f"error: no space left on device under {out}", lines
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and status["reason"] == f"no space left on device under {out}"
+    assert _temporaries(out) == []
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["RunState"]
+    assert state["epoch"] == 0 and not state["mid_epoch"]  # epoch 1's checkpoint survived the failed save
+    assert not (out / "retrain_results.json").exists()
+
+
+def test_disk_full_at_the_first_save_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from experiments.core import files
+
+    out = tmp_path / "out"
+    real = files.atomic_write
+
+    def full(path, write, binary=False, durable=False):
+        if Path(path).name == "last.ckpt":
+            return real(path, lambda fh: (fh.write(b"x"), _raise(OSError(errno.ENOSPC, "No space left on device"))),
+                        binary, durable)
+        return real(path, write, binary, durable)
+
+    monkeypatch.setattr(files, "atomic_write", full)
+    rc, lines = run_main(_retrain(out, epochs=1), capsys)
+    assert rc == 1 and lines == [f"error: no space left on device under {out}"], lines
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    assert _temporaries(out) == [] and not (out / "checkpoints" / "last.ckpt").exists()
+
+
+def _raise(err):
+    raise err
+
+
+def test_read_only_status_file_still_ends_in_one_line(tmp_path, capsys, monkeypatch):
+    """The directory turns read-only mid-run (EROFS from the patched writer, root ignores chmod): the
+    status cannot be written either, and the error line still says what happened."""
+    import errno
+
+    from experiments.core import files
+
+    out = tmp_path / "out"
+    real = files.atomic_write
+    state = {"read_only": False}
+
+    def writer(path, write, binary=False, durable=False):
+        if Path(path).name == "last.ckpt":
+            state["read_only"] = True
+        if state["read_only"]:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, write, binary, durable)
+
+    monkeypatch.setattr(files, "atomic_write", writer)
+    rc, lines = run_main(_retrain(out, epochs=1), capsys)
+    assert rc == 1 and len(lines) == 1, lines
+    assert lines[0] == f"error: read-only file system under {out} ({out / 'checkpoints' / 'last.ckpt'})", lines
+    assert json.loads((out / "status.json").read_text())["state"] == "running"  # written before; cannot change now
+    assert _temporaries(out) == []
+
+
+def test_sigterm_during_the_final_evaluation_is_a_true_interruption(tmp_path, capsys, monkeypatch):
+    from experiments.jobs import retrain
+
+    out = tmp_path / "out"
+    real = retrain.downstream_metrics
+
+    def evaluate_then_terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retrain, "downstream_metrics", evaluate_then_terminated)
+    rc, lines = run_main(_retrain(out, epochs=1), capsys)
+    assert rc == 143 and lines == ["error: interrupted by SIGTERM; run the same command again to resume"], lines
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and "SIGTERM" in status["reason"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the claim's handler went with the claim
+    # the training had ended: the same command resumes from the final checkpoint and only evaluates
+    monkeypatch.setattr(retrain, "downstream_metrics", real)
+    rc, lines = run_main(_retrain(out, epochs=1), capsys)
+    assert rc == 0, lines
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+
+
+def test_a_second_ctrl_c_stops_at_once_with_130(tmp_path, capsys, monkeypatch):
+    from pytorch_lightning import Callback
+
+    from experiments.jobs import retrain
+
+    class TwoCtrlC(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    build_trainer = retrain.build_trainer
+    monkeypatch.setattr(retrain, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
+        c, e, o, [*callbacks, TwoCtrlC()], **kw))
+    out = tmp_path / "out"
+    rc, lines = run_main(_retrain(out), capsys)
+    assert rc == 130 and len(lines) == 1 and "stopped at once by a second SIGINT, without saving" in lines[0], lines
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and "second SIGINT" in status["reason"]
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["RunState"]
+    assert state["epoch"] == 0 and not state["mid_epoch"]  # epoch 1's; nothing saved at the second signal
+
+
+def test_a_mid_epoch_resume_says_which_epoch(tmp_path, capsys, monkeypatch):
+    from pytorch_lightning import Callback
+
+    from experiments.jobs import retrain
+
+    class SignalAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    build_trainer = retrain.build_trainer
+    monkeypatch.setattr(retrain, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
+        c, e, o, [*callbacks, SignalAt()], **kw))
+    out = tmp_path / "out"
+    rc, lines = run_main(_retrain(out), capsys)
+    assert rc == 143 and "checkpoint saved" in lines[0], lines
+    monkeypatch.setattr(retrain, "build_trainer", build_trainer)
+    from experiments.cli import main
+
+    assert main(_retrain(out)) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming the retrain from {out / 'checkpoints' / 'last.ckpt'} (in epoch 2, after its batch 2)" in printed
+
+
+def test_retrain_nan_hint_names_the_settings_retrain_reads(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, lines = run_main(["retrain", "--config", CONFIG, *sets(**{"train.epochs": 1, "optim.lr": "1.0e+30"}),
+                          "--arch", str(SHIPPED), "--output-dir", str(out)], capsys)
+    assert rc == 3 and len(lines) == 1 and "is nan at epoch 1" in lines[0], lines
+    assert "lower optim.lr or raise optim.warmup_epochs" in lines[0] and "search.arch_lr" not in lines[0], lines

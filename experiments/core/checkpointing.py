@@ -43,7 +43,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from experiments.core.config import Config
 from experiments.core.errors import ConfigError
-from experiments.core.errors import RunFailed, RunInterrupted
+from experiments.core.errors import (OutputUnwritable, RunFailed, RunInterrupted, RunStoppedAtOnce,
+                                     describe_os_error, one_line)
 from experiments.core.files import atomic_torch_save, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
@@ -53,6 +54,8 @@ STATUS = "status.json"
 LOCK = ".lock"
 #: what a job writes into its output directory; ``--overwrite`` clears exactly these
 JOB_OUTPUTS = (CHECKPOINT_DIR, RUN_RECORD, STATUS, "logs", "tensorboard", "nni")
+#: what run.json holds beside the record, which no config difference is about
+RECORD_NOTES = ("fingerprint", "created")
 #: config fields that do not change a run's results (a resume may differ in them)
 VOLATILE_FIELDS = ("output_dir", "trainer.progress_bar", "data.num_workers")
 STATE_FORMAT = 1
@@ -71,13 +74,26 @@ class CheckpointError(ConfigError):
 
 
 # --- checkpoint files ---------------------------------------------------------------------------
+def load_failure(err: BaseException, limit: int = 240) -> str:
+    """Why ``torch.load`` failed, as one whole sentence: for a file that holds objects beyond tensors,
+    the object it met, never torch's advice to load it with ``weights_only=False`` (that runs its code)."""
+    text = one_line(err)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
+        detail = detail.split(" Please ", 1)[0].split(" Check the ", 1)[0].rstrip(" .")
+        return f"it holds more than tensors, so it is not safe to load ({detail})"
+    sentence = text.split(". ", 1)[0].rstrip(" .") or type(err).__name__
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(err).__name__}: {sentence}"
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     """A checkpoint loaded with ``weights_only=True``; a bad file is one clear line."""
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated, foreign or unsafe: all the same to the user
-        first = " ".join(str(err).split())[:200]
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: cannot load checkpoint ({load_failure(err)})") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: not a checkpoint of this package")
     return payload
@@ -142,8 +158,8 @@ def run_record(cfg: Config, job: str, extra: Optional[dict] = None) -> dict:
 
 
 def _differences(old: dict, new: dict, limit: int = 3) -> str:
-    a, b = _flatten({k: v for k, v in old.items() if k != "fingerprint"}), \
-        _flatten({k: v for k, v in new.items() if k != "fingerprint"})
+    a, b = _flatten({k: v for k, v in old.items() if k not in RECORD_NOTES}), \
+        _flatten({k: v for k, v in new.items() if k not in RECORD_NOTES})
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
     parts = [f"{k.removeprefix('config.')} {b.get(k, '<unset>')!r} here, {a.get(k, '<unset>')!r} there"
              for k in keys[:limit]]
@@ -168,6 +184,7 @@ class Run:
     resumed_epoch: Optional[int] = None
     state: Optional["RunState"] = field(default=None, repr=False)
     lock_fd: Optional[int] = field(default=None, repr=False)
+    previous_handlers: dict = field(default_factory=dict, repr=False)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -193,7 +210,7 @@ class Run:
                                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
 
     def release(self, error: Optional[BaseException] = None) -> None:
-        """Record how the run ended in ``status.json`` and release the directory's lock."""
+        """Record how the run ended in ``status.json`` (where it can still be written) and release the lock."""
         if self.lock_fd is None:
             return
         try:
@@ -207,12 +224,31 @@ class Run:
                     "interrupted by SIGTERM" if isinstance(error, SIGTERMException) else "stopped at once, not saved"
                 self.set_status("interrupted", reason=reason, checkpoint=checkpoint)
             else:
-                reason = str(error) if isinstance(error, (RunFailed, ConfigError)) else \
+                reason = str(error) if isinstance(error, (RunFailed, ConfigError, OutputUnwritable)) else \
                     f"{type(error).__name__}: {error}"
-                self.set_status("failed", reason=" ".join(reason.split()), checkpoint=checkpoint)
+                self.set_status("failed", reason=one_line(reason), checkpoint=checkpoint)
+        except OSError:  # the disk that failed the run cannot take its status either; the error line says why
+            pass
         finally:
+            self._restore_handlers()
             os.close(self.lock_fd)
             self.lock_fd = None
+
+    def hold_signals(self) -> None:
+        """SIGINT and SIGTERM outside training (building, the final evaluation, writing results) end the
+        run with an ``interrupted`` status and 128 + the signal, not a silent kill; training has RunState's."""
+        def stop(signum, frame):
+            raise RunInterrupted(signum)
+
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous_handlers[signum] = signal.signal(signum, stop)
+
+    def _restore_handlers(self) -> None:
+        for signum, previous in self.previous_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, previous)
+        self.previous_handlers = {}
 
 
 def _acquire_lock(out: Path) -> int:
@@ -259,24 +295,38 @@ def _clear_outputs(out: Path, result_files: Sequence[str]) -> None:
             target.unlink()
 
 
-def _check_record(out: Path, record: dict, job: str) -> None:
+def _stored_record(out: Path) -> dict:
     path = out / RUN_RECORD
     try:
         stored = json.loads(path.read_text())
-        stored_job, stored_fingerprint = stored["job"], stored["fingerprint"]
+        stored["job"], stored["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is unreadable, so what made {out} is unknown; pass --overwrite to start "
                           f"over there or choose another --output-dir") from None
-    if stored_job != job:
-        raise ConfigError(f"{out} holds a {stored_job} run, not a {job} run; choose another --output-dir")
+    return stored
+
+
+def _refuse_other_job(out: Path, stored: dict, job: str) -> None:
+    if stored["job"] != job:  # --overwrite does not help: it would remove another job's files
+        raise ConfigError(f"{out} holds a {one_line(stored['job'])} run, not a {job} run; choose another "
+                          f"--output-dir")
+
+
+def _check_record(out: Path, record: dict, job: str) -> None:
+    stored = _stored_record(out)
+    stored_fingerprint = stored["fingerprint"]
+    _refuse_other_job(out, stored, job)
     if stored_fingerprint != record["fingerprint"]:
         raise ConfigError(f"{out} holds a {job} run with another config ({_differences(stored, record)}); run its "
                           f"own command to resume it, or pass --overwrite (discards it) or another --output-dir")
 
 
-def _check_checkpoint(path: Path, record: dict) -> int:
-    """The resumable checkpoint must load safely and come from this very run; returns its epoch."""
-    payload = load_checkpoint(path)
+def _check_checkpoint(path: Path, record: dict) -> dict:
+    """The resumable checkpoint must load safely and come from this very run; returns its RunState."""
+    try:
+        payload = load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; pass --overwrite to start over or choose another --output-dir") from None
     state = (payload.get("callbacks") or {}).get(RunState.__qualname__)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} was not written by this package's {record['job']}; pass --overwrite to "
@@ -286,11 +336,33 @@ def _check_checkpoint(path: Path, record: dict) -> int:
         raise CheckpointError(f"{path} comes from a run with another {what} (fingerprint {state.get('fingerprint')}, "
                               f"this run {record['fingerprint']}); pass --overwrite to start over or choose another "
                               f"--output-dir")
-    return int(payload.get("epoch", 0))
+    return state
+
+
+def resume_note(state: dict) -> str:
+    """Where a resumed run starts: after a whole epoch, or inside one."""
+    epoch = int(state.get("epoch", 0)) + 1
+    if state.get("mid_epoch"):
+        return f"in epoch {epoch}, after its batch {int(state.get('batches_done', 0))}"
+    return f"epoch {epoch} done"
+
+
+def check_output_dir(out: Path) -> None:
+    """``out`` is, or can become, a directory this process can write; one line if not."""
+    existing = next((p for p in (out, *out.parents) if p.exists() or p.is_symlink()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"lies under {existing}, which is a file"
+        raise ConfigError(f"--output-dir {out} {where}, not a directory; choose another --output-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output-dir {out}: {existing} is not writable (permission denied or a read-only file "
+                          f"system); choose another --output-dir")
 
 
 def refuse_finished(out: Path, result_files: Sequence[str], overwrite: bool) -> None:
     """A finished run (one of its result files exists) is never overwritten unless ``overwrite``."""
+    check_output_dir(Path(out))
     finished = [name for name in result_files if (Path(out) / name).exists()]
     if finished and not overwrite:
         raise ConfigError(f"{Path(out) / finished[0]} exists: this run is finished; pass --overwrite to replace it "
@@ -306,17 +378,29 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     with another config or architecture (unless ``overwrite``), a foreign checkpoint. The
     claim ends with ``run.release(error)``, done for you by ``@claims_output_dir`` or ``open_run``.
     """
+    from experiments.core.assembly import check_trainer
+
     out = Path(out)
     record = run_record(cfg, job, extra)
+    check_trainer(cfg)
     if _global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
         last = out / CHECKPOINT_DIR / LAST
         return _register(Run(out, job, record, last if last.is_file() else None))
     refuse_finished(out, result_files, overwrite)  # before anything is written, the lock included
-    out.mkdir(parents=True, exist_ok=True)
-    fd = _acquire_lock(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = _acquire_lock(out)
+    except OSError as err:
+        raise ConfigError(f"--output-dir: cannot claim it: {describe_os_error(err, out)}") from None
     try:
         _remove_stale_temporaries(out)
         if overwrite:
+            try:
+                stored = _stored_record(out) if (out / RUN_RECORD).exists() else None
+            except ConfigError:  # unreadable: starting over is what --overwrite asks for
+                stored = None
+            if stored is not None:
+                _refuse_other_job(out, stored, job)  # before a file is removed
             _clear_outputs(out, result_files)
         last = out / CHECKPOINT_DIR / LAST
         if (out / RUN_RECORD).exists():
@@ -326,16 +410,21 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
                               f"to start over or choose another --output-dir")
         run = Run(out, job, record, lock_fd=fd)
         if last.is_file():
-            run.resumed_epoch = _check_checkpoint(last, record)
+            state = _check_checkpoint(last, record)
+            run.resumed_epoch = int(state.get("epoch", 0))
             run.resume_from = last
             _keep_csv_log(out)
-            log_fn(f"resuming the {job} from {last} (epoch {run.resumed_epoch + 1} done)")
+            log_fn(f"resuming the {job} from {last} ({resume_note(state)})")
         else:
             write_json_atomic(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         run.set_status("running")
+    except OSError as err:
+        os.close(fd)
+        raise ConfigError(f"--output-dir: cannot claim it: {describe_os_error(err, out)}") from None
     except BaseException:
         os.close(fd)
         raise
+    run.hold_signals()
     return _register(run)
 
 
@@ -357,6 +446,12 @@ def claims_output_dir(fn):
         error: Optional[BaseException] = None
         try:
             return fn(*args, **kwargs)
+        except OSError as err:
+            claimed = _claims[-1]
+            if not claimed:
+                raise
+            error = OutputUnwritable(describe_os_error(err, claimed[-1].out))
+            raise error from None
         except BaseException as err:
             error = err
             raise
@@ -374,6 +469,9 @@ def open_run(out: Path, cfg: Config, job: str, result_files: Sequence[str], extr
     error: Optional[BaseException] = None
     try:
         yield run
+    except OSError as err:
+        error = OutputUnwritable(describe_os_error(err, run.out))
+        raise error from None
     except BaseException as err:
         error = err
         raise
@@ -448,7 +546,8 @@ class RunState(Callback):
     def _handler(self, signum, frame) -> None:
         if self.signum is not None:  # the second signal: stop now, without a checkpoint
             self._restore_handlers()
-            raise KeyboardInterrupt
+            # not KeyboardInterrupt: Lightning turns that into sys.exit(1), and the user's 130 is lost
+            raise RunStoppedAtOnce(signum)
         self.signum = signum
 
     def _restore_handlers(self) -> None:
@@ -481,7 +580,8 @@ class RunState(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
-        interrupted = isinstance(exception, (RunInterrupted, SIGTERMException))
+        interrupted = isinstance(exception, (RunInterrupted, SIGTERMException)) \
+            and not isinstance(exception, RunStoppedAtOnce)
         if interrupted and self.checkpoint_path is not None:
             if trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0:
                 trainer.save_checkpoint(str(self.checkpoint_path))  # every rank calls it; rank zero writes

@@ -2,17 +2,19 @@
 
 ``ConfigError`` (bad input) ends a job with one ``error:`` line and exit status 2, before
 anything is written; ``RunFailed`` (a NaN loss, a collapsed representation) with exit status
-3; ``RunInterrupted`` (SIGINT, SIGTERM, after a checkpoint) with 128 + the signal number.
+3; ``RunInterrupted`` (SIGINT, SIGTERM, after a checkpoint) with 128 + the signal number;
+``OutputUnwritable`` (the disk filled up, the directory turned read-only mid-run) with 1.
 """
 from __future__ import annotations
 
+import errno
 import signal
 from pathlib import Path
 from typing import Optional
 
 
 EXIT_OK = 0
-EXIT_CRASHED = 1  # an unexpected error (a trial's traceback goes to its log)
+EXIT_CRASHED = 1  # an unexpected error (a trial's traceback goes to its log), or the disk failed the run
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3  # the run ran but its result is meaningless (NaN loss, collapse)
 
@@ -60,3 +62,29 @@ class RunInterrupted(RuntimeError):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class RunStoppedAtOnce(RunInterrupted):
+    """A second SIGINT or SIGTERM: the run stops now, without a checkpoint of the current batch."""
+
+    def describe(self) -> str:
+        name = signal.Signals(self.signum).name
+        return (f"stopped at once by a second {name}, without saving; run the same command again to resume from "
+                f"the last epoch's checkpoint")
+
+
+class OutputUnwritable(RuntimeError):
+    """Writing into the output directory failed mid-run (disk full, read-only, quota); one line, exit status 1."""
+
+    exit_code = EXIT_CRASHED
+
+
+def describe_os_error(err: OSError, out: Path) -> str:
+    """An OSError as what happened and where, e.g. "no space left on device under runs/x (writing ...)"."""
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted"}.get(err.errno or -1)
+    what = what or (err.strerror or type(err).__name__).lower()
+    if err.filename and not str(err.filename).startswith(str(out)):
+        return f"{what}: {err.filename}"
+    return f"{what} under {out}" + (f" ({err.filename})" if err.filename else "")

@@ -24,6 +24,10 @@ from pytorch_lightning import Callback
 from experiments.core.errors import NonFiniteLoss, RepresentationCollapsed
 
 LOSS_METRICS = ("train/ssl_loss", "search/arch_loss")
+#: what to change when a loss diverges: the settings the section's job reads (retrain has no clipping)
+DIVERGENCE_HINTS = {"search": "lower optim.lr or search.arch_lr, or set search.gradient_clip",
+                    "train": "lower optim.lr or raise optim.warmup_epochs; retrain reads optim.* and train.*, "
+                             "not search.*"}
 
 
 def _scalar(value: Any) -> Optional[float]:
@@ -49,6 +53,7 @@ class FailureGuard(Callback):
         self.monitor = monitor
         self.collapse_threshold = float(getattr(cfg, section).collapse_threshold)
         self.patience = int(cfg.evaluation.collapse_patience)
+        self.section = section
         self.threshold_name = f"{section}.collapse_threshold"
         self.metrics = tuple(metrics)
 
@@ -60,8 +65,7 @@ class FailureGuard(Callback):
         for name, value in values.items():
             if value is not None and not math.isfinite(value):
                 raise NonFiniteLoss(f"{name} is {value} at epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}: "
-                                    f"training diverged (lower optim.lr or search.arch_lr, or set "
-                                    f"search.gradient_clip)")
+                                    f"training diverged ({DIVERGENCE_HINTS[self.section]})")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.monitor is None or self.collapse_threshold <= 0 or not self.monitor.history:

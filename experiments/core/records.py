@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from experiments.core.config import Config, config_from_dict
+from experiments.core.config import MAX_WIDTH, Config, config_from_dict
 from experiments.core.errors import ConfigError
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from evaluators import FRAMEWORKS
@@ -30,6 +30,7 @@ from search_spaces.network import HEAD_SPACES, SSLNetworkSpace
 FORMAT_VERSION = 1
 
 SPACE_KEYS = ("framework", "head_space")
+MAX_CLASSES = 100_000
 
 
 def read_architecture(path: str | Path) -> dict:
@@ -75,6 +76,23 @@ def check_record(record: Any, source: str = "architecture") -> None:
             if not ok:
                 raise ConfigError(f"{source}: space.{key} must be a non-empty list of positive "
                                   f"{'integers' if integer else 'numbers'}, got {_show(values)}")
+    for key in ("backbone_width", "head_width"):  # the bounds a config's widths have (a huge one fills the memory)
+        if key in space and not (_positive_number(space[key]) and space[key] <= MAX_WIDTH):
+            raise ConfigError(f"{source}: space.{key} must be a number in (0, {MAX_WIDTH:g}], got {_show(space[key])}")
+    classes = space.get("num_classes", 1)
+    if not (_positive_number(classes) and isinstance(classes, int) and classes <= MAX_CLASSES):
+        raise ConfigError(f"{source}: space.num_classes must be an integer from 1 to {MAX_CLASSES}, got "
+                          f"{_show(classes)}")
+    if "backbone" in space and not isinstance(space["backbone"], str):
+        raise ConfigError(f"{source}: space.backbone must be a backbone name, got {_show(space['backbone'])}")
+    options = space.get("backbone_options")
+    if options is not None and not (isinstance(options, dict) and all(isinstance(k, str) for k in options)):
+        raise ConfigError(f"{source}: space.backbone_options must be a mapping of option names to values, got "
+                          f"{_show(options)}")
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -82,13 +100,13 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def space_for(record: dict, cfg: Config) -> SSLNetworkSpace:
+def space_for(record: dict, cfg: Config, source: str = "architecture") -> SSLNetworkSpace:
     """The record's space (its framework and head space) at the config's backbone and widths.
 
     A searched backbone (its record names a backbone space) is rebuilt as it was searched: the
     record's backbone space, widths, options and classes, since its labels depend on them.
     """
-    check_record(record)
+    check_record(record, source)
     space = record["space"]
     if space["framework"] not in FRAMEWORKS:
         raise ConfigError(f"architecture was made for framework {_show(space['framework'])}, which this package "
@@ -140,7 +158,7 @@ def validate_choices(space: SSLNetworkSpace, architecture: dict[str, Any], sourc
 
 def build_fixed(record: dict, cfg: Config, source: str = "architecture"):
     """The fixed network of ``record`` via NNI's ``freeze``."""
-    space = space_for(record, cfg)
+    space = space_for(record, cfg, source)
     architecture = validate_choices(space, record["architecture"], source)
     return space.freeze(architecture), architecture
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import re
 import shlex
@@ -74,15 +75,40 @@ def representative_values(spec: Any, key: str) -> list:
     if not isinstance(spec, dict) or "_type" not in spec or "_value" not in spec:
         raise ConfigError(f"searchSpace.{key}: needs _type and _value (NNI's search-space format)")
     kind, value = spec["_type"], spec["_value"]
+    # NNI's own validation lets some of these through (randint: [a, b], choice: 5), and the tuner fails later
     if kind == "choice":
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"searchSpace.{key}: choice needs a non-empty list of values, got {value!r}")
         return list(value)
-    if kind in ("randint",):
+    arity = RANGE_ARITY.get(kind)
+    if arity is None:
+        raise ConfigError(f"searchSpace.{key}: unknown _type {kind!r}")
+    if not isinstance(value, list) or len(value) != arity or not all(_is_number(v) for v in value):
+        raise ConfigError(f"searchSpace.{key}: {kind} needs a list of {arity} numbers, got {value!r}")
+    if kind == "randint":
+        if not all(float(v).is_integer() for v in value) or value[0] >= value[1]:
+            raise ConfigError(f"searchSpace.{key}: randint needs [lower, upper) integers with lower < upper, "
+                              f"got {value!r}")
         return [int(value[0]), int(value[1]) - 1]
-    if kind in ("uniform", "quniform", "loguniform", "qloguniform"):
-        return [value[0], value[1]]
-    if kind in ("normal", "qnormal", "lognormal", "qlognormal"):
+    if kind.startswith("q") and value[2] <= 0:
+        raise ConfigError(f"searchSpace.{key}: {kind}'s q must be > 0, got {value[2]!r}")
+    if "normal" in kind:
+        if value[1] <= 0:
+            raise ConfigError(f"searchSpace.{key}: {kind}'s sigma must be > 0, got {value[1]!r}")
         return [value[0]]
-    raise ConfigError(f"searchSpace.{key}: unknown _type {kind!r}")
+    if value[0] > value[1] or ("log" in kind and value[0] <= 0):
+        raise ConfigError(f"searchSpace.{key}: {kind} needs low <= high{' and low > 0' if 'log' in kind else ''}, "
+                          f"got {value!r}")
+    return [value[0], value[1]]
+
+
+#: how many numbers each range _type takes in NNI's search-space format
+RANGE_ARITY = {"randint": 2, "uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3,
+               "normal": 2, "lognormal": 2, "qnormal": 3, "qlognormal": 3}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def expand(command: str, env: dict) -> str:
@@ -126,7 +152,15 @@ def check_python(executable: str, code_dir: Path, env: dict) -> str:
     return found
 
 
+def check_port_number(port: int, platform: str) -> None:
+    last = 65535 - (1 if platform in WEBSOCKET_PLATFORMS else 0)  # the manager's port + 1 must exist too
+    if not 1 <= port <= last:
+        raise ConfigError(f"--port {port}: a port is 1 to {last} here (0 would let the system pick one, which "
+                          f"nnictl cannot be told); pass another --port")
+
+
 def check_port(port: int, platform: str) -> None:
+    check_port_number(port, platform)
     ports = [port] + ([port + 1] if platform in WEBSOCKET_PLATFORMS else [])
     for p in ports:
         with socket.socket() as probe:
@@ -159,6 +193,8 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
     notes = []
     exp = load_experiment_config(path)
     platform = exp.training_service.platform if not isinstance(exp.training_service, list) else "hybrid"
+    if port is not None:  # before the slower checks
+        check_port_number(port, platform)
     notes.append(f"{path}: NNI accepts it ({exp.tuner.name if exp.tuner else 'no'} tuner, {platform} "
                  f"training service, {exp.trial_concurrency} at a time, at most {exp.max_trial_number} trials)")
     code_dir = Path(exp.trial_code_directory)

@@ -47,6 +47,9 @@ def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callab
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     network, architecture = build_fixed(record, cfg, source)
     framework = record["space"]["framework"]
+    if framework != cfg.framework:  # its options and views would train one framework under another's settings
+        raise ConfigError(f"{source} is a {framework} architecture but the config is for {cfg.framework}; use a "
+                          f"{framework} config (or --set framework={framework} and that framework's options)")
     data = build_data(cfg)
     loader = data.loader(None, cfg)
     module = build_module(cfg, cfg.train.epochs, interleaved=False, framework=framework, augment=data.augment)
