@@ -453,7 +453,7 @@ def test_trainer_that_this_machine_lacks_is_refused_before_anything_is_written(t
 
 
 def test_trainer_devices_beyond_the_gpus_there_are(monkeypatch, tiny_cfg):
-    from experiments.core.assembly import check_trainer
+    from experiments.core.machine import check_trainer
     from experiments.core.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -46,6 +46,7 @@ from experiments.core.errors import ConfigError
 from experiments.core.errors import (OutputUnwritable, RunFailed, RunInterrupted, RunStoppedAtOnce,
                                      describe_os_error, one_line)
 from experiments.core.files import atomic_torch_save, write_json_atomic
+from experiments.core.machine import check_trainer
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -378,8 +379,6 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     with another config or architecture (unless ``overwrite``), a foreign checkpoint. The
     claim ends with ``run.release(error)``, done for you by ``@claims_output_dir`` or ``open_run``.
     """
-    from experiments.core.assembly import check_trainer
-
     out = Path(out)
     record = run_record(cfg, job, extra)
     check_trainer(cfg)
