@@ -106,11 +106,22 @@ def test_simplex_step_moves_only_the_simplex_net_and_weight_step_only_the_weight
         assert torch.allclose(c.grad, expected, atol=1e-6, rtol=1e-4)
 
 
-def test_kshot_search_within_budget_exports_the_materialised_path_that_retrain_rebuilds(tmp_path, derived_by):
-    from experiments.core.records import build_fixed, read_architecture
-    from experiments.jobs.retrain import run_retrain
+def test_kshot_search_within_budget_exports_the_materialised_path_that_retrain_rebuilds(tmp_path, derived_by,
+                                                                                         monkeypatch):
     from torch.nn.utils import parametrize
 
+    from evaluators.subnet import SubnetScorer
+    from experiments.core.records import build_fixed, read_architecture
+    from experiments.jobs.retrain import run_retrain
+
+    scored_live_views = []  # a scored network that still reads the copies (not a materialised path)
+    score = SubnetScorer.__call__
+
+    def spy(self, network):
+        scored_live_views.append(any(parametrize.is_parametrized(m) for m in network.modules()))
+        return score(self, network)
+
+    monkeypatch.setattr(SubnetScorer, "__call__", spy)
     out = tmp_path / "search"
     cfg = kshot(out, k=3)
     record = run(cfg, out)
@@ -120,7 +131,8 @@ def test_kshot_search_within_budget_exports_the_materialised_path_that_retrain_r
     assert module.simplex_steps > 0
     # the copies moved apart: the path's weights are a real mixture, not SPOS's single weight
     assert any(not torch.allclose(c[0], c[1]) for c in module.kshot.copies)
-    # the evolution scored the materialised paths: the best one rescores to its evolution score
+    # the evolution scored the materialised paths (plain weights); the best one rescores to its score
+    assert len(scored_live_views) == len(record["evolution"]) + 1 and not any(scored_live_views)
     best = max(record["evolution"], key=lambda r: r["score"])
     assert record["architecture"] == best["architecture"]
     assert record["metrics"]["held_out_score"] == pytest.approx(best["score"], abs=1e-9)

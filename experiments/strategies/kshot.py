@@ -14,6 +14,7 @@ combination (``derive``), so the scorer, ``search_model.pt`` and ``retrain`` see
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
@@ -86,14 +87,9 @@ def KShotOneShot(k: int, spos_epochs: int, hidden: int, lr: float):
     return KShotRandomOneShot()
 
 
-_MODULE_CLASS: Optional[type] = None
-
-
+@functools.cache
 def sampling_module_class() -> type:
-    """The Lightning module class, defined on first use: importing NNI's one-shot code is slow."""
-    global _MODULE_CLASS
-    if _MODULE_CLASS is not None:
-        return _MODULE_CLASS
+    """The Lightning module class, defined on first use: the config imports this registry, and NNI is slow to import."""
     from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 
     from search_spaces.kshot import KShotWeights, SimplexNet
@@ -175,8 +171,7 @@ def sampling_module_class() -> type:
             self.simplex_optimizer.load_state_dict(state["simplex_optimizer"])
             self.simplex_steps = int(state["simplex_steps"])
 
-    _MODULE_CLASS = KShotSamplingModule
-    return _MODULE_CLASS
+    return KShotSamplingModule
 
 
 def stack_optimizer_state(optimizer: torch.optim.Optimizer, copies: list, k: int) -> None:
