@@ -57,7 +57,7 @@ class KShot(Strategy):
 
     def build(self, ctx: SearchContext):
         s = self.settings(ctx.cfg)
-        return KShotOneShot(k=s["k"], spos_epochs=s["spos_epochs"], hidden=s["simplex_hidden"], lr=s["simplex_lr"])
+        return kshot_one_shot(k=s["k"], spos_epochs=s["spos_epochs"], hidden=s["simplex_hidden"], lr=s["simplex_lr"])
 
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         oneshot = nni_strategy.oneshot_module
@@ -68,7 +68,7 @@ class KShot(Strategy):
         return nni_strategy.oneshot_module.materialize(architecture)
 
 
-def KShotOneShot(k: int, spos_epochs: int, hidden: int, lr: float):
+def kshot_one_shot(k: int, spos_epochs: int, hidden: int, lr: float):
     """NNI ``RandomOneShot`` whose one-shot module is :class:`KShotSamplingModule` (built on first use)."""
     from nni.nas.strategy import RandomOneShot
 
