@@ -87,6 +87,10 @@ class Strategy:
         """The final architecture from the trained supernet (backbone search)."""
         raise NotImplementedError
 
+    def derive(self, nni_strategy: Any, architecture: dict) -> Any:
+        """The selected network with the supernet's weights for it (what is scored, saved and retrained)."""
+        return nni_strategy.supernet.freeze(architecture)  # NNI's weight-preserving freeze
+
     def describe(self) -> str:
         kinds = ", ".join(sorted(self.handles))
         reads = f"; reads {', '.join(self.config_fields)}" if self.config_fields else ""

@@ -7,6 +7,8 @@ for ``supervised``. An NNI ``Filter`` keeps every scored sub-network within the 
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Optional
+
 from experiments import nni_compat
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
@@ -35,8 +37,12 @@ class SPOS(Strategy):
         return Selection(architecture, evolution=history)
 
 
-def evolve(ctx: SearchContext, supernet) -> tuple[dict, list]:
-    """NNI RegularizedEvolution over the trained supernet, scored with inherited weights, within budget."""
+def evolve(ctx: SearchContext, supernet, network_of: Optional[Callable[[dict], Any]] = None) -> tuple[dict, list]:
+    """NNI RegularizedEvolution over the trained supernet, scored with inherited weights, within budget.
+
+    ``network_of(architecture)`` gives the network to score in place of NNI's frozen one (K-shot: the
+    path's materialised combination of the copies).
+    """
     import nni
     from nni.nas.evaluator import FunctionalEvaluator
     from nni.nas.experiment import NasExperiment
@@ -52,6 +58,8 @@ def evolve(ctx: SearchContext, supernet) -> tuple[dict, list]:
 
     def evaluate(network):
         sample = nni_compat.current_sample()
+        if network_of is not None:
+            network = network_of(nni_compat.plain_architecture(sample))
         accuracy = scorer(network)
         c = cost(sample)
         history.append({"architecture": nni_compat.plain_architecture(sample), "score": accuracy,
