@@ -277,8 +277,7 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
     judged = sorted(({**r, "judged": judge(r["scores"], truth, top_mask, rounds, seed)} for r in runs),
                     key=lambda r: (r["budget"]["epochs"] * r["budget"]["train_images"], budget_tag(r["budget"]),
                                    r["label"], r["objective"], r["seed"]))
-    lines = ["# How well does a supernet rank NAS-Bench-Macro's networks?", "",
-             f"Every strategy, judged the same way on the same {len(keys)} distinct networks (drawn with seed "
+    lines = [f"Every strategy, judged the same way on the same {len(keys)} distinct networks (drawn with seed "
              f"{label_free['arch_seed']}): Kendall's tau of its supernet's ranking (inherited weights, BatchNorm "
              "recalibrated, held-out CIFAR-10 images) against the benchmark's `mean_acc`, its bootstrap 95% "
              f"interval ({rounds} resamples of the networks), tau among the sampled networks in the benchmark's top "
@@ -286,7 +285,7 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
              "strategy's own `select` returns (100 = the best of the 6561 keys).", "",
              "Rebuild this page from the cached runs (trains only what is not cached):", "",
              f"    {command}", ""]
-    lines += ["## Label-free rankers and the noise ceiling", "",
+    lines += ["### Label-free rankers and the noise ceiling", "",
               "Same networks. SynFlow and NASWOT at initialisation (`evaluators/zero_cost.py`), width "
               f"{label_free['width']}, seed {label_free['seed']}, NASWOT on {ZERO_COST_BATCH} random images; "
               "FLOPs and parameters from the benchmark table; the noise ceiling is the benchmark's own seed-0 "
@@ -302,7 +301,7 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
         b = group[0]["budget"]
         machines = sorted({f"{r['machine'].get('cpu', r['machine'].get('machine'))}, "
                            f"{r['machine'].get('cpu_count')} CPUs, GPU {r['machine'].get('cuda')}" for r in group})
-        lines += [f"## Budget `{tag}`", "",
+        lines += [f"### Budget `{tag}`", "",
                   f"{b['epochs']} supernet epochs on {b['train_images']} CIFAR-10 training images "
                   f"({b['held_out']:.0%} of them held out for scoring), width {b['width']}, head width "
                   f"{b['head_width']}, batch {b['batch_size']}, {b['score_images']} scoring images, "
@@ -320,14 +319,14 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
             r["judged"]["tau"])
     if not budgets:
         lines += ["No supernet run is cached yet.", ""]
-    lines += ["## Tau against budget", "", "Mean tau over the cached seeds (their count in brackets).", "",
+    lines += ["### Tau against budget", "", "Mean tau over the cached seeds (their count in brackets).", "",
               "| strategy | objective | " + " | ".join(f"`{t}`" for t in budgets) + " |",
               "|---|---|" + "---|" * len(budgets)]
     for (label, objective), by_budget in rows.items():
         cells = [f"{sum(v) / len(v):+.3f} ({len(v)})" if v else "" for v in (by_budget.get(t, []) for t in budgets)]
         lines.append(f"| {label} | {objective} | " + " | ".join(cells) + " |")
     above = [r for r in judged if r["objective"] == "supervised" and r["judged"]["tau"] > bar]
-    lines += ["", "## Verdict", ""]
+    lines += ["", "### Verdict", ""]
     if above:
         lines.append("Under the supervised objective, above the layer-count baseline (tau "
                      f"{bar:+.3f} on these networks): " + ", ".join(
@@ -344,6 +343,23 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
                "runs": [{k: r[k] for k in ("label", "objective", "seed", "judged", "selected")}
                         | {"budget": budget_tag(r["budget"])} for r in judged]}
     return "\n".join(lines), figures
+
+
+BEGIN_MARK = "<!-- ranking table: written by python -m benchmarks.ranking_nas_bench_macro; edits here are lost -->"
+END_MARK = "<!-- end of the ranking table -->"
+
+
+def write_table(path: Path, table_text: str) -> None:
+    """Put the table between the page's markers, keeping the hand-written text around them."""
+    from experiments.core.files import write_text_atomic
+
+    page = path.read_text() if path.is_file() else ""
+    if BEGIN_MARK in page and END_MARK in page:
+        before, rest = page.split(BEGIN_MARK, 1)
+        after = rest.split(END_MARK, 1)[1]
+    else:
+        before, after = (page + "\n" if page else "# How well does a supernet rank NAS-Bench-Macro's networks?\n\n"), "\n"
+    write_text_atomic(path, f"{before}{BEGIN_MARK}\n{table_text}\n{END_MARK}{after}")
 
 
 def compare(files: list[Path], rounds: int, seed: int) -> int:
@@ -400,7 +416,6 @@ def main(argv=None) -> int:
         return compare(args.compare, args.bootstrap, args.arch_seed)
 
     from experiments.core.errors import ConfigError
-    from experiments.core.files import write_text_atomic
     from search_spaces.nas_bench_macro import NasBenchMacro, shared_data_candidates
 
     log = lambda line: print(line, flush=True)  # noqa: E731
@@ -439,7 +454,7 @@ def main(argv=None) -> int:
                + (f" --arch-seed {args.arch_seed}" if args.arch_seed else "")
                + (f" --cache {args.cache}" if args.cache != DEFAULT_CACHE else ""))
     page, figures = build_table(runs, keys, table, label_free, args.bootstrap, args.arch_seed, command)
-    write_text_atomic(args.docs, page)
+    write_table(args.docs, page)
     for name, j in figures["label_free"].items():
         log(f"  {name:34s} tau {j['tau']:+.3f}  [{j['ci95'][0]:+.3f}, {j['ci95'][1]:+.3f}]")
     for r in figures["runs"]:

@@ -125,3 +125,15 @@ def test_main_reuses_a_cached_run_and_builds_the_table_from_it(tmp_path, monkeyp
     assert "written:" in capsys.readouterr().out
     assert ranking.main([*argv, "--strategies", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: --strategies: unknown strategy")
+
+
+def test_the_table_replaces_only_its_own_part_of_the_page(tmp_path):
+    page = tmp_path / "ranking.md"
+    ranking.write_table(page, "first table")
+    text = page.read_text()
+    assert ranking.BEGIN_MARK in text and "first table" in text
+    page.write_text("# Hand-written\n\nintro\n\n" + text.split("\n", 2)[2] + "\nafter the table\n")
+    ranking.write_table(page, "second table")
+    text = page.read_text()
+    assert text.startswith("# Hand-written\n\nintro\n") and text.rstrip().endswith("after the table")
+    assert "second table" in text and "first table" not in text and text.count(ranking.BEGIN_MARK) == 1
