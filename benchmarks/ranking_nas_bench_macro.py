@@ -236,7 +236,7 @@ def train_and_rank(name: str, options: dict, objective: str, seed: int, budget: 
     from search_spaces.nas_bench_macro import arch_to_key, canonical_key, key_to_arch
 
     cfg = config_for(name, options, objective, seed, budget, cifar)
-    out = workdir / f"{strategy_label(name, options)}__{objective}__seed{seed}"
+    out = workdir / run_file(workdir, strategy_label(name, options), objective, seed, budget).stem
     setup = prepare(cfg, log_fn=log)
     nni_strategy, monitor, train_seconds = train_supernet(setup, out, log_fn=log)
     supernet = nni_strategy.supernet
