@@ -37,13 +37,12 @@ def test_benchmark_writes_its_record(name, tmp_path, capsys):
     assert "written:" in capsys.readouterr().out
 
 
-def test_ranking_compare_gives_the_tau_of_two_saved_rankings(tmp_path, capsys):
+def test_ranking_compare_gives_the_tau_of_two_cached_runs(tmp_path, capsys):
     from benchmarks.ranking_nas_bench_macro import main
 
     def saved(name, objective, scores, keys="abcd"):
         path = tmp_path / name
-        path.write_text(json.dumps({"summary": {objective: {}, "flops": {}},
-                                    "architectures": [{"key": k, objective: s} for k, s in zip(keys, scores)]}))
+        path.write_text(json.dumps({"label": "spos", "objective": objective, "keys": list(keys), "scores": scores}))
         return str(path)
 
     a = saved("a.json", "supervised", [0.1, 0.2, 0.3, 0.4])
