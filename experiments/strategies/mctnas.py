@@ -25,6 +25,9 @@ Choices this module makes, each because of the SSL objective or the run's scale:
   selection (Q/n descent): 1.05 means 5 % better than the network the tree rated best. A path
   over the FLOPs/parameter budget scores 0 without being evaluated, which steers the descent
   away from it; if every candidate is over budget the result is the space's smallest network.
+* *Budget.* The supernet trains only paths within the FLOPs/parameter budget (the tree's draws
+  are repeated until one is, as NNI's ``RandomOneShot(filter=...)`` would): the tree then holds
+  rewards of feasible networks only, and selection descends where the result may lie.
 * *Distinct networks* (``distinct``, NAS-Bench-Macro): warm-up draws a canonical key
   uniformly with the tree's generator, and a path drawn from the tree is trained and backed up
   as its network's representative, so one network's rewards are not split between its keys.
@@ -46,19 +49,22 @@ from experiments.strategies.distinct import DISTINCT_OPTION, canonical_architect
 from experiments.strategies import mcts
 from experiments.strategies.mcts import MonteCarloTree, Path, WarmupSchedule, choice_from_path, path_from_choice
 
+SAMPLING_PATIENCE = 10_000  # draws from the tree before a step gives up finding a path within budget
+
 
 class SharedTree:
     """The tree and the space's labels, kept identical on every rank: what a training step draws and backs up.
 
     ``space`` is ``[(label, values), ...]``; ``distinct`` the architectures of the distinct
-    networks (None: sample keys). ``broadcast`` and ``mean`` are the rank-zero broadcast and the
-    mean over ranks (identities outside DDP).
+    networks (None: sample keys); ``within(architecture)`` the budget (None: none). ``broadcast``
+    and ``mean`` are the rank-zero broadcast and the mean over ranks (identities outside DDP).
     """
 
     def __init__(self, tree: MonteCarloTree, space: Sequence[tuple[str, Sequence[Any]]], loss_shift: float,
                  distinct: Optional[Sequence[Mapping[str, Any]]] = None,
+                 within: Optional[Callable[[dict], bool]] = None,
                  broadcast: Callable[[Any], Any] = lambda value: value, mean: Callable[[Any], float] = float):
-        self.tree, self.space, self.loss_shift = tree, list(space), float(loss_shift)
+        self.tree, self.space, self.loss_shift, self.within = tree, list(space), float(loss_shift), within
         self.distinct_paths = None if distinct is None else [path_from_choice(a, self.space) for a in distinct]
         self.broadcast, self.mean = broadcast, mean
 
@@ -66,14 +72,19 @@ class SharedTree:
         return choice_from_path(path, self.space)
 
     def draw(self) -> Path:
-        """The path every rank trains this step (rank zero's)."""
+        """The path every rank trains this step (rank zero's): the tree's draws until one is within budget."""
+        for _ in range(SAMPLING_PATIENCE):
+            path = self._draw_once()
+            if self.within is None or self.within(self.architecture(path)):
+                return tuple(self.broadcast(path))
+        raise RuntimeError(f"mctnas: no path within the budget in {SAMPLING_PATIENCE} draws from the tree")
+
+    def _draw_once(self) -> Path:
         if self.distinct_paths is None:
-            path = self.tree.sample()
-        elif self.tree.samples_uniformly:
-            path = self.distinct_paths[self.tree.rng.randrange(len(self.distinct_paths))]
-        else:
-            path = path_from_choice(canonical_architecture(self.architecture(self.tree.sample())), self.space)
-        return tuple(self.broadcast(path))
+            return self.tree.sample()
+        if self.tree.samples_uniformly:
+            return self.distinct_paths[self.tree.rng.randrange(len(self.distinct_paths))]
+        return path_from_choice(canonical_architecture(self.architecture(self.tree.sample())), self.space)
 
     def back_up(self, path: Sequence[int], loss) -> Optional[float]:
         """Back the reward of the step's mean loss over ranks up ``path``; returns the reward (None in warm-up)."""
@@ -132,6 +143,9 @@ class MCTNAS(Strategy):
         space = list(ctx.cost.labels.items())
         distinct = distinct_architectures() if settings["distinct"] else None
 
+        def within(architecture: dict) -> bool:
+            return ctx.cost(architecture).within(*ctx.budget)
+
         def make(steps_per_epoch: int, state: Optional[dict] = None) -> SharedTree:
             if state is not None:
                 tree = MonteCarloTree.from_state_dict(state)
@@ -142,7 +156,7 @@ class MCTNAS(Strategy):
                                       exploration_weight=settings["exploration"],
                                       communication_weight=settings["communication"],
                                       temperature=settings["temperature"], momentum=settings["momentum"])
-            return SharedTree(tree, space, settings["loss_shift"], distinct, broadcast_from_rank_zero,
+            return SharedTree(tree, space, settings["loss_shift"], distinct, within, broadcast_from_rank_zero,
                               mean_over_ranks)
         return make
 
