@@ -317,3 +317,22 @@ def test_a_stopped_mctnas_search_resumes_with_its_tree_to_the_same_architecture(
     assert resumed["architecture"] == whole["architecture"]
     assert [r["score"] for r in resumed["evolution"]] == pytest.approx([r["score"] for r in whole["evolution"]])
     assert resumed["history"][-1]["ssl_loss"] == pytest.approx(whole["history"][-1]["ssl_loss"], rel=1e-5)
+
+
+def test_spos_with_distinct_trains_only_canonical_networks_then_evolves(tmp_path, monkeypatch):
+    from experiments.strategies.sampling import PresetPathModule
+    from search_spaces.nas_bench_macro import arch_to_key, canonical_key
+
+    trained, preset = [], PresetPathModule.preset
+
+    def recording_preset(self, architecture):
+        trained.append(arch_to_key(architecture))
+        return preset(self, architecture)
+
+    monkeypatch.setattr(PresetPathModule, "preset", recording_preset)
+    out = tmp_path / "spos"
+    record = run(load(out, **{"backbone_search.strategy_options": {"distinct": True}, "data.train_subset": 512,
+                              "backbone_search.max_flops": 40_000}), out)
+    # one epoch of 8 steps; 3969 of the 6561 keys are canonical: 8 uniform keys all are 1 time in 57
+    assert len(trained) == 8 and all(canonical_key(k) == k for k in trained)
+    assert record["strategy"] == "spos" and record["cost"]["flops"] <= 40_000 and record["evolution"]

@@ -46,8 +46,8 @@ from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
 from experiments.strategies.distinct import DISTINCT_OPTION, canonical_architecture, check_distinct, \
     distinct_architectures
-from experiments.strategies import mcts
-from experiments.strategies.mcts import MonteCarloTree, Path, WarmupSchedule, choice_from_path, path_from_choice
+from experiments.strategies.mcts import COMMUNICATION_WEIGHT, EXPLORATION_WEIGHT, MIN_VISITS, MOMENTUM, NUM_LEAVES, \
+    TEMPERATURE, MonteCarloTree, Path, WarmupSchedule, choice_from_path, path_from_choice
 
 SAMPLING_PATIENCE = 10_000  # draws from the tree before a step gives up finding a path within budget
 
@@ -113,14 +113,14 @@ class MCTNAS(Strategy):
     handles = frozenset({"layer"})
     config_fields = ("backbone_search.bn_batches", "backbone_search.score_images")
     option_specs = {
-        "exploration": Option(mcts.EXPLORATION_WEIGHT, "[0, 100]", "UCT's C1"),
-        "communication": Option(mcts.COMMUNICATION_WEIGHT, "[0, 100]", "UCT's C2, node communication"),
-        "temperature": Option(mcts.TEMPERATURE, "(0, 100]", "the sampling softmax divides by it"),
-        "momentum": Option(mcts.MOMENTUM, "[0, 1)", "of the loss average and node communication"),
+        "exploration": Option(EXPLORATION_WEIGHT, "[0, 100]", "UCT's C1"),
+        "communication": Option(COMMUNICATION_WEIGHT, "[0, 100]", "UCT's C2, node communication"),
+        "temperature": Option(TEMPERATURE, "(0, 100]", "the sampling softmax divides by it"),
+        "momentum": Option(MOMENTUM, "[0, 1)", "of the loss average and node communication"),
         "warmup_fraction": Option(0.5, "[0, 1]", "the fraction of search.epochs sampled uniformly"),
         "backup_fraction": Option(5 / 6, "[0, 1]", "the fraction of the warm-up before rewards are backed up"),
-        "min_visits": Option(mcts.MIN_VISITS, "[1, 1000]", "hierarchical selection's visits per node"),
-        "num_leaves": Option(mcts.NUM_LEAVES, "[1, 100000]", "hierarchical selection's candidate leaves"),
+        "min_visits": Option(MIN_VISITS, "[1, 1000]", "hierarchical selection's visits per node"),
+        "num_leaves": Option(NUM_LEAVES, "[1, 100000]", "hierarchical selection's candidate leaves"),
         "loss_shift": Option(1.0, "[0, 1000]", "the reward divides by loss + loss_shift, which must be positive"),
         "distinct": DISTINCT_OPTION,
     }
