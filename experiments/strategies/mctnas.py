@@ -99,7 +99,7 @@ def greedy_path(tree: MonteCarloTree) -> Path:
     """The tree's best path before selection: at each depth the visited child with the best Q/n
     (node communication G where no child is visited), the lowest op on a tie."""
     path: list[int] = []
-    for depth, count in enumerate(tree.num_ops):
+    for depth in range(len(tree.num_ops)):
         node = tree.node(path)
         visited = {op: child.mean_reward for op, child in (node.children.items() if node else ()) if child.visits}
         ranked = visited or dict(enumerate(tree.communication[depth]))
