@@ -7,6 +7,7 @@ stopped search that resumes to the same architecture.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -57,7 +58,7 @@ def _distinct_keys():
 
 
 # --- distinct-network sampling -----------------------------------------------------------------
-DRAWS = 20 * NUM_DISTINCT
+DRAWS = 12 * NUM_DISTINCT
 # chi-square with 3968 degrees of freedom: mean 3968, sd sqrt(2 * 3968) = 89; 5 sd above the mean
 CHI_SQUARE_BOUND = 3968 + 5 * math.sqrt(2 * 3968)
 
@@ -83,13 +84,20 @@ def test_distinct_spos_draws_every_network_equally_often_where_key_sampling_does
     assert set(distinct) <= set(_distinct_keys())
     assert chi_square(distinct, DRAWS) < CHI_SQUARE_BOUND
     # uniform over keys, as NNI's RandomOneShot draws: a network's frequency follows its keys (1, 2 or 4)
-    from search_spaces.nas_bench_macro import key_to_arch
+    from search_spaces.nas_bench_macro import canonical_key, key_to_arch
 
     rng = np.random.RandomState(0)
     keys = ("".join(map(str, rng.randint(3, size=8))) for _ in range(DRAWS))
     by_key = network_counts(key_to_arch(k) for k in keys)
     assert chi_square(by_key, DRAWS) > 3 * CHI_SQUARE_BOUND
-    assert by_key["10110110"] > 2.5 * by_key["11111111"]  # 4 keys against 1
+    keys_of = Counter(canonical_key(k) for k in ("".join(d) for d in itertools.product("012", repeat=8)))
+
+    def mean_count(counts, keys):  # over the networks that are ``keys`` keys
+        networks = [n for n, m in keys_of.items() if m == keys]
+        return sum(counts.get(n, 0) for n in networks) / len(networks)
+
+    assert mean_count(by_key, 4) > 3.5 * mean_count(by_key, 1)  # expected 4
+    assert mean_count(distinct, 4) == pytest.approx(mean_count(distinct, 1), rel=0.1)
 
 
 def test_mctnas_warm_up_draws_distinct_networks_uniformly_and_trains_representatives_after():
