@@ -344,3 +344,13 @@ def test_spos_with_distinct_trains_only_canonical_networks_then_evolves(tmp_path
     # one epoch of 8 steps; 3969 of the 6561 keys are canonical: 8 uniform keys all are 1 time in 57
     assert len(trained) == 8 and all(canonical_key(k) == k for k in trained)
     assert record["strategy"] == "spos" and record["cost"]["flops"] <= 40_000 and record["evolution"]
+
+
+def test_mctnas_searches_the_macro_space_too(tmp_path):
+    out = tmp_path / "macro"
+    cfg = mctnas_config(out, **{"model.backbone": "macro", "backbone_search.max_flops": 60_000,
+                                "backbone_search.strategy_options": {"min_visits": 1, "num_leaves": 2}})
+    record = run(cfg, out)
+    assert record["cost"]["flops"] <= 60_000 and set(record["architecture"]) == {
+        f"backbone.layer{i}.op" for i in range(1, 9)}
+    assert record["architecture"] in [r["architecture"] for r in record["evolution"]]
