@@ -12,6 +12,7 @@ The benchmark trains each network alone (supervised, CIFAR-10); several keys sha
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
@@ -136,3 +137,9 @@ class NasBenchMacro:
 
 __all__ = ["NasBenchMacroSpace", "NasBenchMacro", "BenchmarkKeyError", "NAS_BENCH_MACRO_OPS", "key_to_arch",
            "arch_to_key", "canonical_key", "layer_labels", "default_table_path"]
+
+
+def distinct_keys() -> list[str]:
+    """One key per distinct network of the benchmark (its canonical key), sorted: 3969 of the 6561 keys."""
+    keys = ("".join(digits) for digits in itertools.product("012", repeat=NUM_LAYERS))
+    return sorted({canonical_key(key) for key in keys})

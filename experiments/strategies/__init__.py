@@ -10,10 +10,12 @@ from experiments.strategies.darts import DARTS
 from experiments.strategies.enas import ENAS
 from experiments.strategies.gumbel_darts import GumbelDARTS
 from experiments.strategies.kshot import KShot
+from experiments.strategies.mctnas import MCTNAS
 from experiments.strategies.proxyless import Proxyless
 from experiments.strategies.spos import SPOS
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (DARTS(), GumbelDARTS(), Proxyless(), SPOS(), KShot(), ENAS())}
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (DARTS(), GumbelDARTS(), Proxyless(), SPOS(), KShot(), ENAS(),
+                                                       MCTNAS())}
 
 
 def strategy_names(target: str) -> list[str]:

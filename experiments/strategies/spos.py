@@ -4,6 +4,8 @@ NNI ``RandomOneShot`` trains the supernet; NNI ``RegularizedEvolution`` then run
 (sequential engine, weights kept), each sub-network scored with inherited weights after
 recalibrating BatchNorm: kNN top-1 on held-out images for SSL frameworks, classifier top-1
 for ``supervised``. An NNI ``Filter`` keeps every scored sub-network within the budget.
+With ``strategy_options.distinct`` the supernet trains on distinct networks drawn uniformly
+(``experiments/strategies/distinct.py``) instead of NAS-Bench-Macro keys.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any, Callable, Optional
 from experiments import nni_compat
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
+from experiments.strategies.distinct import DISTINCT_OPTION, check_distinct
 
 
 class SPOS(Strategy):
@@ -20,9 +23,12 @@ class SPOS(Strategy):
     handles = frozenset({"layer", "width", "depth"})
     config_fields = ("backbone_search.population", "backbone_search.tournament", "backbone_search.mutation_prob",
                "backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
+    option_specs = {"distinct": DISTINCT_OPTION}
 
     def check(self, cfg, target: str) -> None:
         b = cfg.backbone_search
+        if target == "backbone":
+            check_distinct(cfg, self.name, self.settings(cfg))
         if b.tournament > b.population:
             raise ConfigError(f"backbone_search.tournament: must be <= backbone_search.population ({b.population}), "
                               f"got {b.tournament}")
@@ -30,7 +36,9 @@ class SPOS(Strategy):
     def build(self, ctx: SearchContext):
         from nni.nas.strategy import RandomOneShot
 
-        return RandomOneShot()
+        from experiments.strategies.sampling import distinct_spos
+
+        return distinct_spos() if self.settings(ctx.cfg)["distinct"] else RandomOneShot()
 
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         architecture, history = evolve(ctx, nni_strategy.supernet)
