@@ -45,6 +45,7 @@ from experiments.core.config import Config
 from experiments.core.errors import ConfigError
 from experiments.core.errors import RunFailed, RunInterrupted
 from experiments.core.files import atomic_torch_save, write_json_atomic
+from experiments.core.run_log import open_run_log
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -333,6 +334,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
         else:
             write_json_atomic(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         run.set_status("running")
+        open_run_log(out)
     except BaseException:
         os.close(fd)
         raise

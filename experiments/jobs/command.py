@@ -29,11 +29,12 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     """
     from experiments.core.checkpointing import refuse_finished
     from experiments.core.config import load_config
-    from experiments.core.console import summary
+    from experiments.core.console import start_line, summary
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.output_dir or cfg.output_dir)
     refuse_finished(out, result_files, args.overwrite)
+    print(start_line(args.job, cfg, out), flush=True)
     record = search(cfg, out, overwrite=args.overwrite)
     if record is not None:
         summary(record, out / result_files[0])
