@@ -6,6 +6,7 @@ no build isolation (no index is asked).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,6 +18,13 @@ from tests.conftest import ROOT
 def test_pip_install_gives_the_ssl_nas_command_with_every_job(tmp_path):
     from experiments.cli import job_modules
 
+    source = tmp_path / "source"  # a copy, so the build leaves no build/ or egg-info in the checkout
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("pyproject.toml", "README.md", "experiments", "evaluators", "search_spaces", "configs",
+                 "architectures"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, source / name,
+                                                                      **({"ignore": skip} if (ROOT / name).is_dir()
+                                                                         else {}))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     site = next((venv / "lib").glob("python*/site-packages"))
@@ -25,7 +33,7 @@ def test_pip_install_gives_the_ssl_nas_command_with_every_job(tmp_path):
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                              "--no-build-isolation", str(ROOT)], capture_output=True, text=True, env=env,
+                              "--no-build-isolation", str(source)], capture_output=True, text=True, env=env,
                              timeout=240, cwd=tmp_path)
     assert install.returncode == 0, install.stderr[-3000:]
     command = venv / "bin" / "ssl-nas"
