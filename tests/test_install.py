@@ -19,12 +19,10 @@ def test_pip_install_gives_the_ssl_nas_command_with_every_job(tmp_path):
     from experiments.cli import job_modules
 
     source = tmp_path / "source"  # a copy, so the build leaves no build/ or egg-info in the checkout
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("pyproject.toml", "README.md", "experiments", "evaluators", "search_spaces", "configs",
-                 "architectures"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, source / name,
-                                                                      **({"ignore": skip} if (ROOT / name).is_dir()
-                                                                         else {}))
+    for name in ("experiments", "evaluators", "search_spaces", "configs", "architectures"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     site = next((venv / "lib").glob("python*/site-packages"))
