@@ -45,7 +45,7 @@ def test_quickstart_job_prints_its_start_and_end_and_no_chatter(tmp_path):
 def test_start_line_says_a_framework_with_its_own_views_falls_back(tiny_config, tmp_path):
     from experiments.core.console import start_line
 
-    line = start_line("search", tiny_config(framework="ressl"), tmp_path)
+    line = start_line("search", tiny_config(framework="ressl", **{"data.batched_augment": True}), tmp_path)
     assert "per-image views (ressl makes its own)" in line
 
 
