@@ -90,3 +90,11 @@ def test_only_the_listed_warnings_leave_the_terminal():
     assert shown == ["a warning the user can act on"]
     assert len(handler.pending) == 1
     assert handler.pending[0].getMessage().endswith("`isinstance(treespec, LeafSpec)` is deprecated, use ...")
+
+
+def test_a_retrain_start_line_names_the_architecture_and_the_retrain_epochs(tiny_config, tmp_path):
+    from experiments.core.console import start_line
+
+    cfg = tiny_config(**{"train.epochs": 3, "search.epochs": 2})
+    line = start_line("retrain", cfg, tmp_path, architecture="a.json")
+    assert line.startswith("retrain: simsiam on digits, architecture a.json, cpu, 3 epochs, ")

@@ -18,13 +18,17 @@ def epoch_line(r: dict) -> str:
             f"collapse {r['collapse']:.3f}{moved}{seconds}")
 
 
-def start_line(job: str, cfg, out: Path) -> str:
-    """What a search job will do, in one line: framework, space, strategy, data, device, epochs."""
+def start_line(job: str, cfg, out: Path, architecture: str | None = None) -> str:
+    """What a job will do, in one line: framework, space and strategy (or the architecture a
+    retrain rebuilds), data, device, epochs."""
     import torch
 
     from evaluators import FRAMEWORKS
 
-    if job == "backbone-search":
+    epochs = cfg.search.epochs
+    if architecture is not None:
+        space, epochs = f"architecture {architecture}", cfg.train.epochs
+    elif job == "backbone-search":
         space = f"{cfg.model.backbone} backbone space, {cfg.backbone_search.strategy}"
     else:
         space = f"{cfg.model.head_space} head space, {cfg.search.strategy}"
@@ -36,7 +40,7 @@ def start_line(job: str, cfg, out: Path) -> str:
     device = cfg.trainer.accelerator
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return (f"{job}: {cfg.framework} on {data}, {space}, {device}, {cfg.search.epochs} epochs, {views} "
+    return (f"{job}: {cfg.framework} on {data}, {space}, {device}, {epochs} epochs, {views} "
             f"-> {out}")
 
 
