@@ -180,8 +180,8 @@ class SSLFramework(LightningModule):
                                "build_module(..., augment=data.augment)")
         else:
             views = list(batch)
-        if self.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        if self.channels_last:  # images only: a labelled batch (supervised) also carries its labels
+            views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
         return views
 
     def training_step(self, batch, batch_idx):
