@@ -43,3 +43,25 @@ def test_the_benchmarks_base_is_the_earlier_quick_start_with_the_old_defaults():
     cfg = make_config(args, 64)
     assert (cfg.data.batched_augment, cfg.trainer.channels_last) == (False, False)
     assert (cfg.search.strategy, cfg.search.arch_lr, cfg.search.epochs) == ("darts", 3e-3, 20)
+
+
+def test_batched_views_follow_from_epoch_and_position_so_a_resume_makes_the_same_views(tiny_config):
+    from types import SimpleNamespace
+
+    import torch
+
+    from experiments.core.assembly import build_module
+
+    cfg = tiny_config(**{"data.batched_augment": True, "data.train_subset": 64})
+    data = build_data(cfg)
+    batch = next(iter(data.loader(None, cfg)))
+
+    def views(epoch: int, batch_idx: int, module=None):
+        module = module or build_module(cfg, 2, interleaved=False, augment=data.augment)
+        module._trainer = SimpleNamespace(current_epoch=epoch, global_rank=0)
+        return module.make_views(batch, batch_idx)[0]
+
+    first = build_module(cfg, 2, interleaved=False, augment=data.augment)
+    assert torch.equal(views(1, 3, first), views(1, 3))  # a fresh module (a resumed run) draws the same
+    assert not torch.equal(views(0, 3, first), views(1, 3, first))  # another epoch, other views
+    assert not torch.equal(views(1, 2, first), views(1, 3, first))  # another position, other views
