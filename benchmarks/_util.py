@@ -75,7 +75,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def make_config(args: argparse.Namespace, train_images: int, **overrides: Any):
-    """The README's config with the benchmark's dataset, network size, batch and device."""
+    """The benchmark config (configs/bench_digits_simsiam.yml) with the benchmark's dataset, network size, batch and device."""
     from experiments.core.config import load_config
 
     values: dict[str, Any] = {
@@ -91,7 +91,7 @@ def make_config(args: argparse.Namespace, train_images: int, **overrides: Any):
     else:  # digits upscaled to CIFAR's 32 px, so the backbone does CIFAR-sized work
         values.update({"data.dataset": "digits", "data.image_size": 32})
     values.update(overrides)
-    return load_config(ROOT / "configs" / "digits_simsiam.yml", values)
+    return load_config(ROOT / "configs" / "bench_digits_simsiam.yml", values)
 
 
 def with_options(cfg, options: dict[str, Any]):

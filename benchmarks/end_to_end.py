@@ -1,6 +1,6 @@
-"""End-to-end wall time of the README's main job, as a user runs it.
+"""End-to-end wall time of the Quick start's search, as a user runs it (on its benchmark config).
 
-Runs ``python -m experiments search --config configs/digits_simsiam.yml`` in a fresh
+Runs ``python -m experiments search --config configs/bench_digits_simsiam.yml`` in a fresh
 process per variant (imports, data, the whole search with its per-epoch monitor, the
 export and the final kNN and linear probe all count) into a temporary folder, and reads
 the search's own timing and metrics back from ``best_architecture.json``.
@@ -52,7 +52,7 @@ def run_job(config: str, overrides: list[str], device: str) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.end_to_end", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/digits_simsiam.yml")
+    parser.add_argument("--config", default="configs/bench_digits_simsiam.yml")
     parser.add_argument("--variants", default="default,batched+cl", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every variant (repeatable)")

@@ -225,6 +225,8 @@ def config_for(name: str, options: dict, objective: str, seed: int, budget: dict
         "backbone_search.tournament": min(4, budget["trials"]),
         "evaluation.knn_k": 20, "evaluation.monitor_every_n_epochs": budget["epochs"], "evaluation.bank_subset": 1000,
         "trainer.progress_bar": False, "trainer.accelerator": "cpu",
+        # the defaults when the committed results were measured
+        "data.batched_augment": False, "trainer.channels_last": False,
     }
     return load_config(None, overrides)
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m experiments JOB ...``, one subcommand per job and study.
+"""Command line: ``python -m experiments JOB ...`` (installed: ``ssl-nas JOB ...``), one subcommand per job and study.
 
 Bad input ends with one ``error:`` line on stderr and exit status 2, before anything is
 written; a run that failed (NaN loss, collapsed representation, a search whose derived head
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def job_modules() -> list:
@@ -21,8 +22,8 @@ def job_modules() -> list:
             screenshot]
 
 
-def build_parser(modules: list) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.splitlines()[0])
+def build_parser(modules: list, prog: str = "python -m experiments") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="job", required=True, metavar="JOB")
     for module in modules:
         job = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
@@ -35,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     from experiments import nni_compat
 
     nni_compat.apply()
+    from experiments.core.run_log import capture_chatter
+
+    capture_chatter()  # NNI's and Lightning's chatter waits for the run's logs/run.log
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(job_modules()).parse_args(argv)
+    prog = "ssl-nas" if Path(sys.argv[0]).name == "ssl-nas" else "python -m experiments"  # the installed command
+    args = build_parser(job_modules(), prog).parse_args(argv)
     args.argv = argv[1:]  # the job's own arguments, for studies that record the command that made them
     if getattr(args, "nni", False):  # a run job as the trial of an nnictl experiment
         from experiments.jobs import trial

@@ -9,6 +9,7 @@ suite's conftest, and anyone using the package as a library, before NNI is impor
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -568,3 +569,16 @@ def seeded_choice_sampling() -> None:
 
     mutable.RandomState = global_random_state
     setattr(mutable, _GLOBAL_RANDOM_STATE, True)
+
+
+def nni_log_to(handler: logging.Handler) -> None:
+    """Quirk 26: NNI logs INFO and up to stdout through a handler of its own on the ``nni`` logger,
+    added when ``nni`` is imported: a one-shot search prints ``training_service will be ignored for
+    sequential execution engine`` 17 times, its internal checkpoint path and two warnings it says
+    to ignore. Remove that handler (NNI's ``silence_stdout``) and send the records to ``handler``."""
+    from nni.runtime import log as nni_log
+
+    nni_log.silence_stdout()
+    logger = logging.getLogger("nni")
+    if handler not in logger.handlers:
+        logger.addHandler(handler)

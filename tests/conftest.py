@@ -49,7 +49,7 @@ def tiny_config(tmp_path):
     from experiments.core.config import load_config
 
     def make(**extra):
-        return load_config(ROOT / "configs" / "digits_simsiam.yml", tiny_overrides(tmp_path / "run", **extra))
+        return load_config(ROOT / "configs" / "bench_digits_simsiam.yml", tiny_overrides(tmp_path / "run", **extra))
 
     return make
 

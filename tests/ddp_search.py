@@ -23,7 +23,7 @@ def main(out: str, strategy: str) -> None:
     from experiments.core.config import load_config
     from experiments.jobs.search import run_search
 
-    cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", {
+    cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", {
         "data.batch_size": 32, "data.train_subset": 256, "data.test_subset": 100,
         "model.backbone_width": 0.125, "model.head_width": 0.0625,
         "search.epochs": 2, "search.warmup_epochs": 0, "search.arch_lr": 0.05, "search.collapse_threshold": 0.0,

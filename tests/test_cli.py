@@ -35,7 +35,7 @@ def _run(args, cwd):
 ])
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, setting, message):
     out = tmp_path / "out"
-    result = _run_in_process(["search", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+    result = _run_in_process(["search", "--config", str(ROOT / "configs" / "bench_digits_simsiam.yml"),
                               "--output-dir", str(out), *setting], capsys)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -61,7 +61,7 @@ def test_finished_run_is_not_overwritten(tmp_path):
     out = tmp_path / "done"
     out.mkdir()
     (out / "best_architecture.json").write_text('{"keep": true}')
-    result = _run(["search", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+    result = _run(["search", "--config", str(ROOT / "configs" / "bench_digits_simsiam.yml"),
                    "--output-dir", str(out)], tmp_path)
     assert result.returncode == 2 and "--overwrite" in result.stderr
     assert (out / "best_architecture.json").read_text() == '{"keep": true}'
@@ -70,7 +70,7 @@ def test_finished_run_is_not_overwritten(tmp_path):
 def test_malformed_architecture_json(tmp_path, capsys):
     bad = tmp_path / "arch.json"
     bad.write_text('{"architecture": {"projector.layer1.op": "linear_relu"')
-    result = _run_in_process(["retrain", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+    result = _run_in_process(["retrain", "--config", str(ROOT / "configs" / "bench_digits_simsiam.yml"),
                               "--arch", str(bad), "--output-dir", str(tmp_path / "out")], capsys)
     assert result.returncode == 2 and "malformed architecture JSON" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -83,7 +83,7 @@ def test_architecture_with_unknown_label_or_value(tmp_path, capsys):
     record["architecture"]["projector.layer1.op"] = "linear_gelu"
     bad = tmp_path / "arch.json"
     bad.write_text(json.dumps(record))
-    result = _run_in_process(["retrain", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+    result = _run_in_process(["retrain", "--config", str(ROOT / "configs" / "bench_digits_simsiam.yml"),
                               "--arch", str(bad), "--output-dir", str(tmp_path / "out")], capsys)
     assert result.returncode == 2 and "'linear_gelu' is not one of its choices" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "digits_simsiam.yml")
+CONFIG = str(ROOT / "configs" / "bench_digits_simsiam.yml")
 SHIPPED = ROOT / "architectures" / "nasiam_simsiam_cifar10_resnet18.json"
 TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625, "data.train_subset": 128,
         "data.test_subset": 50, "data.batch_size": 32, "search.epochs": 2, "search.warmup_epochs": 0,

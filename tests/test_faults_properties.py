@@ -151,7 +151,7 @@ dotted = [f"{section}.{name}" if section else name for section, names in SECTION
     st.text(max_size=20)), max_size=4))
 def test_generated_overrides_are_accepted_or_refused_in_one_line(overrides):
     try:
-        load_config(ROOT / "configs" / "digits_simsiam.yml", overrides)
+        load_config(ROOT / "configs" / "bench_digits_simsiam.yml", overrides)
     except ConfigError as err:
         assert_one_line(err)
 
@@ -161,7 +161,7 @@ def test_generated_overrides_are_accepted_or_refused_in_one_line(overrides):
 def spaces():
     from experiments.core.records import space_for
 
-    cfg = load_config(ROOT / "configs" / "digits_simsiam.yml",
+    cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml",
                       {"model.backbone_width": 0.0625, "model.head_width": 0.0625})
     found = {}
     for framework in ("simsiam", "simclr", "moco", "byol"):

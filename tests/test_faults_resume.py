@@ -36,7 +36,7 @@ TINY = {
 
 def command(out: Path) -> list[str]:
     sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
-    return [sys.executable, "-m", "experiments", "search", "--config", "configs/digits_simsiam.yml", *sets,
+    return [sys.executable, "-m", "experiments", "search", "--config", "configs/bench_digits_simsiam.yml", *sets,
             "--output-dir", str(out)]
 
 
@@ -95,7 +95,7 @@ def claim_while_running(out: Path, pid: int) -> dict:
     from experiments.core.errors import ConfigError
     from experiments.core.config import load_config
 
-    cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", {**TINY, "output_dir": str(out)})
+    cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", {**TINY, "output_dir": str(out)})
     os.kill(pid, signal.SIGSTOP)  # paused, it keeps its lock however long this takes
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
     try:
@@ -203,7 +203,7 @@ def test_sigint_mid_epoch_checkpoint_resumes_exactly_under_gumbel_darts(tmp_path
     torch.set_num_threads(1)
     overrides = {**TINY, "search.epochs": 2, "search.strategy": "gdarts", "data.train_subset": 192}
     quiet = dict(log_fn=lambda line: None)
-    reference = search.run_search(load_config(ROOT / "configs" / "digits_simsiam.yml", overrides),
+    reference = search.run_search(load_config(ROOT / "configs" / "bench_digits_simsiam.yml", overrides),
                                   tmp_path / "reference", **quiet)
     out = tmp_path / "interrupted"
     build_trainer = search.build_trainer
@@ -211,7 +211,7 @@ def test_sigint_mid_epoch_checkpoint_resumes_exactly_under_gumbel_darts(tmp_path
     monkeypatch.setattr(search, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
         c, e, o, [*callbacks, signal_at.callback], **kw))
     with pytest.raises(RunInterrupted) as info:
-        search.run_search(load_config(ROOT / "configs" / "digits_simsiam.yml", overrides), out, **quiet)
+        search.run_search(load_config(ROOT / "configs" / "bench_digits_simsiam.yml", overrides), out, **quiet)
     assert info.value.exit_code == 128 + signal.SIGINT
     assert "interrupted by SIGINT" in str(info.value) and "checkpoint saved" in str(info.value)
     state = checkpoint_state(out)
@@ -219,7 +219,7 @@ def test_sigint_mid_epoch_checkpoint_resumes_exactly_under_gumbel_darts(tmp_path
     assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
 
     monkeypatch.setattr(search, "build_trainer", build_trainer)
-    record = search.run_search(load_config(ROOT / "configs" / "digits_simsiam.yml", overrides), out, **quiet)
+    record = search.run_search(load_config(ROOT / "configs" / "bench_digits_simsiam.yml", overrides), out, **quiet)
     assert record["architecture"] == reference["architecture"]
     assert [r["ssl_loss"] for r in record["history"]] == pytest.approx(
         [r["ssl_loss"] for r in reference["history"]], abs=1e-6)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "digits_simsiam.yml")
+CONFIG = str(ROOT / "configs" / "bench_digits_simsiam.yml")
 TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625, "data.train_subset": 128,
         "data.test_subset": 100, "data.batch_size": 32, "search.warmup_epochs": 0,
         "evaluation.linear_epochs": 5, "evaluation.bank_subset": 128, "evaluation.knn_k": 10,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "digits_simsiam.yml"
+CONFIG = ROOT / "configs" / "bench_digits_simsiam.yml"
 TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625}
 
 

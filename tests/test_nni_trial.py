@@ -101,7 +101,7 @@ def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch, 
 
     overrides = tiny_overrides(tmp_path / "unused", **{"data.train_subset": 256, "data.test_subset": 100,
                                                        "evaluation.linear_epochs": 5, "evaluation.knn_k": 10})
-    cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", overrides)
+    cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", overrides)
     labels = build_space(cfg).simplify()
     architecture = {str(k): list(m.values)[(i * 3) % len(m.values)] for i, (k, m) in enumerate(labels.items())}
     recorder = RecordingChannel({**architecture, "seed": 3})
@@ -111,7 +111,7 @@ def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch, 
     monkeypatch.setenv("NNI_OUTPUT_DIR", str(tmp_path / "trial"))
     monkeypatch.delenv("NNI_TRIAL_COMMAND_CHANNEL", raising=False)
     try:
-        status = run_head_trial(str(ROOT / "configs" / "digits_simsiam.yml"),
+        status = run_head_trial(str(ROOT / "configs" / "bench_digits_simsiam.yml"),
                                 [f"{k}={json.dumps(v)}" for k, v in overrides.items()], log_fn=lambda _: None)
     finally:
         channels._channel, nni.trial._params, nni.trial._intermediate_seq = saved
@@ -155,7 +155,7 @@ def test_backbone_search_trial_reports_its_epochs_and_final_result(tmp_path, mon
 def test_a_failing_trial_exits_non_zero_with_its_reason_on_stderr(tmp_path, capsys):
     from experiments.cli import main
 
-    status = main(["search", "--nni", "--config", str(ROOT / "configs" / "digits_simsiam.yml"),
+    status = main(["search", "--nni", "--config", str(ROOT / "configs" / "bench_digits_simsiam.yml"),
                    "--set", "search.arch_lrr=0.1", "--output-dir", str(tmp_path / "x")])
     assert status == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \

@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NNICTL = BIN / "nnictl"
-TINY_ARGS = ("--config configs/digits_simsiam.yml --set data.train_subset=256 --set data.test_subset=100 "
+TINY_ARGS = ("--config configs/bench_digits_simsiam.yml --set data.train_subset=256 --set data.test_subset=100 "
              "--set data.batch_size=64 --set model.backbone_width=0.125 --set model.head_width=0.0625 "
              "--set search.epochs=1 --set search.warmup_epochs=0 --set search.collapse_threshold=0 "
              "--set evaluation.knn_k=10 --set evaluation.linear_epochs=5 --set trainer.accelerator=cpu")
@@ -212,6 +212,6 @@ def test_export_after_stop_writes_an_architecture_retrain_accepts(experiment, tm
     for trial_dir in experiment.workdir.glob("*/environments/*/trials/*"):
         finals[trial_dir.name] = json.loads((trial_dir / "best_architecture.json").read_text())["metrics"]["knn_top1"]
     assert finals[record["nni"]["trial_id"]] == max(finals.values())
-    cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", tiny_overrides(tmp_path / "r"))
+    cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", tiny_overrides(tmp_path / "r"))
     network, architecture = build_fixed(record, cfg)  # what `retrain --arch` does with it
     assert architecture == record["architecture"]

@@ -19,7 +19,7 @@ from tests.conftest import ROOT, tiny_overrides
 def searched(tmp_path_factory):
     """One short guarded DARTS search shared by the tests below (warm-up 1 epoch, penalty on)."""
     out = tmp_path_factory.mktemp("search")
-    cfg = load_config(ROOT / "configs" / "digits_simsiam.yml",
+    cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml",
                       tiny_overrides(out, **{"search.epochs": 3, "search.warmup_epochs": 1,
                                              "search.arch_lr": 0.01, "data.train_subset": 768,
                                              "model.backbone_width": 0.25}))

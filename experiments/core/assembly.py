@@ -1,6 +1,7 @@
 """What every job shares: data bundle, network space, framework module, trainer, result files."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -85,9 +86,7 @@ def build_data(cfg: Config) -> DataBundle:
     evaluation = EvaluationSet(normalized(bank, mean, std), bank.labels, normalized(test, mean, std),
                                test.labels, num_classes=len(train.classes))
     augment = None
-    if d.batched_augment:
-        if not framework.batched_views:
-            raise ConfigError(f"data.batched_augment: {cfg.framework} makes its own views; set it to false")
+    if d.batched_augment and framework.batched_views:  # a framework that makes its own views keeps them
         augment = BatchViewAugment(settings, size, mean, std, views=len(views))
     return DataBundle(train, test, mean, std, size, views, evaluation, augment)
 
@@ -141,14 +140,17 @@ def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient
     except ModuleNotFoundError:  # tensorboard is optional
         pass
     extra = []
-    if t.progress_bar:
+    # A live bar only in a terminal: in a captured log its redraws are stray lines, and the
+    # epoch printer already writes one plain line per epoch.
+    progress_bar = t.progress_bar and sys.stderr.isatty()
+    if progress_bar:
         from pytorch_lightning.callbacks import RichProgressBar
-        extra.append(RichProgressBar(leave=True))
+        extra.append(RichProgressBar(leave=False))
     kwargs: dict[str, Any] = dict(
         max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         precision=t.precision, callbacks=callbacks + extra, logger=loggers, log_every_n_steps=1,
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=t.progress_bar, enable_model_summary=False,
+        enable_progress_bar=progress_bar, enable_model_summary=False,
         default_root_dir=str(out), num_sanity_val_steps=0, limit_val_batches=0,
     )
     if gradient_clip is not None:

@@ -47,6 +47,7 @@ from experiments.core.errors import (OutputUnwritable, RunFailed, RunInterrupted
                                      describe_os_error, one_line)
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from experiments.core.machine import check_trainer
+from experiments.core.run_log import open_run_log
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -417,6 +418,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
         else:
             write_json_atomic(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         run.set_status("running")
+        open_run_log(out)
     except OSError as err:
         os.close(fd)
         raise ConfigError(f"--output-dir: cannot claim it: {describe_os_error(err, out)}") from None

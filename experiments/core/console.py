@@ -18,6 +18,32 @@ def epoch_line(r: dict) -> str:
             f"collapse {r['collapse']:.3f}{moved}{seconds}")
 
 
+def start_line(job: str, cfg, out: Path, architecture: str | None = None) -> str:
+    """What a job will do, in one line: framework, space and strategy (or the architecture a
+    retrain rebuilds), data, device, epochs."""
+    import torch
+
+    from evaluators import FRAMEWORKS
+
+    epochs = cfg.search.epochs
+    if architecture is not None:
+        space, epochs = f"architecture {architecture}", cfg.train.epochs
+    elif job == "backbone-search":
+        space = f"{cfg.model.backbone} backbone space, {cfg.backbone_search.strategy}"
+    else:
+        space = f"{cfg.model.head_space} head space, {cfg.search.strategy}"
+    data = cfg.data.dataset if cfg.data.root is None else f"{cfg.data.dataset} ({cfg.data.root})"
+    if cfg.data.batched_augment and not FRAMEWORKS[cfg.framework].batched_views:
+        views = f"per-image views ({cfg.framework} makes its own)"
+    else:
+        views = "batched views" if cfg.data.batched_augment else "per-image views"
+    device = cfg.trainer.accelerator
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return (f"{job}: {cfg.framework} on {data}, {space}, {device}, {epochs} epochs, {views} "
+            f"-> {out}")
+
+
 class EpochPrinter:
     """A monitor listener that prints ``epoch_line`` on global rank zero (a class, so it pickles under ddp_spawn)."""
 
@@ -65,4 +91,4 @@ def summary(record: dict, path: Path) -> None:
     held_out = f"  held-out score {m['held_out_score']:.3f}" if "held_out_score" in m else ""
     console.print(f"kNN top-1 {m['knn_top1']:.3f}  linear top-1 {m['linear_top1']:.3f}  "
                   f"collapse {m['collapse']:.3f} (healthy ~1){held_out}  chance {m['chance']:.3f}")
-    console.print(f"written: {path}")
+    print(f"results: {path}  (NNI and Lightning messages: {path.parent / 'logs' / 'run.log'})")  # never wrapped

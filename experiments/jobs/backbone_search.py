@@ -118,7 +118,8 @@ def train_supernet(setup: SearchSetup, out: Path, listeners: Sequence[Callable[[
     cfg, data = setup.cfg, setup.data
     strategy, epochs = STRATEGIES[cfg.backbone_search.strategy], cfg.search.epochs
     ctx = setup.context(out, log_fn)
-    module = build_module(cfg, epochs, interleaved=strategy.interleaved, **strategy.module_options(ctx))
+    module = build_module(cfg, epochs, interleaved=strategy.interleaved, augment=data.augment,
+                          **strategy.module_options(ctx))
     monitor = build_monitor(cfg, data, listeners)
     monitor.listeners.insert(0, EpochPrinter(log_fn))
     labelled = strategy.needs_labels or module.uses_labels

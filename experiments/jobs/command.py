@@ -11,14 +11,14 @@ from typing import Callable, Sequence
 
 def add_config_arguments(p: argparse.ArgumentParser, outputs: bool = True) -> None:
     """``--config``, ``--set`` and, for jobs that write a run directory, ``--output-dir``, ``--overwrite``, ``--nni``."""
-    p.add_argument("--config", help="YAML config (README: Config reference)")
+    p.add_argument("--config", help="YAML config (docs/config.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set search.epochs=3 (repeatable)")
     if outputs:
         p.add_argument("--output-dir", help="where results go (default: the config's output_dir)")
         p.add_argument("--overwrite", action="store_true", help="replace the results of a finished run")
         p.add_argument("--nni", action="store_true",
-                       help="run as the trial of an nnictl experiment (README: Searching with nnictl)")
+                       help="run as the trial of an nnictl experiment (docs/nnictl.md)")
 
 
 def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
@@ -29,11 +29,12 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     """
     from experiments.core.checkpointing import refuse_finished
     from experiments.core.config import load_config
-    from experiments.core.console import summary
+    from experiments.core.console import start_line, summary
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.output_dir or cfg.output_dir)
     refuse_finished(out, result_files, args.overwrite)
+    print(start_line(args.job, cfg, out), flush=True)
     record = search(cfg, out, overwrite=args.overwrite)
     if record is not None:
         summary(record, out / result_files[0])

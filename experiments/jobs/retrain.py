@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from experiments.core.assembly import build_data, build_module, build_monitor, build_trainer, downstream_metrics
 from experiments.core.checkpointing import claim_output_dir, claims_output_dir, refuse_finished
 from experiments.core.config import Config, load_config
-from experiments.core.console import EpochPrinter, summary
+from experiments.core.console import EpochPrinter, start_line, summary
 from experiments.core.errors import ConfigError
 from experiments.core.guards import FailureGuard
 from experiments.core.records import build_fixed, new_record, read_architecture, write_results
@@ -36,6 +36,7 @@ def run(args) -> int:
     out = Path(args.output_dir or cfg.output_dir)
     refuse_finished(out, (RESULTS_FILE, MODEL_FILE), args.overwrite)
     record = read_architecture(args.arch)
+    print(start_line("retrain", cfg, out, architecture=args.arch), flush=True)
     result = run_retrain(cfg, record, out, source=args.arch, overwrite=args.overwrite)
     summary(result, out / RESULTS_FILE)
     return 0

@@ -52,6 +52,8 @@ def base_overrides(name: str, s: dict, out: Path, seed: int, scale: float, cifar
         "backbone_search.population": 12, "backbone_search.tournament": 4, "backbone_search.score_images": 500,
         "evaluation.knn_k": s["knn_k"], "evaluation.linear_epochs": 100,
         "evaluation.monitor_every_n_epochs": 1000, "trainer.progress_bar": False,
+        # the defaults when the committed results were measured
+        "data.batched_augment": False, "trainer.channels_last": False,
     })
     return o
 

@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from experiments.core.resources import project_file
+
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "head-study"
 HELP = "does the head search pay? every arm (hand-made, searched, NASiam's) over seeds, one table"
-PUBLISHED_NASIAM = ROOT / "architectures" / "nasiam_simsiam_cifar10_resnet18.json"
+PUBLISHED_NASIAM = project_file("architectures", "nasiam_simsiam_cifar10_resnet18.json")
 
 
 @dataclass(frozen=True)
@@ -448,7 +450,7 @@ def run(args) -> int:
     try:
         if not args.config and not args.dataset:
             raise ConfigError("give --dataset (digits, cifar10) or --config FILE")
-        base = Path(args.config) if args.config else ROOT / "configs" / f"study_{args.dataset}.yml"
+        base = Path(args.config) if args.config else project_file("configs", f"study_{args.dataset}.yml")
         if not base.is_file():
             raise ConfigError(f"config file {str(base)!r} does not exist"
                               + ("" if args.config else "; --dataset takes digits or cifar10, or pass --config"))

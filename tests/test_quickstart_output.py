@@ -1,0 +1,100 @@
+"""The Quick start job's terminal output: its start and end lines, none of NNI's or Lightning's chatter.
+
+The chatter is not lost: it is in the run's ``logs/run.log``.
+"""
+import logging
+import subprocess
+import sys
+import warnings
+
+from experiments import nni_compat
+from experiments.core import run_log
+from tests.conftest import ROOT, tiny_overrides
+
+CHATTER = (
+    "will be ignored for sequential execution engine",  # NNI writes `training_service` in backticks
+    "Safe to ignore this warning",
+    "Checkpoint callback does not have last_model_path",
+    "Config is not provided. Will try to infer.",
+    "Checkpoint saved to",
+    "litlogger",
+    "LeafSpec",
+    "GPU available:",
+)
+
+
+def test_quickstart_job_prints_its_start_and_end_and_no_chatter(tmp_path):
+    out = tmp_path / "run"
+    sets = [f"--set={k}={v}" for k, v in tiny_overrides(out).items() if k != "trainer.progress_bar"]
+    proc = subprocess.run([sys.executable, "-m", "experiments", "search", "--config", "configs/digits_simsiam.yml",
+                           *sets, "--overwrite"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode == 0, printed[-3000:]
+    for chatter in CHATTER:
+        assert chatter not in printed, chatter
+    lines = printed.splitlines()
+    assert lines[0] == (f"search: simsiam on digits, nasiam head space, gdarts, cpu, 2 epochs, batched views -> {out}")
+    assert any(line.startswith(f"results: {out / 'best_architecture.json'}") for line in lines), printed[-2000:]
+    assert sum(line.startswith("epoch ") for line in lines) == 2  # one plain line per epoch, no bar leftovers
+    assert not any(line.startswith("Epoch ") or "it/s" in line for line in lines)  # the bar's leftovers
+    logged = (out / "logs" / "run.log").read_text()
+    for chatter in ("will be ignored for sequential execution engine", "Config is not provided", "GPU available:"):
+        assert chatter in logged, chatter  # nothing lost
+
+
+def test_start_line_says_a_framework_with_its_own_views_falls_back(tiny_config, tmp_path):
+    from experiments.core.console import start_line
+
+    line = start_line("search", tiny_config(framework="ressl", **{"data.batched_augment": True}), tmp_path)
+    assert "per-image views (ressl makes its own)" in line
+
+
+def test_quirk26_nni_logs_to_our_handler_not_stdout():
+    code = ("import logging, experiments.nni_compat as c; h = logging.StreamHandler(open('/dev/null', 'w'));"
+            "import nni; c.nni_log_to(h); logging.getLogger('nni.nas.experiment').warning('quirk26 probe');"
+            "print(h in logging.getLogger('nni').handlers)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["True"], proc.stderr[-2000:]
+    assert "quirk26 probe" not in proc.stdout + proc.stderr
+
+
+def test_run_log_holds_records_until_a_run_opens_its_file(tmp_path):
+    handler = run_log.RunLog()
+    logger = logging.getLogger("tests.run_log")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("before the claim")
+        assert not (tmp_path / "logs").exists()
+        handler.open(tmp_path / run_log.LOG_FILE)
+        logger.warning("after the claim")
+    finally:
+        logger.removeHandler(handler)
+    text = (tmp_path / run_log.LOG_FILE).read_text()
+    assert text.index("before the claim") < text.index("after the claim")
+
+
+def test_only_the_listed_warnings_leave_the_terminal():
+    handler = run_log.RunLog()
+    saved, shown = warnings.showwarning, []
+    try:
+        warnings.showwarning = lambda message, *rest, **kw: shown.append(str(message))  # the terminal
+        run_log._route_warnings(handler)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+            warnings.warn("a warning the user can act on", UserWarning)
+    finally:
+        warnings.showwarning = saved
+        logging.getLogger("ssl_nas.warnings").removeHandler(handler)
+    assert shown == ["a warning the user can act on"]
+    assert len(handler.pending) == 1
+    assert handler.pending[0].getMessage().endswith("`isinstance(treespec, LeafSpec)` is deprecated, use ...")
+
+
+def test_a_retrain_start_line_names_the_architecture_and_the_retrain_epochs(tiny_config, tmp_path):
+    from experiments.core.console import start_line
+
+    cfg = tiny_config(**{"train.epochs": 3, "search.epochs": 2})
+    line = start_line("retrain", cfg, tmp_path, architecture="a.json")
+    assert line.startswith("retrain: simsiam on digits, architecture a.json, cpu, 3 epochs, ")
