@@ -168,18 +168,20 @@ class SSLFramework(LightningModule):
         """Per-weight-step state change before the loss (momentum update)."""
 
     # --- Lightning -----------------------------------------------------------------------------
-    def make_views(self, batch, batch_idx: int = 0) -> list[torch.Tensor]:
+    def make_views(self, batch, position: int = 0, arch_step: bool = False) -> list[torch.Tensor]:
         """The batch's views: a tuple of views, or a uint8 batch augmented here (``data.batched_augment``).
 
-        The augmentation draws follow from (seed, rank, epoch, position) alone, like the data order,
-        so a resumed run makes the same views as an uninterrupted one.
+        The augmentation draws follow from (seed, rank, epoch, position in the epoch, step kind)
+        alone, like the data order, so a resumed run makes the same views as an uninterrupted one,
+        and a strategy that interleaves other steps (DARTS, K-shot) sees the weight batches' views
+        that SPOS sees.
         """
         if self.batch_augment is not None and isinstance(batch, torch.Tensor) and batch.dtype == torch.uint8:
             if self._augment_generator is None or self._augment_generator.device != batch.device:
                 self._augment_generator = torch.Generator(device=batch.device)
             # one stream per rank: seed_everything gives every DDP rank the same initial seed
             epoch = self.trainer.current_epoch if self._trainer is not None else 0
-            seed = hash((torch.initial_seed(), self.global_rank, epoch, batch_idx)) % (2 ** 63)
+            seed = hash((torch.initial_seed(), self.global_rank, epoch, position, arch_step)) % (2 ** 63)
             views = self.batch_augment(batch, self._augment_generator.manual_seed(seed))
         elif isinstance(batch, torch.Tensor):
             raise RuntimeError("a uint8 batch (data.batched_augment) needs the module built with "
@@ -193,7 +195,7 @@ class SSLFramework(LightningModule):
     def training_step(self, batch, batch_idx):
         arch_step = is_architecture_step(batch_idx, self.interleaved)
         self._batch_in_epoch = batch_idx // 2 if self.interleaved else batch_idx
-        views = self.make_views(batch, batch_idx)
+        views = self.make_views(batch, self._batch_in_epoch, arch_step)
         if not arch_step:
             self.before_weight_step()
         loss = self.ssl_loss(views, arch_step)

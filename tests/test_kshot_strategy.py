@@ -40,10 +40,12 @@ def saved_weights(out) -> dict:
 
 
 def test_k1_is_spos_end_to_end(tmp_path, derived_by):
+    # Bit for bit in NCHW; in channels-last (the default) oneDNN picks other convolution kernels for
+    # the parametrised weight and the weights agree to float rounding only (4e-7 after 2 epochs).
     spos_out, kshot_out = tmp_path / "spos", tmp_path / "kshot"
     spos = run(load(spos_out, **{"backbone_search.strategy": "spos", "backbone_search.max_flops": BUDGET,
-                                 "search.epochs": 2}), spos_out)
-    one = run(kshot(kshot_out, k=1), kshot_out)
+                                 "search.epochs": 2, "trainer.channels_last": False}), spos_out)
+    one = run(kshot(kshot_out, k=1, **{"trainer.channels_last": False}), kshot_out)
     (module,) = derived_by
     assert module.kshot is not None and all(c.shape[0] == 1 for c in module.kshot.copies)  # it did wrap
     assert [e["score"] for e in one["evolution"]] == [e["score"] for e in spos["evolution"]]
@@ -64,7 +66,8 @@ def search_parts(tmp_path, k: int = 3):
     setup = prepare(cfg, log_fn=lambda line: None)
     strategy = STRATEGIES["kshot"]
     ctx = setup.context(tmp_path / "parts")
-    module = build_module(cfg, 2, interleaved=strategy.interleaved, **strategy.module_options(ctx))
+    module = build_module(cfg, 2, interleaved=strategy.interleaved, augment=setup.data.augment,
+                          **strategy.module_options(ctx))
     nni_strategy = strategy.build(ctx)
     supernet = nni_strategy.mutate_model(setup.space)
     oneshot = nni_strategy.configure_oneshot_module(module)
