@@ -23,6 +23,15 @@ logging.raiseExceptions = False
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (tests never take 8080)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tiny_overrides(out: Path, **extra) -> dict:
     """A digits run small enough for a test: narrow nets, few epochs, no progress bar."""
     base = {

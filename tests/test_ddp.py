@@ -12,21 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("strategy", ["ddp"])
 def test_darts_search_under_ddp_on_two_cpu_processes(tmp_path, strategy):
     out = tmp_path / "run"
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1",
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
                PL_DISABLE_FORK="1")
     env.pop("LOCAL_RANK", None)
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_search.py"), str(out), strategy],

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from types import SimpleNamespace
 
 import torch
+
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from experiments.nni_compat import sync_architecture_gradients
+from tests.conftest import free_port
 
 WORLD = 2
 
@@ -52,17 +53,13 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_architecture_gradients_are_averaged_over_the_ranks_not_summed(tmp_path):
     # torch.multiprocessing's spawn API with the fork start method: a spawned child re-imports torch
-    # and NNI (nni_compat patches NNI on import), about 35 s on a busy 2-core machine; a forked one
+    # and NNI, about 35 s on a busy 2-core machine; a forked one
     # starts at once. The children run no parallel kernels (a few tiny tensors), so fork is safe here.
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
     per_rank = [rank_gradients(r) for r in range(WORLD)]
     mean = [sum(torch.zeros(2) if g[i] is None else g[i] for g in per_rank) / WORLD for i in range(3)]
     assert torch.equal(mean[0], torch.tensor([6.5, 2.0, 9.5]))  # by hand: (1 + 12) / 2, (-2 + 6) / 2, (3 + 16) / 2

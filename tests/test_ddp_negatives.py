@@ -10,15 +10,16 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import socket
 
 import torch
+
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from evaluators.losses import NTXentLoss
 from evaluators.moco import MoCo
+from tests.conftest import free_port
 
 WORLD, N, DIM, TEMPERATURE = 2, 3, 4, 0.5
 
@@ -68,15 +69,11 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_negatives_and_queue_keys_come_from_every_rank(tmp_path):
     # fork, not spawn: the children start at once (see tests/test_ddp_average.py); a few tiny tensors each
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     z1, z2 = full_batch()
     per_anchor = per_anchor_ntxent(z1, z2)  # anchors: view 1 of images 0..5, then view 2 of images 0..5

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import warnings
 
-from experiments import nni_compat
 from experiments.core import run_log
 from tests.conftest import ROOT, tiny_overrides
 
