@@ -216,10 +216,10 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
 def test_ddp_ranks_train_rank_zeros_path_and_keep_the_same_tree(tmp_path):
     import torch.multiprocessing as mp
 
-    from tests.test_ddp_average import _free_port
+    from tests.conftest import free_port
 
     # fork, as tests/test_ddp_average.py: a forked child starts at once, a spawned one re-imports NNI
-    mp.start_processes(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True,
+    mp.start_processes(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True,
                        start_method="fork")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert ranks[0]["paths"] == ranks[1]["paths"]
