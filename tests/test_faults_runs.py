@@ -77,9 +77,27 @@ def byol_arch(tmp_path_factory):
     return path
 
 
-def test_retrain_interrupted_mid_epoch_resumes_exactly(tmp_path, byol_arch, monkeypatch):
+def signal_retrain_at(monkeypatch, epoch: int, batch: int, signals: tuple):
+    """Every retrain built from now on sends itself ``signals`` after batch ``batch`` of epoch ``epoch`` (0-based).
+
+    Returns the unpatched ``build_trainer``, to put back for a resumed run."""
     from pytorch_lightning import Callback
 
+    from experiments.jobs import retrain
+
+    class SignalAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch_out, batch_idx):
+            if trainer.current_epoch == epoch and batch_idx == batch:
+                for signum in signals:
+                    os.kill(os.getpid(), signum)
+
+    build_trainer = retrain.build_trainer
+    monkeypatch.setattr(retrain, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
+        c, e, o, [*callbacks, SignalAt()], **kw))
+    return build_trainer
+
+
+def test_retrain_interrupted_mid_epoch_resumes_exactly(tmp_path, byol_arch, monkeypatch):
     from experiments.jobs import retrain
     from experiments.core.records import read_architecture
     from experiments.core.config import load_config
@@ -91,14 +109,7 @@ def test_retrain_interrupted_mid_epoch_resumes_exactly(tmp_path, byol_arch, monk
     reference = tmp_path / "reference"
     retrain.run_retrain(load_config(CONFIG, overrides), record, reference, **quiet)
 
-    class SignalAt(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 1 and batch_idx == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    build_trainer = retrain.build_trainer
-    monkeypatch.setattr(retrain, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
-        c, e, o, [*callbacks, SignalAt()], **kw))
+    build_trainer = signal_retrain_at(monkeypatch, epoch=1, batch=1, signals=(signal.SIGTERM,))
     out = tmp_path / "interrupted"
     with pytest.raises(RunInterrupted, match="interrupted by SIGTERM; checkpoint saved"):
         retrain.run_retrain(load_config(CONFIG, overrides), record, out, **quiet)
@@ -240,19 +251,7 @@ def test_sigterm_during_the_final_evaluation_is_a_true_interruption(tmp_path, ca
 
 
 def test_a_second_ctrl_c_stops_at_once_with_130(tmp_path, capsys, monkeypatch):
-    from pytorch_lightning import Callback
-
-    from experiments.jobs import retrain
-
-    class TwoCtrlC(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 1 and batch_idx == 0:
-                os.kill(os.getpid(), signal.SIGINT)
-                os.kill(os.getpid(), signal.SIGINT)
-
-    build_trainer = retrain.build_trainer
-    monkeypatch.setattr(retrain, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
-        c, e, o, [*callbacks, TwoCtrlC()], **kw))
+    signal_retrain_at(monkeypatch, epoch=1, batch=0, signals=(signal.SIGINT, signal.SIGINT))
     out = tmp_path / "out"
     rc, lines = run_main(_retrain(out), capsys)
     assert rc == 130 and len(lines) == 1 and "stopped at once by a second SIGINT, without saving" in lines[0], lines
@@ -263,18 +262,9 @@ def test_a_second_ctrl_c_stops_at_once_with_130(tmp_path, capsys, monkeypatch):
 
 
 def test_a_mid_epoch_resume_says_which_epoch(tmp_path, capsys, monkeypatch):
-    from pytorch_lightning import Callback
-
     from experiments.jobs import retrain
 
-    class SignalAt(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 1 and batch_idx == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    build_trainer = retrain.build_trainer
-    monkeypatch.setattr(retrain, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
-        c, e, o, [*callbacks, SignalAt()], **kw))
+    build_trainer = signal_retrain_at(monkeypatch, epoch=1, batch=1, signals=(signal.SIGTERM,))
     out = tmp_path / "out"
     rc, lines = run_main(_retrain(out), capsys)
     assert rc == 143 and "checkpoint saved" in lines[0], lines

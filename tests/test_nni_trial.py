@@ -94,6 +94,22 @@ class RecordingChannel(TrialCommandChannel):
         self.sent.append((type, parameter_id, sequence, value))
 
 
+def as_nni_trial(job, config: str, overrides: dict, parameters: dict, tmp_path, monkeypatch):
+    """Run a trial job as nnictl would, the tuner handing it ``parameters``; returns (status, channel)."""
+    recorder = RecordingChannel(parameters)
+    saved = channels._channel, nni.trial._params, nni.trial._intermediate_seq
+    channels.set_default_trial_command_channel(recorder)
+    monkeypatch.setenv("NNI_PLATFORM", "local")
+    monkeypatch.setenv("NNI_OUTPUT_DIR", str(tmp_path / "trial"))
+    monkeypatch.delenv("NNI_TRIAL_COMMAND_CHANNEL", raising=False)
+    try:
+        status = job(str(ROOT / "configs" / config), [f"{k}={json.dumps(v)}" for k, v in overrides.items()],
+                     log_fn=lambda _: None)
+    finally:
+        channels._channel, nni.trial._params, nni.trial._intermediate_seq = saved
+    return status, recorder
+
+
 def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch, optimised_weights):
     from experiments.core.assembly import build_space
     from experiments.core.config import load_config
@@ -104,17 +120,8 @@ def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch, 
     cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", overrides)
     labels = build_space(cfg).simplify()
     architecture = {str(k): list(m.values)[(i * 3) % len(m.values)] for i, (k, m) in enumerate(labels.items())}
-    recorder = RecordingChannel({**architecture, "seed": 3})
-    saved = channels._channel, nni.trial._params, nni.trial._intermediate_seq
-    channels.set_default_trial_command_channel(recorder)
-    monkeypatch.setenv("NNI_PLATFORM", "local")
-    monkeypatch.setenv("NNI_OUTPUT_DIR", str(tmp_path / "trial"))
-    monkeypatch.delenv("NNI_TRIAL_COMMAND_CHANNEL", raising=False)
-    try:
-        status = run_head_trial(str(ROOT / "configs" / "bench_digits_simsiam.yml"),
-                                [f"{k}={json.dumps(v)}" for k, v in overrides.items()], log_fn=lambda _: None)
-    finally:
-        channels._channel, nni.trial._params, nni.trial._intermediate_seq = saved
+    status, recorder = as_nni_trial(run_head_trial, "bench_digits_simsiam.yml", overrides,
+                                    {**architecture, "seed": 3}, tmp_path, monkeypatch)
     assert status == 0
     result = json.loads((tmp_path / "trial" / "retrain_results.json").read_text())
     assert result["architecture"] == architecture and result["config"]["seed"] == 3
@@ -132,17 +139,8 @@ def test_backbone_search_trial_reports_its_epochs_and_final_result(tmp_path, mon
     from tests.test_backbone_search import tiny_backbone_overrides
 
     overrides = tiny_backbone_overrides(tmp_path / "unused", **{"backbone_search.max_flops": 40000})
-    recorder = RecordingChannel({"seed": 2})
-    saved = channels._channel, nni.trial._params, nni.trial._intermediate_seq
-    channels.set_default_trial_command_channel(recorder)
-    monkeypatch.setenv("NNI_PLATFORM", "local")
-    monkeypatch.setenv("NNI_OUTPUT_DIR", str(tmp_path / "trial"))
-    monkeypatch.delenv("NNI_TRIAL_COMMAND_CHANNEL", raising=False)
-    try:
-        status = run_backbone_trial(str(ROOT / "configs" / "digits_backbone_spos.yml"),
-                                    [f"{k}={json.dumps(v)}" for k, v in overrides.items()], log_fn=lambda _: None)
-    finally:
-        channels._channel, nni.trial._params, nni.trial._intermediate_seq = saved
+    status, recorder = as_nni_trial(run_backbone_trial, "digits_backbone_spos.yml", overrides, {"seed": 2},
+                                    tmp_path, monkeypatch)
     assert status == 0
     result = json.loads((tmp_path / "trial" / "best_architecture.json").read_text())
     assert result["kind"] == "backbone_search" and result["config"]["seed"] == 2
