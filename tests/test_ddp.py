@@ -71,3 +71,40 @@ def test_learning_rate_scales_with_the_global_batch_under_ddp():
     module._trainer = SimpleNamespace(world_size=4)  # four processes of 128 images each
     four = module.configure_optimizers()["optimizer"].param_groups[0]["lr"]
     assert single == 0.06 * 128 / 256 and four == 4 * single
+
+
+def test_path_sampling_backbone_search_under_ddp_on_two_cpu_processes(tmp_path):
+    """MCT-NAS trains one path per step: without DDP's unused-parameter search Lightning stops at step 2."""
+    out = tmp_path / "run"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
+               PL_DISABLE_FORK="1")
+    env.pop("LOCAL_RANK", None)
+    sets = {"trainer.strategy": "ddp", "trainer.devices": 2, "trainer.accelerator": "cpu", "search.epochs": 2,
+            "data.train_subset": 512, "data.batch_size": 32, "backbone_search.score_images": 100,
+            "backbone_search.strategy_options.min_visits": 1, "backbone_search.strategy_options.num_leaves": 2,
+            "evaluation.linear_epochs": 5, "trainer.progress_bar": False}
+    command = [sys.executable, "-m", "experiments", "backbone-search", "--config",
+               "configs/digits_backbone_mctnas.yml", "--output-dir", str(out)]
+    for key, value in sets.items():
+        command += ["--set", f"{key}={value}"]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "best_architecture.json").read_text())
+    assert record["status"] == "ok" and record["strategy"] == "mctnas"
+    assert record["budget"]["max_flops"] >= record["cost"]["flops"]
+
+
+def test_trainer_finds_unused_parameters_only_when_asked_and_under_ddp(tmp_path):
+    from experiments.core.assembly import build_trainer
+    from experiments.core.config import load_config
+
+    def ddp_flag(strategy, unused):
+        cfg = load_config(ROOT / "configs" / "digits_backbone_mctnas.yml",
+                          {"trainer.strategy": strategy, "trainer.accelerator": "cpu",
+                           "trainer.devices": 2 if strategy != "auto" else 1})
+        trainer = build_trainer(cfg, 1, tmp_path, [], unused_parameters=unused)
+        return getattr(trainer.strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
+
+    assert ddp_flag("ddp", True) is True
+    assert ddp_flag("ddp", False) in (None, False)
+    assert ddp_flag("auto", True) is None  # one process: nothing to find

@@ -127,7 +127,10 @@ def build_monitor(cfg: Config, data: DataBundle, listeners: Sequence = ()) -> SS
     return SSLMonitor(data.evaluation, e.knn_k, e.knn_temperature, e.monitor_every_n_epochs, listeners)
 
 
-def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient_clip: Optional[float] = None):
+def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient_clip: Optional[float] = None,
+                  unused_parameters: bool = False):
+    """Lightning's trainer for a job; ``unused_parameters``: a step may leave parameters without gradient
+    (a path-sampling strategy), which DDP must be told or it fails at the second step."""
     from pytorch_lightning.callbacks import Checkpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -146,8 +149,11 @@ def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient
     if progress_bar:
         from pytorch_lightning.callbacks import RichProgressBar
         extra.append(RichProgressBar(leave=False))
+    strategy = t.strategy
+    if unused_parameters and strategy in ("ddp", "ddp_spawn"):
+        strategy = f"{strategy}_find_unused_parameters_true"  # Lightning's registered name for the flag
     kwargs: dict[str, Any] = dict(
-        max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, strategy=strategy,
         precision=t.precision, callbacks=callbacks + extra, logger=loggers, log_every_n_steps=1,
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks), plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress_bar, enable_model_summary=False,

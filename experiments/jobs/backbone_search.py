@@ -128,7 +128,7 @@ def train_supernet(setup: SearchSetup, out: Path, listeners: Sequence[Callable[[
     callbacks: list = [monitor]
     if run is not None:
         callbacks += run.callbacks(cfg, [weight_loader.sampler, arch_loader.sampler], cfg.data.batch_size)
-    trainer = build_trainer(cfg, epochs, out, callbacks)
+    trainer = build_trainer(cfg, epochs, out, callbacks, unused_parameters=strategy.trains_paths)
     evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader,
                           fit_kwargs=run.fit_kwargs() if run is not None else {})
     nni_strategy = strategy.build(ctx)

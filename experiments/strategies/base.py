@@ -67,6 +67,9 @@ class Strategy:
     option_specs: dict[str, Option] = {}
     #: its architecture loader carries labels (a reward computed against them)
     needs_labels: bool = False
+    #: each weight step trains one sampled path, so the other paths' parameters get no gradient
+    #: (Lightning DDP must then look for unused parameters, or it stops at the second step)
+    trains_paths: bool = False
 
     def check(self, cfg: Config, target: str) -> None:
         """Refuse a config this strategy cannot run (raise ``ConfigError``); called at validation."""

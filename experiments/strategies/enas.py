@@ -20,6 +20,7 @@ class ENAS(Strategy):
     handles = frozenset({"layer", "width", "depth"})
     config_fields = ("search.warmup_epochs", "backbone_search.enas_batches_per_update", "backbone_search.budget_penalty")
     needs_labels = True
+    trains_paths = True
 
     def check(self, cfg, target: str) -> None:
         missing = nni_compat.missing_enas_dependencies()

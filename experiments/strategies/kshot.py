@@ -31,6 +31,7 @@ class KShot(Strategy):
     name = "kshot"
     summary = "SPOS warm-up, then K weight copies per candidate mixed by a simplex-net; evolution over the mixes"
     interleaved = True  # the training module sees a held-out (even) and a training (odd) step per batch
+    trains_paths = True
     handles = frozenset({"layer"})  # K-shot copies the weights inside LayerChoices; a searched width has none
     config_fields = ("backbone_search.population", "backbone_search.tournament", "backbone_search.mutation_prob",
                      "backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")

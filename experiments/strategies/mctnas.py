@@ -112,6 +112,7 @@ class MCTNAS(Strategy):
     summary = "Monte-Carlo tree path sampling (UCT, loss-ratio reward), then hierarchical node selection"
     handles = frozenset({"layer"})
     config_fields = ("backbone_search.bn_batches", "backbone_search.score_images")
+    trains_paths = True
     option_specs = {
         "exploration": Option(EXPLORATION_WEIGHT, "[0, 100]", "UCT's C1"),
         "communication": Option(COMMUNICATION_WEIGHT, "[0, 100]", "UCT's C2, node communication"),

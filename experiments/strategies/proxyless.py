@@ -9,6 +9,7 @@ class Proxyless(DARTS):
     name = "proxyless"
     summary = "binarised paths with a gradient estimate of the architecture weights (NNI Proxyless)"
     targets = ("backbone",)
+    trains_paths = True
 
     def nni_strategy(self, ctx: SearchContext):
         from nni.nas.strategy import Proxyless as NniProxyless

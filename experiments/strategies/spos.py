@@ -24,6 +24,7 @@ class SPOS(Strategy):
     config_fields = ("backbone_search.population", "backbone_search.tournament", "backbone_search.mutation_prob",
                "backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
     option_specs = {"distinct": DISTINCT_OPTION}
+    trains_paths = True
 
     def check(self, cfg, target: str) -> None:
         b = cfg.backbone_search
