@@ -506,3 +506,21 @@ def test_unsafe_checkpoint_is_refused_in_a_whole_sentence_without_weights_only_a
     assert "weights_only" not in line and "add_safe_globals" not in line, line
     assert line.endswith("pass --overwrite to start over or choose another --output-dir"), line
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({}, ["data.batch_size: 128 is larger than a training split of 64 images; lower it"]),
+    ({"trainer.strategy": "ddp", "trainer.devices": 2, "data.train_subset": 256},
+     ["a training split of 128 images (64 per process of 2)"]),
+])
+def test_backbone_search_split_without_a_full_batch_is_refused_before_anything_is_written(
+        tmp_path, capsys, extra, expected):
+    out = tmp_path / "out"
+    overrides = {"data.train_subset": 128, "data.batch_size": 128, "search.epochs": 1,
+                 "trainer.accelerator": "cpu", **extra}
+    argv = ["backbone-search", "--config", str(ROOT / "configs" / "digits_backbone_mctnas.yml"),
+            "--output-dir", str(out)]
+    for key, value in overrides.items():
+        argv += ["--set", f"{key}={value}"]
+    assert_refused(argv, capsys, tmp_path, expected)
+    assert not out.exists()

@@ -40,9 +40,7 @@ class DataBundle:
         if labelled is None:
             labelled = getattr(FRAMEWORKS[cfg.framework], "uses_labels", False)
         labels = (self.train.labels if indices is None else self.train.labels[indices]) if labelled else None
-        if len(images) < cfg.data.batch_size:
-            raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than a training split of "
-                              f"{len(images)} images; lower it or use more data")
+        check_split_size(cfg, len(images))
         workers = cfg.data.num_workers
         if self.augment is not None:  # uint8 batches; the module makes the views on its device
             dataset, extra = UInt8Images(images), {"collate_fn": collate_uint8}
@@ -52,6 +50,23 @@ class DataBundle:
                           sampler=SeededSampler(len(images), cfg.seed, stream, shuffle),
                           drop_last=True, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available(), **extra)
+
+
+def check_split_size(cfg: Config, images: int) -> None:
+    """Refuse a training split that gives no full batch (the loaders drop the last incomplete one)."""
+    world = processes(cfg)  # under DDP each process takes 1/world of the split (Lightning's sampler)
+    if images // world < cfg.data.batch_size:
+        per_process = f" ({images // world} per process of {world})" if world > 1 else ""
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than a training split of "
+                          f"{images} images{per_process}; lower it or use more data")
+
+
+def processes(cfg: Config) -> int:
+    """How many training processes the trainer starts on this node (1 unless a DDP strategy)."""
+    t = cfg.trainer
+    if t.strategy == "auto":
+        return 1
+    return len(t.devices) if isinstance(t.devices, list) else t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
 
 
 def augment_settings(cfg: Config, image_size: int) -> AugmentSettings:

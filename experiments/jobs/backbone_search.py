@@ -21,7 +21,7 @@ import torch
 
 from experiments import nni_compat
 from experiments.core.assembly import build_data, build_module, build_monitor, build_space, build_trainer, \
-    downstream_metrics
+    check_split_size, downstream_metrics
 from experiments.core.checkpointing import Run, claim_output_dir, claims_output_dir
 from experiments.core.config import Config
 from experiments.core.console import EpochPrinter
@@ -91,6 +91,8 @@ def prepare(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
     data = build_data(cfg)
     num_classes = len(data.train.classes)
     weight_idx, arch_idx = split_indices(len(data.train), cfg.data.search_split, cfg.seed)
+    for split in (weight_idx, arch_idx):  # before the output directory is claimed
+        check_split_size(cfg, len(split))
     try:
         space = build_space(cfg, num_classes=num_classes)
     except (ValueError, TypeError) as err:  # a backbone option of the wrong type (plan: [[1, 2]], ops: null)
