@@ -433,19 +433,30 @@ def pause_ddp_gradient_sync(trainer: Any) -> bool:
 
 def sync_architecture_gradients(trainer: Any, alphas: list) -> None:
     """Quirk 20, second half: average the alphas' gradients over the ranks, then resume DDP's sync."""
+    average_gradients(alphas, missing_as_zero=True)
+    trainer.strategy.model.require_backward_grad_sync = True
+
+
+def average_gradients(params: list, missing_as_zero: bool) -> None:
+    """Each parameter's gradient replaced by its mean over the ranks, in one all-reduce (DDP's averaging by hand).
+
+    ``missing_as_zero``: a parameter without a gradient counts as zeros (an alpha whose candidates a
+    rank did not reach); otherwise it is left without one, as the optimiser then skips it (a
+    weight off the sampled path, the same on every rank), and must be missing on every rank alike.
+    """
     import torch.distributed as dist
 
-    model = trainer.strategy.model
-    grads = [a.grad if a.grad is not None else torch.zeros_like(a) for a in alphas]
+    if not missing_as_zero:
+        params = [p for p in params if p.grad is not None]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     if grads:
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= dist.get_world_size()
         offset = 0
-        for alpha, grad in zip(alphas, grads):
-            alpha.grad = flat[offset:offset + grad.numel()].view_as(alpha).clone()
+        for param, grad in zip(params, grads):
+            param.grad = flat[offset:offset + grad.numel()].view_as(param).clone()
             offset += grad.numel()
-    model.require_backward_grad_sync = True
 
 def forward_checkpoint_hook(pl_module: Any, hook: str, checkpoint: dict) -> None:
     """Quirk 21: NNI's one-shot wrapper forwards the train hooks to our module, not the checkpoint ones.

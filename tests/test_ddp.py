@@ -108,3 +108,24 @@ def test_trainer_finds_unused_parameters_only_when_asked_and_under_ddp(tmp_path)
     assert ddp_flag("ddp", True) is True
     assert ddp_flag("ddp", False) in (None, False)
     assert ddp_flag("auto", True) is None  # one process: nothing to find
+
+
+def test_kshot_under_ddp_keeps_copies_and_simplex_net_equal_on_every_rank(tmp_path):
+    """K-shot's copies change shape after DDP wrapped the module: their gradients and the simplex-net's
+    are averaged by hand, the path is rank zero's. Both ranks must end with the same state, moved by K-shot."""
+    import torch
+
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
+               PL_DISABLE_FORK="1")
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_kshot.py"), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["simplex_steps"] == ranks[1]["simplex_steps"] > 0
+    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), f"{key} differs between the ranks"
+    copies = [v for k, v in ranks[0]["state"].items() if k.endswith("original") and v.dim() > 1]
+    assert copies, "no K-shot copies in the state"
+    assert any(not torch.equal(c[0], c[1]) for c in copies), "the K copies never diverged: K-shot did not train"

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from experiments.nni_compat import sync_architecture_gradients
+from experiments.nni_compat import average_gradients, sync_architecture_gradients
 from tests.conftest import free_port
 
 WORLD = 2
@@ -46,7 +46,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         sync_architecture_gradients(SimpleNamespace(strategy=SimpleNamespace(model=model)), alphas)
         bare = SimpleNamespace(require_backward_grad_sync=False)  # a network without relaxed choices
         sync_architecture_gradients(SimpleNamespace(strategy=SimpleNamespace(model=bare)), [])
+        # weights off the sampled path (no gradient on every rank) stay without one: the optimiser skips them
+        weights = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+        weights[0].grad = torch.tensor([2.0, -4.0]) * (rank + 1)  # rank 0: 2 -4, rank 1: 4 -8
+        average_gradients(weights, missing_as_zero=False)
         torch.save({"grads": [a.grad for a in alphas], "sync": model.require_backward_grad_sync,
+                    "weight_grads": [w.grad for w in weights],
                     "sync_without_alphas": bare.require_backward_grad_sync,
                     "shapes": [tuple(a.shape) for a in alphas]}, os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -70,5 +75,6 @@ def test_architecture_gradients_are_averaged_over_the_ranks_not_summed(tmp_path)
         assert result["sync"] is True, f"rank {rank}: DDP's gradient sync was not switched back on"
         assert result["sync_without_alphas"] is True, f"rank {rank}: not switched back on without alphas"
         assert result["shapes"] == [(3,), (2, 2), (2,)]
+        assert torch.equal(result["weight_grads"][0], torch.tensor([3.0, -6.0])) and result["weight_grads"][1] is None
         for got, want in zip(result["grads"], mean):
             assert got.shape == want.shape and torch.allclose(got, want), (rank, got, want)

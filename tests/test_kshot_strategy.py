@@ -181,12 +181,10 @@ def test_stopped_kshot_search_resumes_with_its_copies_and_simplex_net(tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
-def test_kshot_refuses_bad_options_and_ddp(tmp_path):
+def test_kshot_refuses_bad_options(tmp_path):
     from experiments.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="strategy_options.k: must be in \\[1, 16\\]"):
         kshot(tmp_path / "a", k=0)
     with pytest.raises(ConfigError, match="spos_epochs: must be below search.epochs"):
         kshot(tmp_path / "b", k=2, spos_epochs=2, epochs=2)
-    with pytest.raises(ConfigError, match="trainer.strategy: kshot runs in one process"):
-        kshot(tmp_path / "c", k=2, **{"trainer.strategy": "ddp"})

@@ -45,9 +45,6 @@ class KShot(Strategy):
     def check(self, cfg, target: str) -> None:
         if cfg.backbone_search.strategy != self.name:
             return
-        if cfg.trainer.strategy != "auto":
-            raise ConfigError(f"trainer.strategy: kshot runs in one process only (its simplex-net step is not "
-                              f"synchronised across DDP ranks yet), got {cfg.trainer.strategy}; use auto")
         spos_epochs = self.settings(cfg)["spos_epochs"]
         if spos_epochs >= cfg.search.epochs:
             raise ConfigError(f"backbone_search.strategy_options.spos_epochs: must be below search.epochs "
@@ -93,6 +90,8 @@ def sampling_module_class() -> type:
     """The Lightning module class, defined on first use: the config imports this registry, and NNI is slow to import."""
     from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 
+    from experiments.nni_compat import average_gradients
+    from experiments.strategies.sampling import distributed, broadcast_from_rank_zero
     from search_spaces.kshot import KShotWeights, SimplexNet
 
     class KShotSamplingModule(RandomSamplingLightningModule):
@@ -130,6 +129,8 @@ def sampling_module_class() -> type:
             if self.kshot is None:  # the SPOS warm-up
                 train_batch = batch["train"] if isinstance(batch, dict) else batch
                 return super().training_step(train_batch, 2 * batch_idx + 1)
+            if distributed():  # DDP's reducer knows the weights' pre-wrap shapes: average by hand instead
+                self.trainer.strategy.model.require_backward_grad_sync = False
             if self.k > 1:
                 self.simplex_step(batch["val"], batch_idx)
             sample = self.resample()
@@ -148,9 +149,28 @@ def sampling_module_class() -> type:
             self.simplex_optimizer.zero_grad(set_to_none=True)
             for param, grad in zip(params, grads):
                 param.grad = grad
+            if distributed():  # every rank's held-out batch counts, as DDP would average them
+                average_gradients(params, missing_as_zero=True)
             self.simplex_optimizer.step()
             self.simplex_steps += 1
             self.log("search/simplex_loss", loss.detach())
+
+        def resample(self) -> dict:
+            """NNI's draw on every rank (the generators stay in step), rank zero's path trained by all."""
+            sample = super().resample()
+            if not distributed():
+                return sample
+            chosen = broadcast_from_rank_zero(sample)
+            if chosen != sample:
+                for module in self.supernet_modules():
+                    module.resample(memo=dict(chosen))
+            return chosen
+
+        def on_before_optimizer_step(self, optimizer) -> None:
+            """Under DDP in the K-shot phase: the weight step's gradients averaged over the ranks."""
+            if self.kshot is not None and distributed():
+                average_gradients([p for group in optimizer.param_groups for p in group["params"]],
+                                  missing_as_zero=False)
 
         def materialize(self, architecture: dict) -> torch.nn.Module:
             """The path as a plain network holding its combined weights (``check`` makes sure K-shot started)."""

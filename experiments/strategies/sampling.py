@@ -18,14 +18,15 @@ from experiments.strategies.distinct import distinct_architectures
 TREE_CHECKPOINT_KEY = "mctnas_tree"  # MCT-NAS's tree in a Lightning checkpoint
 
 
-def _distributed() -> bool:
+def distributed() -> bool:
+    """A process group of more than one rank is running (Lightning DDP)."""
     return torch.distributed.is_available() and torch.distributed.is_initialized() \
         and torch.distributed.get_world_size() > 1
 
 
 def broadcast_from_rank_zero(value: Any) -> Any:
     """Rank zero's ``value`` on every rank (any picklable object); itself outside DDP."""
-    if not _distributed():
+    if not distributed():
         return value
     holder = [value]
     torch.distributed.broadcast_object_list(holder, src=0)
@@ -35,7 +36,7 @@ def broadcast_from_rank_zero(value: Any) -> Any:
 def mean_over_ranks(value: torch.Tensor) -> float:
     """The mean of a scalar over the ranks (on the tensor's device, as NCCL needs); itself outside DDP."""
     value = value.detach().float().reshape(())
-    if not _distributed():
+    if not distributed():
         return float(value)
     total = value.clone()
     torch.distributed.all_reduce(total)
