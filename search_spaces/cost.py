@@ -151,7 +151,7 @@ def classifier_cost(feature_dim: int, num_classes: int) -> Cost:
 
 @torch.no_grad()
 def count_fixed(network: nn.Module, input_size: int, in_channels: int = 3) -> Cost:
-    """Conv/linear multiply-accumulates by forward hooks, and all parameters, of a fixed network.
+    """Conv/linear multiply-accumulates by forward hooks (batch of one), and all parameters, of a fixed network.
 
     An independent count (no NNI, no closed form) for checking the two above.
     """
@@ -162,8 +162,8 @@ def count_fixed(network: nn.Module, input_size: int, in_channels: int = 3) -> Co
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1]
             total += module.in_channels // module.groups * module.out_channels * k * output.shape[-1] * output.shape[-2]
-        elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features
+        elif isinstance(module, nn.Linear):  # once per row: per token in a transformer
+            total += module.in_features * module.out_features * (output.numel() // module.out_features)
 
     handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = network.training
