@@ -329,6 +329,31 @@ class ViTSpace(ModelSpace):
         return int(flops), int(params)
 
 
+DEIT_TINY = {"embed_dim": 192, "heads": 3, "depth": 12, "mlp_ratio": 4, "patch_size": 16, "image_size": 224}
+
+
+def deit_shaped(space: ViTSpace, max_flops: float) -> dict:
+    """DeiT-Tiny's shape in ``space``, scaled to ``max_flops``: the sample with the most FLOPs within it among
+    uniform networks with DeiT's MLP ratio 4 (else the widest), its grid of 14 patches a side (here the
+    finest: the smallest patch) and heads of DeiT's 64 channels (the nearest head count)."""
+    ratio = 4 if 4 in space.mlp_ratios else space.mlp_ratios[-1]
+    patch = space.patch_sizes[0]
+    best = None
+    for embed in space.embed_dims:
+        heads = min(space.heads, key=lambda h: (abs(embed / h - DEIT_TINY["embed_dim"] / DEIT_TINY["heads"]), h))
+        for depth in range(1, space.max_depth + 1):
+            sample = space.shift_identities({f"{space.prefix}.patch_size": str(patch),
+                                             f"{space.prefix}.embed_dim": embed},
+                                            [(heads, ratio)] * depth + [None] * (space.max_depth - depth))
+            sample = {k: v for k, v in sample.items() if k in space.labels()}
+            flops = space.cost(sample, space.image_size)[0]
+            if flops <= max_flops and (best is None or flops > best[0]):
+                best = (flops, sample)
+    if best is None:
+        raise ValueError(f"no DeiT-shaped network of the space is within {max_flops:,.0f} FLOPs")
+    return best[1]
+
+
 # --- cyclic weight sharing: NNI's mixed layers, slicing from the module's channel_side ---------------
 class CyclicLinear(MixedLinear):
     """NNI's ``MixedLinear`` taking the first (left) or last (right) rows and columns."""
@@ -379,5 +404,5 @@ def modules_of(network: nn.Module, kind: type) -> Iterable[nn.Module]:
     return (m for m in network.modules() if isinstance(m, kind))
 
 
-__all__ = ["ViTSpace", "CYCLIC_HOOKS", "CyclicConv2d", "CyclicLayerNorm", "CyclicLinear", "Tokens",
+__all__ = ["ViTSpace", "CYCLIC_HOOKS", "DEIT_TINY", "deit_shaped", "CyclicConv2d", "CyclicLayerNorm", "CyclicLinear", "Tokens",
            "layer_signature", "set_channel_side", "scaled_embed_dims"]
