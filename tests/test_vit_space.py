@@ -148,3 +148,18 @@ def test_an_image_size_the_space_was_not_built_for_is_refused():
         space(torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="patch_sizes must divide image_size 8"):
         ViTSpace(image_size=8, patch_sizes=[3])
+
+
+def test_a_deit_tiny_shaped_network_scaled_to_a_flops_budget():
+    from search_spaces.vit import ViTSpace, deit_shaped
+
+    space = ViTSpace(image_size=8)
+    arch = deit_shaped(space, 848_064)
+    # uniform layers, MLP ratio 4, patch 2 (the finest grid), 1 head (32-64 channels: nearest DeiT's 64).
+    # Per layer (N = 17): 204 E^2 + 578 E; patches 192 E.  E 32: 6,144 + d * 227,392 -> d = 3: 688,320;
+    # E 48: 9,216 + 497,760 = 506,976 at d = 1; E 64: 884,864 at d = 1, over the budget.
+    assert space.dimensions(arch) == {"patch_size": 2, "embed_dim": 32, "layers": [(1, 128)] * 3}
+    assert space.cost(arch, 8)[0] == 688_320
+    assert arch == space.canonical(arch)
+    with pytest.raises(ValueError, match="no DeiT-shaped network"):
+        deit_shaped(space, 1_000)
