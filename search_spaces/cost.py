@@ -45,6 +45,8 @@ class BackboneCost:
                                         if isinstance(m, Categorical)}
         self.flops_expression: Any = None
         self.params_expression: Any = None
+        if hasattr(space, "check_input_size"):  # a space built for one image size (ViT position embeddings)
+            space.check_input_size(self.input_size)
         if not hasattr(space, "cost"):
             from nni.nas.profiler.pytorch.flops import FlopsProfiler, NumParamsProfiler
 

@@ -311,11 +311,15 @@ class ViTSpace(ModelSpace):
         return {"patch_size": int(self.pick(sample, "patch_size", self.patch_sizes)), "embed_dim": embed,
                 "layers": layers}
 
+    def check_input_size(self, input_size: int) -> None:
+        """The position embeddings are learned for one image size: refuse another before anything runs."""
+        if int(input_size) != self.image_size:
+            raise ValueError(f"backbone_options.image_size: the vit space is built for {self.image_size} px "
+                             f"images, the data are {input_size} px")
+
     def cost(self, sample: Mapping[str, Any], input_size: int) -> tuple[int, int]:
         """(FLOPs, params) of ``sample`` at ``input_size`` px (see the module docstring for what counts)."""
-        if int(input_size) != self.image_size:
-            raise ValueError(f"vit: built for {self.image_size} px images (model.backbone_options.image_size), "
-                             f"asked for {input_size} px")
+        self.check_input_size(input_size)
         d = self.dimensions(sample)
         p, e = d["patch_size"], d["embed_dim"]
         patches = (self.image_size // p) ** 2

@@ -141,3 +141,14 @@ def test_bad_vitas_settings_are_refused_before_anything_runs(tmp_path, override,
 
     with pytest.raises(ConfigError, match=message):
         load(tmp_path / "x", **override)
+
+
+def test_a_vit_built_for_another_image_size_is_refused_before_anything_is_written(tmp_path):
+    from experiments.core.errors import ConfigError
+    from experiments.jobs.backbone_search import run_backbone_search
+
+    cfg = load(tmp_path / "x", **{"model.backbone_options": {"image_size": 32}})
+    with pytest.raises(ConfigError, match=r"^model: backbone_options.image_size: the vit space is built for 32 px "
+                                          r"images, the data are 8 px$"):
+        run_backbone_search(cfg, tmp_path / "x", log_fn=lambda line: None)
+    assert not (tmp_path / "x").exists()

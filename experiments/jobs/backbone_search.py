@@ -93,9 +93,9 @@ def prepare(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
     weight_idx, arch_idx = split_indices(len(data.train), cfg.data.search_split, cfg.seed)
     try:
         space = build_space(cfg, num_classes=num_classes)
+        cost = BackboneCost(space.backbone, data.image_size)  # (a ViT's image size is checked here)
     except (ValueError, TypeError) as err:  # a backbone option of the wrong type (plan: [[1, 2]], ops: null)
         raise ConfigError(f"model: {' '.join(str(err).split())}") from None
-    cost = BackboneCost(space.backbone, data.image_size)
     smallest = check_budget(b.max_flops, b.max_params, cost, cfg.model.backbone)
     log_fn(f"backbone space {cfg.model.backbone} for {cfg.framework}: {len(cost.labels)} backbone choices, "
            f"{cost.size():.3g} backbones; smallest {smallest['flops']:,} FLOPs / {smallest['params']:,} params; "
