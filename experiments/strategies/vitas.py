@@ -171,17 +171,16 @@ class ViTAS(Strategy):
         strategy.identity_prob = probability
         return strategy
 
-    def select(self, ctx: SearchContext, nni_strategy) -> Selection:
-        from experiments.strategies.spos import evolve
+    def score_function(self, ctx: SearchContext, supernet) -> Callable[[dict], float]:
+        """``score_of(architecture)``: the mean held-out score of the network's slices (left and right under
+        cyclic sharing, left under prefix), computed once per identity-shifted sample."""
         from search_spaces.vit import SIDES, set_channel_side
 
-        settings, cfg = self.settings(ctx.cfg), ctx.cfg
-        space, supernet = ctx.cost.space, nni_strategy.supernet
-        sides = SIDES if settings["sharing"] == "cyclic" else SIDES[:1]
+        space = ctx.cost.space
+        sides = SIDES if self.settings(ctx.cfg)["sharing"] == "cyclic" else SIDES[:1]
         scores: dict[tuple, float] = {}
 
         def score_of(architecture: dict) -> float:
-            """The mean held-out score of the network's slices, once per identity-shifted sample."""
             key = tuple(sorted(space.canonical(architecture).items()))
             if key not in scores:
                 results = []
@@ -191,7 +190,15 @@ class ViTAS(Strategy):
                 set_channel_side(supernet, "left")
                 scores[key] = sum(results) / len(results)
             return scores[key]
+        return score_of
 
+    def select(self, ctx: SearchContext, nni_strategy) -> Selection:
+        from experiments.strategies.spos import evolve
+        from search_spaces.vit import set_channel_side
+
+        settings, cfg = self.settings(ctx.cfg), ctx.cfg
+        space, supernet = ctx.cost.space, nni_strategy.supernet
+        score_of = self.score_function(ctx, supernet)
         max_flops, max_params = ctx.budget
         floor = None if max_flops is None else settings["min_flops_ratio"] * max_flops
 
