@@ -23,7 +23,7 @@ CONFIG = ROOT / "configs" / "digits_backbone_vitas.yml"
 
 
 def main(argv=None) -> int:
-    from experiments.core.config import load_config, parse_override
+    from experiments.core.config import load_config, parse_overrides
     from experiments.core.records import read_architecture
     from experiments.jobs.backbone_search import run_backbone_search
     from experiments.jobs.retrain import run_retrain
@@ -35,11 +35,10 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks" / "vit_vs_deit"))
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "vit_vs_deit-cpu.json"))
     args = parser.parse_args(argv)
-    overrides = dict(parse_override(text) for text in args.set)
+    overrides = parse_overrides(args.set)
     work, rows = Path(args.work), []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        cfg = load_config(CONFIG, {**{".".join(k): v for k, v in overrides.items()}, "seed": seed,
-                                   "trainer.progress_bar": False})
+        cfg = load_config(CONFIG, {**overrides, "seed": seed, "trainer.progress_bar": False})
         search_dir = work / f"seed{seed}" / "search"
         if not (search_dir / "best_architecture.json").exists():
             start = time.perf_counter()

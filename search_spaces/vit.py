@@ -28,7 +28,7 @@ whole network by :func:`set_channel_side`.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import nni
 import torch
@@ -287,7 +287,8 @@ class ViTSpace(ModelSpace):
     def labels(self) -> dict[str, list]:
         """Every label and its values, in the network's order."""
         labels = {f"{self.prefix}.patch_size": [str(p) for p in self.patch_sizes],
-                  f"{self.prefix}.embed_dim": self.embed_dims, f"{self.prefix}.depth": list(range(1, self.max_depth + 1))}
+                  f"{self.prefix}.embed_dim": self.embed_dims,
+                  f"{self.prefix}.depth": list(range(1, self.max_depth + 1))}
         for i in range(1, self.max_depth + 1):
             labels[f"{self.prefix}.layer{i}.heads"] = [str(h) for h in self.heads]
             labels[f"{self.prefix}.layer{i}.mlp_ratio"] = self.mlp_ratios
@@ -404,9 +405,5 @@ def layer_signature(network: nn.Module) -> tuple:
     return embedding.patch, embedding.projection.out_channels, layers
 
 
-def modules_of(network: nn.Module, kind: type) -> Iterable[nn.Module]:
-    return (m for m in network.modules() if isinstance(m, kind))
-
-
-__all__ = ["ViTSpace", "CYCLIC_HOOKS", "DEIT_TINY", "deit_shaped", "CyclicConv2d", "CyclicLayerNorm", "CyclicLinear", "Tokens",
-           "layer_signature", "set_channel_side", "scaled_embed_dims"]
+__all__ = ["ViTSpace", "CYCLIC_HOOKS", "DEIT_TINY", "SIDES", "CyclicConv2d", "CyclicLayerNorm", "CyclicLinear", "Tokens",
+           "deit_shaped", "layer_signature", "set_channel_side", "scaled_embed_dims"]
