@@ -7,7 +7,8 @@ score: held-out kNN top-1, the mean of the left and right slices under cyclic sh
 drawn as vitas draws its training paths (identity shifting, the identity probability tuned to the
 budget) among those in the budget band, with ``--arch-seed``. Each ViT is also trained alone
 (SimSiam retrain from scratch, ``train.epochs``) and its test kNN top-1 recorded. Reported: Kendall's
-tau of each superformer's scores against the standalone accuracies. Every run is one cached JSON
+tau of each superformer's scores against the standalone accuracies (with a bootstrap 95% interval,
+networks resampled), and within each patch size. Every run is one cached JSON
 file under ``--work`` (a killed study resumes).
 
     python -m benchmarks.vit_ranking                          # 20 ViTs, 10 retrain epochs
@@ -44,6 +45,20 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
                 discordant += 1
     denominator = ((concordant + discordant + ties_a) * (concordant + discordant + ties_b)) ** 0.5
     return (concordant - discordant) / denominator if denominator else float("nan")
+
+
+def bootstrap_interval(scores: list[float], truth: list[float], draws: int = 1000, seed: int = 0) -> str:
+    """The 2.5% and 97.5% quantiles of tau over networks resampled with replacement."""
+    import random
+
+    rng, taus = random.Random(seed), []
+    for _ in range(draws):
+        idx = [rng.randrange(len(scores)) for _ in scores]
+        tau = kendall_tau([scores[i] for i in idx], [truth[i] for i in idx])
+        if tau == tau:
+            taus.append(tau)
+    taus.sort()
+    return f"{taus[int(0.025 * len(taus))]:.2f} - {taus[int(0.975 * len(taus)) - 1]:.2f}"
 
 
 def sample_architectures(setup, count: int, seed: int) -> list[dict]:
@@ -122,12 +137,21 @@ def main(argv=None) -> int:
             print(f"alone {i + 1}/{len(archs)}: {time.perf_counter() - start:.0f} s", flush=True)
         alone.append(json.loads(cache.read_text()))
     truth = [r["knn_top1"] for r in alone]
-    rows = [{"sharing": sharing, "archs": len(archs), "kendall_tau_knn": kendall_tau(scores[sharing], truth),
-             "kendall_tau_linear": kendall_tau(scores[sharing], [r["linear_top1"] for r in alone])}
-            for sharing in SHARING]
+    patches = sorted({a["backbone.patch_size"] for a in archs}, key=int)
+    rows = []
+    for sharing in SHARING:
+        row = {"sharing": sharing, "archs": len(archs), "kendall_tau_knn": kendall_tau(scores[sharing], truth),
+               "tau_knn_95": bootstrap_interval(scores[sharing], truth),
+               "kendall_tau_linear": kendall_tau(scores[sharing], [r["linear_top1"] for r in alone])}
+        for patch in patches:  # within one patch size: the ranking beyond the coarsest split
+            idx = [i for i, a in enumerate(archs) if a["backbone.patch_size"] == patch]
+            row[f"tau_knn_patch{patch}"] = kendall_tau([scores[sharing][i] for i in idx], [truth[i] for i in idx])
+            row[f"archs_patch{patch}"] = len(idx)
+        rows.append(row)
     args.device = "cpu"
     report("vit_ranking", "ViT superformer ranking against standalone training (SimSiam, digits)",
-           ["sharing", "archs", "kendall_tau_knn", "kendall_tau_linear"], rows, args,
+           ["sharing", "archs", "kendall_tau_knn", "tau_knn_95", "kendall_tau_linear",
+            *[f"tau_knn_patch{p}" for p in patches], *[f"archs_patch{p}" for p in patches]], rows, args,
            notes=[f"config {CONFIG.relative_to(ROOT)}; overrides {base}",
                   f"standalone kNN top-1 range {min(truth):.3f} - {max(truth):.3f}"])
     return 0
