@@ -9,6 +9,9 @@ kNN and linear top-1 on the test split. Every run is cached as its own JSON file
 
     python -m benchmarks.vit_vs_deit                         # seed 0, the config's epochs
     python -m benchmarks.vit_vs_deit --seeds 0,1 --set train.epochs=10
+    python -m benchmarks.vit_vs_deit --tag cifar10-byol --set framework=byol --set data.dataset=imagefolder \
+        --set data.root=../shared/data/cifar10 --set data.train_subset=2000 --set data.test_subset=1000 \
+        --set model.backbone_options.image_size=32 --set search.epochs=10 --set train.epochs=10
 """
 from __future__ import annotations
 
@@ -32,9 +35,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--set", action="append", default=[], help="config override a.b=value (every run)")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks" / "vit_vs_deit"))
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "vit_vs_deit-cpu.json"))
+    parser.add_argument("--tag", default="", help="names this setting's cache folder and results file")
+    parser.add_argument("--work", default=None, help="cache folder (default runs/benchmarks/vit_vs_deit[-TAG])")
+    parser.add_argument("--output", default=None,
+                        help="results file (default benchmarks/results/vit_vs_deit[-TAG]-cpu.json)")
     args = parser.parse_args(argv)
+    name = "vit_vs_deit" + (f"-{args.tag}" if args.tag else "")
+    args.work = args.work or str(ROOT / "runs" / "benchmarks" / name)
+    args.output = args.output or str(ROOT / "benchmarks" / "results" / f"{name}-cpu.json")
     overrides = parse_overrides(args.set)
     work, rows = Path(args.work), []
     for seed in [int(s) for s in args.seeds.split(",")]:
