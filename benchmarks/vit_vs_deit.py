@@ -3,7 +3,8 @@
 One vitas search over the ``vit`` space (``configs/digits_backbone_vitas.yml``: SimSiam on digits,
 its FLOPs budget), then two SimSiam retrains from scratch under one budget (``train.epochs``):
 the searched network, and DeiT-Tiny's shape (uniform layers, MLP ratio 4, the finest patch grid,
-64-channel heads) at the most FLOPs within the searched network's (``search_spaces.vit.deit_shaped``).
+64-channel heads) at the most FLOPs within the searched network's, its width E and depth free
+(``search_spaces.vit.deit_shaped``).
 kNN and linear top-1 on the test split. Every run is cached as its own JSON file under
 ``--work`` (a killed study resumes); the table goes to ``--output``.
 
@@ -54,9 +55,10 @@ def main(argv=None) -> int:
             print(f"seed {seed}: search {time.perf_counter() - start:.0f} s", flush=True)
         searched = read_architecture(search_dir / "best_architecture.json")
         space = ViTSpace(**searched["space"]["backbone_options"])
-        flops = searched["cost"]["flops"]
-        deit = dict(searched, architecture=deit_shaped(space, flops))
+        options, deit_arch = deit_shaped(space, searched["cost"]["flops"])
+        deit = dict(searched, architecture=deit_arch, space=dict(searched["space"], backbone_options=options))
         for name, record in (("searched", searched), ("deit_shaped", deit)):
+            space = ViTSpace(**record["space"]["backbone_options"])
             cache = work / f"seed{seed}" / f"{name}.json"
             if not cache.exists():
                 start = time.perf_counter()
@@ -73,7 +75,8 @@ def main(argv=None) -> int:
         d = r["shape"]
         r["shape_text"] = f"patch {d['patch_size']}, E {d['embed_dim']}, (heads, hidden) {d['layers']}"
     args.device = "cpu"
-    report("vit_vs_deit", "searched ViT vs DeiT-Tiny-shaped ViT at the same FLOPs (SimSiam retrain, digits)",
+    report("vit_vs_deit", f"searched ViT vs DeiT-Tiny-shaped ViT at the same FLOPs ({cfg.framework} retrain, "
+                 f"{cfg.data.dataset})",
            ["seed", "network", "flops", "params", "knn_top1", "linear_top1", "retrain_seconds", "shape_text"],
            rows, args, notes=[f"config {CONFIG.relative_to(ROOT)}; overrides {args.set or 'none'}"])
     return 0

@@ -322,41 +322,52 @@ class ViTSpace(ModelSpace):
         """(FLOPs, params) of ``sample`` at ``input_size`` px (see the module docstring for what counts)."""
         self.check_input_size(input_size)
         d = self.dimensions(sample)
-        p, e = d["patch_size"], d["embed_dim"]
-        patches = (self.image_size // p) ** 2
-        tokens = patches + 1
-        flops = patches * self.in_channels * p * p * e
-        params = self.in_channels * p * p * e + e + e + tokens * e  # projection, its bias, class token, positions
-        for _, hidden in d["layers"]:
-            flops += 4 * tokens * e * e + 2 * tokens * tokens * e + 2 * tokens * e * hidden
-            params += 4 * (e * e + e) + 2 * e * hidden + hidden + e + 4 * e  # Q K V proj, fc1 fc2, two norms
-        params += 2 * e  # final norm
-        return int(flops), int(params)
+        return vit_cost(self.image_size, self.in_channels, d["patch_size"], d["embed_dim"],
+                        [hidden for _, hidden in d["layers"]])
+
+
+def vit_cost(image_size: int, in_channels: int, patch: int, embed: int, hiddens: Sequence[int]) -> tuple[int, int]:
+    """(FLOPs, params) of a ViT of width ``embed`` with one layer per MLP hidden width (module docstring)."""
+    patches = (image_size // patch) ** 2
+    tokens = patches + 1
+    flops = patches * in_channels * patch * patch * embed
+    params = in_channels * patch * patch * embed + embed + embed + tokens * embed  # projection+bias, class, positions
+    for hidden in hiddens:
+        flops += 4 * tokens * embed * embed + 2 * tokens * tokens * embed + 2 * tokens * embed * hidden
+        params += 4 * (embed * embed + embed) + 2 * embed * hidden + hidden + embed + 4 * embed  # QKV proj, MLP, norms
+    params += 2 * embed  # final norm
+    return int(flops), int(params)
 
 
 DEIT_TINY = {"embed_dim": 192, "heads": 3, "depth": 12, "mlp_ratio": 4, "patch_size": 16, "image_size": 224}
+DEIT_HEAD_WIDTH = DEIT_TINY["embed_dim"] // DEIT_TINY["heads"]  # 64 channels a head
 
 
-def deit_shaped(space: ViTSpace, max_flops: float) -> dict:
-    """DeiT-Tiny's shape in ``space``, scaled to ``max_flops``: the sample with the most FLOPs within it among
-    uniform networks with DeiT's MLP ratio 4 (else the widest), its grid of 14 patches a side (here the
-    finest: the smallest patch) and heads of DeiT's 64 channels (the nearest head count)."""
-    ratio = 4 if 4 in space.mlp_ratios else space.mlp_ratios[-1]
-    patch = space.patch_sizes[0]
-    best = None
-    for embed in space.embed_dims:
-        heads = min(space.heads, key=lambda h: (abs(embed / h - DEIT_TINY["embed_dim"] / DEIT_TINY["heads"]), h))
-        for depth in range(1, space.max_depth + 1):
-            sample = space.shift_identities({f"{space.prefix}.patch_size": str(patch),
-                                             f"{space.prefix}.embed_dim": embed},
-                                            [(heads, ratio)] * depth + [None] * (space.max_depth - depth))
-            sample = {k: v for k, v in sample.items() if k in space.labels()}
-            flops = space.cost(sample, space.image_size)[0]
-            if flops <= max_flops and (best is None or flops > best[0]):
-                best = (flops, sample)
+def deit_shaped(space: ViTSpace, max_flops: float, step: int = 8) -> tuple[dict, dict]:
+    """DeiT-Tiny's shape at ``space``'s image size, scaled to at most ``max_flops``: ``(backbone_options,
+    architecture)`` of a ``ViTSpace`` holding just that network.
+
+    DeiT's shape: uniform layers, MLP ratio 4, the finest patch grid of ``space`` (DeiT-Tiny: 14 x 14
+    patches), heads of about 64 channels (at least one). Scaled: the width E (a multiple of ``step``,
+    not bound to ``space``'s widths) and depth (up to ``space.max_depth``) with the most FLOPs within
+    ``max_flops``, the deeper on a tie.
+    """
+    patch, best = space.patch_sizes[0], None
+    for depth in range(1, space.max_depth + 1):
+        for embed in range(step, 16 * max(space.embed_dims) + 1, step):
+            heads = max(1, round(embed / DEIT_HEAD_WIDTH))
+            if embed % heads:
+                continue
+            flops = vit_cost(space.image_size, space.in_channels, patch, embed,
+                             [DEIT_TINY["mlp_ratio"] * embed] * depth)[0]
+            if flops <= max_flops and (best is None or flops >= best[0]):
+                best = (flops, depth, embed, heads)
     if best is None:
-        raise ValueError(f"no DeiT-shaped network of the space is within {max_flops:,.0f} FLOPs")
-    return best[1]
+        raise ValueError(f"no DeiT-shaped network is within {max_flops:,.0f} FLOPs")
+    _, depth, embed, heads = best
+    options = {"image_size": space.image_size, "patch_sizes": [patch], "embed_dims": [embed], "max_depth": depth,
+               "heads": [heads], "mlp_ratios": [DEIT_TINY["mlp_ratio"]]}
+    return options, ({f"{space.prefix}.depth": depth} if depth > 1 else {})
 
 
 # --- cyclic weight sharing: NNI's mixed layers, slicing from the module's channel_side ---------------
@@ -406,4 +417,4 @@ def layer_signature(network: nn.Module) -> tuple:
 
 
 __all__ = ["ViTSpace", "CYCLIC_HOOKS", "DEIT_TINY", "SIDES", "CyclicConv2d", "CyclicLayerNorm", "CyclicLinear", "Tokens",
-           "deit_shaped", "layer_signature", "set_channel_side", "scaled_embed_dims"]
+           "deit_shaped", "vit_cost", "layer_signature", "set_channel_side", "scaled_embed_dims"]

@@ -151,15 +151,18 @@ def test_an_image_size_the_space_was_not_built_for_is_refused():
 
 
 def test_a_deit_tiny_shaped_network_scaled_to_a_flops_budget():
-    from search_spaces.vit import ViTSpace, deit_shaped
+    from search_spaces.vit import ViTSpace, deit_shaped, layer_signature
 
     space = ViTSpace(image_size=8)
-    arch = deit_shaped(space, 848_064)
-    # uniform layers, MLP ratio 4, patch 2 (the finest grid), 1 head (32-64 channels: nearest DeiT's 64).
-    # Per layer (N = 17): 204 E^2 + 578 E; patches 192 E.  E 32: 6,144 + d * 227,392 -> d = 3: 688,320;
-    # E 48: 9,216 + 497,760 = 506,976 at d = 1; E 64: 884,864 at d = 1, over the budget.
-    assert space.dimensions(arch) == {"patch_size": 2, "embed_dim": 32, "layers": [(1, 128)] * 3}
-    assert space.cost(arch, 8)[0] == 688_320
-    assert arch == space.canonical(arch)
+    options, arch = deit_shaped(space, 848_064)
+    # uniform layers, MLP ratio 4, patch 2 (the finest grid), heads of ~64 channels (one below 96).
+    # FLOPs = 192 E (patches) + depth * (204 E^2 + 578 E) at N = 17; E a multiple of 8, the most within budget:
+    #   depth 1: E 56 -> 682,864;  depth 2: E 40 -> 706,720;  depth 3: E 32 -> 688,320;  depth 4: E 24 -> 530,112
+    assert options == {"image_size": 8, "patch_sizes": [2], "embed_dims": [40], "max_depth": 2, "heads": [1],
+                       "mlp_ratios": [4]}
+    assert arch == {"backbone.depth": 2}
+    deit = ViTSpace(**options)
+    assert deit.cost(arch, 8)[0] == 706_720
+    assert layer_signature(deit.freeze(arch)) == (2, 40, ((1, 160), (1, 160)))
     with pytest.raises(ValueError, match="no DeiT-shaped network"):
         deit_shaped(space, 1_000)
