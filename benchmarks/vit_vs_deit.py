@@ -3,8 +3,8 @@
 One vitas search over the ``vit`` space (``configs/digits_backbone_vitas.yml``: SimSiam on digits,
 its FLOPs budget), then two SimSiam retrains from scratch under one budget (``train.epochs``):
 the searched network, and DeiT-Tiny's shape (uniform layers, MLP ratio 4, the finest patch grid,
-64-channel heads) at the most FLOPs within the searched network's, its width E and depth free
-(``search_spaces.vit.deit_shaped``).
+64-channel heads, the space's full depth) scaled by its width, as DeiT-Ti/S/B are, to the most FLOPs
+within the searched network's (``search_spaces.vit.deit_shaped``).
 kNN and linear top-1 on the test split. Every run is cached as its own JSON file under
 ``--work`` (a killed study resumes); the table goes to ``--output``.
 

@@ -343,28 +343,26 @@ DEIT_TINY = {"embed_dim": 192, "heads": 3, "depth": 12, "mlp_ratio": 4, "patch_s
 DEIT_HEAD_WIDTH = DEIT_TINY["embed_dim"] // DEIT_TINY["heads"]  # 64 channels a head
 
 
-def deit_shaped(space: ViTSpace, max_flops: float, step: int = 8) -> tuple[dict, dict]:
+def deit_shaped(space: ViTSpace, max_flops: float) -> tuple[dict, dict]:
     """DeiT-Tiny's shape at ``space``'s image size, scaled to at most ``max_flops``: ``(backbone_options,
     architecture)`` of a ``ViTSpace`` holding just that network.
 
-    DeiT's shape: uniform layers, MLP ratio 4, the finest patch grid of ``space`` (DeiT-Tiny: 14 x 14
-    patches), heads of about 64 channels (at least one). Scaled: the width E (a multiple of ``step``,
-    not bound to ``space``'s widths) and depth (up to ``space.max_depth``) with the most FLOPs within
-    ``max_flops``, the deeper on a tie.
+    DeiT's shape: uniform layers, MLP ratio 4, heads of about 64 channels (at least one), the finest
+    patch grid of ``space`` (DeiT-Tiny: 14 x 14 patches) and ``space``'s full depth (DeiT's 12 layers).
+    Scaled as DeiT-Ti/S/B are, by the width alone: the widest E within ``max_flops``.
     """
-    patch, best = space.patch_sizes[0], None
-    for depth in range(1, space.max_depth + 1):
-        for embed in range(step, 16 * max(space.embed_dims) + 1, step):
-            heads = max(1, round(embed / DEIT_HEAD_WIDTH))
-            if embed % heads:
-                continue
-            flops = vit_cost(space.image_size, space.in_channels, patch, embed,
-                             [DEIT_TINY["mlp_ratio"] * embed] * depth)[0]
-            if flops <= max_flops and (best is None or flops >= best[0]):
-                best = (flops, depth, embed, heads)
+    patch, depth, best = space.patch_sizes[0], space.max_depth, None
+    for embed in range(1, 16 * max(space.embed_dims) + 1):
+        heads = max(1, round(embed / DEIT_HEAD_WIDTH))
+        if embed % heads:
+            continue
+        if vit_cost(space.image_size, space.in_channels, patch, embed, [DEIT_TINY["mlp_ratio"] * embed] * depth)[0] \
+                > max_flops:
+            break
+        best = (embed, heads)
     if best is None:
         raise ValueError(f"no DeiT-shaped network is within {max_flops:,.0f} FLOPs")
-    _, depth, embed, heads = best
+    embed, heads = best
     options = {"image_size": space.image_size, "patch_sizes": [patch], "embed_dims": [embed], "max_depth": depth,
                "heads": [heads], "mlp_ratios": [DEIT_TINY["mlp_ratio"]]}
     return options, ({f"{space.prefix}.depth": depth} if depth > 1 else {})

@@ -155,14 +155,14 @@ def test_a_deit_tiny_shaped_network_scaled_to_a_flops_budget():
 
     space = ViTSpace(image_size=8)
     options, arch = deit_shaped(space, 848_064)
-    # uniform layers, MLP ratio 4, patch 2 (the finest grid), heads of ~64 channels (one below 96).
-    # FLOPs = 192 E (patches) + depth * (204 E^2 + 578 E) at N = 17; E a multiple of 8, the most within budget:
-    #   depth 1: E 56 -> 682,864;  depth 2: E 40 -> 706,720;  depth 3: E 32 -> 688,320;  depth 4: E 24 -> 530,112
-    assert options == {"image_size": 8, "patch_sizes": [2], "embed_dims": [40], "max_depth": 2, "heads": [1],
+    # uniform layers, MLP ratio 4, patch 2 (the finest grid), the space's 4 layers, heads of ~64 channels (one
+    # below 96), E the widest within budget: FLOPs = 192 E (patches) + 4 (204 E^2 + 578 E) at N = 17,
+    #   E 30: 5,760 + 4 (183,600 + 17,340) = 809,520;  E 31: 861,800, over 848,064
+    assert options == {"image_size": 8, "patch_sizes": [2], "embed_dims": [30], "max_depth": 4, "heads": [1],
                        "mlp_ratios": [4]}
-    assert arch == {"backbone.depth": 2}
+    assert arch == {"backbone.depth": 4}
     deit = ViTSpace(**options)
-    assert deit.cost(arch, 8)[0] == 706_720
-    assert layer_signature(deit.freeze(arch)) == (2, 40, ((1, 160), (1, 160)))
+    assert deit.cost(arch, 8)[0] == 809_520
+    assert layer_signature(deit.freeze(arch)) == (2, 30, ((1, 120),) * 4)
     with pytest.raises(ValueError, match="no DeiT-shaped network"):
         deit_shaped(space, 1_000)
