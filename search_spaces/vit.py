@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from nni.mutable import Mutable, MutableExpression
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableConv2d, MutableLayerNorm, MutableLinear, \
     MutableModule, Repeat
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.operation import MixedConv2d, MixedLayerNorm, MixedLinear
 from torch import nn
 
@@ -233,10 +234,10 @@ class ViTSpace(ModelSpace):
 
     def freeze(self, sample: Mapping[str, Any]) -> nn.Module:
         """NNI's freeze; a fresh space's network (not a supernet's, whose weights it keeps) starts from ViT's init."""
-        from nni.nas.oneshot.pytorch.strategy import is_supernet
-
         frozen = super().freeze(sample)
-        if not is_supernet(self):
+        # (NNI's is_supernet, without importing nni.nas.oneshot.pytorch.strategy before nni.nas.strategy:
+        # that order leaves nni.nas.strategy with its ImportFailedStrategy stand-ins)
+        if not any(isinstance(m, BaseSuperNetModule) for m in self.modules()):
             for m in frozen.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.trunc_normal_(m.weight, std=INIT_STD)

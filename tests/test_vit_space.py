@@ -166,3 +166,20 @@ def test_a_deit_tiny_shaped_network_scaled_to_a_flops_budget():
     assert layer_signature(deit.freeze(arch)) == (2, 30, ((1, 120),) * 4)
     with pytest.raises(ValueError, match="no DeiT-shaped network"):
         deit_shaped(space, 1_000)
+
+
+def test_building_and_freezing_a_vit_first_leaves_nnis_one_shot_strategies_importable():
+    """Importing NNI's one-shot modules in the wrong order swaps nni.nas.strategy's for failure stand-ins."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("from experiments import nni_compat; nni_compat.apply()\n"
+            "from search_spaces.backbone_spaces import build_backbone_space\n"
+            "space = build_backbone_space('vit', options={'image_size': 8})\n"
+            "space.freeze({label: values[0] for label, values in space.labels().items()})\n"
+            "from nni.nas.strategy import RandomOneShot\n"
+            "print(RandomOneShot.__module__)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "nni.nas.oneshot.pytorch.strategy", out.stderr[-2000:]
