@@ -15,8 +15,9 @@ from nni.nas.nn.pytorch import ModelSpace
 from search_spaces.macro import MacroBackboneSpace
 from search_spaces.nas_bench_macro import NasBenchMacroSpace
 from search_spaces.resnet_space import ResNetSpace
+from search_spaces.vit import ViTSpace
 
-BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace)}
+BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace, ViTSpace)}
 
 _RESERVED = ("width", "in_channels", "prefix")
 

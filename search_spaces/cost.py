@@ -45,6 +45,8 @@ class BackboneCost:
                                         if isinstance(m, Categorical)}
         self.flops_expression: Any = None
         self.params_expression: Any = None
+        if hasattr(space, "check_input_size"):  # a space built for one image size (ViT position embeddings)
+            space.check_input_size(self.input_size)
         if not hasattr(space, "cost"):
             from nni.nas.profiler.pytorch.flops import FlopsProfiler, NumParamsProfiler
 
@@ -151,7 +153,7 @@ def classifier_cost(feature_dim: int, num_classes: int) -> Cost:
 
 @torch.no_grad()
 def count_fixed(network: nn.Module, input_size: int, in_channels: int = 3) -> Cost:
-    """Conv/linear multiply-accumulates by forward hooks, and all parameters, of a fixed network.
+    """Conv/linear multiply-accumulates by forward hooks (batch of one), and all parameters, of a fixed network.
 
     An independent count (no NNI, no closed form) for checking the two above.
     """
@@ -162,8 +164,8 @@ def count_fixed(network: nn.Module, input_size: int, in_channels: int = 3) -> Co
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1]
             total += module.in_channels // module.groups * module.out_channels * k * output.shape[-1] * output.shape[-2]
-        elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features
+        elif isinstance(module, nn.Linear):  # once per row: per token in a transformer
+            total += module.in_features * module.out_features * (output.numel() // module.out_features)
 
     handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = network.training

@@ -3,7 +3,7 @@
 config -> data -> space (backbone space + the framework's heads) -> framework -> strategy ->
 evaluation -> ``best_architecture.json`` (the same export and ``retrain`` as the head search).
 
-The strategies (``experiments.strategies``: SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS) train
+The strategies (``experiments.strategies``: SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, ViTAS) train
 the supernet through NNI and select the network within the FLOPs/parameter budget; see each
 strategy's module. The job owns its output directory like the other jobs: ``run.json``,
 ``status.json``, ``checkpoints/last.ckpt`` (the supernet and architecture weights, resumed
@@ -36,7 +36,8 @@ from search_spaces.backbone_spaces import choice_kinds, is_backbone_space
 from search_spaces.cost import BackboneCost
 
 NAME = "backbone-search"
-HELP = "backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS) within a FLOPs/params budget"
+HELP = ("backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, ViTAS) within a FLOPs/params "
+        "budget")
 ARCHITECTURE_FILE = "best_architecture.json"
 MODEL_FILE = "search_model.pt"
 RESULT_FILES = (ARCHITECTURE_FILE, MODEL_FILE)
@@ -54,7 +55,7 @@ def validate(cfg: Config) -> None:
     m, b = cfg.model, cfg.backbone_search
     if not is_backbone_space(m.backbone):
         raise ConfigError(f"model.backbone: {m.backbone!r} is a fixed ResNet; the backbone search needs a backbone "
-                          f"space (nas_bench_macro, macro or resnet)")
+                          f"space (nas_bench_macro, macro, resnet or vit)")
     strategy = STRATEGIES[b.strategy]
     kinds = choice_kinds(m.backbone)
     if not kinds <= strategy.handles:
@@ -95,9 +96,9 @@ def prepare(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
         check_split_size(cfg, len(split))
     try:
         space = build_space(cfg, num_classes=num_classes)
+        cost = BackboneCost(space.backbone, data.image_size)  # (a ViT's image size is checked here)
     except (ValueError, TypeError) as err:  # a backbone option of the wrong type (plan: [[1, 2]], ops: null)
         raise ConfigError(f"model: {' '.join(str(err).split())}") from None
-    cost = BackboneCost(space.backbone, data.image_size)
     smallest = check_budget(b.max_flops, b.max_params, cost, cfg.model.backbone)
     log_fn(f"backbone space {cfg.model.backbone} for {cfg.framework}: {len(cost.labels)} backbone choices, "
            f"{cost.size():.3g} backbones; smallest {smallest['flops']:,} FLOPs / {smallest['params']:,} params; "

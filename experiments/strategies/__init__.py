@@ -13,9 +13,10 @@ from experiments.strategies.kshot import KShot
 from experiments.strategies.mctnas import MCTNAS
 from experiments.strategies.proxyless import Proxyless
 from experiments.strategies.spos import SPOS
+from experiments.strategies.vitas import ViTAS
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (DARTS(), GumbelDARTS(), Proxyless(), SPOS(), KShot(), ENAS(),
-                                                       MCTNAS())}
+                                                       MCTNAS(), ViTAS())}
 
 
 def strategy_names(target: str) -> list[str]:

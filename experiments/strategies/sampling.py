@@ -93,6 +93,32 @@ def distinct_spos() -> PresetPathOneShot:
     return PresetPathOneShot(lambda training_module: PresetPathModule(training_module, draw))
 
 
+class CyclicPathModule(PresetPathModule):
+    """ViTAS's module: ``draw()``'s path, its weights sliced from the left on even global steps and from
+    the right on odd ones (``cyclic``; else always the left: prefix sharing). Validation takes the left."""
+
+    def __init__(self, training_module, draw: Callable[[], dict], cyclic: bool):
+        super().__init__(training_module, draw)
+        self.cyclic = cyclic
+
+    def side(self) -> str:
+        from search_spaces.vit import SIDES
+
+        return SIDES[int(self.global_step) % 2] if self.cyclic else SIDES[0]
+
+    def training_step(self, batch, batch_idx):
+        from search_spaces.vit import set_channel_side
+
+        set_channel_side(self.model, self.side())
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, *args: Any, **kwargs: Any):
+        from search_spaces.vit import set_channel_side
+
+        set_channel_side(self.model, "left")
+        return super().validation_step(*args, **kwargs)
+
+
 class TreeSamplingModule(PresetPathModule):
     """MCT-NAS's module: the path from the tree each step, the step's reward backed up after it.
 

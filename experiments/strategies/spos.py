@@ -46,11 +46,14 @@ class SPOS(Strategy):
         return Selection(architecture, evolution=history)
 
 
-def evolve(ctx: SearchContext, supernet, network_of: Optional[Callable[[dict], Any]] = None) -> tuple[dict, list]:
+def evolve(ctx: SearchContext, supernet, network_of: Optional[Callable[[dict], Any]] = None, *,
+           score_of: Optional[Callable[[dict], float]] = None,
+           accept: Optional[Callable[[dict], bool]] = None) -> tuple[dict, list]:
     """NNI RegularizedEvolution over the trained supernet, scored with inherited weights, within budget.
 
     ``network_of(architecture)`` gives the network to score in place of NNI's frozen one (K-shot: the
-    path's materialised combination of the copies).
+    path's materialised combination of the copies); ``score_of(architecture)`` the score itself
+    (ViTAS: the mean over its weight slices); ``accept(architecture)`` replaces the budget test.
     """
     import nni
     from nni.nas.evaluator import FunctionalEvaluator
@@ -63,13 +66,18 @@ def evolve(ctx: SearchContext, supernet, network_of: Optional[Callable[[dict], A
     history: list[dict] = []
 
     def in_budget(model) -> bool:
+        if accept is not None:
+            return accept(nni_compat.plain_architecture(model.sample))
         return cost(model.sample).within(b.max_flops, b.max_params)
 
     def evaluate(network):
         sample = nni_compat.current_sample()
-        if network_of is not None:
-            network = network_of(nni_compat.plain_architecture(sample))
-        accuracy = scorer(network)
+        if score_of is not None:
+            accuracy = score_of(nni_compat.plain_architecture(sample))
+        else:
+            if network_of is not None:
+                network = network_of(nni_compat.plain_architecture(sample))
+            accuracy = scorer(network)
         c = cost(sample)
         history.append({"architecture": nni_compat.plain_architecture(sample), "score": accuracy,
                         "flops": c.flops, "params": c.params})

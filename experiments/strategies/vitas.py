@@ -1,0 +1,219 @@
+"""ViTAS (Su et al., ECCV 2022): a ViT superformer trained with cyclic channel sharing and identity shifting,
+then evolution within a FLOPs budget. Searches the ``vit`` backbone space (``search_spaces/vit.py``).
+
+Rules taken from the paper and its released code (``xiusu/ViTAS``: no licence, so none of its code):
+
+* *Cyclic weight sharing.* A sampled width D takes the first channels [0, D) of every sliced
+  weight (patch projection, class token, position embedding, norms, linear layers) on one step and
+  the last channels [E - D, E) on the next (``channel_side`` left/right, alternating with the
+  global step), so every channel of the embedding is trained about equally often. NNI's mixed
+  layers are replaced by the cyclic ones of ``search_spaces.vit`` (``CYCLIC_HOOKS``).
+  ``sharing: prefix`` keeps the left side always (NNI's own slicing, the baseline).
+  The released trainer runs both sides in one step and sums the outputs; alternating steps gives
+  each side the same share of updates at half the cost a step.
+* *Private class tokens; V shared, Q/K private.* Both live in the space: each patch size's
+  embedding is its own ``LayerChoice`` candidate (its own class token and position embedding),
+  and Q/K are a ``LayerChoice`` keyed by the head count while V is one ``MutableLinear``.
+* *Identity shifting.* A training path is drawn as ViTAS draws it: patch size and E uniformly,
+  then each of the ``max_depth`` layers is an identity with probability ``identity_prob``, else a
+  block with uniform heads and MLP ratio. The identities are shifted to the end
+  (``ViTSpace.shift_identities``): the blocks become layers 1..depth, so each network is one
+  sample and layer i's weights always serve the network's i-th block. Were every layer an
+  identity, the layer drawn last to be one stays a block.
+* *Identity probability tuned to the budget.* With ``max_flops`` set, ``identity_prob`` is chosen
+  so that the mean FLOPs of ``tuning_samples`` draws lies in [``min_flops_ratio`` x max_flops,
+  max_flops] (the code: 1000 draws, 0.9). The code walks from 0.5 in steps of 0.01; here the same
+  draws are reused for every probability (the mean then falls as it rises) and bisected.
+* *Evolution.* NNI's regularized evolution (``spos.evolve``) over the trained superformer,
+  ``population`` x ``generations`` networks scored (the code's NSGA-Net: 50 and 40), each the
+  mean held-out score of its left and right slices (prefix: left only), every one within
+  [min_flops_ratio x max_flops, max_flops]. Networks are scored once per identity-shifted sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from evaluators.options import Option
+from experiments.core.errors import ConfigError
+from experiments.strategies.base import SearchContext, Selection, Strategy
+
+SHARING = ("cyclic", "prefix")
+TUNING_TOLERANCE = 1e-4  # bisection stops when the identity probability is known to this
+
+
+def identity_draws(space, count: int, rng) -> list[tuple[dict, list[tuple[float, tuple]]]]:
+    """``count`` ViTAS draws before the identity decision: (patch size and E, [(u, (heads, ratio)) per layer]).
+
+    A layer is an identity when its ``u`` < the identity probability, so one set of draws serves every
+    probability (common random numbers: the mean FLOPs falls as the probability rises).
+    """
+    draws = []
+    for _ in range(count):
+        common = {}
+        for name, values in (("patch_size", [str(p) for p in space.patch_sizes]), ("embed_dim", space.embed_dims)):
+            if len(values) > 1:
+                common[f"{space.prefix}.{name}"] = values[int(rng.randint(len(values)))]
+        layers = [(float(rng.random_sample()), (space.heads[int(rng.randint(len(space.heads)))],
+                                                space.mlp_ratios[int(rng.randint(len(space.mlp_ratios)))]))
+                  for _ in range(space.max_depth)]
+        draws.append((common, layers))
+    return draws
+
+
+def shifted_sample(space, draw: tuple[dict, list], identity_prob: float) -> dict:
+    """The identity-shifted sample of one draw at ``identity_prob`` (one block kept at least)."""
+    common, layers = draw
+    ops = [None if u < identity_prob else choice for u, choice in layers]
+    if all(op is None for op in ops):
+        last = max(range(len(layers)), key=lambda i: layers[i][0])  # the last to become an identity
+        ops[last] = layers[last][1]
+    return space.shift_identities(common, ops)
+
+
+def tune_identity_prob(space, cost, max_flops: float, min_ratio: float, draws: list,
+                       log_fn: Callable[[str], None] = print) -> tuple[float, float]:
+    """The identity probability whose draws' mean FLOPs lies in [min_ratio x max_flops, max_flops]; and that mean.
+
+    Bisection (the mean falls as the probability rises); 0 when even full-depth draws are below
+    the band, the highest probability tried when even one-block draws are above it.
+    """
+    def mean_flops(p: float) -> float:
+        return sum(cost(shifted_sample(space, d, p)).flops for d in draws) / len(draws)
+
+    low_target, high_target = min_ratio * max_flops, max_flops
+    low, high = 0.0, 1.0
+    mean = mean_flops(low)
+    if mean <= high_target:
+        if mean < low_target:
+            log_fn(f"vitas: full-depth draws average {mean:,.0f} FLOPs, under the band; identity probability 0")
+        return 0.0, mean
+    p = low
+    while high - low > TUNING_TOLERANCE:
+        p = (low + high) / 2
+        mean = mean_flops(p)
+        if mean > high_target:
+            low = p
+        elif mean < low_target:
+            high = p
+        else:
+            return p, mean
+    p = high
+    mean = mean_flops(p)
+    if mean > high_target:
+        log_fn(f"vitas: even one-block draws average {mean:,.0f} FLOPs, over max_flops {max_flops:,.0f}")
+    return p, mean
+
+
+class ViTAS(Strategy):
+    name = "vitas"
+    summary = ("ViT superformer with cyclic channel sharing and identity shifting, then evolution within the "
+               "FLOPs budget")
+    handles = frozenset({"layer", "width", "depth"})
+    config_fields = ("backbone_search.max_flops", "backbone_search.tournament", "backbone_search.mutation_prob",
+                     "backbone_search.bn_batches", "backbone_search.score_images")
+    option_specs = {
+        "sharing": Option("cyclic", why="cyclic (left and right slices alternate) or prefix (left only)"),
+        "identity_prob": Option(0.5, "[0, 1)", "a layer's chance to be an identity, when not tuned"),
+        "tune_identity": Option(True, why="tune identity_prob to the FLOPs budget"),
+        "min_flops_ratio": Option(0.9, "[0, 1]", "the budget band's floor, a fraction of max_flops"),
+        "tuning_samples": Option(1000, "[1, 1000000]", "draws that tune identity_prob"),
+        "population": Option(50, "[1, 100000]", "the evolution's population"),
+        "generations": Option(40, "[1, 100000]", "the evolution scores population x generations networks"),
+    }
+
+    def check(self, cfg, target: str) -> None:
+        if target != "backbone" or cfg.backbone_search.strategy != self.name:
+            return
+        settings = self.settings(cfg)
+        if settings["sharing"] not in SHARING:
+            raise ConfigError(f"backbone_search.strategy_options.sharing: must be one of {', '.join(SHARING)}, "
+                              f"got {settings['sharing']!r}")
+        if cfg.model.backbone != "vit":
+            raise ConfigError(f"model.backbone: vitas searches the vit space (its layers and widths), got "
+                              f"{cfg.model.backbone}")
+        if cfg.model.head_space != "fixed":
+            raise ConfigError(f"model.head_space: vitas searches the backbone only; use fixed heads, got "
+                              f"{cfg.model.head_space}")
+        if cfg.backbone_search.tournament > settings["population"]:
+            raise ConfigError(f"backbone_search.tournament: must be <= strategy_options.population "
+                              f"({settings['population']}), got {cfg.backbone_search.tournament}")
+
+    def identity_prob(self, ctx: SearchContext, space) -> float:
+        """ViTAS's identity probability for this run: tuned to max_flops, or the option as given."""
+        import numpy as np
+
+        settings, (max_flops, _) = self.settings(ctx.cfg), ctx.budget
+        if max_flops is None or not settings["tune_identity"]:
+            return float(settings["identity_prob"])
+        draws = identity_draws(space, settings["tuning_samples"], np.random.RandomState(ctx.cfg.seed))
+        p, mean = tune_identity_prob(space, ctx.cost, max_flops, settings["min_flops_ratio"], draws, ctx.log_fn)
+        ctx.log_fn(f"vitas: identity probability {p:.4f}; draws average {mean:,.0f} FLOPs "
+                   f"(band {settings['min_flops_ratio'] * max_flops:,.0f} - {max_flops:,.0f})")
+        return p
+
+    def build(self, ctx: SearchContext):
+        from experiments.strategies.sampling import CyclicPathModule, PresetPathOneShot
+        from search_spaces.vit import CYCLIC_HOOKS
+
+        space = ctx.cost.space
+        probability = self.identity_prob(ctx, space)
+        cyclic = self.settings(ctx.cfg)["sharing"] == "cyclic"
+
+        def draw() -> dict:
+            import numpy as np  # numpy's global generator: seeded by seed_everything, saved in checkpoints
+
+            return shifted_sample(space, identity_draws(space, 1, np.random.mtrand._rand)[0], probability)
+
+        strategy = PresetPathOneShot(lambda training_module: CyclicPathModule(training_module, draw, cyclic))
+        if cyclic:
+            strategy.extra_mutation_hooks = list(CYCLIC_HOOKS)  # before NNI's own mixed layers
+        strategy.identity_prob = probability
+        return strategy
+
+    def score_function(self, ctx: SearchContext, supernet) -> Callable[[dict], float]:
+        """``score_of(architecture)``: the mean held-out score of the network's slices (left and right under
+        cyclic sharing, left under prefix), computed once per identity-shifted sample."""
+        from search_spaces.vit import SIDES, set_channel_side
+
+        space = ctx.cost.space
+        sides = SIDES if self.settings(ctx.cfg)["sharing"] == "cyclic" else SIDES[:1]
+        scores: dict[tuple, float] = {}
+
+        def score_of(architecture: dict) -> float:
+            key = tuple(sorted(space.canonical(architecture).items()))
+            if key not in scores:
+                results = []
+                for side in sides:
+                    set_channel_side(supernet, side)
+                    results.append(ctx.scorer(supernet.freeze(dict(key))))
+                set_channel_side(supernet, "left")
+                scores[key] = sum(results) / len(results)
+            return scores[key]
+        return score_of
+
+    def select(self, ctx: SearchContext, nni_strategy) -> Selection:
+        from experiments.strategies.spos import evolve
+        from search_spaces.vit import set_channel_side
+
+        settings, cfg = self.settings(ctx.cfg), ctx.cfg
+        space, supernet = ctx.cost.space, nni_strategy.supernet
+        score_of = self.score_function(ctx, supernet)
+        max_flops, max_params = ctx.budget
+        floor = None if max_flops is None else settings["min_flops_ratio"] * max_flops
+
+        def accept(architecture: dict) -> bool:
+            c = ctx.cost(architecture)
+            return c.within(max_flops, max_params) and (floor is None or c.flops >= floor)
+
+        b = cfg.backbone_search
+        population = settings["population"]
+        evolution_cfg = dataclasses.replace(cfg, backbone_search=dataclasses.replace(
+            b, population=population, trials=population * settings["generations"]))
+        architecture, history = evolve(dataclasses.replace(ctx, cfg=evolution_cfg), supernet,
+                                       score_of=score_of, accept=accept)
+        set_channel_side(supernet, "left")  # the derived network is the left slice
+        return Selection(space.canonical(architecture), evolution=history)
+
+
+__all__ = ["ViTAS", "identity_draws", "shifted_sample", "tune_identity_prob"]
