@@ -110,6 +110,7 @@ class ViTAS(Strategy):
     summary = ("ViT superformer with cyclic channel sharing and identity shifting, then evolution within the "
                "FLOPs budget")
     handles = frozenset({"layer", "width", "depth"})
+    trains_paths = True
     config_fields = ("backbone_search.max_flops", "backbone_search.tournament", "backbone_search.mutation_prob",
                      "backbone_search.bn_batches", "backbone_search.score_images")
     option_specs = {
