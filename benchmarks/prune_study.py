@@ -1,8 +1,8 @@
-"""DAGGER against NNI's L1 and FPGM pruners and a narrower network trained from scratch, at 75/50/25% FLOPs.
+"""DAGGER against NNI's L1, FPGM and Taylor pruners and a narrower network trained from scratch, at 75/50/25% FLOPs.
 
 One SimSiam ResNet-18 (the config's width, SimSiam's own heads at the config's head width) is pretrained once; each
 method then prunes it to each FLOPs target and fine-tunes it under the same SSL loss for the
-same epochs (DAGGER's gate learning comes on top: the network's weights are frozen there).
+same epochs (DAGGER's gate learning and Taylor's scoring come on top, as many epochs, the weights frozen).
 ``uniform`` is the config's ResNet-18 narrowed uniformly (the largest backbone width within the
 target) and trained from scratch for the pretraining plus fine-tuning epochs. Every run is one
 JSON under ``--out`` (a killed study resumes where it stopped); the table goes to
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks._util import ROOT
 
-METHODS = ("dagger", "l1", "fpgm", "uniform")
+METHODS = ("dagger", "l1", "fpgm", "taylor", "uniform")
 
 
 def arguments(argv=None) -> argparse.Namespace:

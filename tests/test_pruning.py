@@ -189,3 +189,28 @@ def test_bad_prune_input_is_one_error_line_and_exit_2(base_checkpoint, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not out.exists()  # refused before anything was written
+
+
+def test_nni_taylor_pruner_under_the_ssl_loss_drops_dead_filters_and_leaves_the_weights(base_checkpoint):
+    """A filter whose BN output is 0 gets no gradient, so its Taylor score (w * dL/dw)^2 is 0: it goes first."""
+    from experiments.core.assembly import build_data, build_module
+    from experiments.core.records import load_saved_model
+
+    cfg, checkpoint = base_checkpoint
+    network, _ = load_saved_model(checkpoint, cfg)
+    data = build_data(cfg)
+    module = build_module(cfg, 1, interleaved=False, augment=data.augment)
+    module.set_model(network)
+    groups = find_groups(network.backbone)
+    dead = {g.name: [1, g.size - 1] for g in groups}
+    with torch.no_grad():
+        for g in groups:
+            norm = network.backbone.get_submodule(g.norm)
+            norm.weight[dead[g.name]] = 0.0
+            norm.bias[dead[g.name]] = 0.0
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    counts = {g.name: g.size // 2 for g in groups}  # filters a ReLU never lets through tie with the dead ones at 0
+    keep = nni_keep(network.backbone, groups, counts, "taylor", module, data.loader(None, cfg), taylor_steps=2)
+    for g in groups:
+        assert len(keep[g.name]) == g.size // 2 and not set(keep[g.name].tolist()) & set(dead[g.name]), g.name
+    assert all(torch.equal(v, network.state_dict()[k]) for k, v in state.items())  # weights and BN statistics

@@ -1,8 +1,9 @@
 """The prune job: a trained network's backbone made smaller to a FLOPs (or parameter) target, then fine-tuned.
 
 ``--method dagger`` learns one gate per filter from each layer's pretrained weights under the
-framework's SSL loss and a cost penalty (``experiments.pruning.dagger``); ``l1`` and ``fpgm``
-are NNI's pruners at the same target (``experiments.pruning.nni_pruners``). The chosen filters
+framework's SSL loss and a cost penalty (``experiments.pruning.dagger``); ``l1``, ``fpgm`` and
+``taylor`` (scored by the same SSL loss, over the same batches as DAGGER's gate epochs) are
+NNI's pruners at the same target (``experiments.pruning.nni_pruners``). The chosen filters
 are removed for real (``search_spaces.filter_groups``), the smaller network is fine-tuned under
 the same SSL loss (unlabelled data) and evaluated (kNN, linear probe). ``prune_model.pt`` saves
 and loads like every model file here (``evaluate --checkpoint``; ``prune`` again).
@@ -41,7 +42,8 @@ def add_arguments(p) -> None:
     p.add_argument("--method", default="dagger", help=f"which filters go: {', '.join(METHODS)} (default dagger)")
     p.add_argument("--flops", type=float, help="keep this fraction of the backbone's FLOPs, in (0, 1)")
     p.add_argument("--params", type=float, help="or this fraction of its parameters, in (0, 1)")
-    p.add_argument("--gate-epochs", type=int, default=10, help="epochs of gate learning (dagger; default 10)")
+    p.add_argument("--gate-epochs", type=int, default=10,
+                   help="epochs of gate learning (dagger) or of Taylor scores (taylor); default 10")
     p.add_argument("--finetune-epochs", type=int, help="epochs of SSL fine-tuning (default: train.epochs)")
     p.add_argument("--penalty", type=float, default=5.0,
                    help="weight of the cost penalty in gate learning (dagger; default 5)")
@@ -125,7 +127,10 @@ def run_prune(cfg: Config, checkpoint: str | Path, out: Path, method: str, targe
         keep = select_filters(gates, cost, target, quantity)
         scale = {name: gates[name][idx] for name, idx in keep.items()}
     else:
-        keep = nni_keep(backbone, groups, uniform_counts(groups, cost, target, quantity), method)
+        module = build_module(cfg, 1, interleaved=False, framework=framework, augment=data.augment)
+        module.set_model(network)
+        keep = nni_keep(backbone, groups, uniform_counts(groups, cost, target, quantity), method, module, loader,
+                        taylor_steps=max(1, gate_epochs) * len(loader))
     for branch in (backbone, getattr(network, "momentum_backbone", None)):
         if branch is not None:  # a momentum copy loses the same filters
             prune_filters(branch, groups, keep, scale)
@@ -143,7 +148,7 @@ def run_prune(cfg: Config, checkpoint: str | Path, out: Path, method: str, targe
     pruning = {"method": method, "quantity": quantity, "target": target, "checkpoint": str(checkpoint),
                "before": before, "after": after, "ratio": {q: after[q] / before[q] for q in before},
                "channels": {name: [sizes[name], counts[name]] for name in sizes}, "gate_history": history,
-               "gate_epochs": gate_epochs if method == "dagger" else 0, "finetune_epochs": finetune_epochs,
+               "gate_epochs": gate_epochs if method in ("dagger", "taylor") else 0, "finetune_epochs": finetune_epochs,
                "metrics_pretrained": metrics_pretrained, "metrics_before_finetune": metrics_pruned}
     result = new_record("ssl_prune", cfg, payload["space"], payload["architecture"], metrics, monitor_history,
                         pruning=pruning)
