@@ -2,10 +2,12 @@
 
 One SimSiam ResNet-18 (the config's width, SimSiam's own heads at the config's head width) is pretrained once; each
 method then prunes it to each FLOPs target and fine-tunes it under the same SSL loss for the
-same epochs (DAGGER's gate learning and Taylor's scoring come on top, as many epochs, the weights frozen).
+same epochs (DAGGER's gate learning and Taylor's scoring come on top, as many epochs, the
+weights frozen).
 ``uniform`` is the config's ResNet-18 narrowed uniformly (the largest backbone width within the
-target) and trained from scratch for the pretraining plus fine-tuning epochs. Every run is one
-JSON under ``--out`` (a killed study resumes where it stopped); the table goes to
+target) and trained from scratch for the pretraining plus fine-tuning epochs. ``unpruned`` is
+the control: the pretrained network fine-tuned for the same epochs, without pruning. Every run
+is one JSON under ``--out`` (a killed study resumes where it stopped); the table goes to
 ``--table`` (markdown) and its JSON beside it.
 
     python -m benchmarks.prune_study                        # digits, seed 0, the budget below
@@ -22,6 +24,8 @@ from pathlib import Path
 from benchmarks._util import ROOT
 
 METHODS = ("dagger", "l1", "fpgm", "taylor", "uniform")
+#: the control: the unpruned network fine-tuned for the same epochs (what the extra training alone gives)
+CONTROL = "unpruned"
 
 
 def arguments(argv=None) -> argparse.Namespace:
@@ -75,6 +79,25 @@ def uniform_width(cfg, target: float, image_size: int) -> tuple[float, float]:
     return low, flops(low) / full
 
 
+def finetune_unpruned(args, seed: int, base: Path, out: Path) -> dict:
+    """The pretrained network fine-tuned ``--finetune-epochs`` more, unpruned: the control every pruned row needs."""
+    from experiments.core.assembly import build_data, downstream_metrics
+    from experiments.core.checkpointing import open_run
+    from experiments.core.records import load_saved_model
+    from experiments.jobs.retrain import fit_ssl
+
+    cfg = config(args, seed, out)
+    network, payload = load_saved_model(base, cfg)
+    data = build_data(cfg)
+    loader = data.loader(None, cfg)
+    with open_run(out, cfg, "finetune", ("finetune.json",), {"checkpoint": str(base)}, overwrite=True,
+                  log_fn=lambda _: None) as run:
+        fit_ssl(cfg, network, payload["space"]["framework"], data, loader, args.finetune_epochs, out, run,
+                log_fn=lambda _: None)
+        (out / "finetune.json").write_text("{}")
+    return {"metrics": downstream_metrics(cfg, data, network), "flops_ratio": 1.0, "epochs": args.finetune_epochs}
+
+
 def run_one(args, seed: int, method: str, target: float, base: Path, out: Path) -> dict:
     from experiments.jobs.prune import run_prune
     from experiments.jobs.retrain import run_retrain
@@ -121,6 +144,12 @@ def main(argv=None) -> int:
                                              "seconds": time.perf_counter() - start}, indent=1))
         base = json.loads(base_file.read_text())
         rows.append({"seed": seed, "method": "pretrained", "target": 1.0, "flops_ratio": 1.0, **base})
+        control = cache / f"{CONTROL}-seed{seed}.json"
+        if not control.is_file():
+            start = time.perf_counter()
+            result = finetune_unpruned(args, seed, base_dir / "retrain_model.pt", root / f"{CONTROL}-seed{seed}")
+            control.write_text(json.dumps({**result, "seconds": time.perf_counter() - start}, indent=1))
+        rows.append({"seed": seed, "method": CONTROL, "target": 1.0, **json.loads(control.read_text())})
         for target in targets:
             for method in methods:
                 path = cache / f"{method}-flops{target:g}-seed{seed}.json"
@@ -137,24 +166,46 @@ def main(argv=None) -> int:
     return 0
 
 
+def _mean_sd(values: list) -> str:
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
 def write_table(args, rows: list, path: Path) -> None:
+    """Mean (± sd over seeds) per method and target, then every run."""
+    import os
+
     lines = [f"# Pruning study: SimSiam ResNet-18 on {Path(args.config).stem}", "",
-             f"Machine: {platform.machine()} CPU, {__import__('os').cpu_count()} cores, shared with other jobs. "
+             f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, shared with other jobs. "
              f"Budget: pretraining {args.pretrain_epochs} epochs; each pruned network fine-tuned "
-             f"{args.finetune_epochs} epochs (DAGGER's {args.gate_epochs} gate epochs come before, the network "
-             f"frozen); `uniform` trained from scratch {args.pretrain_epochs + args.finetune_epochs} epochs. "
-             f"Seeds: {args.seeds}. Linear probe {args.linear_epochs} epochs.", "",
+             f"{args.finetune_epochs} epochs (DAGGER's gate learning and Taylor's scoring take {args.gate_epochs} "
+             f"epochs before, the network frozen); `uniform` trained from scratch "
+             f"{args.pretrain_epochs + args.finetune_epochs} epochs. Seeds: {args.seeds} (the seed also seeds the "
+             f"pretraining). Linear probe {args.linear_epochs} epochs. kNN and linear top-1 on the test split.", "",
              "Rerun: `python -m benchmarks.prune_study " + " ".join(
                  f"--{k.replace('_', '-')} {v}" for k, v in (("pretrain_epochs", args.pretrain_epochs),
                                                               ("finetune_epochs", args.finetune_epochs),
                                                               ("gate_epochs", args.gate_epochs),
                                                               ("seeds", args.seeds))) + "`", "",
-             "| method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | kNN before fine-tuning | seconds |",
+             "| method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | kNN before fine-tuning | runs |",
              "|---|---|---|---|---|---|---|"]
+    cells: dict = {}
     for r in rows:
-        before = r.get("before_finetune", {}).get("knn_top1")
-        lines.append(f"| {r['method']} | {r['target']:g} | {r['flops_ratio']:.3f} | {r['metrics']['knn_top1']:.3f} | "
-                     f"{r['metrics']['linear_top1']:.3f} | {'' if before is None else f'{before:.3f}'} | "
+        cells.setdefault((r["method"], r["target"]), []).append(r)
+    for (method, target), runs in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0] != "pretrained")):
+        before = [r["before_finetune"]["knn_top1"] for r in runs if "before_finetune" in r]
+        lines.append(f"| {method} | {target:g} | {_mean_sd([r['flops_ratio'] for r in runs])} | "
+                     f"{_mean_sd([r['metrics']['knn_top1'] for r in runs])} | "
+                     f"{_mean_sd([r['metrics']['linear_top1'] for r in runs])} | "
+                     f"{_mean_sd(before) if before else ''} | {len(runs)} |")
+    lines += ["", "Every run:", "", "| seed | method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | seconds |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['method']} | {r['target']:g} | {r['flops_ratio']:.3f} | "
+                     f"{r['metrics']['knn_top1']:.3f} | {r['metrics']['linear_top1']:.3f} | "
                      f"{r.get('seconds', 0):.0f} |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -30,14 +30,17 @@ from experiments.pruning.nni_pruners import NNI_PRUNERS, nni_keep, uniform_count
 from search_spaces.filter_groups import CostModel, channel_counts, find_groups, prune_filters
 
 NAME = "prune"
-HELP = "remove filters of a trained backbone to a FLOPs or parameter target (DAGGER, L1, FPGM), fine-tune, evaluate"
+HELP = ("remove filters of a trained backbone to a FLOPs or parameter target (DAGGER, or NNI's L1, FPGM, Taylor), "
+        "fine-tune, evaluate")
 RESULTS_FILE = "prune_results.json"
 MODEL_FILE = "prune_model.pt"
 METHODS = ("dagger", *NNI_PRUNERS)
 
 
 def add_arguments(p) -> None:
-    add_config_arguments(p)
+    add_config_arguments(p, outputs=False)  # no --nni: a prune is not an nnictl trial
+    p.add_argument("--output-dir", help="where results go (default: <output_dir>/prune-<method>-<target>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of a finished prune")
     p.add_argument("--checkpoint", help="a model file: retrain_model.pt, search_model.pt, prune_model.pt")
     p.add_argument("--method", default="dagger", help=f"which filters go: {', '.join(METHODS)} (default dagger)")
     p.add_argument("--flops", type=float, help="keep this fraction of the backbone's FLOPs, in (0, 1)")
