@@ -14,11 +14,11 @@ from pathlib import Path
 
 def job_modules() -> list:
     """Every job and study, in the order ``--help`` lists them."""
-    from experiments.jobs import (backbone_search, check, evaluate, export, export_space, retrain, screenshot,
-                                  search)
+    from experiments.jobs import (backbone_search, check, evaluate, export, export_space, prune, retrain,
+                                  screenshot, search)
     from experiments.studies import backbone_study, head_study
 
-    return [search, backbone_search, retrain, evaluate, export, check, export_space, head_study, backbone_study,
+    return [search, backbone_search, retrain, prune, evaluate, export, check, export_space, head_study, backbone_study,
             screenshot]
 
 

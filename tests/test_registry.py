@@ -173,7 +173,7 @@ def test_the_library_imports_no_job_and_nni_compat_imports_nothing_of_the_projec
 def test_help_lists_every_job_and_study():
     help_text = subprocess.run([sys.executable, "-m", "experiments", "--help"], cwd=ROOT, capture_output=True,
                                text=True, timeout=120).stdout
-    for job in ("search", "backbone-search", "retrain", "evaluate", "export", "check", "export-space",
+    for job in ("search", "backbone-search", "retrain", "prune", "evaluate", "export", "check", "export-space",
                 "head-study", "backbone-study", "screenshot"):
         assert f"    {job}" in help_text, job
 

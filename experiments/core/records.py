@@ -24,6 +24,7 @@ from experiments.core.errors import ConfigError
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from evaluators import FRAMEWORKS
 from search_spaces.backbone_spaces import is_backbone_space
+from search_spaces.filter_groups import shrink_to
 from search_spaces.network import HEAD_SPACES, SSLNetworkSpace
 
 #: the record's format; a reader refuses a newer one
@@ -200,14 +201,32 @@ def new_record(kind: str, cfg: Config, space: dict, architecture: dict, metrics:
             "config": cfg.to_dict(), "versions": versions()}
 
 
-def write_results(out: Path, record: dict, record_file: str, network: torch.nn.Module, model_file: str) -> None:
-    """The record as JSON and the network as a model file that ``evaluate`` and ``load_saved_model`` read."""
+def write_results(out: Path, record: dict, record_file: str, network: torch.nn.Module, model_file: str,
+                  pruned: Optional[dict] = None) -> None:
+    """The record as JSON and the network as a model file that ``evaluate`` and ``load_saved_model`` read.
+
+    ``pruned`` (a pruned network's channels per filter group of its backbone) rebuilds its smaller layers.
+    """
     write_json_atomic(out / record_file, record)
-    atomic_torch_save({"space": record["space"], "architecture": record["architecture"],
-                       "state_dict": network.state_dict()}, out / model_file)
+    payload = {"space": record["space"], "architecture": record["architecture"], "state_dict": network.state_dict()}
+    if pruned is not None:
+        payload["pruned"] = dict(pruned)
+    atomic_torch_save(payload, out / model_file)
 
 
 # --- reading a model file ----------------------------------------------------------------------------
+def shrink_backbones(network: torch.nn.Module, pruned: Any, source: str) -> None:
+    """A pruned model file's filter counts applied to the freshly built backbone (and its momentum copy)."""
+    if not isinstance(pruned, dict):
+        raise ConfigError(f"{source}: 'pruned' must map filter groups to channel counts")
+    for name in ("backbone", "momentum_backbone"):
+        if hasattr(network, name):
+            try:
+                shrink_to(getattr(network, name), pruned)
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"{source}: the pruned channels do not fit the network: {err}") from None
+
+
 def load_saved_model(path: str | Path, cfg: Config):
     p = Path(path)
     if not p.is_file():
@@ -229,6 +248,8 @@ def load_saved_model(path: str | Path, cfg: Config):
     for key in saved:
         setattr(cfg.model, key, getattr(checked, key))
     network, _ = build_fixed({"space": space, "architecture": payload["architecture"]}, cfg, str(p))
+    if payload.get("pruned") is not None:
+        shrink_backbones(network, payload["pruned"], str(p))
     try:
         network.load_state_dict(payload["state_dict"])
     except (RuntimeError, TypeError, ValueError, AttributeError) as err:

@@ -53,18 +53,11 @@ def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callab
                           f"{framework} config (or --set framework={framework} and that framework's options)")
     data = build_data(cfg)
     loader = data.loader(None, cfg)
-    module = build_module(cfg, cfg.train.epochs, interleaved=False, framework=framework, augment=data.augment)
-    module.set_model(network)
-    monitor = build_monitor(cfg, data, listeners)
-    monitor.listeners.insert(0, EpochPrinter(log_fn))
     run = claim_output_dir(out, cfg, "retrain", (RESULTS_FILE, MODEL_FILE), overwrite=overwrite, log_fn=log_fn,
                            extra={"space": {k: record["space"][k] for k in ("framework", "head_space")},
                                   "architecture": architecture})
-    guard = FailureGuard(monitor, cfg, "train")
-    trainer = build_trainer(cfg, cfg.train.epochs, out, [monitor, guard, *run.callbacks(
-        cfg, [loader.sampler], cfg.data.batch_size)])
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader, **run.fit_kwargs())
+    monitor = fit_ssl(cfg, network, framework, data, loader, cfg.train.epochs, out, run, listeners, log_fn)
     metrics = downstream_metrics(cfg, data, network)
     metrics["train_seconds"] = time.perf_counter() - start
     if is_backbone_space(str(record["space"].get("backbone", ""))):
@@ -75,3 +68,20 @@ def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callab
     result = new_record("ssl_retrain", cfg, space, architecture, metrics, monitor.history)
     write_results(out, result, RESULTS_FILE, network, MODEL_FILE)
     return result
+
+
+def fit_ssl(cfg: Config, network, framework: str, data, loader, epochs: int, out: Path, run,
+            listeners: Sequence[Callable[[dict], None]] = (), log_fn: Callable[[str], None] = print):
+    """Train ``network`` under ``framework``'s SSL loss for ``epochs`` in the claimed ``run``; returns the monitor.
+
+    The retrain of an architecture and the fine-tuning of a pruned network (``prune``) share it.
+    """
+    module = build_module(cfg, epochs, interleaved=False, framework=framework, augment=data.augment)
+    module.set_model(network)
+    monitor = build_monitor(cfg, data, listeners)
+    monitor.listeners.insert(0, EpochPrinter(log_fn))
+    guard = FailureGuard(monitor, cfg, "train")
+    trainer = build_trainer(cfg, epochs, out, [monitor, guard, *run.callbacks(cfg, [loader.sampler],
+                                                                               cfg.data.batch_size)])
+    trainer.fit(module, train_dataloaders=loader, **run.fit_kwargs())
+    return monitor
