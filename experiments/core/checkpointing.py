@@ -169,7 +169,8 @@ def _differences(old: dict, new: dict, limit: int = 3) -> str:
     return "; ".join(parts) + more
 
 
-def _global_rank() -> int:
+def global_rank() -> int:
+    """This process's rank under DDP (0 without it), as Lightning set it."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0) or 0)
@@ -383,7 +384,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     out = Path(out)
     record = run_record(cfg, job, extra)
     check_trainer(cfg)
-    if _global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
+    if global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
         last = out / CHECKPOINT_DIR / LAST
         return _register(Run(out, job, record, last if last.is_file() else None))
     refuse_finished(out, result_files, overwrite)  # before anything is written, the lock included
@@ -487,7 +488,9 @@ class RunState(Callback):
     Saved in every checkpoint: RNG states, the data seed, the epoch and batches done (so the
     seeded samplers resume where they were) and the run's fingerprint. A signal sets a flag;
     the run stops before the next batch, saves ``last.ckpt`` there and raises RunInterrupted.
-    A second signal stops at once.
+    A second signal stops at once. Under DDP the ranks agree before every batch on whether any
+    of them got a signal, so all stop before the same batch; they keep the last epoch's
+    checkpoint (see ``on_exception``).
     """
 
     def __init__(self, fingerprint: str, seed: int, samplers: Sequence[Any] = (), batch_size: int = 1,
@@ -561,8 +564,8 @@ class RunState(Callback):
         if self._pending_rng is not None:  # after Lightning created the resumed epoch's iterators
             restore_rng(self._pending_rng)
             self._pending_rng = None
-        if trainer.world_size > 1:  # DDP: Lightning's own SIGTERM handling stops every rank together
-            return
+        # Under DDP too: Lightning's own SIGTERM handler would stop rank zero alone, mid-batch (a
+        # collective inside the handler), and leave the other ranks to crash; ours only sets the flag.
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handler)
@@ -573,19 +576,36 @@ class RunState(Callback):
             nni_compat.replay_epoch_start(pl_module)
         # Checked before a batch, when the previous one is fully counted: the checkpoint
         # then says exactly which batches are done.
-        if self.signum is not None:
-            raise RunInterrupted(self.signum)
+        signum = self._agreed_signal(trainer) if trainer.world_size > 1 else self.signum
+        if signum is not None:
+            raise RunInterrupted(signum)
+
+    def _agreed_signal(self, trainer) -> Optional[int]:
+        """Under DDP: the signal any rank received (the highest number), so every rank stops before the same
+        batch and takes part in the checkpoint's save. A signal often reaches one rank only: ``kill`` of
+        rank zero's pid, or nnictl's SIGINT to the trial process."""
+        mine = torch.tensor([self.signum or 0], device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(mine, reduce_op="max").item()) or None
 
     def on_train_end(self, trainer, pl_module) -> None:
+        # A signal in the last batch or the last epoch's end found no next batch to stop before: the
+        # final checkpoint is written, and the run stops here instead of going on to its evaluation.
+        signum = self._agreed_signal(trainer) if trainer.world_size > 1 else self.signum
         self._restore_handlers()
+        if signum is not None:
+            raise RunInterrupted(signum)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
         interrupted = isinstance(exception, (RunInterrupted, SIGTERMException)) \
             and not isinstance(exception, RunStoppedAtOnce)
         if interrupted and self.checkpoint_path is not None:
-            if trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0:
-                trainer.save_checkpoint(str(self.checkpoint_path))  # every rank calls it; rank zero writes
+            # Under DDP Lightning shards our sampler's order itself, and a mid-epoch start would skip
+            # the wrong samples: keep the last epoch's checkpoint, and the resume repeats this epoch.
+            saved = trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0 and trainer.world_size == 1
+            if saved:
+                trainer.save_checkpoint(str(self.checkpoint_path))
             if isinstance(exception, RunInterrupted):
                 exception.checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
+                exception.saved_now = saved
                 exception.args = (exception.describe(),)
