@@ -318,3 +318,31 @@ def test_sigterm_in_an_nnictl_trial_is_a_true_interruption_and_the_trial_resumes
     assert [kind for kind, *_ in channel.sent] == ["PERIODICAL", "FINAL"]  # epoch 2, then the result
     result = json.loads((out / "retrain_results.json").read_text())
     assert channel.sent[-1][3]["default"] == pytest.approx(result["metrics"]["knn_top1"])
+
+
+def test_a_trial_hands_a_failed_run_a_signal_and_a_failing_disk_to_the_cli():
+    """Outside nnictl these end with their own line and status (3, 128 + signal, 1); a trial must not turn
+    them into a traceback and 1."""
+    from experiments.core.errors import NonFiniteLoss, OutputUnwritable, RunInterrupted
+    from experiments.jobs.trial import guarded
+
+    for err in (NonFiniteLoss("train/ssl_loss is nan"), RunInterrupted(signal.SIGTERM), OutputUnwritable("disk full")):
+        with pytest.raises(type(err)):
+            guarded(lambda: _raise(err))
+
+
+def test_sigterm_in_the_last_batch_stops_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    from experiments.jobs import retrain
+
+    build_trainer = signal_retrain_at(monkeypatch, epoch=0, batch=3, signals=(signal.SIGTERM,))  # 4 batches of 32
+    out = tmp_path / "out"
+    rc, lines = run_main(_retrain(out, epochs=1), capsys)
+    assert rc == 143 and len(lines) == 1 and "interrupted by SIGTERM" in lines[0], lines
+    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["RunState"]
+    assert state["epoch"] == 0 and not state["mid_epoch"]  # the whole training is in the checkpoint
+    assert not (out / "retrain_results.json").exists()  # the evaluation did not run
+    monkeypatch.setattr(retrain, "build_trainer", build_trainer)
+    rc, lines = run_main(_retrain(out, epochs=1), capsys)
+    assert rc == 0 and lines == []
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"

@@ -44,7 +44,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from experiments.core.config import Config
 from experiments.core.errors import ConfigError
 from experiments.core.errors import (OutputUnwritable, RunFailed, RunInterrupted, RunStoppedAtOnce,
-                                     describe_os_error, one_line)
+                                     describe_os_error, is_filesystem_error, one_line)
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from experiments.core.machine import check_trainer
 from experiments.core.run_log import open_run_log
@@ -450,7 +450,8 @@ def claims_output_dir(fn):
             return fn(*args, **kwargs)
         except OSError as err:
             claimed = _claims[-1]
-            if not claimed:
+            if not claimed or not is_filesystem_error(err):
+                error = err
                 raise
             error = OutputUnwritable(describe_os_error(err, claimed[-1].out))
             raise error from None
@@ -472,6 +473,9 @@ def open_run(out: Path, cfg: Config, job: str, result_files: Sequence[str], extr
     try:
         yield run
     except OSError as err:
+        if not is_filesystem_error(err):
+            error = err
+            raise
         error = OutputUnwritable(describe_os_error(err, run.out))
         raise error from None
     except BaseException as err:
@@ -503,6 +507,7 @@ class RunState(Callback):
         self._trainer = None
         self._replay_epoch_start = False
         self._pending_rng: Optional[dict] = None
+        self._training_ended = False
 
     # state ---------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -593,6 +598,7 @@ class RunState(Callback):
         signum = self._agreed_signal(trainer) if trainer.world_size > 1 else self.signum
         self._restore_handlers()
         if signum is not None:
+            self._training_ended = True  # the last epoch's checkpoint is the final one: nothing to save
             raise RunInterrupted(signum)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -602,7 +608,8 @@ class RunState(Callback):
         if interrupted and self.checkpoint_path is not None:
             # Under DDP Lightning shards our sampler's order itself, and a mid-epoch start would skip
             # the wrong samples: keep the last epoch's checkpoint, and the resume repeats this epoch.
-            saved = trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0 and trainer.world_size == 1
+            saved = trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0 and trainer.world_size == 1 \
+                and not self._training_ended
             if saved:
                 trainer.save_checkpoint(str(self.checkpoint_path))
             if isinstance(exception, RunInterrupted):

@@ -93,6 +93,16 @@ class OutputUnwritable(RuntimeError):
     exit_code = EXIT_CRASHED
 
 
+#: what a failing disk or directory raises; other OSErrors (a socket closed by the NNI manager) are no disk's fault
+FILESYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                               errno.EFBIG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
+
+def is_filesystem_error(err: BaseException) -> bool:
+    """An OSError about a file: it names one, or it carries a file system's errno."""
+    return isinstance(err, OSError) and (err.filename is not None or err.errno in FILESYSTEM_ERRNOS)
+
+
 def describe_os_error(err: OSError, out: Path) -> str:
     """An OSError as what happened and where, e.g. "no space left on device under runs/x (writing ...)"."""
     what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 from experiments import nni_compat
 from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_FAILED, ConfigError, OutputUnwritable,
-                                     RunFailed, RunInterrupted)
+                                     RunFailed, RunInterrupted, one_line)
 from experiments.core.checkpointing import refuse_finished
 from experiments.core.config import load_config, parse_overrides
 
@@ -98,9 +98,15 @@ class Trial:
             else fallback
 
     def report_epoch(self, record: dict) -> None:
+        """Send an epoch's metric; a manager that no longer takes it (``nnictl stop`` closes the channel
+        before its SIGINT arrives) costs the dashboard a point, not the run its checkpoint and status."""
         metric = intermediate_metric(record)
         if self.channel is not None:
-            self.channel.report_intermediate(metric)
+            try:
+                self.channel.report_intermediate(metric)
+            except Exception as err:  # noqa: BLE001 - requests' and websockets' errors alike
+                self.log_fn(f"warning: the NNI manager did not take epoch {metric.get('epoch')}'s result "
+                            f"({type(err).__name__}: {one_line(err)}); the run goes on")
 
     def report_final(self, metric: dict) -> None:
         if self.channel is not None:
