@@ -218,7 +218,8 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys, tiny_cfg):
     out = tmp_path / "out"
     _claimed_dir(out, tiny_cfg(), "search")
     assert_refused(["search", "--config", CONFIG, *sets(**{"search.epochs": 3}), "--output-dir", str(out)],
-                   capsys, out, ["holds a search run with another config", "search.epochs 3 here, 2 there"])
+                   capsys, out, ["holds a search run with another config", "search.epochs 3 here, 2 there",
+                                 "pass --overwrite (discards it)"])  # a refused resume names --overwrite
     assert_refused(["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED), "--output-dir", str(out)],
                    capsys, out, ["holds a search run, not a retrain run"])
 
@@ -244,10 +245,10 @@ def test_checkpoint_from_another_run_is_refused(tmp_path, capsys, tiny_cfg):
     atomic_torch_save({"epoch": 0, "state_dict": {}, "callbacks": {"RunState": {"format": 1, "fingerprint": "0" * 16}}},
                       last)
     assert_refused(["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED), "--output-dir", str(out)],
-                   capsys, out, [str(last), "comes from a run with another architecture"])
+                   capsys, out, [str(last), "comes from a run with another architecture", "pass --overwrite to start over"])
     last.write_bytes(b"\x00garbage")
     assert_refused(["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED), "--output-dir", str(out)],
-                   capsys, out, [str(last), "cannot load checkpoint"])
+                   capsys, out, [str(last), "cannot load checkpoint", "pass --overwrite to start over"])
 
 
 def test_finished_run_is_not_overwritten(tmp_path, capsys):
