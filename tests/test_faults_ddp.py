@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_ddp(out: Path, *signal_at: int) -> tuple[int, list[str], str]:
-    """(exit status of rank zero, its ``error:`` lines, all output); returns once every rank has ended.
+    """(exit status of rank zero, the ``error:`` lines on stderr, all output); returns once every rank has ended.
 
     Rank one writes into the same pipes, so reading them to the end waits for it too."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
@@ -31,14 +31,14 @@ def run_ddp(out: Path, *signal_at: int) -> tuple[int, list[str], str]:
     env.pop("LOCAL_RANK", None)
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ddp_interrupt.py"), str(out),
                              *map(str, signal_at)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the session this test started: rank zero and rank one
         proc.communicate()
         raise
-    return proc.returncode, [line for line in output.splitlines() if line.startswith("error:")], output
+    return proc.returncode, [line for line in stderr.splitlines() if "error:" in line], stdout + stderr
 
 
 def test_sigterm_to_rank_zero_stops_both_ranks_and_the_run_resumes(tmp_path):
@@ -49,6 +49,7 @@ def test_sigterm_to_rank_zero_stops_both_ranks_and_the_run_resumes(tmp_path):
     assert errors == [f"error: interrupted by SIGTERM; the last epoch's checkpoint {last} is kept; run the same "
                       f"command again to resume"], output[-3000:]  # one line: rank one says nothing
     assert "Traceback" not in output, output[-3000:]  # rank one stopped with rank zero, it did not crash
+    assert "GLOBAL_RANK: 1" not in output and (out / "logs" / "run.rank1.log").is_file()  # its chatter: its log
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "interrupted" and "SIGTERM" in status["reason"] and status["checkpoint"] == str(last)
     state = torch.load(last, weights_only=True)["callbacks"]["RunState"]

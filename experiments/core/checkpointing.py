@@ -386,6 +386,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     check_trainer(cfg)
     if global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
         last = out / CHECKPOINT_DIR / LAST
+        open_run_log(out, global_rank())  # rank zero made the directory before it started this rank
         return _register(Run(out, job, record, last if last.is_file() else None))
     refuse_finished(out, result_files, overwrite)  # before anything is written, the lock included
     try:
