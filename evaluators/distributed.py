@@ -46,6 +46,17 @@ def gather_with_gradient(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGradient.apply(x) if world_size() > 1 else x
 
 
+def gather_rows(x: torch.Tensor, enabled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's rows of ``x`` (``gather_with_gradient``) and the positions of this rank's rows in them.
+
+    With ``enabled`` false, or without several ranks: ``x`` itself and ``0..n-1``.
+    """
+    n = x.shape[0]
+    gathered = enabled and world_size() > 1
+    offset = rank() * n if gathered else 0
+    return (gather_with_gradient(x) if gathered else x), torch.arange(n, device=x.device) + offset
+
+
 @torch.no_grad()
 def gather(x: torch.Tensor) -> torch.Tensor:
     """``cat`` over the ranks (rank order) of ``x``, without gradient (MoCo's keys for the queue)."""

@@ -6,8 +6,9 @@ takes the graph's connected components as weak labels and applies a supervised c
 loss with them (one view's labels supervise the other view). K-NN multi-crop adds small,
 low-resolution crops: the K crops of each image nearest its two views are extra positives
 of the first head. Loss: NT-Xent + weak-label SupCon + multi-crop SupCon, temperature 0.1.
-Under DDP the NT-Xent term takes every rank's views as negatives (``evaluators.distributed``);
-the weak-label graph and the multi-crop term stay within the rank's batch.
+Under DDP every term uses every rank's embeddings (``evaluators.distributed``): NT-Xent's
+negatives, the weak-label graph and its contrast set, and the multi-crop term's contrast set,
+so two processes compute the single-process loss of the concatenated batch.
 """
 from __future__ import annotations
 

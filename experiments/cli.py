@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.jobs import trial
 
         args.run = trial.run
+    from experiments.core.checkpointing import global_rank
     from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, OutputUnwritable, RunFailed,
                                          RunInterrupted, one_line)
 
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     except RunInterrupted as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        if global_rank() == 0:  # under DDP every rank stops; rank zero says so, once
+            print(f"error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
     except OutputUnwritable as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -3,7 +3,10 @@
 NT-Xent on each rank's half must be the single-process loss of the concatenated batch
 restricted to that rank's anchors (so the ranks' mean is the whole loss), and each rank's
 gradient must make DDP's average the single-process gradient. MoCo's queue must receive
-every rank's keys in rank order, the same on every rank.
+every rank's keys in rank order, the same on every rank. WCL's whole ``ssl_loss`` (NT-Xent,
+the weak-label graph, the multi-crop term) on each rank's half of the images must average to
+its single-process loss on all of them, and so must its parameter gradients. One pair of
+processes computes everything; the tests read what it saved.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import datetime
 import math
 import os
 
+import pytest
 import torch
 
 import torch.distributed as dist
@@ -19,9 +23,12 @@ import torch.nn.functional as F
 
 from evaluators.losses import NTXentLoss
 from evaluators.moco import MoCo
+from evaluators.wcl import WCL
 from tests.conftest import free_port
+from tests.test_wiring import differ, fixed_map, network, views
 
 WORLD, N, DIM, TEMPERATURE = 2, 3, 4, 0.5
+WCL_IMAGES = 8  # per rank: enough for nearest neighbours on the other rank
 
 
 def full_batch():
@@ -65,16 +72,45 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.save({"loss": loss.detach(), "local_only": local_only, "grad1": z1.grad, "grad2": z2.grad,
                     "queue": moco.queue, "initial": initial, "ptr": int(moco.queue_ptr)},
                    os.path.join(out, f"rank{rank}.pt"))
+        mine = slice(rank * WCL_IMAGES, (rank + 1) * WCL_IMAGES)
+        torch.save(wcl_results([v[mine] for v in wcl_views()]), os.path.join(out, f"wcl{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+def wcl_views() -> list[torch.Tensor]:
+    """Two views and three low-resolution crops of ``WORLD * WCL_IMAGES`` images (float64 rows)."""
+    return views(seed=5, count=5, rows=WORLD * WCL_IMAGES)
 
 
-def test_negatives_and_queue_keys_come_from_every_rank(tmp_path):
+def wcl_results(images: list[torch.Tensor]) -> dict:
+    """WCL's loss on ``images`` (fixed linear maps, no batch norm) and its parameter gradients; then
+    the loss again with the graph term, or the multi-crop term, left to the local batch."""
+    model = network(backbone=fixed_map(1), projector=fixed_map(2), projector2=fixed_map(6))
+    module = WCL(temperature=0.1, knn_crops=2)
+    module.set_model(model)
+    loss = module.ssl_loss(images, arch_step=False)
+    loss.backward()
+    result = {"loss": loss.detach(), **{name: p.grad for name, p in model.named_parameters()}}
+    with torch.no_grad():
+        for term in ("graph_loss", "crop_loss"):
+            getattr(module, term).gather_distributed = False
+            result[f"{term}_local"] = module.ssl_loss(images, arch_step=False)
+            getattr(module, term).gather_distributed = True
+    return result
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What each of two gloo processes computed (one pair of processes for every test here)."""
+    out = tmp_path_factory.mktemp("ranks")
     # fork, not spawn: the children start at once (see tests/test_ddp_average.py); a few tiny tensors each
-    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    mp.start_processes(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True, start_method="fork")
+    return out
+
+
+def test_negatives_and_queue_keys_come_from_every_rank(ranks):
+    results = [torch.load(ranks / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     z1, z2 = full_batch()
     per_anchor = per_anchor_ntxent(z1, z2)  # anchors: view 1 of images 0..5, then view 2 of images 0..5
     whole = NTXentLoss(TEMPERATURE)(z1, z2)  # one process, the concatenated batch
@@ -101,3 +137,14 @@ def test_negatives_and_queue_keys_come_from_every_rank(tmp_path):
         torch.testing.assert_close(result["queue"][2 * WORLD:], result["initial"][2 * WORLD:])
         assert result["ptr"] == 2 * WORLD
     torch.testing.assert_close(results[0]["queue"], results[1]["queue"])
+
+
+def test_wcl_graph_and_crops_use_every_ranks_embeddings(ranks):
+    results = [torch.load(ranks / f"wcl{r}.pt", weights_only=True) for r in range(WORLD)]
+    whole = wcl_results(wcl_views())  # one process, the concatenated batch
+    mean = lambda key: torch.stack([r[key] for r in results]).mean(0)  # noqa: E731 - what DDP averages
+    torch.testing.assert_close(mean("loss"), whole["loss"])
+    for term in ("graph_loss", "crop_loss"):  # a term left to the local batch would give another loss
+        assert differ(float(mean(f"{term}_local")), float(whole["loss"])), term
+    for name in ("backbone.weight", "projector.weight", "projector2.weight"):
+        torch.testing.assert_close(mean(name), whole[name])

@@ -218,7 +218,8 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys, tiny_cfg):
     out = tmp_path / "out"
     _claimed_dir(out, tiny_cfg(), "search")
     assert_refused(["search", "--config", CONFIG, *sets(**{"search.epochs": 3}), "--output-dir", str(out)],
-                   capsys, out, ["holds a search run with another config", "search.epochs 3 here, 2 there"])
+                   capsys, out, ["holds a search run with another config", "search.epochs 3 here, 2 there",
+                                 "pass --overwrite (discards it)"])  # a refused resume names --overwrite
     assert_refused(["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED), "--output-dir", str(out)],
                    capsys, out, ["holds a search run, not a retrain run"])
 
@@ -244,10 +245,10 @@ def test_checkpoint_from_another_run_is_refused(tmp_path, capsys, tiny_cfg):
     atomic_torch_save({"epoch": 0, "state_dict": {}, "callbacks": {"RunState": {"format": 1, "fingerprint": "0" * 16}}},
                       last)
     assert_refused(["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED), "--output-dir", str(out)],
-                   capsys, out, [str(last), "comes from a run with another architecture"])
+                   capsys, out, [str(last), "comes from a run with another architecture", "pass --overwrite to start over"])
     last.write_bytes(b"\x00garbage")
     assert_refused(["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED), "--output-dir", str(out)],
-                   capsys, out, [str(last), "cannot load checkpoint"])
+                   capsys, out, [str(last), "cannot load checkpoint", "pass --overwrite to start over"])
 
 
 def test_finished_run_is_not_overwritten(tmp_path, capsys):
@@ -421,6 +422,37 @@ def test_output_dir_that_cannot_be_one(tmp_path, capsys, monkeypatch, finished_r
         assert_refused([*argv, "--output-dir", str(out)], capsys, tmp_path, [expected])
 
 
+def test_empty_output_dir_is_refused_not_read_as_the_configs(tmp_path, capsys, monkeypatch, finished_run):
+    """``--output-dir "$OUT"`` with OUT unset: argparse's one line and 2, not a run in the config's directory."""
+    from experiments.cli import main
+
+    monkeypatch.chdir(tmp_path)  # where the config's relative output_dir would be made
+    before = snapshot(tmp_path)
+    for argv in (["search", "--config", CONFIG, *sets()], ["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED)]):
+        with pytest.raises(SystemExit) as stop:
+            main([*argv, "--output-dir", " "])
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert stop.value.code == 2 and lines == [
+            f"python -m experiments {argv[0]}: error: argument --output-dir: must be a path (not empty, no NUL "
+            f"character)"], lines
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flag", ["--config", "--arch", "--checkpoint"])
+def test_a_path_that_is_empty_or_a_directory_is_named_so(tmp_path, capsys, finished_run, flag):
+    job = ["evaluate", "--config", CONFIG] if flag == "--checkpoint" else \
+        ["retrain", "--config", CONFIG, "--arch", str(SHIPPED), "--output-dir", str(tmp_path / "out")]
+    what = {"--config": "config file", "--arch": "architecture file", "--checkpoint": "checkpoint"}[flag]
+    empty = "error: retrain: --arch is required (except with --nni, where the tuner gives the architecture)" \
+        if flag == "--arch" else f"error: {what}: an empty path was given"
+    for value, expected in (("", empty),
+                            (str(tmp_path), f"error: {what} {str(tmp_path)!r} is a directory, not a file")):
+        argv = [a for a in job if a not in (flag, dict(zip(job, job[1:])).get(flag))] + [flag, value]
+        rc, lines = run_main(argv, capsys)
+        assert rc == 2 and lines == [expected], lines
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_dir_on_a_read_only_file_system(tmp_path, capsys, finished_run):
     """A real read-only mount (tmpfs, remounted ro), where the machine lets a test mount one."""
     mount = tmp_path / "ro"
@@ -441,6 +473,7 @@ def test_output_dir_on_a_read_only_file_system(tmp_path, capsys, finished_run):
     ("trainer.accelerator=cuda", "trainer.accelerator: cuda asked for, but this machine has no GPU"),
     ("trainer.accelerator=mps", "trainer.accelerator: mps asked for, but this machine has no Apple GPU"),
     ("trainer.devices=[3]", "trainer.devices: [3] are GPU indices, but the run is on the CPU"),
+    ("trainer.devices=-1", "trainer.devices: -1 (every GPU) asked for, but the run is on the CPU"),
 ])
 def test_trainer_that_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, capsys, finished_run,
                                                                                setting, expected):

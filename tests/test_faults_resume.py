@@ -169,7 +169,9 @@ def test_sigterm_saves_and_exits_143(scenario):
     rc, _, err = scenario["t"]
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 128 + signal.SIGTERM, err[-2000:]
-    assert len(lines) == 1 and "interrupted by SIGTERM" in lines[0] and "checkpoint saved" in lines[0]
+    # saved at the stop, or (a signal between epochs) the epoch's own checkpoint is kept: the line names it
+    assert len(lines) == 1 and "interrupted by SIGTERM" in lines[0], lines
+    assert f"checkpoint saved to {scenario['t_dir']}" in lines[0] or "the last epoch's checkpoint" in lines[0], lines
     status = json.loads((scenario["t_dir"] / "status.json").read_text())
     assert status["state"] == "interrupted"
     assert checkpoint_state(scenario["t_dir"]) is not None

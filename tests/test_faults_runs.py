@@ -77,8 +77,9 @@ def byol_arch(tmp_path_factory):
     return path
 
 
-def signal_retrain_at(monkeypatch, epoch: int, batch: int, signals: tuple):
-    """Every retrain built from now on sends itself ``signals`` after batch ``batch`` of epoch ``epoch`` (0-based).
+def signal_retrain_at(monkeypatch, epoch: int, batch: int, signals: tuple, rank: int | None = None):
+    """Every retrain built from now on sends itself ``signals`` after batch ``batch`` of epoch ``epoch`` (0-based);
+    under DDP only the process of global rank ``rank``, when given (as ``kill`` of one pid would).
 
     Returns the unpatched ``build_trainer``, to put back for a resumed run."""
     from pytorch_lightning import Callback
@@ -87,7 +88,7 @@ def signal_retrain_at(monkeypatch, epoch: int, batch: int, signals: tuple):
 
     class SignalAt(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch_out, batch_idx):
-            if trainer.current_epoch == epoch and batch_idx == batch:
+            if trainer.current_epoch == epoch and batch_idx == batch and rank in (None, trainer.global_rank):
                 for signum in signals:
                     os.kill(os.getpid(), signum)
 
@@ -282,3 +283,66 @@ def test_retrain_nan_hint_names_the_settings_retrain_reads(tmp_path, capsys):
                           "--arch", str(SHIPPED), "--output-dir", str(out)], capsys)
     assert rc == 3 and len(lines) == 1 and "is nan at epoch 1" in lines[0], lines
     assert "lower optim.lr or raise optim.warmup_epochs" in lines[0] and "search.arch_lr" not in lines[0], lines
+
+
+def test_sigterm_in_an_nnictl_trial_is_a_true_interruption_and_the_trial_resumes(tmp_path, capsys, monkeypatch):
+    """``retrain --nni --arch`` as nnictl runs it (``as_nni_trial``: NNI's trial environment and a channel
+    that records what would reach the manager), SIGTERM after batch 2 of epoch 2."""
+    from experiments.cli import main
+    from experiments.jobs import retrain
+    from tests.test_nni_trial import as_nni_trial
+
+    def trial_command(config, overrides, log_fn):
+        return main(["retrain", "--nni", "--config", config, *[a for o in overrides for a in ("--set", o)],
+                     "--arch", str(SHIPPED)])
+
+    overrides = {**TINY, "train.epochs": 2, "train.collapse_threshold": 0.0}
+    build_trainer = signal_retrain_at(monkeypatch, epoch=1, batch=1, signals=(signal.SIGTERM,))
+    rc, channel = as_nni_trial(trial_command, "bench_digits_simsiam.yml", overrides, {}, tmp_path, monkeypatch)
+    out = tmp_path / "trial"  # $NNI_OUTPUT_DIR
+    last = out / "checkpoints" / "last.ckpt"
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert rc == 143 and errors == [f"error: interrupted by SIGTERM; checkpoint saved to {last}; run the same "
+                                    f"command again to resume"], errors
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["checkpoint"] == str(last)
+    state = torch.load(last, weights_only=True)["callbacks"]["RunState"]
+    assert state["epoch"] == 1 and state["mid_epoch"] and state["batches_done"] == 2
+    assert [kind for kind, *_ in channel.sent] == ["PERIODICAL"]  # epoch 1 reported; no final result
+
+    monkeypatch.setattr(retrain, "build_trainer", build_trainer)
+    rc, channel = as_nni_trial(trial_command, "bench_digits_simsiam.yml", overrides, {}, tmp_path, monkeypatch)
+    assert rc == 0
+    assert "resuming the retrain" in capsys.readouterr().out
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    assert [kind for kind, *_ in channel.sent] == ["PERIODICAL", "FINAL"]  # epoch 2, then the result
+    result = json.loads((out / "retrain_results.json").read_text())
+    assert channel.sent[-1][3]["default"] == pytest.approx(result["metrics"]["knn_top1"])
+
+
+def test_a_trial_hands_a_failed_run_a_signal_and_a_failing_disk_to_the_cli():
+    """Outside nnictl these end with their own line and status (3, 128 + signal, 1); a trial must not turn
+    them into a traceback and 1."""
+    from experiments.core.errors import NonFiniteLoss, OutputUnwritable, RunInterrupted
+    from experiments.jobs.trial import guarded
+
+    for err in (NonFiniteLoss("train/ssl_loss is nan"), RunInterrupted(signal.SIGTERM), OutputUnwritable("disk full")):
+        with pytest.raises(type(err)):
+            guarded(lambda: _raise(err))
+
+
+def test_sigterm_in_the_last_batch_stops_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    from experiments.jobs import retrain
+
+    build_trainer = signal_retrain_at(monkeypatch, epoch=0, batch=3, signals=(signal.SIGTERM,))  # 4 batches of 32
+    out = tmp_path / "out"
+    rc, lines = run_main(_retrain(out, epochs=1), capsys)
+    assert rc == 143 and len(lines) == 1 and "interrupted by SIGTERM" in lines[0], lines
+    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["RunState"]
+    assert state["epoch"] == 0 and not state["mid_epoch"]  # the whole training is in the checkpoint
+    assert not (out / "retrain_results.json").exists()  # the evaluation did not run
+    monkeypatch.setattr(retrain, "build_trainer", build_trainer)
+    rc, lines = run_main(_retrain(out, epochs=1), capsys)
+    assert rc == 0 and lines == []
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"

@@ -307,3 +307,49 @@ def test_quirk23_replaying_the_epoch_start_sets_the_gumbel_temperature(cfg):
     assert taus() == {1.0}  # what a mid-epoch resume would train with: Lightning skips the epoch-start hook
     replay_epoch_start(wrapper)
     assert taus() == {round(1.0 - (1.0 - 0.2) * 2 / 4, 4)}  # linear from 1.0 at epoch 0 towards 0.2
+
+
+# --- the NNI manager going away is no disk's fault ------------------------------------------------
+def test_only_file_errors_are_reported_as_the_output_directory_failing():
+    import errno
+
+    import requests
+
+    from experiments.core.errors import is_filesystem_error
+
+    assert is_filesystem_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_filesystem_error(PermissionError(errno.EACCES, "Permission denied", "/x/last.ckpt"))
+    # nnictl stop closes the trial's channel: requests' ConnectionError is an OSError without errno or file
+    assert not is_filesystem_error(requests.exceptions.ConnectionError("Connection refused"))
+    assert not is_filesystem_error(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"))
+
+
+def test_a_closed_manager_channel_costs_an_epoch_metric_not_the_run(tmp_path, cfg):
+    """What ``nnictl stop`` did to a running trial before its SIGINT arrived: the epoch's report raised
+    ConnectionError, which failed the run as "connectionerror under <dir>"."""
+    import requests
+
+    from experiments.core.checkpointing import claim_output_dir, claims_output_dir
+    from experiments.jobs.trial import Trial
+
+    class Closed:
+        parameter_id = 0
+
+        def report_intermediate(self, metric):
+            raise requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected())")
+
+    said = []
+    trial = Trial({}, Closed(), log_fn=said.append)
+    trial.report_epoch({"epoch": 3, "knn_top1": 0.5})
+    assert said == ["warning: the NNI manager did not take epoch 3's result (ConnectionError: ('Connection "
+                    "aborted.', RemoteDisconnected())); the run goes on"]
+
+    @claims_output_dir
+    def job(out):  # any other socket error inside a run is a crash with its own name, not a full disk
+        claim_output_dir(out, cfg, "search", ("best_architecture.json",), log_fn=lambda line: None)
+        raise requests.exceptions.ConnectionError("gone")
+
+    with pytest.raises(requests.exceptions.ConnectionError):
+        job(tmp_path / "run")
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed" and status["reason"] == "ConnectionError: gone"

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluators.distributed import gather_with_gradient, rank, world_size
+from evaluators.distributed import gather_rows
 
 
 class NTXentLoss(nn.Module):
@@ -27,10 +27,9 @@ class NTXentLoss(nn.Module):
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         n = z1.shape[0]
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-        gathered = self.gather_distributed and world_size() > 1
-        keys1, keys2 = (gather_with_gradient(z1), gather_with_gradient(z2)) if gathered else (z1, z2)
+        keys1, local = gather_rows(z1, self.gather_distributed)  # local: this rank's images among all ranks'
+        keys2, _ = gather_rows(z2, self.gather_distributed)
         total = keys1.shape[0]  # images over all ranks
-        local = torch.arange(n, device=z1.device) + (rank() * n if gathered else 0)  # this rank's images
         logits = torch.cat([z1, z2]) @ torch.cat([keys1, keys2]).t() / self.temperature
         own = torch.cat([local, local + total])  # each anchor's own column: not its positive nor a negative
         logits[torch.arange(2 * n, device=z1.device), own] = float("-inf")

@@ -7,6 +7,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import nn
 
+from evaluators.distributed import gather_rows
 from evaluators.losses.supcon import SupConLoss
 
 
@@ -33,15 +34,23 @@ class WeakLabelSupConLoss(nn.Module):
 
     ``(SupCon(z1 vs z1, labels of z2) + SupCon(z2 vs z2, labels of z1)) / 2``, each sample
     excluded from its own positives and denominator, as in the paper's code.
+
+    Under DDP (``gather_distributed``, the default) the graph is built on every rank's
+    embeddings and this rank's samples are anchors against all of them, so the mean of the
+    ranks' losses (and DDP's averaged gradient) is the single-process loss on the
+    concatenated batch; each rank computes the same labels from the same gathered rows.
     """
 
-    def __init__(self, temperature: float = 0.1):
+    def __init__(self, temperature: float = 0.1, gather_distributed: bool = True):
         super().__init__()
         self.supcon = SupConLoss(temperature)
+        self.gather_distributed = gather_distributed
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        labels1, labels2 = weak_labels(z1), weak_labels(z2)
-        self_mask = torch.eye(z1.shape[0], dtype=torch.bool, device=z1.device)
-        same2 = labels2[:, None] == labels2[None, :]
-        same1 = labels1[:, None] == labels1[None, :]
-        return (self.supcon(z1, z1, same2, self_mask) + self.supcon(z2, z2, same1, self_mask)) / 2
+        all1, local = gather_rows(z1, self.gather_distributed)
+        all2, _ = gather_rows(z2, self.gather_distributed)
+        labels1, labels2 = weak_labels(all1), weak_labels(all2)
+        self_mask = local[:, None] == torch.arange(all1.shape[0], device=z1.device)[None, :]
+        same2 = labels2[local, None] == labels2[None, :]
+        same1 = labels1[local, None] == labels1[None, :]
+        return (self.supcon(z1, all1, same2, self_mask) + self.supcon(z2, all2, same1, self_mask)) / 2

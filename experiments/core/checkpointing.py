@@ -44,7 +44,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from experiments.core.config import Config
 from experiments.core.errors import ConfigError
 from experiments.core.errors import (OutputUnwritable, RunFailed, RunInterrupted, RunStoppedAtOnce,
-                                     describe_os_error, one_line)
+                                     describe_os_error, is_filesystem_error, one_line)
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from experiments.core.machine import check_trainer
 from experiments.core.run_log import open_run_log
@@ -169,7 +169,8 @@ def _differences(old: dict, new: dict, limit: int = 3) -> str:
     return "; ".join(parts) + more
 
 
-def _global_rank() -> int:
+def global_rank() -> int:
+    """This process's rank under DDP (0 without it), as Lightning set it."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0) or 0)
@@ -383,8 +384,9 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     out = Path(out)
     record = run_record(cfg, job, extra)
     check_trainer(cfg)
-    if _global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
+    if global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
         last = out / CHECKPOINT_DIR / LAST
+        open_run_log(out, global_rank())  # rank zero made the directory before it started this rank
         return _register(Run(out, job, record, last if last.is_file() else None))
     refuse_finished(out, result_files, overwrite)  # before anything is written, the lock included
     try:
@@ -449,7 +451,8 @@ def claims_output_dir(fn):
             return fn(*args, **kwargs)
         except OSError as err:
             claimed = _claims[-1]
-            if not claimed:
+            if not claimed or not is_filesystem_error(err):
+                error = err
                 raise
             error = OutputUnwritable(describe_os_error(err, claimed[-1].out))
             raise error from None
@@ -471,6 +474,9 @@ def open_run(out: Path, cfg: Config, job: str, result_files: Sequence[str], extr
     try:
         yield run
     except OSError as err:
+        if not is_filesystem_error(err):
+            error = err
+            raise
         error = OutputUnwritable(describe_os_error(err, run.out))
         raise error from None
     except BaseException as err:
@@ -487,7 +493,9 @@ class RunState(Callback):
     Saved in every checkpoint: RNG states, the data seed, the epoch and batches done (so the
     seeded samplers resume where they were) and the run's fingerprint. A signal sets a flag;
     the run stops before the next batch, saves ``last.ckpt`` there and raises RunInterrupted.
-    A second signal stops at once.
+    A second signal stops at once. Under DDP the ranks agree before every batch on whether any
+    of them got a signal, so all stop before the same batch; they keep the last epoch's
+    checkpoint (see ``on_exception``).
     """
 
     def __init__(self, fingerprint: str, seed: int, samplers: Sequence[Any] = (), batch_size: int = 1,
@@ -500,6 +508,7 @@ class RunState(Callback):
         self._trainer = None
         self._replay_epoch_start = False
         self._pending_rng: Optional[dict] = None
+        self._training_ended = False
 
     # state ---------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -561,8 +570,8 @@ class RunState(Callback):
         if self._pending_rng is not None:  # after Lightning created the resumed epoch's iterators
             restore_rng(self._pending_rng)
             self._pending_rng = None
-        if trainer.world_size > 1:  # DDP: Lightning's own SIGTERM handling stops every rank together
-            return
+        # Under DDP too: Lightning's own SIGTERM handler would stop rank zero alone, mid-batch (a
+        # collective inside the handler), and leave the other ranks to crash; ours only sets the flag.
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handler)
@@ -573,19 +582,38 @@ class RunState(Callback):
             nni_compat.replay_epoch_start(pl_module)
         # Checked before a batch, when the previous one is fully counted: the checkpoint
         # then says exactly which batches are done.
-        if self.signum is not None:
-            raise RunInterrupted(self.signum)
+        signum = self._agreed_signal(trainer) if trainer.world_size > 1 else self.signum
+        if signum is not None:
+            raise RunInterrupted(signum)
+
+    def _agreed_signal(self, trainer) -> Optional[int]:
+        """Under DDP: the signal any rank received (the highest number), so every rank stops before the same
+        batch and takes part in the checkpoint's save. A signal often reaches one rank only: ``kill`` of
+        rank zero's pid, or nnictl's SIGINT to the trial process."""
+        mine = torch.tensor([self.signum or 0], device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(mine, reduce_op="max").item()) or None
 
     def on_train_end(self, trainer, pl_module) -> None:
+        # A signal in the last batch or the last epoch's end found no next batch to stop before: the
+        # final checkpoint is written, and the run stops here instead of going on to its evaluation.
+        signum = self._agreed_signal(trainer) if trainer.world_size > 1 else self.signum
         self._restore_handlers()
+        if signum is not None:
+            self._training_ended = True  # the last epoch's checkpoint is the final one: nothing to save
+            raise RunInterrupted(signum)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
         interrupted = isinstance(exception, (RunInterrupted, SIGTERMException)) \
             and not isinstance(exception, RunStoppedAtOnce)
         if interrupted and self.checkpoint_path is not None:
-            if trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0:
-                trainer.save_checkpoint(str(self.checkpoint_path))  # every rank calls it; rank zero writes
+            # Under DDP Lightning shards our sampler's order itself, and a mid-epoch start would skip
+            # the wrong samples: keep the last epoch's checkpoint, and the resume repeats this epoch.
+            saved = trainer.fit_loop.epoch_loop.batch_progress.current.completed > 0 and trainer.world_size == 1 \
+                and not self._training_ended
+            if saved:
+                trainer.save_checkpoint(str(self.checkpoint_path))
             if isinstance(exception, RunInterrupted):
                 exception.checkpoint = self.checkpoint_path if self.checkpoint_path.is_file() else None
+                exception.saved_now = saved
                 exception.args = (exception.describe(),)

@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from experiments.core.errors import ConfigError
+from experiments.core.errors import ConfigError, existing_file
 
 
 def _positive(x):
@@ -507,9 +507,7 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
     """Read, override and validate a YAML config; raises ConfigError with one clear line."""
     raw: Any = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
+        p = existing_file(path, "config file")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except (UnicodeDecodeError, OSError) as err:

@@ -34,6 +34,18 @@ class ConfigError(ValueError):
         super().__init__(one_line(message))
 
 
+def existing_file(path, what: str) -> Path:
+    """``path`` as a Path when it names a file; else ConfigError: empty, a directory, or missing."""
+    if not str(path).strip():
+        raise ConfigError(f"{what}: an empty path was given")
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {str(p)!r} is a directory, not a file")
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    return p
+
+
 class RunFailed(RuntimeError):
     """The run stopped because its result would be meaningless; the message is one line."""
 
@@ -49,14 +61,16 @@ class RepresentationCollapsed(RunFailed):
 class RunInterrupted(RuntimeError):
     """SIGINT or SIGTERM stopped the run after a batch; a checkpoint was saved."""
 
-    def __init__(self, signum: int, checkpoint: Optional[Path] = None):
+    def __init__(self, signum: int, checkpoint: Optional[Path] = None, saved_now: bool = True):
         self.signum = signum
         self.checkpoint = checkpoint
+        self.saved_now = saved_now  # false: ``checkpoint`` is the last epoch's (DDP saves none mid-epoch)
         super().__init__(self.describe())
 
     def describe(self) -> str:
         name = signal.Signals(self.signum).name
-        where = f"; checkpoint saved to {self.checkpoint}" if self.checkpoint else ""
+        where = "" if not self.checkpoint else f"; checkpoint saved to {self.checkpoint}" if self.saved_now else \
+            f"; the last epoch's checkpoint {self.checkpoint} is kept"
         return f"interrupted by {name}{where}; run the same command again to resume"
 
     @property
@@ -77,6 +91,16 @@ class OutputUnwritable(RuntimeError):
     """Writing into the output directory failed mid-run (disk full, read-only, quota); one line, exit status 1."""
 
     exit_code = EXIT_CRASHED
+
+
+#: what a failing disk or directory raises; other OSErrors (a socket closed by the NNI manager) are no disk's fault
+FILESYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                               errno.EFBIG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
+
+def is_filesystem_error(err: BaseException) -> bool:
+    """An OSError about a file: it names one, or it carries a file system's errno."""
+    return isinstance(err, OSError) and (err.filename is not None or err.errno in FILESYSTEM_ERRNOS)
 
 
 def describe_os_error(err: OSError, out: Path) -> str:

@@ -26,6 +26,9 @@ def check_trainer(cfg: Config) -> None:
         if isinstance(t.devices, list):
             raise ConfigError(f"trainer.devices: {t.devices} are GPU indices, but the run is on the CPU; give a number "
                               f"of processes (e.g. 1)")
+        if t.devices == -1:  # Lightning: "devices selected with CPUAccelerator should be an int > 0"
+            raise ConfigError("trainer.devices: -1 (every GPU) asked for, but the run is on the CPU; give a number "
+                              "of processes (e.g. 1)")
         return
     available = gpus if gpus else 1  # MPS is one device
     wanted = t.devices if isinstance(t.devices, list) else \

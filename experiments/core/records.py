@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 from experiments.core.config import MAX_WIDTH, Config, config_from_dict
-from experiments.core.errors import ConfigError
+from experiments.core.errors import ConfigError, existing_file
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from evaluators import FRAMEWORKS
 from search_spaces.backbone_spaces import is_backbone_space
@@ -35,9 +35,7 @@ MAX_CLASSES = 100_000
 
 
 def read_architecture(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"architecture file {str(p)!r} does not exist")
+    p = existing_file(path, "architecture file")
     try:
         record = json.loads(p.read_text())
     except json.JSONDecodeError as err:
@@ -228,9 +226,7 @@ def shrink_backbones(network: torch.nn.Module, pruned: Any, source: str) -> None
 
 
 def load_saved_model(path: str | Path, cfg: Config):
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"checkpoint {str(p)!r} does not exist")
+    p = existing_file(path, "checkpoint")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file

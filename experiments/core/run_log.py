@@ -105,9 +105,11 @@ def _route_warnings(handler: RunLog) -> None:
     warnings.showwarning = showwarning
 
 
-def open_run_log(out: Path) -> Optional[Path]:
-    """Once a run has claimed ``out``: its chatter (so far and from now on) goes to ``out/logs/run.log``."""
+def open_run_log(out: Path, rank: int = 0) -> Optional[Path]:
+    """Once a run has claimed ``out``: its chatter (so far and from now on) goes to ``out/logs/run.log``
+    (``run.rank<R>.log`` for a DDP rank R > 0, which would otherwise print it on the terminal at exit)."""
     if _handler is None:
         return None
-    _handler.open(Path(out) / LOG_FILE)
+    path = Path(out) / LOG_FILE
+    _handler.open(path.with_name(f"{path.stem}.rank{rank}{path.suffix}") if rank else path)
     return _handler.path

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from experiments.core.errors import ConfigError
+from experiments.core.errors import ConfigError, existing_file
 from experiments.core.config import load_config
 
 DEFAULT_PORT = 8080
@@ -59,9 +59,7 @@ def load_experiment_config(path: str | Path):
     """NNI's own parse and validation of the experiment file, errors as one line."""
     from experiments import nni_compat
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"nnictl config {str(p)!r} does not exist")
+    p = existing_file(path, "nnictl config")
     try:
         canonical = nni_compat.load_experiment_config(p)
     except Exception as err:  # noqa: BLE001 - NNI raises AttributeError, ValueError, TypeError, yaml errors

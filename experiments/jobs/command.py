@@ -9,13 +9,21 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
+def output_dir_argument(text: str) -> str:
+    """``--output-dir`` as given; an empty one (an unset shell variable) would silently mean the config's."""
+    if not text.strip() or "\x00" in text:
+        raise argparse.ArgumentTypeError("must be a path (not empty, no NUL character)")
+    return text
+
+
 def add_config_arguments(p: argparse.ArgumentParser, outputs: bool = True) -> None:
     """``--config``, ``--set`` and, for jobs that write a run directory, ``--output-dir``, ``--overwrite``, ``--nni``."""
     p.add_argument("--config", help="YAML config (docs/config.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set search.epochs=3 (repeatable)")
     if outputs:
-        p.add_argument("--output-dir", help="where results go (default: the config's output_dir)")
+        p.add_argument("--output-dir", type=output_dir_argument,
+                       help="where results go (default: the config's output_dir)")
         p.add_argument("--overwrite", action="store_true", help="replace the results of a finished run")
         p.add_argument("--nni", action="store_true",
                        help="run as the trial of an nnictl experiment (docs/nnictl.md)")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import pytorch_lightning as pl
 
 from experiments.core.assembly import build_data, build_module, build_monitor, build_trainer, downstream_metrics
-from experiments.core.checkpointing import claim_output_dir, claims_output_dir, refuse_finished
+from experiments.core.checkpointing import claim_output_dir, claims_output_dir, global_rank, refuse_finished
 from experiments.core.config import Config, load_config
 from experiments.core.console import EpochPrinter, start_line, summary
 from experiments.core.errors import ConfigError
@@ -38,13 +38,17 @@ def run(args) -> int:
     record = read_architecture(args.arch)
     print(start_line("retrain", cfg, out, architecture=args.arch), flush=True)
     result = run_retrain(cfg, record, out, source=args.arch, overwrite=args.overwrite)
-    summary(result, out / RESULTS_FILE)
+    if result is not None:  # None: a DDP rank other than zero
+        summary(result, out / RESULTS_FILE)
     return 0
 
 
 @claims_output_dir
 def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
-                log_fn: Callable[[str], None] = print, source: str = "architecture", overwrite: bool = False) -> dict:
+                log_fn: Callable[[str], None] = print, source: str = "architecture",
+                overwrite: bool = False) -> Optional[dict]:
+    """Train the architecture ``record`` from scratch into ``out``; returns the results record (None on a
+    DDP rank other than zero, which writes nothing)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     network, architecture = build_fixed(record, cfg, source)
     framework = record["space"]["framework"]
@@ -58,6 +62,10 @@ def run_retrain(cfg: Config, record: dict, out: Path, listeners: Sequence[Callab
                                   "architecture": architecture})
     start = time.perf_counter()
     monitor = fit_ssl(cfg, network, framework, data, loader, cfg.train.epochs, out, run, listeners, log_fn)
+    if global_rank() != 0:
+        # Under DDP every rank runs this job (``ddp`` relaunches the command): the others trained
+        # along; only global rank zero, which holds the directory's lock, evaluates and writes.
+        return None
     metrics = downstream_metrics(cfg, data, network)
     metrics["train_seconds"] = time.perf_counter() - start
     if is_backbone_space(str(record["space"].get("backbone", ""))):

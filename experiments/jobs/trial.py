@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from experiments import nni_compat
-from experiments.core.errors import EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_FAILED, ConfigError
+from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_FAILED, ConfigError, OutputUnwritable,
+                                     RunFailed, RunInterrupted, one_line)
 from experiments.core.checkpointing import refuse_finished
 from experiments.core.config import load_config, parse_overrides
 
@@ -97,9 +98,15 @@ class Trial:
             else fallback
 
     def report_epoch(self, record: dict) -> None:
+        """Send an epoch's metric; a manager that no longer takes it (``nnictl stop`` closes the channel
+        before its SIGINT arrives) costs the dashboard a point, not the run its checkpoint and status."""
         metric = intermediate_metric(record)
         if self.channel is not None:
-            self.channel.report_intermediate(metric)
+            try:
+                self.channel.report_intermediate(metric)
+            except Exception as err:  # noqa: BLE001 - requests' and websockets' errors alike
+                self.log_fn(f"warning: the NNI manager did not take epoch {metric.get('epoch')}'s result "
+                            f"({type(err).__name__}: {one_line(err)}); the run goes on")
 
     def report_final(self, metric: dict) -> None:
         if self.channel is not None:
@@ -173,6 +180,8 @@ def run_search_trial(config: Optional[str], overrides: list[str], output_dir: Op
                 if scalars:
                     scalars.close()
         trial.close()
+        if record is None:  # a DDP rank other than zero: rank zero reports
+            return status
         _picture(record, out, cfg, log_fn)
         trial.report_final(final_metric(record))
         return status
@@ -218,7 +227,8 @@ def run_head_trial(config: Optional[str], overrides: list[str], output_dir: Opti
                   "architecture": architecture}
         result = run_retrain(cfg, record, out, listeners=[trial.report_epoch], log_fn=log_fn,
                              source="the tuner's parameters")
-        trial.report_final(final_metric(result))
+        if result is not None:  # None: a DDP rank other than zero
+            trial.report_final(final_metric(result))
         return 0
 
     return _as_trial(log_fn, job)
@@ -234,7 +244,8 @@ def run_retrain_trial(config: Optional[str], overrides: list[str], arch: str, ou
         cfg, out = _trial_config(trial, config, overrides, output_dir, RESULTS_FILE, overwrite)
         result = run_retrain(cfg, read_architecture(arch), out, listeners=[trial.report_epoch], log_fn=log_fn,
                              source=arch)
-        trial.report_final(final_metric(result))
+        if result is not None:  # None: a DDP rank other than zero
+            trial.report_final(final_metric(result))
         return 0
 
     return _as_trial(log_fn, job)
@@ -253,9 +264,14 @@ def run(args) -> int:
 
 
 def guarded(job: Callable[[], int]) -> int:
-    """Run a trial job; an unexpected failure exits 1 with its traceback and one ``error:`` line on stderr."""
+    """Run a trial job; an unexpected failure exits 1 with its traceback and one ``error:`` line on stderr.
+
+    A failed run (NaN loss, collapse), a signal and a failing disk go on to the CLI, which ends each
+    with its one line and its own exit status (3, 128 + the signal, 1), as outside nnictl."""
     try:
         return job()
+    except (RunFailed, RunInterrupted, OutputUnwritable):
+        raise
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from experiments.core.resources import project_file
+from experiments.jobs.command import output_dir_argument
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "head-study"
@@ -433,7 +434,8 @@ def add_arguments(p) -> None:
     p.add_argument("--arms", help=f"comma-separated subset of {','.join(ARM_NAMES)} (default: all that apply)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the base config for every arm, e.g. --set train.epochs=5")
-    p.add_argument("--output-dir", help="runs go here (default: runs/study/<framework>-<dataset>)")
+    p.add_argument("--output-dir", type=output_dir_argument,
+                   help="runs go here (default: runs/study/<framework>-<dataset>)")
     p.add_argument("--docs-dir", default=str(ROOT / "docs" / "results"),
                    help="where head_study_<framework>_<dataset>.{md,json} go (default: docs/results)")
     p.add_argument("--fresh", action="store_true", help="rerun every arm, even ones finished with the same config")
