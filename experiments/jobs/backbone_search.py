@@ -32,7 +32,7 @@ from experiments.jobs.command import add_config_arguments, run_search_job
 from experiments.strategies import STRATEGIES, SearchContext
 from experiments.strategies.budget import check_budget
 from experiments.strategies.spos import run_and_stop
-from search_spaces.backbone_spaces import choice_kinds, is_backbone_space
+from search_spaces.backbone_spaces import BACKBONE_SPACES, choice_kinds, is_backbone_space
 from search_spaces.cost import BackboneCost
 
 NAME = "backbone-search"
@@ -54,7 +54,7 @@ def validate(cfg: Config) -> None:
     m, b = cfg.model, cfg.backbone_search
     if not is_backbone_space(m.backbone):
         raise ConfigError(f"model.backbone: {m.backbone!r} is a fixed ResNet; the backbone search needs a backbone "
-                          f"space (nas_bench_macro, macro or resnet)")
+                          f"space ({', '.join(BACKBONE_SPACES)})")
     strategy = STRATEGIES[b.strategy]
     kinds = choice_kinds(m.backbone)
     if not kinds <= strategy.handles:
