@@ -10,20 +10,11 @@ evolution so that they differ only in which channels a width trains and scores.)
 """
 from __future__ import annotations
 
-from experiments.strategies.base import SearchContext, Selection
-from experiments.strategies.spos import evolve
-from experiments.strategies.width_sampling import WidthSampler, WidthStrategy, reset_channels, width_one_shot, width_space
+from experiments.strategies.width_sampling import WidthStrategy
 
 
 class AutoSlim(WidthStrategy):
+    """Uniform widths, each on its first channels (``WidthSampler``), scored on them (``WidthStrategy``)."""
+
     name = "autoslim"
     summary = "uniform widths on prefix channels (NNI's slicing), then evolution within the budget"
-
-    def build(self, ctx: SearchContext):
-        space = width_space(ctx)
-        return width_one_shot(lambda: WidthSampler(space))
-
-    def select(self, ctx: SearchContext, nni_strategy) -> Selection:
-        reset_channels(nni_strategy.supernet)  # freeze then takes each width's first channels
-        architecture, history = evolve(ctx, nni_strategy.supernet)
-        return Selection(architecture, evolution=history)

@@ -24,11 +24,9 @@ Rules taken from the paper and its authors' code (``xiusu/BCNetV2``, ``edgenn/al
 from __future__ import annotations
 
 from evaluators.options import Option
-from experiments.strategies.base import SearchContext, Selection
-from experiments.strategies.spos import evolve
+from experiments.strategies.base import SearchContext
 from experiments.strategies.width_sampling import (LowestLosses, WidthSampler, WidthStep, WidthStrategy,
-                                                   complementary, frozen_at, prefix, reset_channels, right_side,
-                                                   width_one_shot, width_space)
+                                                   complementary, frozen_at, prefix, right_side)
 
 LOSS_RECORDS = 100
 
@@ -74,25 +72,18 @@ class BCNet(WidthStrategy):
         "complementary": Option(True, None, "train each drawn width's complement on the next step"),
     }
 
-    def build(self, ctx: SearchContext):
-        s, space = self.settings(ctx.cfg), width_space(ctx)
-        return width_one_shot(lambda: BilateralSampler(space, s["loss_records"], bool(s["complementary"])))
+    def sampler(self, settings: dict, space: dict) -> BilateralSampler:
+        return BilateralSampler(space, settings["loss_records"], bool(settings["complementary"]))
 
-    def select(self, ctx: SearchContext, nni_strategy) -> Selection:
-        supernet, sampler = nni_strategy.supernet, nni_strategy.oneshot_module.sampler
-        seeds = [widths for _, widths in sampler.records.lowest_first() if ctx.cost(widths).within(*ctx.budget)]
-        seeds = list({tuple(sorted(w.items())): w for w in seeds}.values())  # distinct, lowest loss first
+    def score(self, scorer, nni_strategy, architecture: dict) -> float:
+        """The mean of the left and right networks' scores (each recalibrates its own BatchNorm)."""
+        supernet, max_width = nni_strategy.supernet, nni_strategy.oneshot_module.sampler.max_width
+        sides = [{label: side(int(architecture[label]), c) for label, c in max_width.items()}
+                 for side in (prefix, right_side)]
+        return sum(scorer(frozen_at(supernet, architecture, placement)) for placement in sides) / 2
 
-        def score(architecture: dict) -> float:
-            return bilateral_score(ctx.scorer, supernet, architecture, sampler.max_width)
-
-        architecture, history = evolve(ctx, supernet, score_of=score, seeds=seeds)
-        reset_channels(supernet)
-        return Selection(architecture, evolution=history)
-
-
-def bilateral_score(scorer, supernet, architecture: dict, max_width: dict) -> float:
-    """The mean of the left and right networks' scores (each recalibrates its own BatchNorm)."""
-    sides = [{label: side(int(architecture[label]), c) for label, c in max_width.items()}
-             for side in (prefix, right_side)]
-    return sum(scorer(frozen_at(supernet, architecture, placement)) for placement in sides) / 2
+    def seeds(self, ctx: SearchContext, nni_strategy) -> list[dict]:
+        """The recorded lowest-loss widths within the budget, distinct, lowest loss first."""
+        records = nni_strategy.oneshot_module.sampler.records.lowest_first()
+        seeds = [widths for _, widths in records if ctx.cost(widths).within(*ctx.budget)]
+        return list({tuple(sorted(w.items())): w for w in seeds}.values())

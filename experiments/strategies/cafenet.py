@@ -22,10 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from evaluators.options import Option
-from experiments.strategies.base import SearchContext, Selection
-from experiments.strategies.spos import evolve
-from experiments.strategies.width_sampling import (WidthSampler, WidthStep, WidthStrategy, free_placement,
-                                                   frozen_at, reset_channels, width_one_shot, width_space)
+from experiments.strategies.width_sampling import WidthSampler, WidthStep, WidthStrategy, free_placement, frozen_at
 
 
 class LocallyFreeSampler(WidthSampler):
@@ -68,20 +65,13 @@ class CafeNet(WidthStrategy):
         "placements": Option(3, "[1, 64]", "placements of the free channels probed per step (min-min)"),
     }
 
-    def build(self, ctx: SearchContext):
-        s, space = self.settings(ctx.cfg), width_space(ctx)
-        return width_one_shot(lambda: LocallyFreeSampler(space, s["free_bins"], s["placements"]))
+    def sampler(self, settings: dict, space: dict) -> LocallyFreeSampler:
+        return LocallyFreeSampler(space, settings["free_bins"], settings["placements"])
 
-    def select(self, ctx: SearchContext, nni_strategy) -> Selection:
-        supernet, sampler = nni_strategy.supernet, nni_strategy.oneshot_module.sampler
-
-        def score(architecture: dict) -> float:
-            return ctx.scorer(frozen_at(supernet, architecture, sampler.placement_of(architecture)))
-
-        architecture, history = evolve(ctx, supernet, score_of=score)
-        reset_channels(supernet)
-        return Selection(architecture, evolution=history)
+    def score(self, scorer, nni_strategy, architecture: dict) -> float:
+        return scorer(self.derive(nni_strategy, architecture))
 
     def derive(self, nni_strategy, architecture: dict):
+        """The network on each width's remembered lowest-loss channels (the export's weights too)."""
         sampler = nni_strategy.oneshot_module.sampler
         return frozen_at(nni_strategy.supernet, architecture, sampler.placement_of(architecture))

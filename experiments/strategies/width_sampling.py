@@ -29,7 +29,7 @@ from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 from torch import nn
 
 from experiments.core.errors import ConfigError
-from experiments.strategies.base import SearchContext, Strategy
+from experiments.strategies.base import SearchContext, Selection, Strategy
 from experiments.strategies.sampling import broadcast_from_rank_zero, mean_over_ranks
 from search_spaces.channels import use_channels, width_blocks
 
@@ -167,18 +167,9 @@ class WidthSamplingModule(RandomSamplingLightningModule):
         self.sampler.load_state_dict(checkpoint.get(CHECKPOINT_KEY, {}))
 
 
-def width_one_shot(make_sampler: Callable[[], WidthSampler]):
-    from experiments.strategies.sampling import PresetPathOneShot
-
-    return PresetPathOneShot(lambda training_module: WidthSamplingModule(training_module, make_sampler))
-
-
-def width_space(ctx: SearchContext) -> dict[str, list[int]]:
-    return {label: [int(v) for v in values] for label, values in ctx.cost.labels.items()}
-
-
 class WidthStrategy(Strategy):
-    """A width strategy: searches a width space's backbone (the framework's heads fixed) by evolution."""
+    """A width strategy: a sampler that trains the supernet, a way to score a width on it, and NNI's
+    regularized evolution within the FLOPs/parameter budget (the framework's heads fixed)."""
 
     handles = frozenset({"width"})
     config_fields = ("backbone_search.population", "backbone_search.tournament", "backbone_search.mutation_prob",
@@ -188,6 +179,35 @@ class WidthStrategy(Strategy):
         if cfg.backbone_search.strategy == self.name and cfg.model.head_space != "fixed":
             raise ConfigError(f"model.head_space: {self.name} searches the backbone's widths with fixed heads, "
                               f"got {cfg.model.head_space}")
+
+    def sampler(self, settings: dict, space: dict[str, list[int]]) -> WidthSampler:
+        return WidthSampler(space)
+
+    def build(self, ctx: SearchContext):
+        from experiments.strategies.sampling import PresetPathOneShot
+
+        settings, space = self.settings(ctx.cfg), width_space(ctx)
+        return PresetPathOneShot(lambda module: WidthSamplingModule(module, lambda: self.sampler(settings, space)))
+
+    def score(self, scorer: Callable[[nn.Module], float], nni_strategy, architecture: dict) -> float:
+        """A width's score on the trained supernet (here: its first channels; BCNet and CafeNet differ)."""
+        return scorer(frozen_at(nni_strategy.supernet, architecture, None))
+
+    def seeds(self, ctx: SearchContext, nni_strategy) -> list[dict]:
+        """Widths within the budget that start the evolution's population (BCNet's lowest losses)."""
+        return []
+
+    def select(self, ctx: SearchContext, nni_strategy) -> Selection:
+        from experiments.strategies.spos import evolve
+
+        architecture, history = evolve(ctx, nni_strategy.supernet, seeds=self.seeds(ctx, nni_strategy),
+                                       score_of=lambda arch: self.score(ctx.scorer, nni_strategy, arch))
+        reset_channels(nni_strategy.supernet)  # freeze (the export) then takes each width's first channels
+        return Selection(architecture, evolution=history)
+
+
+def width_space(ctx: SearchContext) -> dict[str, list[int]]:
+    return {label: [int(v) for v in values] for label, values in ctx.cost.labels.items()}
 
 
 def frozen_at(supernet: nn.Module, architecture: dict, placement: Optional[Placement]) -> nn.Module:
@@ -231,6 +251,6 @@ class LowestLosses:
             self.push(loss, widths)
 
 
-__all__ = ["WidthSampler", "WidthStep", "WidthSamplingModule", "width_one_shot", "prefix", "right_side",
+__all__ = ["WidthSampler", "WidthStep", "WidthSamplingModule", "prefix", "right_side",
            "free_zone", "free_placement", "complementary", "batchnorm_statistics_kept", "frozen_at",
            "reset_channels", "LowestLosses", "WidthStrategy", "width_space"]
