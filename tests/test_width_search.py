@@ -224,3 +224,45 @@ def test_width_strategies_refuse_other_spaces_and_searched_heads(tmp_path):
     with pytest.raises(ConfigError, match=r"strategy_options.placements: must be in \[1, 64\]"):
         load(tmp_path / "c", **WIDTH_SPACE, **{"backbone_search.strategy": "cafenet",
                                                 "backbone_search.strategy_options": {"placements": 0}})
+
+
+def test_every_ddp_rank_trains_the_same_widths_and_placements(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    out = tmp_path / "run"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
+               PL_DISABLE_FORK="1")
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_width_search.py"), str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp_path.rglob("best_architecture.json")) == [out / "best_architecture.json"]
+    rank0, rank1 = (json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(rank0) == len(rank1) >= 2  # 128 images per rank, batches of 32
+    assert rank0 == rank1  # widths, the probed placements and the one trained: identical on both ranks
+
+
+def test_flops_sensitive_bins_give_every_bin_about_the_same_flops():
+    from search_spaces.cost import BackboneCost
+    from search_spaces.macro_width import MacroWidthSpace, flops_sensitive_bins
+
+    assert flops_sensitive_bins([1, 2, 1], [100, 100, 100], 4) == [3, 6, 3]  # 12 bins shared 1 : 2 : 1
+    assert flops_sensitive_bins([1, 10], [100, 2], 4) == [1, 2]  # at least 1, at most the layer's channels
+
+    def bin_flops(space) -> list[float]:  # the FLOPs of each layer's top bin at 32x32
+        cost = BackboneCost(space, 32)
+        widest = {label: values[-1] for label, values in cost.labels.items()}
+        return [cost(widest).flops - cost(dict(widest, **{label: values[-2]})).flops
+                for label, values in cost.labels.items()]
+
+    uniform, sensitive = bin_flops(MacroWidthSpace()), bin_flops(MacroWidthSpace(bins_by="flops"))
+    spread = lambda values: max(values) / min(values)  # noqa: E731
+    assert spread(sensitive) < 1.2 < 1.4 < spread(uniform)  # 1.17 (rounding to whole bins) against 1.41
+    # by hand at 32x32: layer FLOPs at full width 4.94M, 6.73M, 4.83M, 6.51M, 6.51M, 4.77M, 6.40M, 6.40M of
+    # 47.1M, times 64 bins: 6.71, 9.15, 6.56, 8.85, 8.85, 6.49, 8.70, 8.70
+    assert [len(b.widths) for b in MacroWidthSpace(bins_by="flops").layers] == [7, 9, 7, 9, 9, 6, 9, 9]

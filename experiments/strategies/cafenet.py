@@ -14,8 +14,9 @@ the authors' used:
 * *Search.* NNI's regularized evolution within the FLOPs/parameter budget, each network scored on
   its remembered placements (prefix where a width was never trained) after BatchNorm recalibration.
   The export's supernet weights are those placements' channels.
-* *FLOPs-sensitive bins* are a property of the space's width choices; the
-  ``nas_bench_macro_width`` space's per-layer choices are uniform bins (see docs/width-search.md).
+* *FLOPs-sensitive bins* are a property of the space's width choices:
+  ``nas_bench_macro_width`` with ``bins_by: flops`` gives every bin about the same FLOPs (a layer's
+  bin count in proportion to its FLOPs); ``r`` is then one such bin.
 """
 from __future__ import annotations
 
