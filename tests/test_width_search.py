@@ -266,3 +266,30 @@ def test_flops_sensitive_bins_give_every_bin_about_the_same_flops():
     # by hand at 32x32: layer FLOPs at full width 4.94M, 6.73M, 4.83M, 6.51M, 6.51M, 4.77M, 6.40M, 6.40M of
     # 47.1M, times 64 bins: 6.71, 9.15, 6.56, 8.85, 8.85, 6.49, 8.70, 8.70
     assert [len(b.widths) for b in MacroWidthSpace(bins_by="flops").layers] == [7, 9, 7, 9, 9, 6, 9, 9]
+
+
+def test_the_samplers_state_survives_a_safe_checkpoint_load(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments.strategies.bcnet import BilateralSampler
+    from experiments.strategies.cafenet import LocallyFreeSampler
+    from experiments.strategies.width_sampling import width_space
+    from search_spaces.cost import BackboneCost
+    from search_spaces.macro_width import MacroWidthSpace
+
+    space = width_space(SimpleNamespace(cost=BackboneCost(MacroWidthSpace(width=0.125, stages=[1, 1, 1]), 8)))
+    for make in (lambda: BilateralSampler(space), lambda: LocallyFreeSampler(space)):
+        np.random.seed(3)
+        sampler = make()
+        for i in range(5):  # an odd number: BCNet has a complement pending
+            step = sampler.next_step()
+            step.losses = [float(i), float(i) + 1.0]
+            sampler.after_step(step)
+        torch.save({"width_sampler": sampler.state_dict()}, tmp_path / "last.ckpt")
+        restored = make()  # NNI's labels are str subclasses that a safe load refuses (quirk 6)
+        restored.load_state_dict(torch.load(tmp_path / "last.ckpt", weights_only=True)["width_sampler"])
+        assert restored.state_dict() == sampler.state_dict()
+        np.random.seed(4)
+        ahead = sampler.next_step()
+        np.random.seed(4)
+        assert restored.next_step().placements == ahead.placements

@@ -207,7 +207,8 @@ class WidthStrategy(Strategy):
 
 
 def width_space(ctx: SearchContext) -> dict[str, list[int]]:
-    return {label: [int(v) for v in values] for label, values in ctx.cost.labels.items()}
+    """``label -> widths`` with plain ``str`` labels (quirk 6: the sampler's state goes into checkpoints)."""
+    return {str(label): [int(v) for v in values] for label, values in ctx.cost.labels.items()}
 
 
 def frozen_at(supernet: nn.Module, architecture: dict, placement: Optional[Placement]) -> nn.Module:
