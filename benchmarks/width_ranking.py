@@ -1,7 +1,7 @@
 """A width ground truth small enough to train here, and how well each width strategy's supernet ranks it.
 
-    python -m benchmarks.width_ranking [--seeds 0 1] [--strategies autoslim bcnet cafenet]
-        [--gt-epochs 4] [--search-epochs 20] [--table-only]
+    python -m benchmarks.width_ranking [--gt-seeds 0 1 2 3] [--seeds 0 1] [--strategies autoslim bcnet cafenet]
+        [--objectives supervised simsiam] [--gt-epochs 4] [--search-epochs 20] [--table-only]
 
 The space: ``nas_bench_macro_width`` with one layer per stage and four widths per layer
 (``backbone_options: {stages: [1, 1, 1], bins: 4}``, backbone width 0.25, ``mb3_k3``): 3 layers x 4
@@ -9,18 +9,20 @@ hidden widths = 64 networks, on scikit-learn's digits (8x8, no download).
 
 *Ground truth.* Every network trained alone, supervised: the backbone plus a linear classifier,
 cross-entropy, SGD (lr 0.1, momentum 0.9, weight decay 5e-4, cosine), batch 64, no augmentation,
-``--gt-epochs`` epochs on digits' training split; top-1 on its test split. One JSON per
-(network, seed) under ``benchmarks/results/width_ground_truth/``, read back on a rerun.
+``--gt-epochs`` epochs on digits' training split; top-1 on its test split; ``--gt-seeds`` seeds.
+One JSON per (network, seed) under ``benchmarks/results/width_ground_truth/``, read back on a rerun.
 
-*Ranking.* For each strategy and seed, the backbone-search job's own ``prepare`` and
-``train_supernet`` train the strategy's supernet under the ``supervised`` framework for
-``--search-epochs``; then each of the 64 networks is scored as the strategy scores a width in its
-search (``WidthStrategy.score``: AutoSlim its first channels, BCNet the mean of its left and right
-sides, CafeNet its remembered lowest-loss placement), each after BatchNorm recalibration:
-classifier top-1 on held-out training images. Reported: Kendall's tau against the ground truth
-(mean over its seeds), per supernet seed, beside FLOPs and parameters as label-free rankers and
-the noise ceiling (tau between the ground truth's two seeds). One JSON per (strategy, seed)
-under ``benchmarks/results/width_ranking/``. The SimSiam objective's ground truth is not run here.
+*Ranking.* For each objective (``--objectives``: ``supervised``, and label-free ``simsiam``),
+strategy and seed, the backbone-search job's own ``prepare`` and ``train_supernet`` train the
+strategy's supernet for ``--search-epochs``; then each of the 64 networks is scored as the
+strategy scores a width in its search (``WidthStrategy.score``: AutoSlim its first channels, BCNet
+the mean of its left and right sides, CafeNet its remembered lowest-loss placement), each after
+BatchNorm recalibration: classifier top-1 on held-out training images (``simsiam``: kNN top-1 of
+the backbone's features). Reported: Kendall's tau against the ground truth (mean over its seeds),
+per supernet seed (``--seeds``), beside FLOPs and parameters as label-free rankers and the noise
+ceiling: tau between the means of the two halves of the ground truth's seeds (seed against seed
+with two). One JSON per (strategy, objective, seed) under ``benchmarks/results/width_ranking/``.
+The ground truth is supervised only (SimSiam's is not run here).
 """
 from __future__ import annotations
 
@@ -44,11 +46,15 @@ SPACE = {"stages": [1, 1, 1], "bins": 4}
 WIDTH = 0.25
 
 
-def overrides(strategy: str, seed: int, epochs: int) -> dict:
+LEARNING_RATES = {"supervised": 0.1, "simsiam": 0.06}
+
+
+def overrides(strategy: str, objective: str, seed: int, epochs: int) -> dict:
     return {
-        "framework": "supervised", "seed": seed, "data.dataset": "digits", "data.batch_size": 64,
+        "framework": objective, "seed": seed, "data.dataset": "digits", "data.batch_size": 64,
         "data.search_split": 0.5, "model.backbone": "nas_bench_macro_width", "model.backbone_width": WIDTH,
-        "model.backbone_options": SPACE, "model.head_space": "fixed", "model.head_width": 0.25, "optim.lr": 0.1,
+        "model.backbone_options": SPACE, "model.head_space": "fixed", "model.head_width": 0.25,
+        "optim.lr": LEARNING_RATES[objective],
         "search.epochs": epochs, "search.warmup_epochs": 0, "backbone_search.strategy": strategy,
         "backbone_search.max_flops": None, "backbone_search.bn_batches": 4, "backbone_search.score_images": 500,
         "evaluation.knn_k": 20, "evaluation.monitor_every_n_epochs": 1000, "trainer.progress_bar": False,
@@ -113,7 +119,7 @@ def train_alone(architecture: dict, seed: int, epochs: int) -> dict:
             "command": "python -m benchmarks.width_ranking " + " ".join(sys.argv[1:])}
 
 
-def rank_with(strategy: str, seed: int, epochs: int, widths: list[dict], log) -> dict:
+def rank_with(strategy: str, objective: str, seed: int, epochs: int, widths: list[dict], log) -> dict:
     """Train the strategy's supernet, score every width as the strategy does."""
     import tempfile
 
@@ -121,13 +127,13 @@ def rank_with(strategy: str, seed: int, epochs: int, widths: list[dict], log) ->
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.strategies import STRATEGIES
 
-    cfg = load_config(None, overrides(strategy, seed, epochs))
+    cfg = load_config(None, overrides(strategy, objective, seed, epochs))
     setup = prepare(cfg, log_fn=log)
     with tempfile.TemporaryDirectory() as out:
         nni_strategy, monitor, train_seconds = train_supernet(setup, Path(out), log_fn=log)
     start = time.perf_counter()
     scores = [STRATEGIES[strategy].score(setup.scorer, nni_strategy, w) for w in widths]
-    return {"strategy": strategy, "seed": seed, "search_epochs": epochs, "widths": widths, "scores": scores,
+    return {"strategy": strategy, "objective": objective, "seed": seed, "search_epochs": epochs, "widths": widths, "scores": scores,
             "seconds": {"train": train_seconds, "score": time.perf_counter() - start},
             "final_epoch": monitor.history[-1] if monitor.history else None, "machine": machine(),
             "command": "python -m benchmarks.width_ranking " + " ".join(sys.argv[1:])}
@@ -141,18 +147,21 @@ def table(truth: dict[int, list[dict]], runs: list[dict]) -> str:
     accuracy = {s: [r["test_top1"] for r in truth[s]] for s in seeds}
     mean_truth = np.mean([accuracy[s] for s in seeds], axis=0)
     lines = ["| ranker | objective | tau per supernet seed | mean tau |", "|---|---|---|---|"]
-    by_strategy: dict[str, list[float]] = {}
-    for run in sorted(runs, key=lambda r: (r["strategy"], r["seed"])):
-        by_strategy.setdefault(run["strategy"], []).append(kendall(run["scores"], mean_truth))
-    for name, taus in by_strategy.items():
-        lines.append(f"| {name} supernet | supervised | {', '.join(f'{t:.3f}' for t in taus)} | "
-                     f"{np.mean(taus):.3f} |")
+    taus: dict[tuple[str, str], list[float]] = {}
+    for run in sorted(runs, key=lambda r: (r.get("objective", "supervised"), r["strategy"], r["seed"])):
+        key = (run["strategy"], run.get("objective", "supervised"))
+        taus.setdefault(key, []).append(kendall(run["scores"], mean_truth))
+    for (name, objective), values in taus.items():
+        lines.append(f"| {name} supernet | {objective} | {', '.join(f'{t:.3f}' for t in values)} | "
+                     f"{np.mean(values):.3f} |")
     flops, params = [r["flops"] for r in truth[seeds[0]]], [r["params"] for r in truth[seeds[0]]]
     lines.append(f"| FLOPs (label-free) | - | - | {kendall(flops, mean_truth):.3f} |")
     lines.append(f"| parameters (label-free) | - | - | {kendall(params, mean_truth):.3f} |")
     if len(seeds) >= 2:
-        lines.append(f"| noise ceiling: ground truth seed {seeds[0]} vs {seeds[1]} | supervised | - | "
-                     f"{kendall(accuracy[seeds[0]], accuracy[seeds[1]]):.3f} |")
+        half = len(seeds) // 2
+        first, second = (np.mean([accuracy[s] for s in part], axis=0) for part in (seeds[:half], seeds[half:]))
+        lines.append(f"| noise ceiling: ground truth seeds {seeds[:half]} vs {seeds[half:]} | supervised | - | "
+                     f"{kendall(first, second):.3f} |")
     return "\n".join(lines)
 
 
@@ -162,8 +171,11 @@ def truth_file(architecture: dict, seed: int, epochs: int) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--gt-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the supernets' seeds")
     p.add_argument("--strategies", nargs="+", default=["autoslim", "bcnet", "cafenet"])
+    p.add_argument("--objectives", nargs="+", default=["supervised", "simsiam"], choices=sorted(LEARNING_RATES),
+                   help="the supernets' training objective (the ground truth is supervised)")
     p.add_argument("--gt-epochs", type=int, default=4)
     p.add_argument("--search-epochs", type=int, default=20)
     p.add_argument("--table-only", action="store_true", help="print the table from the cached runs only")
@@ -171,7 +183,7 @@ def main(argv=None) -> int:
     widths = all_widths()
     log = lambda line: print(line, flush=True)  # noqa: E731
     truth = {}
-    for seed in args.seeds:
+    for seed in args.gt_seeds:
         records = []
         for i, w in enumerate(widths, 1):
             path = truth_file(w, seed, args.gt_epochs)
@@ -183,11 +195,12 @@ def main(argv=None) -> int:
         if len(records) == len(widths):
             truth[seed] = records
     runs = []
-    for strategy, seed in itertools.product(args.strategies, args.seeds):
-        path = RANK_DIR / f"{strategy}__seed{seed}__e{args.search_epochs}__gt{args.gt_epochs}.json"
+    for objective, strategy, seed in itertools.product(args.objectives, args.strategies, args.seeds):
+        path = RANK_DIR / f"{strategy}__{objective}__seed{seed}__e{args.search_epochs}.json"
         if args.table_only and not path.is_file():
             continue
-        runs.append(cached(path, lambda: rank_with(strategy, seed, args.search_epochs, widths, log), log=log))
+        runs.append(cached(path, lambda: rank_with(strategy, objective, seed, args.search_epochs, widths, log),
+                           log=log))
     if truth:
         print(table(truth, runs))
     return 0
