@@ -140,28 +140,38 @@ def rank_with(strategy: str, objective: str, seed: int, epochs: int, widths: lis
 
 
 def table(truth: dict[int, list[dict]], runs: list[dict]) -> str:
-    """Markdown: tau of each ranker against the ground truth's mean over seeds."""
+    """Markdown: each ranker's tau against the ground truth's mean over seeds, and its pick within a budget
+    (the median FLOPs of the 64 networks): the pick's ground-truth top-1 and its rank among those in budget."""
     import numpy as np
 
     seeds = sorted(truth)
     accuracy = {s: [r["test_top1"] for r in truth[s]] for s in seeds}
     mean_truth = np.mean([accuracy[s] for s in seeds], axis=0)
-    lines = ["| ranker | objective | tau per supernet seed | mean tau |", "|---|---|---|---|"]
-    taus: dict[tuple[str, str], list[float]] = {}
+    flops, params = [r["flops"] for r in truth[seeds[0]]], [r["params"] for r in truth[seeds[0]]]
+    in_budget = [i for i, f in enumerate(flops) if f <= np.median(flops)]
+    order = sorted(in_budget, key=lambda i: -mean_truth[i])
+
+    def pick(scores) -> str:  # the best-scored network within budget (ties: fewer FLOPs)
+        i = max(in_budget, key=lambda j: (scores[j], -flops[j]))
+        return f"{mean_truth[i]:.3f} ({order.index(i) + 1})"
+
+    lines = [f"| ranker | objective | tau per supernet seed | mean tau | pick within {int(np.median(flops)):,} FLOPs: "
+             f"top-1 (rank of {len(in_budget)}) per seed |", "|---|---|---|---|---|"]
+    rows: dict[tuple[str, str], list] = {}
     for run in sorted(runs, key=lambda r: (r.get("objective", "supervised"), r["strategy"], r["seed"])):
         key = (run["strategy"], run.get("objective", "supervised"))
-        taus.setdefault(key, []).append(kendall(run["scores"], mean_truth))
-    for (name, objective), values in taus.items():
-        lines.append(f"| {name} supernet | {objective} | {', '.join(f'{t:.3f}' for t in values)} | "
-                     f"{np.mean(values):.3f} |")
-    flops, params = [r["flops"] for r in truth[seeds[0]]], [r["params"] for r in truth[seeds[0]]]
-    lines.append(f"| FLOPs (label-free) | - | - | {kendall(flops, mean_truth):.3f} |")
-    lines.append(f"| parameters (label-free) | - | - | {kendall(params, mean_truth):.3f} |")
+        rows.setdefault(key, []).append((kendall(run["scores"], mean_truth), pick(run["scores"])))
+    for (name, objective), values in rows.items():
+        taus = [t for t, _ in values]
+        lines.append(f"| {name} supernet | {objective} | {', '.join(f'{t:.3f}' for t in taus)} | "
+                     f"{np.mean(taus):.3f} | {', '.join(p for _, p in values)} |")
+    for name, values in (("FLOPs", flops), ("parameters", params)):
+        lines.append(f"| {name} (label-free) | - | - | {kendall(values, mean_truth):.3f} | {pick(values)} |")
     if len(seeds) >= 2:
         half = len(seeds) // 2
         first, second = (np.mean([accuracy[s] for s in part], axis=0) for part in (seeds[:half], seeds[half:]))
         lines.append(f"| noise ceiling: ground truth seeds {seeds[:half]} vs {seeds[half:]} | supervised | - | "
-                     f"{kendall(first, second):.3f} |")
+                     f"{kendall(first, second):.3f} | best in budget: {mean_truth[order[0]]:.3f} (1) |")
     return "\n".join(lines)
 
 

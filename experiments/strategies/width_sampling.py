@@ -151,13 +151,11 @@ class WidthSamplingModule(RandomSamplingLightningModule):
     def __init__(self, training_module, make_sampler: Callable[[], WidthSampler]):
         super().__init__(training_module)
         self.sampler = make_sampler()
-        self.steps: int = 0
 
     def training_step(self, batch, batch_idx):
         step = broadcast_from_rank_zero(self.sampler.next_step())
         loss = self.training_module.training_step(batch, batch_idx, paths=step)
         self.sampler.after_step(step)
-        self.steps += 1
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
