@@ -211,6 +211,13 @@ def test_each_width_strategy_searches_within_budget_and_exports_what_retrain_reb
     assert count_fixed(network.backbone, 8) == type(count_fixed(network.backbone, 8))(
         record["cost"]["flops"], record["cost"]["params"])
     assert [layer.conv[0].out_channels for layer in network.backbone.layers] == list(arch.values())
+    if strategy == "cafenet":  # and the retrain job itself trains that network from scratch
+        from experiments.jobs.retrain import run_retrain
+
+        result = run_retrain(cfg, read_architecture(out / "best_architecture.json"), tmp_path / "retrain",
+                             log_fn=lambda line: None)
+        assert result["architecture"] == record["architecture"]
+        assert result["space"]["backbone"] == "nas_bench_macro_width"
 
 
 def test_width_strategies_refuse_other_spaces_and_searched_heads(tmp_path):
