@@ -248,7 +248,6 @@ def test_every_ddp_rank_trains_the_same_widths_and_placements(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_width_search.py"), str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert list(tmp_path.rglob("best_architecture.json")) == [out / "best_architecture.json"]
     rank0, rank1 = (json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(rank0) == len(rank1) >= 2  # 128 images per rank, batches of 32
     assert rank0 == rank1  # widths, the probed placements and the one trained: identical on both ranks
