@@ -1,6 +1,6 @@
-"""Helper of test_width_search.py (not a test): a tiny CafeNet width search under Lightning DDP on two CPU processes.
+"""Helper of test_width_search.py (not a test): a tiny width search under Lightning DDP on two CPU processes.
 
-``python tests/ddp_width_search.py OUT``. Only the supernet is trained. Every rank writes the widths, placements and the
+``python tests/ddp_width_search.py OUT [STRATEGY]`` (default ``cafenet``). Only the supernet is trained. Every rank writes the widths, placements and the
 placement trained (min-min) of each of its steps to ``OUT/../ranks/rank<R>.json``, so the test can
 check that every rank trained the same channels in every step.
 """
@@ -18,7 +18,7 @@ from experiments import nni_compat  # noqa: E402
 nni_compat.apply()
 
 
-def main(out: str) -> None:
+def main(out: str, strategy: str = "cafenet") -> None:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from experiments.core.config import load_config
@@ -35,7 +35,7 @@ def main(out: str) -> None:
 
     WidthStep.loss = recording
     cfg = load_config(ROOT / "configs" / "digits_width_search.yml", {
-        "backbone_search.strategy": "cafenet", "data.batch_size": 32, "data.train_subset": 256,
+        "backbone_search.strategy": strategy, "data.batch_size": 32, "data.train_subset": 256,
         "data.test_subset": 64, "model.backbone_width": 0.125, "model.head_width": 0.0625,
         "model.backbone_options": {"stages": [1, 1, 1]}, "backbone_search.max_flops": None,
         "search.epochs": 1, "backbone_search.trials": 2, "backbone_search.population": 2,
@@ -50,4 +50,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
