@@ -8,6 +8,7 @@ weight step, and the architecture step can skip the backbone's backward entirely
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -192,13 +193,16 @@ class SSLFramework(LightningModule):
             views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
         return views
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch, batch_idx, paths: Any = None):
+        """One step. ``paths`` (a width strategy's: BCNet's two sides, CafeNet's placements) computes the weight
+        step's loss over several paths of the supernet by ``paths.loss(self, views)``; the views, the momentum
+        update, the queue push (see ``queue_frozen``) and the step count still happen once."""
         arch_step = is_architecture_step(batch_idx, self.interleaved)
         self._batch_in_epoch = batch_idx // 2 if self.interleaved else batch_idx
         views = self.make_views(batch, self._batch_in_epoch, arch_step)
         if not arch_step:
             self.before_weight_step()
-        loss = self.ssl_loss(views, arch_step)
+        loss = self.ssl_loss(views, arch_step) if paths is None else paths.loss(self, views)
         if arch_step:
             if self.fast_arch_step and self._trainer is not None:
                 self._arch_sync_paused = pause_ddp_gradient_sync(self.trainer)
@@ -217,6 +221,16 @@ class SSLFramework(LightningModule):
         return loss
 
     _arch_sync_paused = False
+    _queue_frozen = False
+
+    @contextlib.contextmanager
+    def queue_frozen(self):
+        """Forward passes of a weight step after its first (another side, a probed placement): no queue push."""
+        self._queue_frozen = True
+        try:
+            yield
+        finally:
+            self._queue_frozen = False
 
     def on_after_backward(self) -> None:
         if self._arch_sync_paused:  # a fast architecture step under DDP: sync the alphas by hand
@@ -301,6 +315,8 @@ class KeyQueue:
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Overwrite the oldest entries with every rank's ``keys``, newest last (a collective under DDP)."""
+        if getattr(self, "_queue_frozen", False):
+            return
         keys = torch.nn.functional.normalize(gather(keys), dim=1)
         size = self.queue.shape[0]
         keys = keys[-size:]

@@ -13,11 +13,13 @@ from typing import Any, Mapping, Optional
 from nni.nas.nn.pytorch import ModelSpace
 
 from search_spaces.macro import MacroBackboneSpace
+from search_spaces.macro_width import MacroWidthSpace
 from search_spaces.nas_bench_macro import NasBenchMacroSpace
 from search_spaces.resnet_space import ResNetSpace
 from search_spaces.vit import ViTSpace
 
-BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace, ViTSpace)}
+BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace, ViTSpace,
+                                                   MacroWidthSpace)}
 
 _RESERVED = ("width", "in_channels", "prefix")
 

@@ -45,9 +45,10 @@ class Downsample(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand + BN + ReLU, kxk depth-wise + BN + ReLU, 1x1 project + BN [+ x]."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int, kernel: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int, kernel: int,
+                 hidden: int | None = None):
         super().__init__()
-        hidden = round(in_channels * expansion)
+        hidden = round(in_channels * expansion) if hidden is None else hidden  # a width-searched block's own
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 1, 1, 0, bias=False),
             nn.BatchNorm2d(hidden),

@@ -19,6 +19,7 @@ from torch import nn
 
 from search_spaces.backbone_spaces import build_backbone_space, is_backbone_space
 from search_spaces.backbones import build_backbone
+from search_spaces.channels import WidthChoiceBlock
 from search_spaces.heads import HeadSpec, fixed_predictor, fixed_projector
 from search_spaces.mlp import MlpHead
 from search_spaces.nasiam import nasiam_predictor, nasiam_projector
@@ -116,6 +117,10 @@ class SSLNetworkSpace(ModelSpace):
         if not self.has_momentum:
             return []
         return [(getattr(self, online), getattr(self, target)) for online, target in MOMENTUM_PAIRS]
+
+    def extra_oneshot_hooks(self, strategy) -> list:
+        """NNI's one-shot strategies keep our own supernet modules (width-choice blocks) as they are."""
+        return [WidthChoiceBlock.mutate]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

@@ -3,9 +3,9 @@
 config -> data -> space (backbone space + the framework's heads) -> framework -> strategy ->
 evaluation -> ``best_architecture.json`` (the same export and ``retrain`` as the head search).
 
-The strategies (``experiments.strategies``: SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, ViTAS) train
-the supernet through NNI and select the network within the FLOPs/parameter budget; see each
-strategy's module. The job owns its output directory like the other jobs: ``run.json``,
+The strategies (``experiments.strategies``: SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless,
+ENAS, ViTAS, and the width strategies AutoSlim, BCNet, CafeNet: docs/width-search.md) train the supernet
+through NNI and select the network within the FLOPs/parameter budget; see each strategy's module. The job owns its output directory like the other jobs: ``run.json``,
 ``status.json``, ``checkpoints/last.ckpt`` (the supernet and architecture weights, resumed
 exactly after a kill) and a ``.lock``.
 """
@@ -32,12 +32,12 @@ from experiments.jobs.command import add_config_arguments, run_search_job
 from experiments.strategies import STRATEGIES, SearchContext
 from experiments.strategies.budget import check_budget
 from experiments.strategies.spos import run_and_stop
-from search_spaces.backbone_spaces import choice_kinds, is_backbone_space
+from search_spaces.backbone_spaces import BACKBONE_SPACES, choice_kinds, is_backbone_space
 from search_spaces.cost import BackboneCost
 
 NAME = "backbone-search"
-HELP = ("backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, ViTAS) within a FLOPs/params "
-        "budget")
+HELP = ("backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, ViTAS; widths: AutoSlim, "
+        "BCNet, CafeNet) within a FLOPs/params budget")
 ARCHITECTURE_FILE = "best_architecture.json"
 MODEL_FILE = "search_model.pt"
 RESULT_FILES = (ARCHITECTURE_FILE, MODEL_FILE)
@@ -55,7 +55,7 @@ def validate(cfg: Config) -> None:
     m, b = cfg.model, cfg.backbone_search
     if not is_backbone_space(m.backbone):
         raise ConfigError(f"model.backbone: {m.backbone!r} is a fixed ResNet; the backbone search needs a backbone "
-                          f"space (nas_bench_macro, macro, resnet or vit)")
+                          f"space ({', '.join(BACKBONE_SPACES)})")
     strategy = STRATEGIES[b.strategy]
     kinds = choice_kinds(m.backbone)
     if not kinds <= strategy.handles:

@@ -5,7 +5,10 @@ and one entry in ``STRATEGIES`` below.
 """
 from __future__ import annotations
 
+from experiments.strategies.autoslim import AutoSlim
 from experiments.strategies.base import TARGETS, SearchContext, Selection, Strategy
+from experiments.strategies.bcnet import BCNet
+from experiments.strategies.cafenet import CafeNet
 from experiments.strategies.darts import DARTS
 from experiments.strategies.enas import ENAS
 from experiments.strategies.gumbel_darts import GumbelDARTS
@@ -16,7 +19,7 @@ from experiments.strategies.spos import SPOS
 from experiments.strategies.vitas import ViTAS
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (DARTS(), GumbelDARTS(), Proxyless(), SPOS(), KShot(), ENAS(),
-                                                       MCTNAS(), ViTAS())}
+                                                       MCTNAS(), ViTAS(), AutoSlim(), BCNet(), CafeNet())}
 
 
 def strategy_names(target: str) -> list[str]:

@@ -7,11 +7,11 @@ its draws (MCT-NAS's tree) stays the same on every rank.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
-from nni.nas.strategy import RandomOneShot
+from nni.nas.strategy import RandomOneShot, RegularizedEvolution
 
 from experiments.strategies.distinct import distinct_architectures
 
@@ -154,3 +154,17 @@ class TreeSamplingModule(PresetPathModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._saved_state = checkpoint.get(TREE_CHECKPOINT_KEY)
         self.shared = None
+
+
+class SeededEvolution(RegularizedEvolution):
+    """NNI's regularized evolution whose first "random" individuals are given ones (BCNet's lowest-loss widths)."""
+
+    def __init__(self, seeds: Sequence[Mapping[str, Any]] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.seeds = [dict(s) for s in seeds]
+
+    def random(self):
+        if not self.seeds:
+            return super().random()
+        self._individual_counter += 1
+        return self.model_space.freeze(self.seeds.pop(0))

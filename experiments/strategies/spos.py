@@ -9,7 +9,7 @@ With ``strategy_options.distinct`` the supernet trains on distinct networks draw
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from experiments import nni_compat
 from experiments.core.errors import ConfigError
@@ -48,18 +48,20 @@ class SPOS(Strategy):
 
 def evolve(ctx: SearchContext, supernet, network_of: Optional[Callable[[dict], Any]] = None, *,
            score_of: Optional[Callable[[dict], float]] = None,
-           accept: Optional[Callable[[dict], bool]] = None) -> tuple[dict, list]:
+           accept: Optional[Callable[[dict], bool]] = None, seeds: Sequence[dict] = ()) -> tuple[dict, list]:
     """NNI RegularizedEvolution over the trained supernet, scored with inherited weights, within budget.
 
     ``network_of(architecture)`` gives the network to score in place of NNI's frozen one (K-shot: the
     path's materialised combination of the copies); ``score_of(architecture)`` the score itself
-    (ViTAS: the mean over its weight slices); ``accept(architecture)`` replaces the budget test.
+    (ViTAS: the mean over its weight slices; BCNet: the mean of two sides); ``accept(architecture)``
+    replaces the budget test; ``seeds`` (within budget) fill the initial population before random draws.
     """
     import nni
     from nni.nas.evaluator import FunctionalEvaluator
     from nni.nas.experiment import NasExperiment
-    from nni.nas.strategy import RegularizedEvolution
     from nni.nas.strategy.middleware import Chain, Filter
+
+    from experiments.strategies.sampling import SeededEvolution
 
     cfg, cost, scorer, log_fn = ctx.cfg, ctx.cost, ctx.scorer, ctx.log_fn
     b = cfg.backbone_search
@@ -84,9 +86,9 @@ def evolve(ctx: SearchContext, supernet, network_of: Optional[Callable[[dict], A
         log_fn(f"[{len(history):3d}/{b.trials}] score {accuracy:.4f}  {c.flops:,} FLOPs  {c.params:,} params")
         nni.report_final_result(accuracy)
 
-    evolution = Chain(RegularizedEvolution(population_size=min(b.population, b.trials),
-                                           sample_size=min(b.tournament, b.population, b.trials),
-                                           mutation_prob=b.mutation_prob, seed=cfg.seed),
+    evolution = Chain(SeededEvolution(seeds, population_size=min(b.population, b.trials),
+                                      sample_size=min(b.tournament, b.population, b.trials),
+                                      mutation_prob=b.mutation_prob, seed=cfg.seed),
                       Filter(in_budget, patience=10_000, retain_history=False))
     experiment = NasExperiment(supernet, FunctionalEvaluator(evaluate), evolution)
     experiment.config.max_trial_number = b.trials

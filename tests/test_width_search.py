@@ -1,0 +1,301 @@
+"""Width search: the space's channel selection and cost, how often each strategy trains each channel,
+one weight step's momentum and queue, and each strategy's CI-sized search on digits, rebuilt by retrain."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_backbone_search import load, run
+
+WIDTH_SPACE = {"model.backbone": "nas_bench_macro_width"}
+BUDGET = 40_000  # FLOPs at 8x8: the width space spans 19.3k to 68.2k at backbone width 0.125
+
+
+def one_layer_space(channels: int = 8) -> dict:
+    """One layer whose widths are 1..C channels: a bin is a channel, so shares are in channels."""
+    return {"backbone.layer1.width": list(range(1, channels + 1))}
+
+
+def channel_shares(sampler, steps: int) -> np.ndarray:
+    """How often each channel of layer 1 is trained, per trained side (the sampler's placements)."""
+    label = "backbone.layer1.width"
+    counts, sides = np.zeros(sampler.max_width[label]), 0
+    for _ in range(steps):
+        step = sampler.next_step()
+        trained = step.placements if step.combine == "mean" else step.placements[:1]
+        for placement in trained:
+            counts[placement[label]] += 1
+            sides += 1
+    return counts / sides
+
+
+def test_prefix_sharing_is_skewed_as_the_formula_and_bcnet_is_flat():
+    from experiments.strategies.bcnet import BilateralSampler
+    from experiments.strategies.width_sampling import WidthSampler, prefix, right_side
+
+    C = 8
+    # exactly, over every width once: channel i (1-based) is in the prefix of (C - i + 1) of the C widths,
+    # and in BCNet's left or right side of C + 1 of the 2C sides
+    widths = range(1, C + 1)
+    left = np.array([sum(i in prefix(c, C) for c in widths) for i in range(C)])
+    both = left + np.array([sum(i in right_side(c, C) for c in widths) for i in range(C)])
+    assert left.tolist() == [C - i for i in range(C)]  # (C - i + 1) with i 1-based
+    assert both.tolist() == [C + 1] * C
+    # sampled: the strategies' own samplers, 4000 steps (BCNet with its complementary steps)
+    np.random.seed(0)
+    autoslim = channel_shares(WidthSampler(one_layer_space(C)), 4000)
+    bcnet = channel_shares(BilateralSampler(one_layer_space(C)), 4000)
+    expected = np.array([(C - i + 1) / C for i in range(1, C + 1)])
+    assert np.abs(autoslim - expected).max() < 0.03
+    assert np.abs(bcnet - (C + 1) / (2 * C)).max() < 0.02
+    assert autoslim[0] == 1.0 and autoslim[-1] < 0.2
+
+
+def test_bcnet_trains_each_width_then_its_complement():
+    from experiments.strategies.bcnet import BilateralSampler
+    from experiments.strategies.width_sampling import complementary
+
+    assert [complementary(range(1, 9), c) for c in (1, 3, 8)] == [8, 6, 1]
+    np.random.seed(1)
+    sampler = BilateralSampler(one_layer_space(8))
+    for _ in range(20):
+        drawn, partner = sampler.next_step(), sampler.next_step()
+        c = drawn.widths["backbone.layer1.width"]
+        assert partner.widths["backbone.layer1.width"] == 9 - c
+        assert drawn.placements == [{"backbone.layer1.width": list(range(c))},
+                                    {"backbone.layer1.width": list(range(8 - c, 8))}]
+
+
+def test_cafenet_free_channels_move_within_their_zone_only():
+    from experiments.strategies.cafenet import LocallyFreeSampler
+
+    np.random.seed(2)
+    C, label = 16, "backbone.layer1.width"
+    sampler = LocallyFreeSampler({label: [2, 4, 6, 8, 10, 12, 14, 16]}, free_bins=1, placements=3)
+    assert sampler.free[label] == 2  # one width step of the layer
+    seen: dict[int, set] = {}
+    for _ in range(600):
+        step = sampler.next_step()
+        c = step.widths[label]
+        for placement in step.placements:
+            channels = placement[label]
+            assert len(channels) == c and channels[:c - 2] == list(range(c - 2))  # the base: first c - r
+            free = set(channels[c - 2:])
+            assert free <= set(range(c - 2, min(C, c + 2)))  # the zone [c - r, c + r)
+            seen.setdefault(c, set()).update(free)
+    assert seen[8] == {6, 7, 8, 9} and seen[16] == {14, 15}  # every zone channel is used; none outside
+
+
+def test_min_min_trains_only_the_lowest_loss_placement_and_remembers_it():
+    from experiments.strategies.cafenet import LocallyFreeSampler
+    from experiments.strategies.width_sampling import WidthStep
+
+    label = "backbone.layer1.width"
+    trained = []
+
+    class Probe:  # a framework module whose loss is the placement's first free channel
+        model = torch.nn.Module()
+        queue_frozen = staticmethod(lambda: torch.no_grad())
+
+        def ssl_loss(self, views, arch_step):
+            trained.append(torch.is_grad_enabled())
+            return torch.tensor(float(self.current), requires_grad=True)
+
+    probe = Probe()
+    placements = [{label: [0, 3]}, {label: [0, 1]}, {label: [0, 2]}]
+    step = WidthStep({label: 2}, placements, "min")
+    import experiments.strategies.width_sampling as ws
+    original = ws.use_channels
+    ws.use_channels = lambda model, placement: setattr(probe, "current", placement[label][1])
+    try:
+        loss = step.loss(probe, None)
+    finally:
+        ws.use_channels = original
+    assert step.losses == [3.0, 1.0, 2.0] and step.chosen == 1 and float(loss) == 1.0
+    assert trained == [False, False, False, True]  # probes without gradient, then one trained forward
+    sampler = LocallyFreeSampler({label: [1, 2, 3, 4]})
+    sampler.after_step(step)
+    assert sampler.placement_of({label: 2}) == {label: [0, 1]}
+    assert sampler.placement_of({label: 3}) == {label: [0, 1, 2]}  # never trained: the prefix
+
+
+@pytest.mark.parametrize("channels", [[0, 1, 2], [5, 6, 7, 8], [1, 4, 7, 10, 11]])
+def test_a_block_on_any_channels_equals_its_frozen_network_and_keeps_its_statistics(channels):
+    from search_spaces.channels import WidthChoiceBlock
+
+    torch.manual_seed(0)
+    block = WidthChoiceBlock(4, 4, 1, 3, [3, 4, 5, 12], "backbone.layer1.width")
+    for bn in (block.bn1, block.bn2):
+        bn.running_mean.normal_()
+    before = block.bn1.running_mean.clone()
+    block.use_channels(channels)
+    frozen = block.freeze({"backbone.layer1.width": len(channels)})
+    x = torch.randn(6, 4, 5, 5)
+    assert torch.allclose(block(x), frozen(x), atol=1e-6)  # train mode: batch statistics, both updated
+    after = block.bn1.running_mean
+    assert torch.allclose(after[channels], frozen.conv[1].running_mean)  # the selected channels moved ...
+    others = [i for i in range(12) if i not in channels]
+    assert torch.equal(after[others], before[others])  # ... and no other
+    block.eval(), frozen.eval()
+    assert torch.allclose(block(x), frozen(x), atol=1e-6)
+
+
+def test_width_space_cost_equals_a_hook_count_of_its_frozen_networks():
+    from search_spaces.cost import BackboneCost, count_fixed
+    from search_spaces.macro_width import MacroWidthSpace, width_choices
+
+    assert width_choices(96, 8) == [12, 24, 36, 48, 60, 72, 84, 96]
+    space = MacroWidthSpace(width=0.25)
+    cost = BackboneCost(space, 8)
+    assert len(cost.labels) == 8 and cost.labels["backbone.layer8.width"] == width_choices(64 * 3, 8)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        sample = {label: values[rng.randint(len(values))] for label, values in cost.labels.items()}
+        assert cost(sample) == count_fixed(space.freeze(sample), 8)
+    # by hand: width 1/16 (stem 4, stages 4, 8, 16 channels, head 80), three layers, two bins, 8x8 input
+    tiny = MacroWidthSpace(width=1 / 16, stages=[1, 1, 1], bins=2)
+    assert [block.widths for block in tiny.layers] == [[6, 12], [6, 12], [12, 24]]
+    stem = (3 * 4 * 9 * 8 * 8, 3 * 4 * 9 + 2 * 4)
+    layer1 = (4 * 6 * 8 * 8 + 6 * 9 * 4 * 4 + 6 * 4 * 4 * 4, 4 * 6 + 6 * 9 + 6 * 4 + 2 * (6 + 6 + 4))  # 8x8 -> 4x4
+    layer2 = (4 * 6 * 4 * 4 + 6 * 9 * 2 * 2 + 6 * 8 * 2 * 2, 4 * 6 + 6 * 9 + 6 * 8 + 2 * (6 + 6 + 8))  # -> 2x2
+    layer3 = (8 * 12 * 2 * 2 + 12 * 9 + 12 * 16, 8 * 12 + 12 * 9 + 12 * 16 + 2 * (12 + 12 + 16))  # -> 1x1
+    head = (16 * 80, 16 * 80 + 2 * 80)
+    sample = {"backbone.layer1.width": 6, "backbone.layer2.width": 6, "backbone.layer3.width": 12}
+    parts = (stem, layer1, layer2, layer3, head)
+    assert tiny.cost(sample, 8) == (sum(f for f, _ in parts), sum(p for _, p in parts)) == (12452, 2332)
+    assert count_fixed(tiny.freeze(sample), 8) == BackboneCost(tiny, 8)(sample)
+
+
+def test_two_sides_push_the_queue_and_update_the_momentum_encoder_once(monkeypatch):
+    from evaluators.moco import MoCo
+    from experiments.strategies.width_sampling import WidthStep
+    from search_spaces.network import SSLNetworkSpace
+
+    torch.manual_seed(0)
+    network = SSLNetworkSpace(MoCo.heads, "fixed", "nas_bench_macro_width", 0.125, head_width=0.0625,
+                              backbone_options={"stages": [1, 1, 1]})
+    module = MoCo(queue_size=64, embedding_dim=8, batch_size=4)
+    module.set_model(network)
+    updates = []
+    monkeypatch.setattr(module, "momentum_step", lambda *a, **k: updates.append(1))
+    labels = [b.label for b in network.backbone.layers]
+    sides = [{label: [0, 1] for label in labels}, {label: [2, 3] for label in labels}]
+    views = (torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8))
+    step = WidthStep({label: 2 for label in labels}, sides)
+    loss = module.training_step(views, 0, paths=step)
+    assert updates == [1] and module.weight_steps == 1
+    assert int(module.queue_ptr) == 8  # the two views' keys of one side: 2 x batch 4
+    assert len(step.losses) == 2 and torch.isclose(loss, torch.tensor(sum(step.losses) / 2))
+    # the momentum branch ran on the same channels as the online one
+    assert all(len(b.channels) == 2 for b in network.momentum_backbone.layers)
+
+
+@pytest.mark.parametrize("strategy", ["autoslim", "bcnet", "cafenet"])
+def test_each_width_strategy_searches_within_budget_and_exports_what_retrain_rebuilds(tmp_path, strategy):
+    from experiments.core.records import build_fixed, read_architecture
+    from search_spaces.cost import count_fixed
+
+    out = tmp_path / strategy
+    cfg = load(out, **WIDTH_SPACE, **{"backbone_search.strategy": strategy, "backbone_search.max_flops": BUDGET})
+    record = run(cfg, out)
+    assert record["status"] == "ok" and record["strategy"] == strategy
+    assert set(record["architecture"]) == {f"backbone.layer{i}.width" for i in range(1, 9)}
+    assert record["cost"]["flops"] <= BUDGET
+    assert record["evolution"] and all(r["flops"] <= BUDGET for r in record["evolution"])
+    assert record["architecture"] == max(record["evolution"], key=lambda r: r["score"])["architecture"]
+    saved = torch.load(out / "search_model.pt", weights_only=True)
+    network, arch = build_fixed(read_architecture(out / "best_architecture.json"), cfg)
+    assert arch == record["architecture"]
+    network.load_state_dict(saved["state_dict"])  # the searched weights fit the rebuilt widths
+    assert count_fixed(network.backbone, 8) == type(count_fixed(network.backbone, 8))(
+        record["cost"]["flops"], record["cost"]["params"])
+    assert [layer.conv[0].out_channels for layer in network.backbone.layers] == list(arch.values())
+    if strategy == "cafenet":  # and the retrain job itself trains that network from scratch
+        from experiments.jobs.retrain import run_retrain
+
+        result = run_retrain(cfg, read_architecture(out / "best_architecture.json"), tmp_path / "retrain",
+                             log_fn=lambda line: None)
+        assert result["architecture"] == record["architecture"]
+        assert result["space"]["backbone"] == "nas_bench_macro_width"
+
+
+def test_width_strategies_refuse_other_spaces_and_searched_heads(tmp_path):
+    from experiments.core.errors import ConfigError
+    from experiments.jobs.backbone_search import validate
+
+    with pytest.raises(ConfigError, match=r"bcnet cannot search space nas_bench_macro \(its layer choices"):
+        validate(load(tmp_path / "a", **{"backbone_search.strategy": "bcnet"}))
+    with pytest.raises(ConfigError, match="model.head_space: cafenet searches the backbone's widths with fixed"):
+        load(tmp_path / "b", **WIDTH_SPACE, **{"backbone_search.strategy": "cafenet", "model.head_space": "nasiam"})
+    with pytest.raises(ConfigError, match=r"strategy_options.placements: must be in \[1, 64\]"):
+        load(tmp_path / "c", **WIDTH_SPACE, **{"backbone_search.strategy": "cafenet",
+                                                "backbone_search.strategy_options": {"placements": 0}})
+
+
+def test_every_ddp_rank_trains_the_same_widths_and_placements(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    out = tmp_path / "run"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
+               PL_DISABLE_FORK="1")
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_width_search.py"), str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(rank0) == len(rank1) >= 2  # 128 images per rank, batches of 32
+    assert rank0 == rank1  # widths, the probed placements and the one trained: identical on both ranks
+
+
+def test_flops_sensitive_bins_give_every_bin_about_the_same_flops():
+    from search_spaces.cost import BackboneCost
+    from search_spaces.macro_width import MacroWidthSpace, flops_sensitive_bins
+
+    assert flops_sensitive_bins([1, 2, 1], [100, 100, 100], 4) == [3, 6, 3]  # 12 bins shared 1 : 2 : 1
+    assert flops_sensitive_bins([1, 10], [100, 2], 4) == [1, 2]  # at least 1, at most the layer's channels
+
+    def bin_flops(space) -> list[float]:  # the FLOPs of each layer's top bin at 32x32
+        cost = BackboneCost(space, 32)
+        widest = {label: values[-1] for label, values in cost.labels.items()}
+        return [cost(widest).flops - cost(dict(widest, **{label: values[-2]})).flops
+                for label, values in cost.labels.items()]
+
+    uniform, sensitive = bin_flops(MacroWidthSpace()), bin_flops(MacroWidthSpace(bins_by="flops"))
+    spread = lambda values: max(values) / min(values)  # noqa: E731
+    assert spread(sensitive) < 1.2 < 1.4 < spread(uniform)  # 1.17 (rounding to whole bins) against 1.41
+    # by hand at 32x32: layer FLOPs at full width 4.94M, 6.73M, 4.83M, 6.51M, 6.51M, 4.77M, 6.40M, 6.40M of
+    # 47.1M, times 64 bins: 6.71, 9.15, 6.56, 8.85, 8.85, 6.49, 8.70, 8.70
+    assert [len(b.widths) for b in MacroWidthSpace(bins_by="flops").layers] == [7, 9, 7, 9, 9, 6, 9, 9]
+
+
+def test_the_samplers_state_survives_a_safe_checkpoint_load(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments.strategies.bcnet import BilateralSampler
+    from experiments.strategies.cafenet import LocallyFreeSampler
+    from experiments.strategies.width_sampling import width_space
+    from search_spaces.cost import BackboneCost
+    from search_spaces.macro_width import MacroWidthSpace
+
+    space = width_space(SimpleNamespace(cost=BackboneCost(MacroWidthSpace(width=0.125, stages=[1, 1, 1]), 8)))
+    for make in (lambda: BilateralSampler(space), lambda: LocallyFreeSampler(space)):
+        np.random.seed(3)
+        sampler = make()
+        for i in range(5):  # an odd number: BCNet has a complement pending
+            step = sampler.next_step()
+            step.losses = [float(i), float(i) + 1.0]
+            sampler.after_step(step)
+        torch.save({"width_sampler": sampler.state_dict()}, tmp_path / "last.ckpt")
+        restored = make()  # NNI's labels are str subclasses that a safe load refuses (quirk 6)
+        restored.load_state_dict(torch.load(tmp_path / "last.ckpt", weights_only=True)["width_sampler"])
+        assert restored.state_dict() == sampler.state_dict()
+        np.random.seed(4)
+        ahead = sampler.next_step()
+        np.random.seed(4)
+        assert restored.next_step().placements == ahead.placements
