@@ -7,9 +7,11 @@ CPU-bound processes of one thread each (a Python busy loop, or a torch matmul lo
 
 - ``old``: torch's own choice before issue 24: as many threads as usable cores, the loader in
   the job's process (``trainer.threads`` = the cores, ``data.num_workers: 0``);
-- ``new``: the package's policy (``experiments/core/machine.py``: one core left free, one
-  loader worker for per-image views), as a new user meets it: ``OMP_NUM_THREADS`` is hidden
-  from the job while it is measured (and restored after).
+- ``new``: the package's policy (``experiments/core/machine.py``: one core left free, the
+  loader in the job's process), as a new user meets it: ``OMP_NUM_THREADS`` is hidden from
+  the job while it is measured (and restored after);
+- ``new+1worker``: the same with one loader worker process per loader (``data.num_workers: 1``):
+  for the per-image path (``--set data.batched_augment=false``), where the worker makes the views.
 
 The epoch time of a run is the median of its search epochs (the warm-up epoch, weights only and
 the first batches, is left out; the per-epoch kNN monitor is outside the epoch time). Every
@@ -49,7 +51,8 @@ def policies() -> dict:
     """Config overrides of each thread policy on this machine."""
     from experiments.core.machine import usable_cores
 
-    return {"old": {"trainer.threads": usable_cores(), "data.num_workers": 0}, "new": {}}
+    return {"old": {"trainer.threads": usable_cores(), "data.num_workers": 0}, "new": {},
+            "new+1worker": {"data.num_workers": 1}}
 
 
 def load() -> tuple[float, int]:
@@ -96,7 +99,7 @@ def measure(config: str, overrides: dict, policy: str, busy: int, args) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="bench-fair-share-"))
     cfg = load_config(config, {**overrides, **policies()[policy], "output_dir": str(out)})
-    with hidden_env("OMP_NUM_THREADS", hide=policy == "new"), neighbours(args.neighbour, busy, args.settle):
+    with hidden_env("OMP_NUM_THREADS", hide=policy.startswith("new")), neighbours(args.neighbour, busy, args.settle):
         load_1m, running = load()
         chosen = thread_policy(cfg)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -107,14 +110,15 @@ def measure(config: str, overrides: dict, policy: str, busy: int, args) -> dict:
     epochs = [h["epoch_seconds"] for h in record["history"] if h["epoch"] > warmup] or \
         [h["epoch_seconds"] for h in record["history"]]
     return {"policy": policy, "neighbours": busy, "threads": chosen.threads, "workers": chosen.workers,
-            "load_1m": load_1m, "running": running, "epoch_s": median(epochs), "epochs_s": [round(e, 3) for e in epochs],
+            "load_1m": load_1m, "running": running, "epoch_s": median(epochs),
+            "epochs_s": [round(e, 3) for e in epochs],
             "wall_s": wall, "cpu_s": cpu, "peak_mib": memory.mib}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fair_share", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "digits_simsiam.yml"))
-    parser.add_argument("--policies", default="old,new", help="comma list of: old, new")
+    parser.add_argument("--policies", default="old,new", help="comma list of: old, new, new+1worker")
     parser.add_argument("--epochs", type=int, default=4, help="search epochs per run (after one warm-up epoch)")
     parser.add_argument("--neighbour", default="busy", choices=sorted(NEIGHBOURS),
                         help="busy: a Python busy loop; matmul: a one-thread torch matmul loop")
@@ -131,7 +135,7 @@ def main(argv=None) -> None:
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = sorted(set(names) - set(policies()))
     if unknown:
-        raise SystemExit(f"error: --policies: unknown {', '.join(unknown)} (choose from old, new)")
+        raise SystemExit(f"error: --policies: unknown {', '.join(unknown)} (choose from {', '.join(policies())})")
     overrides = {**DEFAULTS, "search.epochs": args.epochs + DEFAULTS["search.warmup_epochs"],
                  **parse_overrides(args.set)}
     omp = os.environ.get("OMP_NUM_THREADS")

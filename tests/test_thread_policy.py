@@ -17,11 +17,10 @@ from tests.conftest import ROOT
     (2, None, True, (1, 0, "one core left free")),  # this machine, as a new user meets it
     (1, None, True, (1, 0, "one core left free")),  # never fewer than one thread
     (16, None, True, (15, 0, "one core left free")),
-    (2, None, False, (1, 1, "one core left free")),  # per-image views: one worker beside one thread
-    (16, None, False, (14, 1, "one core left free")),  # the worker's core and a free one
-    (1, None, False, (1, 0, "one core left free")),  # one core: no worker to run beside the training step
+    (2, None, False, (1, 0, "one core left free")),  # per-image views stay in the process unless asked
+    (16, None, False, (15, 0, "one core left free")),
     (2, "2", True, (2, 0, "OMP_NUM_THREADS")),  # the user's setting wins over the choice
-    (2, "1", False, (1, 1, "OMP_NUM_THREADS")),
+    (2, "1", False, (1, 0, "OMP_NUM_THREADS")),
     (8, "4,2", True, (4, 0, "OMP_NUM_THREADS")),  # a nested list: its outer level
     (2, "0", True, (1, 0, "one core left free")),  # OpenMP ignores 0 and junk: so does the policy
     (2, "many", True, (1, 0, "one core left free")),
@@ -39,6 +38,7 @@ def test_the_config_overrides_the_environment_and_the_choice():
     assert policy.short() == "3 threads, 2 loader workers"
     assert choose_thread_policy(None, 4, True, cores=16).threads == 11  # the workers' cores are left to them
     assert choose_thread_policy(None, 0, False, cores=2).short() == "1 thread"
+    assert choose_thread_policy(None, 1, False, cores=16).short() == "14 threads, 1 loader worker"
 
 
 def test_ddp_processes_on_the_cpu_share_the_cores():
@@ -61,8 +61,9 @@ def test_a_job_applies_the_policy_and_logs_it(monkeypatch, caplog):
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert thread_policy(cfg).threads == 1
         per_image = load_config(ROOT / "configs" / "digits_simsiam.yml", {"data.batched_augment": False})
-        assert thread_policy(per_image).workers == 1
-        assert thread_policy(load_config(ROOT / "configs" / "digits_ressl.yml")).workers == 1  # its own views
+        assert thread_policy(per_image).reason.endswith("per-image views in the job's process")
+        ressl = thread_policy(load_config(ROOT / "configs" / "digits_ressl.yml"))  # makes its own views
+        assert ressl.reason.endswith("per-image views in the job's process") and ressl.workers == 0
     finally:
         torch.set_num_threads(before)
 

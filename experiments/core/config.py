@@ -62,7 +62,7 @@ class DataConfig:
     test_subset: Optional[int] = None
     search_split: float = 0.5
     batch_size: int = 128
-    num_workers: Optional[int] = None  # DataLoader worker processes; null: the thread policy's (experiments/core/machine.py)
+    num_workers: Optional[int] = None  # DataLoader worker processes; null: the thread policy's (core/machine.py)
     # augment whole uint8 batches in the training step (on the GPU if any): 1.3-3x the images a second on CPU
     # with channels-last (benchmarks/results/throughput-cpu.json); frameworks that make their own views fall back to per-image
     batched_augment: bool = True

@@ -41,8 +41,8 @@ def start_line(job: str, cfg, out: Path, architecture: str | None = None) -> str
     device = cfg.trainer.accelerator
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return (f"{job}: {cfg.framework} on {data}, {space}, {device} ({thread_policy(cfg).short()}), {epochs} epochs, {views} "
-            f"-> {out}")
+    return (f"{job}: {cfg.framework} on {data}, {space}, {device} ({thread_policy(cfg).short()}), {epochs} epochs, "
+            f"{views} -> {out}")
 
 
 class EpochPrinter:

@@ -70,7 +70,7 @@ def usable_cores() -> int:
 
 
 def _omp_threads(value: Optional[str]) -> Optional[int]:
-    """``OMP_NUM_THREADS`` as OpenMP reads it (``4`` or a nested list ``4,2``: the outer level); None if unset or bad."""
+    """``OMP_NUM_THREADS`` as OpenMP reads it (``4``, or ``4,2``: the outer level); None if unset or bad."""
     try:
         threads = int((value or "").split(",")[0])
     except ValueError:
@@ -88,15 +88,16 @@ def choose_thread_policy(threads: Optional[int], workers: Optional[int], batched
     node, a laptop, nnictl trials side by side) a neighbour then costs this job about its
     share: each of torch's parallel regions waits for its slowest thread, and a thread that
     shares its core with a busy process stalls them all (measured by benchmarks/fair_share.py,
-    docs/performance.md). A user's ``OMP_NUM_THREADS`` is honoured. Batched views leave the
-    loader nothing to do but slice a uint8 tensor, so it runs in the main process; per-image
-    views go to one worker process (per loader), off the training threads' barrier.
+    docs/performance.md). A user's ``OMP_NUM_THREADS`` is honoured. The loader runs in the job's
+    process unless ``data.num_workers`` says otherwise: batched views (the default) leave it
+    nothing to do but slice a uint8 tensor. Set workers (one thread each) take their cores
+    from the threads' share.
     """
     cores = max(1, cores)
     omp = _omp_threads(omp_num_threads)
-    if workers is None:
-        workers_reason = "views made in the training step" if batched_views else "per-image views in a worker"
-        workers = 0 if batched_views or cores < 2 else 1
+    if workers is None:  # worker processes would only slice a uint8 tensor; per-image views: data.num_workers
+        workers = 0
+        workers_reason = "views made in the training step" if batched_views else "per-image views in the job's process"
     else:
         workers_reason = "data.num_workers"
     if threads is not None:
