@@ -3,7 +3,9 @@
 For each thread policy, a short search of the Quick start config (``configs/digits_simsiam.yml``,
 ``--epochs`` search epochs after one warm-up epoch) runs idle, then again beside ``--neighbours``
 CPU-bound processes of one thread each (a Python busy loop, or a torch matmul loop with
-``--neighbour matmul``), started and stopped by this script. Policies:
+``--neighbour matmul``), started and stopped by this script, each in a session of its own (``--neighbour-session new``:
+as another terminal's or job's process; under Linux's scheduler autogroup a process in this
+script's own session would share this script's part of a loaded CPU). Policies:
 
 - ``old``: torch's own choice before issue 24: as many threads as usable cores, the loader in
   the job's process (``trainer.threads`` = the cores, ``data.num_workers: 0``);
@@ -64,12 +66,22 @@ def load() -> tuple[float, int]:
         return os.getloadavg()[0], -1
 
 
+def autogroup() -> bool:
+    """Linux's scheduler autogroup is on: each session shares the CPU as one group (a neighbour in this
+    script's session would take its CPU from this script's share, one in another session from everyone's)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 @contextmanager
-def neighbours(kind: str, count: int, settle_s: float):
-    """``count`` one-thread CPU-bound processes for the block's duration (none when ``count`` is 0)."""
+def neighbours(kind: str, count: int, settle_s: float, own_session: bool = True):
+    """``count`` one-thread CPU-bound processes for the block's duration (none when ``count`` is 0), each in a
+    session of its own (as a neighbour from another terminal or job) unless ``own_session`` is false."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-c", NEIGHBOURS[kind]], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for _ in range(count)]
+                              stderr=subprocess.DEVNULL, start_new_session=own_session) for _ in range(count)]
     try:
         if procs:
             time.sleep(settle_s)
@@ -99,7 +111,8 @@ def measure(config: str, overrides: dict, policy: str, busy: int, args) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="bench-fair-share-"))
     cfg = load_config(config, {**overrides, **policies()[policy], "output_dir": str(out)})
-    with hidden_env("OMP_NUM_THREADS", hide=policy.startswith("new")), neighbours(args.neighbour, busy, args.settle):
+    beside = neighbours(args.neighbour, busy, args.settle, own_session=args.neighbour_session == "new")
+    with hidden_env("OMP_NUM_THREADS", hide=policy.startswith("new")), beside:
         load_1m, running = load()
         chosen = thread_policy(cfg)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -124,6 +137,10 @@ def main(argv=None) -> None:
                         help="busy: a Python busy loop; matmul: a one-thread torch matmul loop")
     parser.add_argument("--neighbours", type=int, default=1, help="competing processes in the busy runs")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds between starting them and the run")
+    parser.add_argument("--neighbour-session", default="new", choices=("new", "same"),
+                        help="new: each neighbour in a session of its own, as another terminal's or job's process; "
+                             "same: in this script's session (under scheduler autogroup it then shares this "
+                             "script's part of a loaded CPU)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--output", default=None)
@@ -164,6 +181,7 @@ def main(argv=None) -> None:
            rows, args, summary,
            notes=[f"overrides: {overrides}", f"OMP_NUM_THREADS in the environment: {omp or 'unset'} "
                   "(hidden from the new policy's runs)",
+                  f"neighbour session: {args.neighbour_session}; scheduler autogroup: {'on' if autogroup() else 'off'}",
                   "epoch_s: median search epoch (warm-up epoch excluded); load_1m / running: /proc/loadavg at "
                   "the run's start, the neighbours already started; wall_s, cpu_s: the whole job (data, monitor, "
                   "final evaluation); peak_mib: the process's peak RSS during the run."])
