@@ -50,7 +50,8 @@ def common_arguments(parser: argparse.ArgumentParser, width: float = 0.25, batch
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loader workers (default: 0 on CPU, 8 on CUDA)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: the package's thread policy, experiments/core/machine.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON file for the results (default: runs/benchmarks/)")
 
@@ -69,8 +70,11 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.head_width = args.width
     if args.workers is None:
         args.workers = 8 if args.device == "cuda" else 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if not args.threads:  # what a job would take here (batched views: no loader workers)
+        from experiments.core.machine import choose_thread_policy, usable_cores
+
+        args.threads = choose_thread_policy(None, 0, True, usable_cores(), os.environ.get("OMP_NUM_THREADS")).threads
+    torch.set_num_threads(args.threads)
     return args
 
 

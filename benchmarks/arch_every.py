@@ -9,8 +9,11 @@ the alphas hardly moved: each run also reports the fraction of labels whose choi
 the initial one (the probabilities logged after the warm-up epoch, before any
 architecture step), and the cosine between its probability movement (final minus
 initial) and the k = 1 run's.
-A bootstrap over the per-seed agreements gives each an interval. Search time and peak
-memory of every run are reported too. The collapse guard is off (the study compares
+A bootstrap over the per-seed agreements gives each an interval. Search time, the median
+search epoch (after the warm-up; the monitor outside it) and peak memory of every run are
+reported too, and beside the agreement the epoch cost that ``benchmarks.search_cost``
+recorded for the same k (``--cost``: search epoch / plain epoch, target at most 1.1).
+The collapse guard is off (the study compares
 architectures; a collapsed tiny search still derives one).
 
     python -m benchmarks.arch_every                      # k = 1, 3 over seeds 0, 1, 2
@@ -60,6 +63,24 @@ def bootstrap(values: list[float], draws: int = 2000, seed: int = 0) -> tuple[fl
     return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
 
 
+def epoch_costs(path: str) -> dict:
+    """k -> "ratio (CPU time ratio; record, date)" of a ``benchmarks.search_cost`` record's everyK runs; {} without."""
+    import json
+
+    if not path or not Path(path).is_file():
+        return {}
+    record = json.loads(Path(path).read_text())
+    costs = {}
+    for key, value in record.get("summary", {}).items():
+        variant, _, label = key.partition(": ")
+        if label.startswith("fast-every") and label.endswith(" / plain"):
+            k = int(label[len("fast-every"):-len(" / plain")])
+            cpu = record["summary"].get(f"{key} (CPU time)")
+            costs.setdefault(k, f"{value:.2f} ({variant}; CPU time {cpu:.2f}; target <= 1.1; {Path(path).name}, "
+                                f"{record.get('date', '?')}, load {record['machine']['load_average'][0]:.1f})")
+    return costs
+
+
 def search(config: str, overrides: dict, seed: int, every: int) -> dict:
     from experiments.core.config import load_config
     from experiments.jobs.search import run_search
@@ -70,8 +91,9 @@ def search(config: str, overrides: dict, seed: int, every: int) -> dict:
     with PeakMemory("cpu") as memory:
         record = run_search(cfg, out, log_fn=lambda line: None)
     start, delta = movement(record)
+    searched = [h["epoch_seconds"] for h in record["history"] if h["epoch"] > cfg.search.warmup_epochs]
     return {"architecture": record["architecture"], "start": start, "delta": delta,
-            "search_s": time.perf_counter() - began,
+            "search_s": time.perf_counter() - began, "epoch_s": median(searched) if searched else None,
             "peak_mib": memory.mib, "knn_top1": record.get("metrics", {}).get("knn_top1")}
 
 
@@ -81,6 +103,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ks", default="1,3", help="values of search.arch_every (comma list; 1 is added)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    parser.add_argument("--cost", default=str(ROOT / "benchmarks" / "results" / "search_cost-arch-every-cpu.json"),
+                        help="a benchmarks.search_cost record: its everyK epoch ratios go beside the agreement")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     args.device = "cpu"
@@ -100,10 +124,12 @@ def main(argv=None) -> None:
         low, high = bootstrap(agree)
         moved = [1 - agreement(runs[s, every]["architecture"], runs[s, every]["start"]) for s in seeds]
         direction = [cosine(runs[s, every]["delta"], runs[s, 1]["delta"]) for s in seeds]
+        epochs = [runs[s, every]["epoch_s"] for s in seeds if runs[s, every]["epoch_s"] is not None]
         rows.append({"compared": f"k={every} vs k=1, same seed", "agreement": sum(agree) / len(agree),
                      "ci_low": low, "ci_high": high, "per_seed": " ".join(f"{a:.2f}" for a in agree),
                      "moved": sum(moved) / len(moved), "movement_cosine": sum(direction) / len(direction),
                      "search_s": median(runs[s, every]["search_s"] for s in seeds),
+                     "epoch_s": median(epochs) if epochs else None,
                      "peak_mib": max(runs[s, every]["peak_mib"] or 0 for s in seeds)})
     ceiling = [agreement(runs[a, 1]["architecture"], runs[b, 1]["architecture"])
                for a, b in itertools.combinations(seeds, 2)]
@@ -111,12 +137,19 @@ def main(argv=None) -> None:
         low, high = bootstrap(ceiling)
         rows.append({"compared": "k=1, seed vs seed (noise ceiling)", "agreement": sum(ceiling) / len(ceiling),
                      "ci_low": low, "ci_high": high, "per_seed": " ".join(f"{a:.2f}" for a in ceiling)})
+    cost = epoch_costs(args.cost)
     for every in ks[1:]:
         ratio = rows[ks.index(every)]["search_s"] / rows[0]["search_s"]
         summary[f"search time k={every} / k=1 (median over seeds)"] = ratio
+        if rows[ks.index(every)]["epoch_s"] and rows[0]["epoch_s"]:
+            summary[f"search epoch k={every} / k=1 (median over seeds)"] = \
+                rows[ks.index(every)]["epoch_s"] / rows[0]["epoch_s"]
+        if every in cost:
+            summary[f"k={every}: search epoch / plain epoch (benchmarks.search_cost)"] = cost[every]
     report("arch_every", f"search.arch_every: derived architectures vs k=1, seeds {args.seeds}, "
            f"{overrides['search.epochs']} epochs, digits", ["compared", "agreement", "ci_low", "ci_high", "per_seed",
-                                                           "moved", "movement_cosine", "search_s", "peak_mib"],
+                                                           "moved", "movement_cosine", "search_s", "epoch_s",
+                                                           "peak_mib"],
            rows, args, summary,
            notes=[f"overrides: {overrides}", "agreement: fraction of searched labels with the same derived choice; "
                   "ci: 95% bootstrap interval of the mean over seeds (or seed pairs). moved: fraction of labels "

@@ -10,7 +10,11 @@ the heads back-propagate) or NNI's stock one (a full forward and backward). The
 (``search.arch_every: K``; ``--arch-every``).
 
 Each setting runs ``1 + --epochs`` epochs; the first is discarded and the median of the
-others is the epoch time. Ratios compare runs made by this one invocation.
+others is the epoch time. Ratios compare runs made by this one invocation; one untimed plain
+run goes first (the process's one-time costs: kernels, allocator, imports), so that the
+first timed run does not pay them. Beside each ``everyK`` ratio the summary puts whether
+k = K derives what k = 1 derives, read from ``benchmarks.arch_every``'s record
+(``--agreement``, default ``benchmarks/results/arch_every-cpu.json``), with that record's date.
 
     python -m benchmarks.search_cost
 """
@@ -22,8 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from benchmarks._util import (EpochTimer, PeakMemory, common_arguments, make_config, median, quiet_trainer, report,
-                              resolve, with_options)
+from benchmarks._util import (ROOT, EpochTimer, PeakMemory, common_arguments, make_config, median, quiet_trainer,
+                              report, resolve, with_options)
 from benchmarks.throughput import variant_options
 
 RUNS = ("plain", "darts-fast", "darts-stock")
@@ -74,6 +78,25 @@ def run_one(args, cfg, data, run: str, epochs: int) -> dict:
     cpus = [c for _, c in timer.epochs[1:]] or [timer.epochs[0][1]]
     return {"epoch_s": median(walls), "epoch_cpu_s": median(cpus), "peak_mib": memory.mib,
             "weight_steps": len(weight_idx) // cfg.data.batch_size}
+
+
+def agreement_figures(path: Optional[str]) -> dict:
+    """k -> "agreement [ci] (ceiling ..., record date)" from a ``benchmarks.arch_every`` JSON record; {} without one."""
+    import json
+
+    if not path or not Path(path).is_file():
+        return {}
+    record = json.loads(Path(path).read_text())
+    rows = {row["compared"]: row for row in record.get("rows", [])}
+    ceiling = rows.get("k=1, seed vs seed (noise ceiling)")
+    figures = {}
+    for compared, row in rows.items():
+        if compared.startswith("k=") and "vs k=1, same seed" in compared and not compared.startswith("k=1 "):
+            k = int(compared[2:].split()[0])
+            noise = f", seed-to-seed {ceiling['agreement']:.2f}" if ceiling else ""
+            figures[k] = (f"{row['agreement']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}] of labels as k=1 "
+                          f"(seeds: {row['per_seed']}{noise}; {Path(path).name}, {record.get('date', '?')})")
+    return figures
 
 
 def step_costs(args, cfg, data, repeats: int = 5) -> dict:
@@ -145,6 +168,8 @@ def main(argv=None) -> None:
                         help="search.arch_every values of extra fast runs (comma list; empty: none)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run plain, fast and stock this many times in turn; the median epoch counts")
+    parser.add_argument("--agreement", default=str(ROOT / "benchmarks" / "results" / "arch_every-cpu.json"),
+                        help="a benchmarks.arch_every record: its agreement figures go beside the everyK ratios")
     args = resolve(parser.parse_args(argv))
 
     from experiments.core.assembly import build_data
@@ -153,9 +178,11 @@ def main(argv=None) -> None:
         "model.head_space": args.head_space, "search.epochs": args.epochs + 1, "search.warmup_epochs": 0})
     data = build_data(with_options(base, {"data.batched_augment": True}))
     runs = RUNS + tuple(f"darts-fast-every{int(k)}" for k in args.arch_every.split(",") if k.strip())
+    agreement = agreement_figures(args.agreement)
     rows, summary = [], {}
     for variant in args.variants.split(","):
         cfg = with_options(base, variant_options(variant))
+        run_one(args, cfg, data, "plain", 1)  # untimed: the process's one-time costs
         rounds: dict[str, list[dict]] = {run: [] for run in runs}
         for _ in range(args.rounds):  # in turn, so that a change of load on the machine hits all of them
             for run in runs:
@@ -180,6 +207,8 @@ def main(argv=None) -> None:
         for run, label in labelled:
             summary[f"{variant}: {label} / plain"] = results[run]["epoch_s"] / plain["epoch_s"]
             summary[f"{variant}: {label} / plain (CPU time)"] = results[run]["epoch_cpu_s"] / plain["epoch_cpu_s"]
+            if arch_every_of(run) in agreement:
+                summary[f"{variant}: {label}: derived architecture"] = agreement[arch_every_of(run)]
         summary[f"{variant}: 1 + fast arch step / weight step, one fixed batch (CPU time)"] = \
             1 + costs["arch step, fast"][1] / weight[1]
     report("search_cost", f"Search cost: {args.head_space} heads, {args.backbone} x{args.width}, batch "

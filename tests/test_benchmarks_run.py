@@ -18,6 +18,9 @@ CASES = {
     "vs_lightly": [*TINY, "--steps", "1", "--warmup", "1"],
     "arch_every": ["--seeds", "0", "--set", "search.epochs=2", "--set", "data.train_subset=128",
                    "--set", "data.batch_size=32", "--set", "model.backbone_width=0.0625"],
+    "fair_share": ["--policies", "new", "--rounds", "1", "--epochs", "1", "--settle", "0.2",
+                   "--set", "data.train_subset=128", "--set", "data.test_subset=50", "--set", "data.batch_size=32",
+                   "--set", "model.backbone_width=0.0625", "--set", "model.head_width=0.0625"],
 }
 TIMES = ("epoch_s", "step_s", "wall_s", "search_s", "images_per_s")
 

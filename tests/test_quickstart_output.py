@@ -8,6 +8,8 @@ import sys
 import warnings
 
 from experiments.core import run_log
+from experiments.core.config import load_config
+from experiments.core.machine import thread_policy
 from tests.conftest import ROOT, tiny_overrides
 
 CHATTER = (
@@ -32,12 +34,15 @@ def test_quickstart_job_prints_its_start_and_end_and_no_chatter(tmp_path):
     for chatter in CHATTER:
         assert chatter not in printed, chatter
     lines = printed.splitlines()
-    assert lines[0] == (f"search: simsiam on digits, nasiam head space, gdarts, cpu, 2 epochs, batched views -> {out}")
+    threads = thread_policy(load_config(ROOT / "configs" / "digits_simsiam.yml")).short()  # the same environment
+    assert lines[0] == (f"search: simsiam on digits, nasiam head space, gdarts, cpu ({threads}), 2 epochs, "
+                        f"batched views -> {out}")
     assert any(line.startswith(f"results: {out / 'best_architecture.json'}") for line in lines), printed[-2000:]
     assert sum(line.startswith("epoch ") for line in lines) == 2  # one plain line per epoch, no bar leftovers
     assert not any(line.startswith("Epoch ") or "it/s" in line for line in lines)  # the bar's leftovers
     logged = (out / "logs" / "run.log").read_text()
-    for chatter in ("will be ignored for sequential execution engine", "Config is not provided", "GPU available:"):
+    for chatter in ("will be ignored for sequential execution engine", "Config is not provided", "GPU available:",
+                    "ssl_nas.machine: threads: "):
         assert chatter in logged, chatter  # nothing lost
 
 
@@ -94,6 +99,6 @@ def test_only_the_listed_warnings_leave_the_terminal():
 def test_a_retrain_start_line_names_the_architecture_and_the_retrain_epochs(tiny_config, tmp_path):
     from experiments.core.console import start_line
 
-    cfg = tiny_config(**{"train.epochs": 3, "search.epochs": 2})
+    cfg = tiny_config(**{"train.epochs": 3, "search.epochs": 2, "trainer.threads": 2, "data.num_workers": 0})
     line = start_line("retrain", cfg, tmp_path, architecture="a.json")
-    assert line.startswith("retrain: simsiam on digits, architecture a.json, cpu, 3 epochs, ")
+    assert line.startswith("retrain: simsiam on digits, architecture a.json, cpu (2 threads), 3 epochs, ")

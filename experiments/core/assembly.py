@@ -14,6 +14,7 @@ from evaluators.monitors import EvaluationSet, SSLMonitor
 from experiments.core.batch_augment import BatchViewAugment, UInt8Images, collate_uint8
 from experiments.core.config import Config
 from experiments.core.errors import ConfigError
+from experiments.core.machine import thread_policy
 from evaluators.views import AugmentSettings
 from experiments.core.data import (DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats, load_images,
                                    normalized)
@@ -41,7 +42,7 @@ class DataBundle:
             labelled = getattr(FRAMEWORKS[cfg.framework], "uses_labels", False)
         labels = (self.train.labels if indices is None else self.train.labels[indices]) if labelled else None
         check_split_size(cfg, len(images))
-        workers = cfg.data.num_workers
+        workers = thread_policy(cfg).workers
         if self.augment is not None:  # uint8 batches; the module makes the views on its device
             dataset, extra = UInt8Images(images), {"collate_fn": collate_uint8}
         else:

@@ -46,7 +46,7 @@ from experiments.core.errors import ConfigError
 from experiments.core.errors import (OutputUnwritable, RunFailed, RunInterrupted, RunStoppedAtOnce,
                                      describe_os_error, is_filesystem_error, one_line)
 from experiments.core.files import atomic_torch_save, write_json_atomic
-from experiments.core.machine import check_trainer
+from experiments.core.machine import apply_thread_policy, check_trainer
 from experiments.core.run_log import open_run_log
 
 CHECKPOINT_DIR = "checkpoints"
@@ -59,7 +59,7 @@ JOB_OUTPUTS = (CHECKPOINT_DIR, RUN_RECORD, STATUS, "logs", "tensorboard", "nni")
 #: what run.json holds beside the record, which no config difference is about
 RECORD_NOTES = ("fingerprint", "created")
 #: config fields that do not change a run's results (a resume may differ in them)
-VOLATILE_FIELDS = ("output_dir", "trainer.progress_bar", "data.num_workers")
+VOLATILE_FIELDS = ("output_dir", "trainer.progress_bar", "data.num_workers", "trainer.threads")
 STATE_FORMAT = 1
 
 # We restore the sampler's position ourselves (RunState), so a mid-epoch checkpoint resumes
@@ -384,6 +384,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     out = Path(out)
     record = run_record(cfg, job, extra)
     check_trainer(cfg)
+    apply_thread_policy(cfg)
     if global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
         last = out / CHECKPOINT_DIR / LAST
         open_run_log(out, global_rank())  # rank zero made the directory before it started this rank

@@ -62,7 +62,7 @@ class DataConfig:
     test_subset: Optional[int] = None
     search_split: float = 0.5
     batch_size: int = 128
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # DataLoader worker processes; null: the thread policy's (core/machine.py)
     # augment whole uint8 batches in the training step (on the GPU if any): 1.3-3x the images a second on CPU
     # with channels-last (benchmarks/results/throughput-cpu.json); frameworks that make their own views fall back to per-image
     batched_augment: bool = True
@@ -76,7 +76,7 @@ class DataConfig:
         "test_subset": (lambda v: v is None or v >= 1, "must be >= 1"),
         "search_split": (lambda v: 0.0 < v < 1.0, "must be between 0 and 1 (exclusive)"),
         "batch_size": (lambda v: v >= 2, "must be >= 2"),
-        "num_workers": (lambda v: 0 <= v <= 256, "must be between 0 and 256"),
+        "num_workers": (lambda v: v is None or 0 <= v <= 256, "must be between 0 and 256 or null"),
     }
 
 
@@ -255,6 +255,8 @@ class TrainerConfig:
     progress_bar: bool = True
     channels_last: bool = True  # backbone and views in NHWC memory layout (faster convolutions on CPU and GPU)
     compile: bool = False  # torch.compile the backbone (pays on long GPU runs; first steps compile)
+    # torch's CPU threads; null: the thread policy's (OMP_NUM_THREADS if set, else one core left free; machine.py)
+    threads: Optional[int] = None
 
     _checks = {
         "accelerator": (lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps"), "must be auto, cpu, gpu, cuda or mps"),
@@ -264,6 +266,7 @@ class TrainerConfig:
                     "must be a number of devices (>= 1, or -1 for all), auto, or a list of device indices"),
         "strategy": (lambda v: v in ("auto", "ddp", "ddp_spawn"), "must be auto, ddp or ddp_spawn"),
         "precision": (lambda v: v in ("32-true", "bf16-mixed", "16-mixed"), "must be 32-true, bf16-mixed or 16-mixed"),
+        "threads": (lambda v: v is None or 1 <= v <= 1024, "must be between 1 and 1024 or null"),
     }
 
 

@@ -20,10 +20,11 @@ def epoch_line(r: dict) -> str:
 
 def start_line(job: str, cfg, out: Path, architecture: str | None = None) -> str:
     """What a job will do, in one line: framework, space and strategy (or the architecture a
-    retrain rebuilds), data, device, epochs."""
+    retrain rebuilds), data, device and its thread policy, epochs."""
     import torch
 
     from evaluators import FRAMEWORKS
+    from experiments.core.machine import thread_policy
 
     epochs = cfg.search.epochs
     if architecture is not None:
@@ -40,8 +41,8 @@ def start_line(job: str, cfg, out: Path, architecture: str | None = None) -> str
     device = cfg.trainer.accelerator
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return (f"{job}: {cfg.framework} on {data}, {space}, {device}, {epochs} epochs, {views} "
-            f"-> {out}")
+    return (f"{job}: {cfg.framework} on {data}, {space}, {device} ({thread_policy(cfg).short()}), {epochs} epochs, "
+            f"{views} -> {out}")
 
 
 class EpochPrinter:

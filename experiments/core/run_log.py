@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 LOG_FILE = Path("logs") / "run.log"
-#: The Python loggers whose records go to the run log (NNI's own handler is quirk 26).
-CHATTER_LOGGERS = ("nni", "pytorch_lightning", "lightning_fabric", "lightning")
+#: The Python loggers whose records go to the run log (NNI's own handler is quirk 26; ``ssl_nas``: the package's notes).
+CHATTER_LOGGERS = ("nni", "pytorch_lightning", "lightning_fabric", "lightning", "ssl_nas")
 #: Warnings raised inside NNI, Lightning or torch that a user of this package cannot act on.
 CHATTER_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6's _pytree on torch 2.13
