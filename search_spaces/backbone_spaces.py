@@ -12,11 +12,13 @@ from typing import Any, Mapping, Optional
 
 from nni.nas.nn.pytorch import ModelSpace
 
+from search_spaces.cells import CellBackboneSpace
 from search_spaces.macro import MacroBackboneSpace
 from search_spaces.nas_bench_macro import NasBenchMacroSpace
 from search_spaces.resnet_space import ResNetSpace
 
-BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace)}
+BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace,
+                                                    CellBackboneSpace)}
 
 _RESERVED = ("width", "in_channels", "prefix")
 

@@ -103,7 +103,7 @@ class AugmentConfig:
 
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")  # fixed ResNets
-BACKBONE_SPACE_NAMES = ("nas_bench_macro", "macro", "resnet")  # search_spaces.backbone_spaces
+BACKBONE_SPACE_NAMES = ("nas_bench_macro", "macro", "resnet", "cells")  # search_spaces.backbone_spaces
 
 
 @dataclass
@@ -119,7 +119,7 @@ class ModelConfig:
     _checks = {
         "backbone": (lambda v: v in BACKBONES + BACKBONE_SPACE_NAMES,
                      "must be a fixed ResNet (resnet18, resnet34, resnet50) or a backbone space "
-                     "(nas_bench_macro, macro, resnet)"),
+                     "(nas_bench_macro, macro, resnet, cells)"),
         "backbone_width": (lambda v: 0 < v <= MAX_WIDTH, f"must be in (0, {MAX_WIDTH:g}]"),
         "head_space": (lambda v: v in ("fixed", "nasiam", "mlp"), "must be one of fixed, nasiam, mlp"),
         "head_width": (lambda v: 0 < v <= MAX_WIDTH, f"must be in (0, {MAX_WIDTH:g}]"),

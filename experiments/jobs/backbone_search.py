@@ -54,7 +54,7 @@ def validate(cfg: Config) -> None:
     m, b = cfg.model, cfg.backbone_search
     if not is_backbone_space(m.backbone):
         raise ConfigError(f"model.backbone: {m.backbone!r} is a fixed ResNet; the backbone search needs a backbone "
-                          f"space (nas_bench_macro, macro or resnet)")
+                          f"space (nas_bench_macro, macro, resnet or cells)")
     strategy = STRATEGIES[b.strategy]
     kinds = choice_kinds(m.backbone)
     if not kinds <= strategy.handles:
