@@ -8,14 +8,16 @@ from __future__ import annotations
 from experiments.strategies.base import TARGETS, SearchContext, Selection, Strategy
 from experiments.strategies.darts import DARTS
 from experiments.strategies.enas import ENAS
+from experiments.strategies.entrannas import EnTranNAS
 from experiments.strategies.gumbel_darts import GumbelDARTS
 from experiments.strategies.kshot import KShot
 from experiments.strategies.mctnas import MCTNAS
 from experiments.strategies.proxyless import Proxyless
 from experiments.strategies.spos import SPOS
+from experiments.strategies.toponas import TopoNAS
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (DARTS(), GumbelDARTS(), Proxyless(), SPOS(), KShot(), ENAS(),
-                                                       MCTNAS())}
+                                                       MCTNAS(), TopoNAS(), EnTranNAS())}
 
 
 def strategy_names(target: str) -> list[str]:
