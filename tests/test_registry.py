@@ -52,8 +52,10 @@ def test_registry_says_what_each_strategy_takes():
     from experiments.strategies import STRATEGIES, strategy_names
 
     assert strategy_names("heads") == ["darts", "gdarts"]
-    assert strategy_names("backbone") == ["darts", "gdarts", "proxyless", "spos", "kshot", "enas", "mctnas"]
-    assert [n for n, s in STRATEGIES.items() if s.interleaved] == ["darts", "gdarts", "proxyless", "kshot"]
+    assert strategy_names("backbone") == ["darts", "gdarts", "proxyless", "spos", "kshot", "enas", "mctnas",
+                                          "toponas", "entrannas"]
+    assert [n for n, s in STRATEGIES.items() if s.interleaved] == ["darts", "gdarts", "proxyless", "kshot",
+                                                                     "toponas", "entrannas"]
     assert "search.gumbel_temperature" in STRATEGIES["gdarts"].config_fields
     assert "search.gumbel_temperature" not in STRATEGIES["darts"].config_fields
 

@@ -58,3 +58,10 @@ class DARTS(Strategy):
         probabilities = nni_compat.architecture_probabilities(nni_strategy.supernet)
         return Selection(most_probable_within_budget(probabilities, ctx.cost, *ctx.budget, log_fn=ctx.log_fn),
                          probabilities)
+
+
+class CellDARTS(DARTS):
+    """A DARTS variant that searches the cell space only (TopoNAS, EnTranNAS): NNI's DARTS loop, its own cells."""
+
+    targets = ("backbone",)
+    handles = frozenset({"cell"})

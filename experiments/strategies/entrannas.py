@@ -28,7 +28,7 @@ from evaluators.options import Option
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext
 from experiments.strategies.cell_supernet import RelaxedCell, Topology
-from experiments.strategies.darts import DARTS
+from experiments.strategies.darts import CellDARTS
 
 
 def sparsify(weights: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -77,6 +77,7 @@ class EnTranCell(RelaxedCell):
     def engine_output(self, node: int, states: list, cache: dict) -> torch.Tensor:
         return sum(self.mixed_edge(node, j, states[j], cache) for j in range(node))
 
+    @torch.no_grad()
     def derived_topology(self) -> Topology:
         """DARTS's rule: per node the edges whose strongest real operation weighs most."""
         topology = {}
@@ -110,6 +111,7 @@ class EnTranDSTCell(EnTranCell):
         w = self.edge_weights(node)
         return sum(w[j] * self.mixed_edge(node, j, states[j], cache) for j in range(node) if w[j] > 0)
 
+    @torch.no_grad()
     def derived_topology(self) -> Topology:
         """The edges with non-zero sparsified weight (the strongest ``inputs_per_node`` of them), in order."""
         topology = {}
@@ -127,11 +129,9 @@ class EnTranDSTCell(EnTranCell):
         return probs
 
 
-class EnTranNAS(DARTS):
+class EnTranNAS(CellDARTS):
     name = "entrannas"
     summary = "EnTranNAS: engine cells search, transit cells carry the derived cell (DST: sparsified inputs)"
-    targets = ("backbone",)
-    handles = frozenset({"cell"})
     option_specs = {
         "dst": Option(False, None, "differentiable sparsification: a node keeps its non-zero-weight inputs"),
         "dst_threshold": Option(0.9, "[0, 1)", "DST cuts edge weights below dst_threshold / predecessors"),

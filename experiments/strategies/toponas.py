@@ -26,7 +26,7 @@ from evaluators.options import Option
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext
 from experiments.strategies.cell_supernet import RelaxedCell, Topology, supernet_cells
-from experiments.strategies.darts import DARTS
+from experiments.strategies.darts import CellDARTS
 
 
 def input_sets(num_inputs: int, size: int) -> list[tuple[int, ...]]:
@@ -79,11 +79,13 @@ class TopoCell(RelaxedCell):
         w = self.edge_weights(node)
         return sum(w[j] * self.mixed_edge(node, j, states[j]) for j in range(node))
 
+    @torch.no_grad()
     def derived_topology(self) -> Topology:
         """Per node, the most probable input set, each edge with its strongest operation."""
         return {node: [(j, self.best_op(node, j)) for j in sets[int(torch.argmax(self.set_probabilities(node)))]]
                 for node, sets in self.input_sets.items()}
 
+    @torch.no_grad()
     def top2_topology(self) -> Topology:
         """DARTS's rule on the same weights: the m edges whose strongest operation weighs most (with the edge)."""
         topology = {}
@@ -112,11 +114,9 @@ def topology_regulariser(module, scale: float, margin: float) -> torch.Tensor:
     return scale * sum((c.regulariser(margin) for c in cells), torch.zeros(()))
 
 
-class TopoNAS(DARTS):
+class TopoNAS(CellDARTS):
     name = "toponas"
     summary = "TopoNAS: a learned distribution over each node's input sets, with a passive-aggressive regulariser"
-    targets = ("backbone",)
-    handles = frozenset({"cell"})
     option_specs = {
         "topology_penalty": Option(0.1, "[0, 1000]", "the passive-aggressive regulariser's weight"),
         "pa_margin": Option(0.05, "[0, 1]", "an invalid edge's topology weight that costs nothing"),
