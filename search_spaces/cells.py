@@ -101,11 +101,11 @@ class CellBackboneSpace(ModelSpace):
 
     def op_costs(self, input_size: int) -> list[dict]:
         """Per cell, ``{(operation, stride): Cost}`` at ``input_size`` inputs."""
-        return self._tables(input_size)[1]
+        return self.cost_tables(input_size)[1]
 
     def cost(self, sample: Mapping[str, Any], input_size: int) -> tuple[int, int]:
         """(FLOPs, params) of the network ``sample`` picks: the fixed part plus each chosen operation."""
-        fixed, tables = self._tables(input_size)
+        fixed, tables = self.cost_tables(input_size)
         flops, params = fixed.flops, fixed.params
         for (label, reduction, _), table in zip(self.cell_layout, tables):
             for _, _, op_label, input_label in self.node_labels(label):
@@ -117,7 +117,7 @@ class CellBackboneSpace(ModelSpace):
     def stride(reduction: bool, input_index: int) -> int:
         return 2 if reduction and input_index < NUM_PREDECESSORS else 1
 
-    def _tables(self, input_size: int) -> tuple[Cost, list[dict]]:
+    def cost_tables(self, input_size: int) -> tuple[Cost, list[dict]]:
         if input_size not in self._cost_tables:
             tables, size = [], input_size
             for label, reduction, channels in self.cell_layout:

@@ -97,3 +97,22 @@ def test_a_node_is_the_sum_of_its_mixed_edges_weighted_by_their_marginals():
         out = normal.node_output(4, states, {})
         expected = sum(w * normal.mixed_edge(4, j, states[j]) for j, w in enumerate([0.7, 0.6, 0.4, 0.3]))
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_the_budget_penalty_prices_the_expected_cell_and_is_exact_for_a_certain_one():
+    from experiments.strategies.cell_supernet import cell_budget_penalty_fn, expected_cost, supernet_cells
+    from search_spaces.cost import BackboneCost
+
+    supernet = topo_supernet()
+    cost = BackboneCost(supernet, 8)  # the supernet keeps the space's labels and cost tables
+    sample = {}
+    for cell in supernet_cells(supernet):  # make every distribution certain: the derived network's cost
+        for key, alpha in cell._arch_alpha.items():
+            with torch.no_grad():
+                alpha.copy_(100.0 * torch.nn.functional.one_hot(alpha.argmax(), alpha.numel()))
+        sample.update(cell.derived_sample())
+    assert float(expected_cost(supernet, 8, "flops")) == pytest.approx(cost(sample).flops, rel=1e-5)
+    assert float(expected_cost(supernet, 8, "params")) == pytest.approx(cost(sample).params, rel=1e-5)
+    penalty = cell_budget_penalty_fn(8, cost(sample).flops / 2, None, 3.0)(SimpleNamespace(model=SimpleNamespace(
+        backbone=supernet)))
+    assert float(penalty.detach()) == pytest.approx(3.0 * (2 - 1), rel=1e-4)  # twice the budget

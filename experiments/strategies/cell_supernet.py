@@ -89,6 +89,14 @@ class DartsCell(FreezesWithWeights, DifferentiableMixedCell):
     def derived_sample(self) -> dict:
         return DifferentiableMixedCell.export(self, {})
 
+    def op_distribution(self, node: int, predecessor: int) -> tuple[torch.Tensor, list[str]]:
+        p = self._softmax(self._arch_alpha[f"{self.label}/{node}_{predecessor}"])[:len(self.op_names)]
+        return p / p.sum(), list(self.op_names)
+
+    def edge_inclusion(self, node: int) -> torch.Tensor:
+        return darts_edge_inclusion(
+            [self._softmax(self._arch_alpha[f"{self.label}/{node}_{j}"]) for j in range(node)], self.num_ops_per_node)
+
     def choice_probabilities(self, sample: dict) -> dict:
         """Per chosen pair: the softmax over operations of its edge (NNI's zero left out of the names)."""
         probs = {}
@@ -165,6 +173,15 @@ class RelaxedCell(FreezesWithWeights, PathSamplingCell):
     def derived_topology(self) -> Topology:
         raise NotImplementedError
 
+    def op_distribution(self, node: int, predecessor: int) -> tuple[torch.Tensor, list[str]]:
+        """The derived operation's distribution on one edge, over ``real_ops``."""
+        p = self.op_probabilities(node, predecessor)[:len(self.real_ops)]
+        return p / p.sum(), self.real_ops
+
+    def edge_inclusion(self, node: int) -> torch.Tensor:
+        """How likely each edge is in the derived node (summing to the node's inputs), differentiable."""
+        raise NotImplementedError
+
     def best_op(self, node: int, predecessor: int) -> str:
         p = self.op_probabilities(node, predecessor)[:len(self.real_ops)]
         return self.real_ops[int(torch.argmax(p))]
@@ -200,6 +217,43 @@ class RelaxedCell(FreezesWithWeights, PathSamplingCell):
         return self.postprocessor(torch.cat(states[self.num_predecessors:], self.concat_dim), processed)
 
 
+def darts_edge_inclusion(edge_probs: list[torch.Tensor], inputs: int) -> torch.Tensor:
+    """A DARTS cell's edges as ``inputs`` draws: each edge's non-zero mass (its last weight is the zero), normalised."""
+    strength = torch.stack([1 - p[-1] for p in edge_probs])
+    return inputs * strength / strength.sum()
+
+
+def expected_cost(backbone: nn.Module, input_size: int, quantity: str) -> torch.Tensor:
+    """E[FLOPs or params] of the derived backbone under its cells' architecture weights (differentiable).
+
+    The cell space's fixed part plus, per cell, node and edge, the edge's inclusion times its operations'
+    expected cost (``search_spaces.cells.CellBackboneSpace.op_costs``). Exact for TopoNAS, whose input sets
+    and operations are independent draws; for DARTS-like cells the inclusion is a proxy (docs/topology-search.md).
+    """
+    fixed, tables = backbone.cost_tables(input_size)
+    total = torch.tensor(float(getattr(fixed, quantity)))
+    for cell, (_, reduction, _), table in zip(backbone.cells, backbone.cell_layout, tables):
+        for node in cell.node_indices():
+            inclusion = cell.edge_inclusion(node)
+            for j in range(node):
+                p, names = cell.op_distribution(node, j)
+                stride = backbone.stride(reduction, j)
+                costs = torch.tensor([float(getattr(table[(name, stride)], quantity)) for name in names])
+                total = total + inclusion[j] * (p * costs.to(p)).sum().cpu()
+    return total
+
+
+def cell_budget_penalty_fn(input_size: int, max_flops: Optional[float], max_params: Optional[float], scale: float):
+    """``fn(module) -> scale * sum max(0, E[cost] / budget - 1)`` over the backbone's cells (as for the macro spaces)."""
+    def penalty(module) -> torch.Tensor:
+        total = torch.zeros(())
+        for quantity, limit in (("flops", max_flops), ("params", max_params)):
+            if limit is not None:
+                total = total + torch.relu(expected_cost(module.model.backbone, input_size, quantity) / limit - 1.0)
+        return scale * total
+    return penalty
+
+
 def supernet_cells(model: nn.Module) -> list:
     """The relaxed cells of a supernet, the first of each label (the others share its weights)."""
     seen, cells = set(), []
@@ -225,4 +279,4 @@ def select_with_cells(ctx: SearchContext, supernet: nn.Module) -> Selection:
     return Selection(fitted, probabilities)
 
 
-__all__ = ["DartsCell", "FreezesWithWeights", "RelaxedCell", "Topology", "select_with_cells", "supernet_cells"]
+__all__ = ["DartsCell", "FreezesWithWeights", "cell_budget_penalty_fn", "expected_cost", "RelaxedCell", "Topology", "select_with_cells", "supernet_cells"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 from experiments import nni_compat
 from experiments.strategies.base import SearchContext, Selection, Strategy
 from experiments.strategies.budget import budget_penalty_fn, most_probable_within_budget
-from experiments.strategies.cell_supernet import DartsCell, select_with_cells, supernet_cells
+from experiments.strategies.cell_supernet import DartsCell, cell_budget_penalty_fn, select_with_cells, \
+    supernet_cells
 
 
 class DARTS(Strategy):
@@ -49,7 +50,11 @@ class DARTS(Strategy):
         max_flops, max_params = ctx.budget
         scale = ctx.cfg.backbone_search.budget_penalty
         if (max_flops is not None or max_params is not None) and scale > 0:
-            options["arch_penalties"] = {"budget": budget_penalty_fn(ctx.cost, max_flops, max_params, scale)}
+            if ctx.cost.separable:
+                penalty = budget_penalty_fn(ctx.cost, max_flops, max_params, scale)
+            else:  # the cell space: the cells' expected cost
+                penalty = cell_budget_penalty_fn(ctx.cost.input_size, max_flops, max_params, scale)
+            options["arch_penalties"] = {"budget": penalty}
         return options
 
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:

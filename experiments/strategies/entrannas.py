@@ -27,7 +27,7 @@ import torch
 from evaluators.options import Option
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext
-from experiments.strategies.cell_supernet import RelaxedCell, Topology
+from experiments.strategies.cell_supernet import RelaxedCell, Topology, darts_edge_inclusion
 from experiments.strategies.darts import CellDARTS
 
 
@@ -77,6 +77,9 @@ class EnTranCell(RelaxedCell):
     def engine_output(self, node: int, states: list, cache: dict) -> torch.Tensor:
         return sum(self.mixed_edge(node, j, states[j], cache) for j in range(node))
 
+    def edge_inclusion(self, node: int) -> torch.Tensor:
+        return darts_edge_inclusion([self.op_probabilities(node, j) for j in range(node)], self.num_ops_per_node)
+
     @torch.no_grad()
     def derived_topology(self) -> Topology:
         """DARTS's rule: per node the edges whose strongest real operation weighs most."""
@@ -106,6 +109,10 @@ class EnTranDSTCell(EnTranCell):
 
     def edge_weights(self, node: int) -> torch.Tensor:
         return sparsify(self._softmax(self._arch_alpha[self.inputs_key(node)]), self.threshold)
+
+    def edge_inclusion(self, node: int) -> torch.Tensor:
+        w = self.edge_weights(node)  # kept edges count once each (up to the slots); the weights carry the gradient
+        return w * min(int((w > 0).sum()), self.num_ops_per_node)
 
     def engine_output(self, node: int, states: list, cache: dict) -> torch.Tensor:
         w = self.edge_weights(node)

@@ -75,6 +75,9 @@ class TopoCell(RelaxedCell):
     def edge_weights(self, node: int) -> torch.Tensor:
         return edge_marginals(self.set_probabilities(node), self.input_sets[node], node)
 
+    def edge_inclusion(self, node: int) -> torch.Tensor:
+        return self.edge_weights(node)  # exactly P(edge in the derived input set)
+
     def node_output(self, node: int, states: list, cache: dict) -> torch.Tensor:
         w = self.edge_weights(node)
         return sum(w[j] * self.mixed_edge(node, j, states[j]) for j in range(node))
