@@ -1,4 +1,4 @@
-"""Supernet cells for the cell space (``search_spaces/cells.py``): NNI's one-shot cell graph, relaxed, frozen with weights.
+"""Supernet cells for the cell space (``search_spaces/cells.py``): NNI's one-shot cell graph, relaxed, frozen.
 
 NNI turns a ``Cell`` into a fully connected graph for one-shot search (``PathSamplingCell``: one
 module per node, predecessor and operation). Three relaxations of that graph live on it:
@@ -244,7 +244,7 @@ def expected_cost(backbone: nn.Module, input_size: int, quantity: str) -> torch.
 
 
 def cell_budget_penalty_fn(input_size: int, max_flops: Optional[float], max_params: Optional[float], scale: float):
-    """``fn(module) -> scale * sum max(0, E[cost] / budget - 1)`` over the backbone's cells (as for the macro spaces)."""
+    """``fn(module) -> scale * sum max(0, E[cost] / budget - 1)`` over the backbone's cells (as the macro spaces')."""
     def penalty(module) -> torch.Tensor:
         total = torch.zeros(())
         for quantity, limit in (("flops", max_flops), ("params", max_params)):
@@ -279,4 +279,5 @@ def select_with_cells(ctx: SearchContext, supernet: nn.Module) -> Selection:
     return Selection(fitted, probabilities)
 
 
-__all__ = ["DartsCell", "FreezesWithWeights", "cell_budget_penalty_fn", "expected_cost", "RelaxedCell", "Topology", "select_with_cells", "supernet_cells"]
+__all__ = ["DartsCell", "FreezesWithWeights", "RelaxedCell", "Topology", "cell_budget_penalty_fn", "expected_cost",
+           "select_with_cells", "supernet_cells"]
