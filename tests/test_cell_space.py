@@ -73,3 +73,18 @@ def test_darts_cell_with_a_dotted_label_freezes_with_the_supernets_weights():
     for name, param in frozen.cells[0].ops[1][0].named_parameters():
         j, op = sample["backbone.normal/input_3_0"][0], sample["backbone.normal/op_3_0"]
         assert torch.equal(param, dict(normal.ops[1][j][op].named_parameters())[name])
+
+
+def test_darts_cells_expected_cost_lies_between_the_cheapest_and_dearest_cells():
+    from nni.nas.strategy import DARTS
+
+    from experiments.strategies.cell_supernet import DartsCell, expected_cost
+    from search_spaces.cost import BackboneCost
+
+    space = tiny_space()
+    cost = BackboneCost(space, 8)
+    dearest = {k: (v[-1] if "/input_" in k else "sep_conv_3x3") for k, v in cost.labels.items()}
+    supernet = DARTS(mutation_hooks=[DartsCell.mutate]).mutate_model(space)
+    flops = expected_cost(supernet, 8, "flops")
+    assert flops.requires_grad  # a penalty on it reaches the architecture weights
+    assert cost.smallest("flops")[1].flops < float(flops.detach()) < cost(dearest).flops
