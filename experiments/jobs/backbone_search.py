@@ -3,7 +3,8 @@
 config -> data -> space (backbone space + the framework's heads) -> framework -> strategy ->
 evaluation -> ``best_architecture.json`` (the same export and ``retrain`` as the head search).
 
-The strategies (``experiments.strategies``: SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS) train
+The strategies (``experiments.strategies``: SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, and
+on the cell space TopoNAS and EnTranNAS) train
 the supernet through NNI and select the network within the FLOPs/parameter budget; see each
 strategy's module. The job owns its output directory like the other jobs: ``run.json``,
 ``status.json``, ``checkpoints/last.ckpt`` (the supernet and architecture weights, resumed
@@ -36,7 +37,8 @@ from search_spaces.backbone_spaces import choice_kinds, is_backbone_space
 from search_spaces.cost import BackboneCost
 
 NAME = "backbone-search"
-HELP = "backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS) within a FLOPs/params budget"
+HELP = ("backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, TopoNAS, EnTranNAS) within a "
+        "FLOPs/params budget")
 ARCHITECTURE_FILE = "best_architecture.json"
 MODEL_FILE = "search_model.pt"
 RESULT_FILES = (ARCHITECTURE_FILE, MODEL_FILE)
