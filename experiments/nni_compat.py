@@ -275,6 +275,27 @@ def allow_dotted_repeat_labels() -> None:
 
 
 
+class dotted_cell_labels:
+    """Quirk 27: DARTS's ``DifferentiableMixedCell`` keys its alphas ``<cell label>/<node>_<input>`` in an
+    ``nn.ParameterDict``, so a cell labelled ``backbone.normal`` fails as quirk 12 does. Build it inside
+    this context (every ``nn.ParameterDict`` escapes dots meanwhile), then call ``keep(dict)`` on its
+    alphas so they stay reachable by label afterwards."""
+
+    def __enter__(self):
+        original = self._original = torch.nn.ParameterDict._key_to_attr
+        torch.nn.ParameterDict._key_to_attr = lambda pd, key: original(pd, key).replace(".", "__dot__")
+        return self
+
+    def __exit__(self, *exc):
+        torch.nn.ParameterDict._key_to_attr = self._original
+        return False
+
+    @staticmethod
+    def keep(alphas: torch.nn.ParameterDict) -> torch.nn.ParameterDict:
+        alphas.__class__ = LabelParameterDict
+        return alphas
+
+
 _ORIGINAL_FREEZE_WEIGHT: dict = {}
 
 

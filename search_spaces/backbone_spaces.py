@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional
 
 from nni.nas.nn.pytorch import ModelSpace
 
+from search_spaces.cells import CellBackboneSpace
 from search_spaces.macro import MacroBackboneSpace
 from search_spaces.macro_width import MacroWidthSpace
 from search_spaces.nas_bench_macro import NasBenchMacroSpace
@@ -19,7 +20,7 @@ from search_spaces.resnet_space import ResNetSpace
 from search_spaces.vit import ViTSpace
 
 BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace, ViTSpace,
-                                                   MacroWidthSpace)}
+                                                   MacroWidthSpace, CellBackboneSpace)}
 
 _RESERVED = ("width", "in_channels", "prefix")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
-from nni.mutable import Categorical, MutableExpression
+from nni.mutable import Categorical, CategoricalMultiple, MutableExpression
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ class BackboneCost:
         self.space, self.input_size, self.in_channels = space, int(input_size), in_channels
         self.labels: dict[str, list] = {label: list(m.values) for label, m in space.simplify().items()
                                         if isinstance(m, Categorical)}
+        for label, m in space.simplify().items():  # a cell's input: a one-element list of a predecessor
+            if isinstance(m, CategoricalMultiple) and m.n_chosen == 1:
+                self.labels[label] = [[v] for v in m.values]
         self.flops_expression: Any = None
         self.params_expression: Any = None
         if hasattr(space, "check_input_size"):  # a space built for one image size (ViT position embeddings)

@@ -53,8 +53,9 @@ def test_registry_says_what_each_strategy_takes():
 
     assert strategy_names("heads") == ["darts", "gdarts"]
     assert strategy_names("backbone") == ["darts", "gdarts", "proxyless", "spos", "kshot", "enas", "mctnas", "vitas",
-                                          "autoslim", "bcnet", "cafenet"]
-    assert [n for n, s in STRATEGIES.items() if s.interleaved] == ["darts", "gdarts", "proxyless", "kshot"]
+                                          "autoslim", "bcnet", "cafenet", "toponas", "entrannas"]
+    assert [n for n, s in STRATEGIES.items() if s.interleaved] == ["darts", "gdarts", "proxyless", "kshot",
+                                                                     "toponas", "entrannas"]
     assert "search.gumbel_temperature" in STRATEGIES["gdarts"].config_fields
     assert "search.gumbel_temperature" not in STRATEGIES["darts"].config_fields
 

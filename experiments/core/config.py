@@ -103,7 +103,7 @@ class AugmentConfig:
 
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")  # fixed ResNets
-BACKBONE_SPACE_NAMES = ("nas_bench_macro", "macro", "resnet", "vit", "nas_bench_macro_width")  # search_spaces.backbone_spaces
+BACKBONE_SPACE_NAMES = ("nas_bench_macro", "macro", "resnet", "vit", "nas_bench_macro_width", "cells")  # search_spaces.backbone_spaces
 
 
 @dataclass

@@ -146,13 +146,22 @@ def validate_choices(space: SSLNetworkSpace, architecture: dict[str, Any], sourc
             raise ConfigError(f"{source}: label {_show(label)} is not in the {space.head_space} space for "
                               f"{space.framework}{hint}")
         values = list(mutables[label].values)
+        n_chosen = getattr(mutables[label], "n_chosen", None)
+        if n_chosen is not None:  # a cell's input: a list of n_chosen predecessors (NNI's CategoricalMultiple)
+            values = [[v] for v in values] if n_chosen == 1 else values
         # The same type too: JSON's true is 1 to Python, and 2.0 == 2, but neither builds a layer.
-        if not any(type(value) is type(v) and value == v for v in values):
+        if not any(_same(value, v) for v in values):
             raise ConfigError(f"{source}: {label} = {_show(value)} is not one of its choices {values}")
     missing = [label for label in mutables if label not in architecture]
     if missing:
         raise ConfigError(f"{source}: missing choice(s) for {', '.join(missing)}")
     return dict(architecture)
+
+
+def _same(value, choice) -> bool:
+    if isinstance(choice, list):
+        return isinstance(value, list) and len(value) == len(choice) and all(map(_same, value, choice))
+    return type(value) is type(choice) and value == choice
 
 
 def build_fixed(record: dict, cfg: Config, source: str = "architecture"):

@@ -4,8 +4,9 @@ config -> data -> space (backbone space + the framework's heads) -> framework ->
 evaluation -> ``best_architecture.json`` (the same export and ``retrain`` as the head search).
 
 The strategies (``experiments.strategies``: SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless,
-ENAS, ViTAS, and the width strategies AutoSlim, BCNet, CafeNet: docs/width-search.md) train the supernet
-through NNI and select the network within the FLOPs/parameter budget; see each strategy's module. The job owns its output directory like the other jobs: ``run.json``,
+ENAS, ViTAS, the width strategies AutoSlim, BCNet, CafeNet (docs/width-search.md) and, on the cell
+space, TopoNAS and EnTranNAS) train the supernet through NNI and select the network within the
+FLOPs/parameter budget; see each strategy's module. The job owns its output directory like the other jobs: ``run.json``,
 ``status.json``, ``checkpoints/last.ckpt`` (the supernet and architecture weights, resumed
 exactly after a kill) and a ``.lock``.
 """
@@ -36,8 +37,8 @@ from search_spaces.backbone_spaces import BACKBONE_SPACES, choice_kinds, is_back
 from search_spaces.cost import BackboneCost
 
 NAME = "backbone-search"
-HELP = ("backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, ViTAS; widths: AutoSlim, "
-        "BCNet, CafeNet) within a FLOPs/params budget")
+HELP = ("backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, ViTAS, TopoNAS, EnTranNAS; "
+        "widths: AutoSlim, BCNet, CafeNet) within a FLOPs/params budget")
 ARCHITECTURE_FILE = "best_architecture.json"
 MODEL_FILE = "search_model.pt"
 RESULT_FILES = (ARCHITECTURE_FILE, MODEL_FILE)

@@ -11,15 +11,18 @@ from experiments.strategies.bcnet import BCNet
 from experiments.strategies.cafenet import CafeNet
 from experiments.strategies.darts import DARTS
 from experiments.strategies.enas import ENAS
+from experiments.strategies.entrannas import EnTranNAS
 from experiments.strategies.gumbel_darts import GumbelDARTS
 from experiments.strategies.kshot import KShot
 from experiments.strategies.mctnas import MCTNAS
 from experiments.strategies.proxyless import Proxyless
 from experiments.strategies.spos import SPOS
+from experiments.strategies.toponas import TopoNAS
 from experiments.strategies.vitas import ViTAS
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (DARTS(), GumbelDARTS(), Proxyless(), SPOS(), KShot(), ENAS(),
-                                                       MCTNAS(), ViTAS(), AutoSlim(), BCNet(), CafeNet())}
+                                                       MCTNAS(), ViTAS(), AutoSlim(), BCNet(), CafeNet(), TopoNAS(),
+                                                       EnTranNAS())}
 
 
 def strategy_names(target: str) -> list[str]:

@@ -10,6 +10,10 @@ class Proxyless(DARTS):
     summary = "binarised paths with a gradient estimate of the architecture weights (NNI Proxyless)"
     targets = ("backbone",)
     trains_paths = True
+    handles = frozenset({"layer"})  # NNI's Proxyless has no cell
+
+    def cell_hooks(self, ctx: SearchContext) -> list:
+        return []
 
     def nni_strategy(self, ctx: SearchContext):
         from nni.nas.strategy import Proxyless as NniProxyless
