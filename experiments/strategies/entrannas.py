@@ -139,6 +139,7 @@ class EnTranDSTCell(EnTranCell):
 class EnTranNAS(CellDARTS):
     name = "entrannas"
     summary = "EnTranNAS: engine cells search, transit cells carry the derived cell (DST: sparsified inputs)"
+    trains_paths = True  # a transit cell runs its derived operations only: the others get no gradient
     option_specs = {
         "dst": Option(False, None, "differentiable sparsification: a node keeps its non-zero-weight inputs"),
         "dst_threshold": Option(0.9, "[0, 1)", "DST cuts edge weights below dst_threshold / predecessors"),
