@@ -68,3 +68,41 @@ def test_a_committed_run_rebuilds_bit_for_bit(tmp_path):
     rebuilt = gt.train_network("00000000", "simsiam", 0, budget, None, tmp_path, NasBenchMacro())
     for field in ("knn_top1", "linear_top1", "collapse", "final_loss", "flops", "params", "canonical_key"):
         assert rebuilt[field] == cached[field], field
+
+
+def _ground_truth_file(tmp_path):
+    """A hand-made assembled ground truth: SimSiam on digits for networks a, b, c, d (d: seed 0 only), e untrained."""
+    knn = {("a", 0): 0.2, ("a", 1): 0.4, ("b", 0): 0.5, ("b", 1): 0.5, ("c", 0): 0.9, ("c", 1): 0.7, ("d", 0): 0.6}
+    runs = [{"canonical_key": k, "seed": s, "objective": "simsiam", "dataset": "digits", "knn_top1": v,
+             "linear_top1": v} for (k, s), v in knn.items()]
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"networks": [{"key": k} for k in "abcde"], "truth": gt.ground_truth(runs),
+                                "runs": runs}))
+    return path
+
+
+def test_the_ranking_reads_an_ssl_ground_truth_as_its_reference(tmp_path):
+    from benchmarks import ranking_nas_bench_macro as ranking
+    from experiments.core.errors import ConfigError
+
+    path = _ground_truth_file(tmp_path)
+    ref = ranking.parse_reference("ssl-ground-truth:simsiam:digits", None, path)
+    assert ref.keys == list("abcde") and ref.dataset == "digits"
+    assert ref.truth == pytest.approx({"a": 0.3, "b": 0.5, "c": 0.8, "d": 0.6})
+    assert ref.ceiling == {"a": (0.2, 0.4), "b": (0.5, 0.5), "c": (0.9, 0.7)}
+    with pytest.raises(ConfigError, match=r"has no byol on digits \(it has simsiam:digits\)"):
+        ranking.parse_reference("ssl-ground-truth:byol:digits", None, path)
+    with pytest.raises(ConfigError, match="neither mean_acc nor"):
+        ranking.parse_reference("ssl-ground-truth:simsiam", None, path)
+    # a supernet ranking b < a < d < c (truth: a < b < d < c), judged on the networks with a truth (not e):
+    # one discordant pair of six, tau = 4/6; a ranker that equals the truth has tau 1
+    run = {"label": "spos", "objective": "simsiam", "seed": 0, "scores": [2, 1, 4, 3, 0], "command": "c",
+           "budget": {"epochs": 1, "train_images": 10, "width": 0.25, "held_out": 0.2, "head_width": 0.25,
+                      "batch_size": 2, "score_images": 2, "bn_batches": 1, "trials": 2, "dataset": "digits"},
+           "selected": {"key": "22222222", "mean_acc": 90.0, "percentile": 50.0}, "seconds": {"train": 1.0},
+           "machine": {}}
+    label_free = {"arch_seed": 0, "width": 0.25, "seed": 0, "scores": {"layer count": [0.3, 0.5, 0.8, 0.6, 9.0]}}
+    _, figures = ranking.build_table([run], list("abcde"), None, label_free, 20, 0, "cmd", ref)
+    assert figures["runs"][0]["judged"]["tau"] == pytest.approx(4 / 6)
+    assert figures["label_free"]["layer count"]["tau"] == pytest.approx(1.0)
+    assert figures["noise_ceiling"]["tau"] == pytest.approx(1.0)  # seeds 0 and 1 agree on a < b < c
