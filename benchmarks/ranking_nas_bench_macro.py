@@ -420,17 +420,18 @@ BEGIN_MARK = "<!-- ranking table: written by python -m benchmarks.ranking_nas_be
 END_MARK = "<!-- end of the ranking table -->"
 
 
-def write_table(path: Path, table_text: str) -> None:
+def write_table(path: Path, table_text: str, begin: str = BEGIN_MARK, end: str = END_MARK,
+                title: str = "# How well does a supernet rank NAS-Bench-Macro's networks?") -> None:
     """Put the table between the page's markers, keeping the hand-written text around them."""
     from experiments.core.files import write_text_atomic
 
     page = path.read_text() if path.is_file() else ""
-    if BEGIN_MARK in page and END_MARK in page:
-        before, rest = page.split(BEGIN_MARK, 1)
-        after = rest.split(END_MARK, 1)[1]
+    if begin in page and end in page:
+        before, rest = page.split(begin, 1)
+        after = rest.split(end, 1)[1]
     else:
-        before, after = (page + "\n" if page else "# How well does a supernet rank NAS-Bench-Macro's networks?\n\n"), "\n"
-    write_text_atomic(path, f"{before}{BEGIN_MARK}\n{table_text}\n{END_MARK}{after}")
+        before, after = (page + "\n" if page else f"{title}\n\n"), "\n"
+    write_text_atomic(path, f"{before}{begin}\n{table_text}\n{end}{after}")
 
 
 def compare(files: list[Path], rounds: int, seed: int) -> int:

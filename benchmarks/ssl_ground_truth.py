@@ -44,11 +44,14 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import _util  # noqa: E402,F401  (quiet Lightning and NNI loggers; NNI patched)
 from benchmarks.ranking_nas_bench_macro import (LEARNING_RATES, bootstrap, budget_tag, cached, kendall,  # noqa: E402
-                                                label_free_scores, layer_count, machine)
+                                                label_free_scores, layer_count, machine, write_table)
 
 DEFAULT_CACHE = ROOT / "benchmarks" / "results" / "ssl_ground_truth"
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "ssl_ground_truth.json"
 DEFAULT_DOCS = ROOT / "docs" / "ssl-ground-truth.md"
+TITLE = "# An SSL ground truth for NAS-Bench-Macro's space"
+BEGIN_MARK = "<!-- ground-truth tables: written by python -m benchmarks.ssl_ground_truth; edits here are lost -->"
+END_MARK = "<!-- end of the ground-truth tables -->"
 OBJECTIVES = ("simsiam", "supervised", "simclr")  # the order of the long run: SimSiam first
 SSL_OBJECTIVES = ("simsiam", "simclr", "byol", "moco")
 LABEL_FREE_WIDTH = 0.25
@@ -246,8 +249,7 @@ def analyse(runs: list[dict], keys: list[str], table, label_free: dict, rounds: 
 
 def markdown(runs: list[dict], keys: list[str], figures: dict, objectives: list[str], datasets: list[str],
              seeds: list[int], info: dict, rounds: int, command: str) -> str:
-    lines = ["# An SSL ground truth for NAS-Bench-Macro's space", "",
-             "NAS-Bench-Macro's networks trained alone, from scratch, each with the same budget, under "
+    lines = ["NAS-Bench-Macro's networks trained alone, from scratch, each with the same budget, under "
              "self-supervised objectives and the supervised one, so a supernet's ranking can be judged against "
              "the truth of its own objective. Built by `benchmarks/ssl_ground_truth.py`; every number below comes "
              "from the cached runs under `benchmarks/results/ssl_ground_truth/` (one JSON per network, objective, "
@@ -371,7 +373,7 @@ def check_args(args) -> None:
 
 def main(argv=None) -> int:
     from experiments.core.errors import ConfigError
-    from experiments.core.files import write_json_atomic, write_text_atomic
+    from experiments.core.files import write_json_atomic
     from search_spaces.nas_bench_macro import NasBenchMacro, shared_data_candidates
 
     args = parse_args(argv)
@@ -410,8 +412,8 @@ def main(argv=None) -> int:
     command = ("python -m benchmarks.ssl_ground_truth --table-only --objectives " + " ".join(args.objectives)
                + " --datasets " + " ".join(args.datasets))
     write_json_atomic(args.output, assemble(runs, keys, table, figures, info, args))
-    write_text_atomic(args.docs, markdown(runs, keys, figures, args.objectives, args.datasets, args.seeds, info,
-                                          args.bootstrap, command))
+    write_table(args.docs, markdown(runs, keys, figures, args.objectives, args.datasets, args.seeds, info,
+                                    args.bootstrap, command), BEGIN_MARK, END_MARK, TITLE)
     log(f"written: {args.output} and {args.docs} ({len(runs)} cached runs, {trained} trained now)")
     return 0
 
