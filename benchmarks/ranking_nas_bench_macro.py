@@ -35,7 +35,8 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -48,6 +49,7 @@ nni_compat.apply()  # a command-line entry: patch NNI before it is imported
 
 DEFAULT_CACHE = ROOT / "benchmarks" / "results" / "ranking_cache"
 DEFAULT_DOCS = ROOT / "docs" / "ranking.md"
+GROUND_TRUTH = ROOT / "benchmarks" / "results" / "ssl_ground_truth.json"  # benchmarks/ssl_ground_truth.py writes it
 LEARNING_RATES = {"supervised": 0.1, "simsiam": 0.06, "simclr": 0.3, "byol": 0.06, "moco": 0.06}
 TOP_FRACTION = 0.10  # "tau within the top 10% of the benchmark"
 LAYER_COUNT_TARGET = 0.69  # the issue's bar: layer count's tau against mean_acc over all 6561 keys (0.68 distinct)
@@ -172,6 +174,58 @@ def label_free_scores(keys: list[str], table, width: float, seed: int) -> dict[s
             "naswot": [s["naswot"] for s in zero_cost]}
 
 
+# --- what a ranking is judged against ---------------------------------------------------------------
+@dataclass
+class Reference:
+    """The truth a supernet's ranking is judged against: NAS-Bench-Macro's ``mean_acc`` (CIFAR-10,
+    supervised) or an SSL ground truth (``ssl-ground-truth:OBJECTIVE:DATASET``: networks trained alone
+    under that objective on that dataset, kNN top-1 averaged over seeds)."""
+
+    name: str
+    dataset: str  # the data the supernets train on, so they are judged on the data of their truth
+    truth: dict  # network key -> value
+    ceiling: dict  # network key -> (seed-0 value, seed-1 value): the noise ceiling
+    keys: Optional[list] = None  # the reference's own networks (None: sample them, --archs)
+    described: str = "the benchmark's `mean_acc`"
+
+    def top_threshold(self, fraction: float = TOP_FRACTION) -> float:
+        import numpy as np
+
+        return float(np.quantile(list(self.truth.values()), 1 - fraction))
+
+
+def benchmark_reference(table) -> Reference:
+    return Reference("mean_acc", "cifar10", {k: r["mean_acc"] for k, r in table.table.items()},
+                     {k: tuple(r["test_acc"][:2]) for k, r in table.table.items()})
+
+
+def parse_reference(spec: str, table, path: Path = GROUND_TRUTH) -> Reference:
+    """``mean_acc`` or ``ssl-ground-truth:OBJECTIVE:DATASET`` read from the assembled ground truth."""
+    from experiments.core.errors import ConfigError
+
+    if spec == "mean_acc":
+        return benchmark_reference(table)
+    kind, _, rest = spec.partition(":")
+    objective, _, dataset = rest.partition(":")
+    if kind != "ssl-ground-truth" or not objective or not dataset:
+        raise ConfigError(f"--reference: {spec!r} is neither mean_acc nor ssl-ground-truth:OBJECTIVE:DATASET")
+    if not path.is_file():
+        raise ConfigError(f"--reference {spec}: no ground truth at {path} (python -m benchmarks.ssl_ground_truth)")
+    built = json.loads(path.read_text())
+    truth = built.get("truth", {}).get(dataset, {}).get(objective)
+    if not truth:
+        known = [f"{o}:{d}" for d, by in built.get("truth", {}).items() for o in by]
+        raise ConfigError(f"--reference {spec}: the ground truth has no {objective} on {dataset} "
+                          f"(it has {', '.join(known) or 'nothing yet'})")
+    by_seed = {(r["canonical_key"], r["seed"]): r["knn_top1"] for r in built["runs"]
+               if (r["objective"], r["dataset"]) == (objective, dataset)}
+    ceiling = {k: (by_seed[(k, 0)], by_seed[(k, 1)]) for k in truth if (k, 0) in by_seed and (k, 1) in by_seed}
+    return Reference(spec, dataset, {k: v["knn_top1"] for k, v in truth.items()}, ceiling,
+                     keys=[n["key"] for n in built["networks"]],
+                     described=f"the {objective} ground truth on {dataset} (kNN top-1 of each network trained alone, "
+                               "mean over seeds; `docs/ssl-ground-truth.md`)")
+
+
 # --- the cache -------------------------------------------------------------------------------------
 def budget_tag(budget: dict) -> str:
     """A short, readable name of a budget: epochs, images, width and a hash of all of it."""
@@ -212,9 +266,10 @@ def machine() -> dict:
 def config_for(name: str, options: dict, objective: str, seed: int, budget: dict, cifar: Path):
     from experiments.core.config import load_config
 
+    data = ({"data.dataset": "digits"} if budget.get("dataset") == "digits"
+            else {"data.dataset": "imagefolder", "data.root": str(cifar)})
     overrides = {
-        "framework": objective, "seed": seed,
-        "data.dataset": "imagefolder", "data.root": str(cifar), "data.train_subset": budget["train_images"],
+        "framework": objective, "seed": seed, **data, "data.train_subset": budget["train_images"],
         "data.test_subset": 1000, "data.batch_size": budget["batch_size"], "data.search_split": budget["held_out"],
         "model.backbone": "nas_bench_macro", "model.backbone_width": budget["width"], "model.head_space": "fixed",
         "model.head_width": budget["head_width"], "optim.lr": LEARNING_RATES.get(objective, 0.06),
@@ -273,28 +328,37 @@ def _interval(j: dict) -> str:
 
 
 def build_table(runs: list[dict], keys: list[str], table, label_free: dict, rounds: int, seed: int,
-                command: str) -> tuple[str, dict]:
-    """The Markdown page and its figures, from every cached run over ``keys``."""
-    truth = [table.mean_acc(k) for k in keys]
-    top_mask = [t >= top_threshold(table) for t in truth]
-    seeds = [r["test_acc"] for r in (table.record(k) for k in keys)]
-    ceiling = judge([s[0] for s in seeds], [s[1] for s in seeds], top_mask, rounds, seed)
-    fixed = {name: judge(values, truth, top_mask, rounds, seed) for name, values in label_free["scores"].items()}
-    judged = sorted(({**r, "judged": judge(r["scores"], truth, top_mask, rounds, seed)} for r in runs),
+                command: str, reference: Optional[Reference] = None) -> tuple[str, dict]:
+    """The Markdown page and its figures, from every cached run over ``keys``, judged against ``reference``
+    (default: ``mean_acc``) on those of ``keys`` it holds."""
+    ref = reference or benchmark_reference(table)
+    held = [i for i, k in enumerate(keys) if k in ref.truth]
+    pick = lambda values: [values[i] for i in held]  # noqa: E731
+    truth = [ref.truth[keys[i]] for i in held]
+    threshold = ref.top_threshold()
+    top_mask = [t >= threshold for t in truth]
+    paired = [i for i in held if keys[i] in ref.ceiling]
+    ceiling = judge([ref.ceiling[keys[i]][0] for i in paired], [ref.ceiling[keys[i]][1] for i in paired],
+                    [ref.truth[keys[i]] >= threshold for i in paired], rounds, seed)
+    fixed = {name: judge(pick(values), truth, top_mask, rounds, seed) for name, values in label_free["scores"].items()}
+    judged = sorted(({**r, "judged": judge(pick(r["scores"]), truth, top_mask, rounds, seed)} for r in runs),
                     key=lambda r: (r["budget"]["epochs"] * r["budget"]["train_images"], budget_tag(r["budget"]),
                                    r["label"], r["objective"], r["seed"]))
-    lines = [f"Every strategy, judged the same way on the same {len(keys)} distinct networks (drawn with seed "
-             f"{label_free['arch_seed']}): Kendall's tau of its supernet's ranking (inherited weights, BatchNorm "
-             "recalibrated, held-out CIFAR-10 images) against the benchmark's `mean_acc`, its bootstrap 95% "
-             f"interval ({rounds} resamples of the networks), tau among the sampled networks in the benchmark's top "
-             f"10% (`mean_acc` >= {top_threshold(table):.2f}), and the benchmark percentile of the network the "
-             "strategy's own `select` returns (100 = the best of the 6561 keys).", "",
+    drawn = (f"drawn with seed {label_free['arch_seed']}" if ref.keys is None
+             else f"the ground truth's networks, {len(held)} of them with a truth so far")
+    data = "CIFAR-10" if ref.dataset == "cifar10" else ref.dataset
+    lines = [f"Every strategy, judged the same way on the same {len(held)} distinct networks ({drawn}): Kendall's "
+             f"tau of its supernet's ranking (inherited weights, BatchNorm recalibrated, held-out {data} images) "
+             f"against {ref.described}, its bootstrap 95% "
+             f"interval ({rounds} resamples of the networks), tau among the sampled networks in the reference's top "
+             f"10% (>= {threshold:.2f}), and the benchmark percentile of the network the "
+             "strategy's own `select` returns (100 = the best of the 6561 keys by `mean_acc`).", "",
              "Rebuild this page from the cached runs (trains only what is not cached):", "",
              f"    {command}", ""]
     lines += ["### Label-free rankers and the noise ceiling", "",
               "Same networks. SynFlow and NASWOT at initialisation (`evaluators/zero_cost.py`), width "
               f"{label_free['width']}, seed {label_free['seed']}, NASWOT on {ZERO_COST_BATCH} random images; "
-              "FLOPs and parameters from the benchmark table; the noise ceiling is the benchmark's own seed-0 "
+              "FLOPs and parameters from the benchmark table; the noise ceiling is the reference's own seed-0 "
               "accuracies ranked against its seed-1 accuracies.", "",
               "| ranker | tau | 95% interval | top-10% tau |", "|---|---|---|---|"]
     lines += [f"| {name} | {_interval(j)} |" for name, j in fixed.items()]
@@ -308,7 +372,7 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
         machines = sorted({f"{r['machine'].get('cpu', r['machine'].get('machine'))}, "
                            f"{r['machine'].get('cpu_count')} CPUs, GPU {r['machine'].get('cuda')}" for r in group})
         lines += [f"### Budget `{tag}`", "",
-                  f"{b['epochs']} supernet epochs on {b['train_images']} CIFAR-10 training images "
+                  f"{b['epochs']} supernet epochs on {b['train_images']} {b.get('dataset', 'CIFAR-10')} training images "
                   f"({b['held_out']:.0%} of them held out for scoring), width {b['width']}, head width "
                   f"{b['head_width']}, batch {b['batch_size']}, {b['score_images']} scoring images, "
                   f"{b['bn_batches']} BatchNorm batches, `select` over {b['trials']} scored networks. "
@@ -356,17 +420,18 @@ BEGIN_MARK = "<!-- ranking table: written by python -m benchmarks.ranking_nas_be
 END_MARK = "<!-- end of the ranking table -->"
 
 
-def write_table(path: Path, table_text: str) -> None:
+def write_table(path: Path, table_text: str, begin: str = BEGIN_MARK, end: str = END_MARK,
+                title: str = "# How well does a supernet rank NAS-Bench-Macro's networks?") -> None:
     """Put the table between the page's markers, keeping the hand-written text around them."""
     from experiments.core.files import write_text_atomic
 
     page = path.read_text() if path.is_file() else ""
-    if BEGIN_MARK in page and END_MARK in page:
-        before, rest = page.split(BEGIN_MARK, 1)
-        after = rest.split(END_MARK, 1)[1]
+    if begin in page and end in page:
+        before, rest = page.split(begin, 1)
+        after = rest.split(end, 1)[1]
     else:
-        before, after = (page + "\n" if page else "# How well does a supernet rank NAS-Bench-Macro's networks?\n\n"), "\n"
-    write_text_atomic(path, f"{before}{BEGIN_MARK}\n{table_text}\n{END_MARK}{after}")
+        before, after = (page + "\n" if page else f"{title}\n\n"), "\n"
+    write_text_atomic(path, f"{before}{begin}\n{table_text}\n{end}{after}")
 
 
 def compare(files: list[Path], rounds: int, seed: int) -> int:
@@ -409,7 +474,14 @@ def parse_args(argv):
     p.add_argument("--trials", type=int, default=32, help="networks the strategy's select may score")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the 95%% intervals")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="one JSON per (strategy, objective, seed, budget)")
-    p.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="the Markdown table written")
+    p.add_argument("--reference", default="mean_acc",
+                   help="what the rankings are judged against: mean_acc (NAS-Bench-Macro, CIFAR-10) or "
+                        "ssl-ground-truth:OBJECTIVE:DATASET (benchmarks/ssl_ground_truth.py; the supernets then train "
+                        "on DATASET and rank the ground truth's networks)")
+    p.add_argument("--ground-truth", type=Path, default=GROUND_TRUTH, help="the assembled SSL ground truth (JSON)")
+    p.add_argument("--docs", type=Path, default=None,
+                   help=f"the Markdown table written (default: {DEFAULT_DOCS.relative_to(ROOT)}, or "
+                        "docs/ranking-ssl-OBJECTIVE-DATASET.md for an SSL reference)")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ranking_nas_bench_macro")
     p.add_argument("--table-only", action="store_true", help="train nothing: build the table from the cache")
     p.add_argument("--compare", type=Path, nargs=2, metavar="RUN",
@@ -431,11 +503,17 @@ def main(argv=None) -> int:
             raise ConfigError("--archs must be at least 2")
         strategies = [parse_strategy(s) for s in (args.strategies or sampling_strategies())]
         table = NasBenchMacro()
+        reference = parse_reference(args.reference, table, args.ground_truth)
+        if args.docs is None:
+            args.docs = DEFAULT_DOCS if reference.keys is None else \
+                ROOT / "docs" / f"ranking-ssl-{args.reference.split(':', 1)[1].replace(':', '-')}.md"
         cifar = next((d / "cifar10" for d in shared_data_candidates() if (d / "cifar10" / "train").is_dir()), None)
-        if cifar is None and not args.table_only:
+        if cifar is None and reference.dataset == "cifar10" and not args.table_only:
             raise ConfigError("CIFAR-10 (ImageFolder) not found under ../shared/data/cifar10")
-        keys = sample_keys(table, args.archs, args.arch_seed)
-        label_free_path = args.cache / f"label_free__archs{args.archs}__archseed{args.arch_seed}__w{args.width}.json"
+        keys = sample_keys(table, args.archs, args.arch_seed) if reference.keys is None else reference.keys
+        networks = "" if reference.keys is None else f"__ssl-ground-truth-{len(keys)}"
+        label_free_path = (args.cache / f"label_free__archs{args.archs}__archseed{args.arch_seed}__w{args.width}"
+                           f"{networks}.json")
         label_free = cached(label_free_path, lambda: {
             "keys": keys, "arch_seed": args.arch_seed, "width": args.width, "seed": args.arch_seed,
             "scores": label_free_scores(keys, table, args.width, args.arch_seed), "machine": machine()}, log)
@@ -443,6 +521,9 @@ def main(argv=None) -> int:
                   "width": args.width, "head_width": args.head_width, "batch_size": args.batch_size,
                   "score_images": args.score_images, "bn_batches": args.bn_batches, "trials": args.trials,
                   "archs": args.archs, "arch_seed": args.arch_seed}
+        if reference.keys is not None:  # the ground truth's networks on its data (mean_acc budgets keep their tags)
+            budget.update({"archs": len(keys), "arch_seed": None, "networks": "ssl-ground-truth",
+                           "dataset": reference.dataset})
         if not args.table_only:
             for name, options in strategies:
                 for objective in args.frameworks:
@@ -457,10 +538,11 @@ def main(argv=None) -> int:
     runs = [run for run in (json.loads(p.read_text()) for p in sorted(args.cache.glob("*__seed*__*.json")))
             if "label" in run and run.get("keys") == keys]
     command = ("python -m benchmarks.ranking_nas_bench_macro --table-only"
-               + (f" --archs {args.archs}" if args.archs != 100 else "")
+               + (f" --reference {args.reference}" if reference.keys is not None else "")
+               + (f" --archs {args.archs}" if args.archs != 100 and reference.keys is None else "")
                + (f" --arch-seed {args.arch_seed}" if args.arch_seed else "")
                + (f" --cache {args.cache}" if args.cache != DEFAULT_CACHE else ""))
-    page, figures = build_table(runs, keys, table, label_free, args.bootstrap, args.arch_seed, command)
+    page, figures = build_table(runs, keys, table, label_free, args.bootstrap, args.arch_seed, command, reference)
     write_table(args.docs, page)
     for name, j in figures["label_free"].items():
         log(f"  {name:34s} tau {j['tau']:+.3f}  [{j['ci95'][0]:+.3f}, {j['ci95'][1]:+.3f}]")
