@@ -46,7 +46,7 @@ from experiments.core.errors import ConfigError
 from experiments.core.errors import (OutputUnwritable, RunFailed, RunInterrupted, RunStoppedAtOnce,
                                      describe_os_error, is_filesystem_error, one_line)
 from experiments.core.files import atomic_torch_save, write_json_atomic
-from experiments.core.machine import apply_thread_policy, check_trainer
+from experiments.core.machine import apply_thread_policy, check_trainer, log_thread_policy
 from experiments.core.run_log import open_run_log
 
 CHECKPOINT_DIR = "checkpoints"
@@ -384,10 +384,11 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     out = Path(out)
     record = run_record(cfg, job, extra)
     check_trainer(cfg)
-    apply_thread_policy(cfg)
+    policy = apply_thread_policy(cfg, log=False)
     if global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
         last = out / CHECKPOINT_DIR / LAST
         open_run_log(out, global_rank())  # rank zero made the directory before it started this rank
+        log_thread_policy(policy)
         return _register(Run(out, job, record, last if last.is_file() else None))
     refuse_finished(out, result_files, overwrite)  # before anything is written, the lock included
     try:
@@ -422,6 +423,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
             write_json_atomic(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         run.set_status("running")
         open_run_log(out)
+        log_thread_policy(policy)
     except OSError as err:
         os.close(fd)
         raise ConfigError(f"--output-dir: cannot claim it: {describe_os_error(err, out)}") from None

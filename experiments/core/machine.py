@@ -129,10 +129,19 @@ def thread_policy(cfg: Config) -> ThreadPolicy:
                                 os.environ.get("OMP_NUM_THREADS"), processes)
 
 
-def apply_thread_policy(cfg: Config) -> ThreadPolicy:
-    """Set torch's intra-op threads by the config's policy (every job, when it claims its run directory)."""
+def apply_thread_policy(cfg: Config, log: bool = True) -> ThreadPolicy:
+    """Set torch's intra-op threads by the config's policy (every job, when it claims its run directory).
+
+    ``log=False`` leaves the note to :func:`log_thread_policy`, once the run's log is open: a run
+    refused before that must not write a line into another run's directory.
+    """
     policy = thread_policy(cfg)
     if torch.get_num_threads() != policy.threads:
         torch.set_num_threads(policy.threads)
-    logging.getLogger("ssl_nas.machine").info(policy.describe())
+    if log:
+        log_thread_policy(policy)
     return policy
+
+
+def log_thread_policy(policy: ThreadPolicy) -> None:
+    logging.getLogger("ssl_nas.machine").info(policy.describe())
