@@ -32,6 +32,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ddp_env() -> dict:
+    """The environment of a command that starts a two-process DDP run on loopback (gloo, one thread each)."""
+    import os
+
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
+               PL_DISABLE_FORK="1")
+    env.pop("LOCAL_RANK", None)  # a rank's variable from an outer launcher would make this process a rank
+    return env
+
+
 def tiny_overrides(out: Path, **extra) -> dict:
     """A digits run small enough for a test: narrow nets, few epochs, no progress bar."""
     base = {

@@ -5,14 +5,13 @@ The search makes its views from uint8 batches (data.batched_augment), one random
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import ddp_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,9 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("strategy", ["ddp"])
 def test_darts_search_under_ddp_on_two_cpu_processes(tmp_path, strategy):
     out = tmp_path / "run"
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
-               PL_DISABLE_FORK="1")
-    env.pop("LOCAL_RANK", None)
+    env = ddp_env()
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_search.py"), str(out), strategy],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,9 +73,7 @@ def test_learning_rate_scales_with_the_global_batch_under_ddp():
 def test_path_sampling_backbone_search_under_ddp_on_two_cpu_processes(tmp_path):
     """MCT-NAS trains one path per step: without DDP's unused-parameter search Lightning stops at step 2."""
     out = tmp_path / "run"
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
-               PL_DISABLE_FORK="1")
-    env.pop("LOCAL_RANK", None)
+    env = ddp_env()
     sets = {"trainer.strategy": "ddp", "trainer.devices": 2, "trainer.accelerator": "cpu", "search.epochs": 2,
             "data.train_subset": 512, "data.batch_size": 32, "backbone_search.score_images": 100,
             "backbone_search.strategy_options.min_visits": 1, "backbone_search.strategy_options.num_leaves": 2,
@@ -115,9 +110,7 @@ def test_kshot_under_ddp_keeps_copies_and_simplex_net_equal_on_every_rank(tmp_pa
     are averaged by hand, the path is rank zero's. Both ranks must end with the same state, moved by K-shot."""
     import torch
 
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
-               PL_DISABLE_FORK="1")
-    env.pop("LOCAL_RANK", None)
+    env = ddp_env()
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_kshot.py"), str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import free_port
+from tests.conftest import ddp_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,7 @@ def run_ddp(out: Path, *signal_at: int) -> tuple[int, list[str], str]:
     """(exit status of rank zero, the ``error:`` lines on stderr, all output); returns once every rank has ended.
 
     Rank one writes into the same pipes, so reading them to the end waits for it too."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
-               PL_DISABLE_FORK="1")
-    env.pop("LOCAL_RANK", None)
+    env = ddp_env()
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ddp_interrupt.py"), str(out),
                              *map(str, signal_at)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)

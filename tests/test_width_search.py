@@ -235,16 +235,13 @@ def test_width_strategies_refuse_other_spaces_and_searched_heads(tmp_path):
 
 def test_every_ddp_rank_trains_the_same_widths_and_placements(tmp_path):
     import json
-    import os
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, free_port
+    from tests.conftest import ROOT, ddp_env
 
     out = tmp_path / "run"
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
-               PL_DISABLE_FORK="1")
-    env.pop("LOCAL_RANK", None)
+    env = ddp_env()
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_width_search.py"), str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
