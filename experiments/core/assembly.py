@@ -14,7 +14,7 @@ from evaluators.monitors import EvaluationSet, SSLMonitor
 from experiments.core.batch_augment import BatchViewAugment, UInt8Images, collate_uint8
 from experiments.core.config import Config
 from experiments.core.errors import ConfigError
-from experiments.core.machine import thread_policy
+from experiments.core.machine import ddp_processes, thread_policy
 from evaluators.views import AugmentSettings
 from experiments.core.data import (DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats, load_images,
                                    normalized)
@@ -55,19 +55,11 @@ class DataBundle:
 
 def check_split_size(cfg: Config, images: int) -> None:
     """Refuse a training split that gives no full batch (the loaders drop the last incomplete one)."""
-    world = processes(cfg)  # under DDP each process takes 1/world of the split (Lightning's sampler)
+    world = ddp_processes(cfg)  # under DDP each process takes 1/world of the split (Lightning's sampler)
     if images // world < cfg.data.batch_size:
         per_process = f" ({images // world} per process of {world})" if world > 1 else ""
         raise ConfigError(f"data.batch_size: {cfg.data.batch_size} is larger than a training split of "
                           f"{images} images{per_process}; lower it or use more data")
-
-
-def processes(cfg: Config) -> int:
-    """How many training processes the trainer starts on this node (1 unless a DDP strategy)."""
-    t = cfg.trainer
-    if t.strategy == "auto":
-        return 1
-    return len(t.devices) if isinstance(t.devices, list) else t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
 
 
 def augment_settings(cfg: Config, image_size: int) -> AugmentSettings:

@@ -124,9 +124,18 @@ def thread_policy(cfg: Config) -> ThreadPolicy:
     """:func:`choose_thread_policy` for ``cfg`` on this machine, in this environment."""
     t = cfg.trainer
     on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
-    processes = t.devices if on_cpu and t.strategy != "auto" and isinstance(t.devices, int) and t.devices > 1 else 1
     return choose_thread_policy(t.threads, cfg.data.num_workers, makes_batched_views(cfg), usable_cores(),
-                                os.environ.get("OMP_NUM_THREADS"), processes)
+                                os.environ.get("OMP_NUM_THREADS"), ddp_processes(cfg) if on_cpu else 1)
+
+
+def ddp_processes(cfg: Config) -> int:
+    """How many training processes the trainer starts on this node (1 unless a DDP strategy)."""
+    t = cfg.trainer
+    if t.strategy == "auto":
+        return 1
+    if isinstance(t.devices, list):
+        return len(t.devices)
+    return t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
 
 
 def apply_thread_policy(cfg: Config, log: bool = True) -> ThreadPolicy:
