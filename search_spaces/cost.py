@@ -45,7 +45,7 @@ class BackboneCost:
                                         if isinstance(m, Categorical)}
         for label, m in space.simplify().items():  # a cell's input: a one-element list of a predecessor
             if isinstance(m, CategoricalMultiple) and m.n_chosen == 1:
-                self.labels[label] = [[v] for v in m.values]
+                self.labels[label] = exported_values(m)
         self.flops_expression: Any = None
         self.params_expression: Any = None
         if hasattr(space, "check_input_size"):  # a space built for one image size (ViT position embeddings)
@@ -152,6 +152,14 @@ def _evaluate(expression: Any, sample: Mapping[str, Any]) -> float:
 def classifier_cost(feature_dim: int, num_classes: int) -> Cost:
     """A linear classifier on the pooled features (NAS-Bench-Macro counts it, bias in params only)."""
     return Cost(feature_dim * num_classes, feature_dim * num_classes + num_classes)
+
+
+def exported_values(mutable: Any) -> list:
+    """The values an architecture JSON spells for a choice: a one-of-n input choice (NNI's
+    ``CategoricalMultiple`` with ``n_chosen`` 1, a cell's input) as one-element lists of a predecessor."""
+    if isinstance(mutable, CategoricalMultiple) and mutable.n_chosen == 1:
+        return [[v] for v in mutable.values]
+    return list(mutable.values)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from experiments.core.errors import ConfigError, existing_file
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from evaluators import FRAMEWORKS
 from search_spaces.backbone_spaces import is_backbone_space
+from search_spaces.cost import exported_values
 from search_spaces.filter_groups import shrink_to
 from search_spaces.network import HEAD_SPACES, SSLNetworkSpace
 
@@ -145,10 +146,7 @@ def validate_choices(space: SSLNetworkSpace, architecture: dict[str, Any], sourc
                 hint = f"; did you mean {close[0]!r}?"
             raise ConfigError(f"{source}: label {_show(label)} is not in the {space.head_space} space for "
                               f"{space.framework}{hint}")
-        values = list(mutables[label].values)
-        n_chosen = getattr(mutables[label], "n_chosen", None)
-        if n_chosen is not None:  # a cell's input: a list of n_chosen predecessors (NNI's CategoricalMultiple)
-            values = [[v] for v in values] if n_chosen == 1 else values
+        values = exported_values(mutables[label])  # a cell's input: a list of predecessors
         # The same type too: JSON's true is 1 to Python, and 2.0 == 2, but neither builds a layer.
         if not any(_same(value, v) for v in values):
             raise ConfigError(f"{source}: {label} = {_show(value)} is not one of its choices {values}")
