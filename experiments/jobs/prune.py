@@ -119,9 +119,11 @@ def run_prune(cfg: Config, checkpoint: str | Path, out: Path, method: str, targe
     metrics_pretrained = downstream_metrics(cfg, data, network)
     history: list = []
     scale: Optional[dict] = None
+    # the framework's SSL loss over the network: DAGGER's gates train under it, Taylor scores with it
+    module = build_module(cfg, max(1, gate_epochs) if method == "dagger" else 1, interleaved=False,
+                          framework=framework, augment=data.augment)
+    module.set_model(network)
     if method == "dagger":
-        module = build_module(cfg, max(1, gate_epochs), interleaved=False, framework=framework, augment=data.augment)
-        module.set_model(network)
         dagger = DaggerModule(backbone, groups)
         history = train_gates(module, backbone, dagger, groups, cost, loader, gate_epochs, target, quantity,
                               penalty, gate_lr, log_fn)
@@ -130,8 +132,6 @@ def run_prune(cfg: Config, checkpoint: str | Path, out: Path, method: str, targe
         keep = select_filters(gates, cost, target, quantity)
         scale = {name: gates[name][idx] for name, idx in keep.items()}
     else:
-        module = build_module(cfg, 1, interleaved=False, framework=framework, augment=data.augment)
-        module.set_model(network)
         keep = nni_keep(backbone, groups, uniform_counts(groups, cost, target, quantity), method, module, loader,
                         taylor_steps=max(1, gate_epochs) * len(loader))
     for branch in (backbone, getattr(network, "momentum_backbone", None)):
