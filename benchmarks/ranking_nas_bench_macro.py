@@ -413,11 +413,43 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
     figures = {"label_free": fixed, "noise_ceiling": ceiling,
                "runs": [{k: r[k] for k in ("label", "objective", "seed", "judged", "selected")}
                         | {"budget": budget_tag(r["budget"])} for r in judged]}
+    figures["summary"] = summary(figures, budgets, command)
     return "\n".join(lines), figures
+
+
+def summary(figures: dict, budgets: dict[str, list[dict]], command: str) -> str:
+    """The README's short form: strategy x objective at the budget run most, the label-free rankers beside."""
+    if not budgets:
+        return "No supernet run is cached yet."
+    tag, group = max(budgets.items(), key=lambda item: len(item[1]))
+    objectives = list(dict.fromkeys(r["objective"] for r in sorted(group, key=lambda r: r["objective"] != "supervised")))
+    taus: dict[str, dict[str, list[float]]] = {}
+    for r in group:
+        taus.setdefault(r["label"], {}).setdefault(r["objective"], []).append(r["judged"]["tau"])
+    b = group[0]["budget"]
+    seeds = sorted({r["seed"] for r in group})
+    lines = [f"Kendall's tau against NAS-Bench-Macro's `mean_acc` on the same {b['archs']} networks. Supernets: "
+             f"{b['epochs']} epochs on {b['train_images']} CIFAR-10 images, width {b['width']}, seeds "
+             f"{', '.join(map(str, seeds))}; mean over the seeds run (each seed's tau in brackets). Machine: "
+             f"{group[0]['machine'].get('cpu', '?')}, {group[0]['machine'].get('cpu_count')} CPUs, no GPU. "
+             f"Rebuild: `{command} --readme README.md`; every run, interval and budget: docs/ranking.md.", "",
+             "| supernet | " + " | ".join(objectives) + " |", "|---|" + "---|" * len(objectives)]
+    for label, by_objective in taus.items():
+        cells = [f"{sum(v) / len(v):+.3f} ({' / '.join(f'{t:+.2f}' for t in v)})" if v else ""
+                 for v in (by_objective.get(o, []) for o in objectives)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| costs nothing | tau | 95% interval |", "|---|---|---|"]
+    lines += [f"| {name} | {j['tau']:+.3f} | [{j['ci95'][0]:+.2f}, {j['ci95'][1]:+.2f}] |"
+              for name, j in figures["label_free"].items()]
+    c = figures["noise_ceiling"]
+    lines.append(f"| noise ceiling (benchmark seed 0 vs 1) | {c['tau']:+.3f} | [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] |")
+    return "\n".join(lines)
 
 
 BEGIN_MARK = "<!-- ranking table: written by python -m benchmarks.ranking_nas_bench_macro; edits here are lost -->"
 END_MARK = "<!-- end of the ranking table -->"
+README_BEGIN = "<!-- ranking summary: written by python -m benchmarks.ranking_nas_bench_macro --readme -->"
+README_END = "<!-- end of the ranking summary -->"
 
 
 def write_table(path: Path, table_text: str, begin: str = BEGIN_MARK, end: str = END_MARK,
@@ -482,6 +514,8 @@ def parse_args(argv):
     p.add_argument("--docs", type=Path, default=None,
                    help=f"the Markdown table written (default: {DEFAULT_DOCS.relative_to(ROOT)}, or "
                         "docs/ranking-ssl-OBJECTIVE-DATASET.md for an SSL reference)")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="also write the short strategy x objective table between this page's ranking-summary markers")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ranking_nas_bench_macro")
     p.add_argument("--table-only", action="store_true", help="train nothing: build the table from the cache")
     p.add_argument("--compare", type=Path, nargs=2, metavar="RUN",
@@ -544,6 +578,8 @@ def main(argv=None) -> int:
                + (f" --cache {args.cache}" if args.cache != DEFAULT_CACHE else ""))
     page, figures = build_table(runs, keys, table, label_free, args.bootstrap, args.arch_seed, command, reference)
     write_table(args.docs, page)
+    if args.readme is not None:
+        write_table(args.readme, figures["summary"], README_BEGIN, README_END)
     for name, j in figures["label_free"].items():
         log(f"  {name:34s} tau {j['tau']:+.3f}  [{j['ci95'][0]:+.3f}, {j['ci95'][1]:+.3f}]")
     for r in figures["runs"]:
