@@ -23,10 +23,10 @@ written to ``--table``. Rerun::
 
     OMP_NUM_THREADS=1 python -m benchmarks.topology_search --epochs 4 --seeds 0 1 --images 768
 
-(c), 30 CPU-minutes on this machine::
+(c), 24 retrains of about 57 CPU s each (23 CPU-minutes) on this machine::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.topology_search --epochs 4 --seeds 0 --strategies darts toponas \
-        entrannas --search-records docs/results/topology_search.json --retrain-epochs 8 --retrain-seeds 0 1 2
+    OMP_NUM_THREADS=1 python -m benchmarks.topology_search --epochs 4 --seeds 0 1 --strategies darts toponas \
+        entrannas --search-records docs/results/topology_search.json --retrain-epochs 20 --retrain-seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -127,17 +127,16 @@ def table(records: list[dict]) -> str:
 RANDOM = "random"  # the control of (c): a cell drawn uniformly from the space
 
 
-def random_architecture(cfg, seed: int) -> dict:
-    """A cell drawn from the space the strategies derive from: per node, distinct inputs drawn uniformly
-    (as many as the node's slots), per edge an operation drawn uniformly; ``seed`` fixes the draw."""
+def random_architecture(mutables: dict, seed: int) -> dict:
+    """A cell drawn from the space (``mutables``: its ``simplify()``) the strategies derive from: per node,
+    distinct inputs drawn uniformly (as many as the node's slots), per edge an operation drawn uniformly;
+    ``seed`` fixes the draw."""
     import random
     import re
 
-    from experiments.core.assembly import build_space
     from search_spaces.cost import exported_values
 
     rng = random.Random(seed)
-    mutables = build_space(cfg, num_classes=10).simplify()  # the network's labels: the backbone's
     architecture, slots = {}, {}
     for label, mutable in mutables.items():
         match = re.fullmatch(r"(.*)/input_(\d+)_\d+", label)
@@ -258,8 +257,8 @@ def random_search(seed: int, args) -> dict:
     from search_spaces.cost import BackboneCost
 
     cfg = retrain_config(RANDOM, seed, 1, Path(args.out))
-    architecture = random_architecture(cfg, seed)
     space = build_space(cfg, num_classes=10)
+    architecture = random_architecture(space.simplify(), seed)  # the network's labels: the backbone's
     return {"strategy": RANDOM, "seed": seed, "epochs": 0, "architecture": architecture,
             "derived_flops": BackboneCost(space.backbone, 8)(architecture).flops}
 

@@ -28,7 +28,7 @@ def main(out: str, strategy: str, dst: bool) -> None:
     if dst:
         cells.update(inputs_per_node=3, ops=["sep_conv_3x3", "max_pool_3x3", "skip_connect", "none"])
     cfg = load_config(ROOT / "configs" / "digits_backbone_cells.yml", {
-        "data.batch_size": 32, "data.train_subset": 256, "search.epochs": 1, "search.arch_lr": 0.05,
+        "data.batch_size": 32, "data.train_subset": 128, "search.epochs": 1, "search.arch_lr": 0.05,
         "model.backbone_options": cells, "backbone_search.strategy": strategy,
         "backbone_search.strategy_options": {"dst": True} if dst else {}, "backbone_search.score_images": 64,
         "trainer.progress_bar": False, "trainer.accelerator": "cpu", "trainer.strategy": "ddp",

@@ -1,5 +1,6 @@
 """A cell search stopped in the middle of an epoch resumes from its checkpoint to exactly where an
-uninterrupted search ends: the same architecture, architecture weights, losses and supernet weights.
+uninterrupted search ends: the same architecture, architecture weights, losses and supernet weights;
+and under two-process DDP both ranks hold the same architecture weights.
 
 The cell strategies keep their architecture weights in the cells (TopoNAS's topology weights,
 EnTranNAS's engine weights, which its transit cells read at every step), not in NNI's mixed layers,
@@ -32,9 +33,8 @@ def saved_weights(out) -> dict:
     return torch.load(out / "search_model.pt", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("strategy,cells,options", [  # (darts: NNI's own cell; passes too, left out for time)
+@pytest.mark.parametrize("strategy,cells,options", [  # darts and entrannas (DST) pass too: left out for time
     ("toponas", CELLS, {}),
-    ("entrannas", DST_CELLS, {"dst": True}),
 ])
 def test_a_cell_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, strategy,
                                                                               cells, options):
@@ -76,7 +76,7 @@ def test_a_cell_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp
         assert torch.allclose(resumed_weights[key].float(), value.float(), atol=1e-5), key
 
 
-@pytest.mark.parametrize("strategy,dst", [("entrannas", True)])  # (toponas passes too, left out for time)
+@pytest.mark.parametrize("strategy,dst", [("entrannas", True)])  # toponas passes too: left out for time
 def test_a_cell_search_under_ddp_keeps_the_architecture_weights_equal_on_both_ranks(tmp_path, strategy, dst):
     """Two gloo processes: the cells' architecture weights (TopoNAS's topology, EnTranNAS's engine), averaged by
     hand on the architecture step, and the supernet's weights, averaged by DDP, stay equal on both ranks."""
