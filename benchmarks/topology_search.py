@@ -9,12 +9,24 @@ and seed, one supernet search, then:
 (d) for TopoNAS: the nodes whose learned input set (the most probable) differs from the set DARTS's
     top-2 rule picks on the same weights.
 
+With ``--retrain-epochs N`` also (c): each strategy's derived cell, exported as the search job exports
+it, retrained from scratch by the ``retrain`` job's own function (``run_retrain``: NNI's ``freeze`` of
+the JSON) under SimSiam for N epochs on the whole digits training split, once per ``--retrain-seeds``
+seed, and scored by kNN and a linear probe on the test split. The control is a ``random`` cell of the
+same space (per node a uniformly drawn set of distinct inputs, per edge a uniformly drawn operation,
+drawn with the search seed), retrained the same way. ``--search-records`` takes the searched
+architectures from a committed results file (``docs/results/topology_search.json``) instead of
+searching again.
+
 Each run is cached as one JSON file under ``--out`` (a killed study resumes); the table is printed and
 written to ``--table``. Rerun::
 
     OMP_NUM_THREADS=1 python -m benchmarks.topology_search --epochs 4 --seeds 0 1 --images 768
 
-Not measured here: (c) retraining the derived cells from scratch (3 seeds, kNN and linear).
+(c), 24 retrains of about 57 CPU s each (23 CPU-minutes) on this machine::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.topology_search --epochs 4 --seeds 0 1 --strategies darts toponas \
+        entrannas --search-records docs/results/topology_search.json --retrain-epochs 20 --retrain-seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -24,6 +36,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from benchmarks._util import ROOT  # noqa: F401 (patches NNI, puts the project on the path)
 
@@ -32,7 +45,8 @@ STRATEGIES = {"darts": ("darts", {}), "toponas": ("toponas", {}), "entrannas": (
 DST_OPS = ["sep_conv_3x3", "dil_conv_3x3", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "none"]
 
 
-def config(name: str, seed: int, epochs: int, out: Path, images: int):
+def config(name: str, seed: int, epochs: int, out: Path, images: Optional[int], **overrides):
+    """The search config of ``name``; ``overrides`` (dotted keys) change it, e.g. into a retrain's."""
     from experiments.core.config import load_config
 
     strategy, options = STRATEGIES[name]
@@ -44,7 +58,7 @@ def config(name: str, seed: int, epochs: int, out: Path, images: int):
         "backbone_search.strategy": strategy,
         "backbone_search.strategy_options": options, "model.backbone_options": cells,
         "evaluation.monitor_every_n_epochs": epochs + 1, "trainer.progress_bar": False,
-        "trainer.accelerator": "cpu"})
+        "trainer.accelerator": "cpu", **overrides})
 
 
 def knn_top1(backbone, data, cfg) -> float:
@@ -110,6 +124,88 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+RANDOM = "random"  # the control of (c): a cell drawn uniformly from the space
+
+
+def random_architecture(mutables: dict, seed: int) -> dict:
+    """A cell drawn from the space (``mutables``: its ``simplify()``) the strategies derive from: per node,
+    distinct inputs drawn uniformly (as many as the node's slots), per edge an operation drawn uniformly;
+    ``seed`` fixes the draw."""
+    import random
+    import re
+
+    from search_spaces.cost import exported_values
+
+    rng = random.Random(seed)
+    architecture, slots = {}, {}
+    for label, mutable in mutables.items():
+        match = re.fullmatch(r"(.*)/input_(\d+)_\d+", label)
+        if match:
+            slots.setdefault(match.groups(), []).append(label)
+        else:
+            architecture[label] = rng.choice(exported_values(mutable))
+    for labels in slots.values():
+        for label, value in zip(labels, rng.sample(exported_values(mutables[labels[0]]), len(labels))):
+            architecture[label] = value
+    return {label: architecture[label] for label in mutables}
+
+
+def retrain_one(search: dict, seed: int, epochs: int, out: Path) -> dict:
+    """The searched (or random) architecture retrained from scratch by the retrain job's ``run_retrain``."""
+    from experiments.core.records import space_record
+    from experiments.jobs.retrain import run_retrain
+
+    cfg = retrain_config(search["strategy"], seed, epochs, out)
+    record = {"space": space_record(cfg, num_classes=10), "architecture": search["architecture"]}
+    cpu_start = time.process_time()
+    result = run_retrain(cfg, record, out, log_fn=lambda line: None, source=f"{search['strategy']} search",
+                         overwrite=True)
+    m = result["metrics"]
+    return {"strategy": search["strategy"], "search_seed": search["seed"], "search_epochs": search["epochs"],
+            "seed": seed, "epochs": epochs,
+            "knn_top1": m["knn_top1"], "linear_top1": m["linear_top1"], "collapse": m["collapse"],
+            "train_seconds": m["train_seconds"], "cpu_seconds": time.process_time() - cpu_start,
+            "flops": search["derived_flops"], "architecture": search["architecture"]}
+
+
+def retrain_config(name: str, seed: int, epochs: int, out: Path):
+    """One retrain's config, the same for every cell: the space ``name`` searched (the random cell: DARTS's), its
+    widths and SimSiam settings, the whole digits training split, ``epochs`` epochs, no per-epoch monitor."""
+    return config(name if name in STRATEGIES else "darts", seed, 1, out, None, **{"train.epochs": epochs,
+                                                  "evaluation.monitor_every_n_epochs": epochs + 1})
+
+
+def retrain_table(records: list[dict]) -> str:
+    """Mean ± sd over retraining seeds, per (cell, search seed), and per cell over all its retrains."""
+    rows = ["| cell | search seed | retrains | derived FLOPs | kNN top-1 | linear top-1 | CPU s per retrain |",
+            "|---|---|---|---|---|---|---|"]
+    for name in [*STRATEGIES, RANDOM]:
+        mine = [r for r in records if r["strategy"] == name]
+        seeds = sorted({r["search_seed"] for r in mine})
+        for seed in seeds + (["all"] if len(seeds) > 1 else []):
+            rs = [r for r in mine if seed == "all" or r["search_seed"] == seed]
+            stats = lambda key: (f"{statistics.mean(r[key] for r in rs):.3f} ± "  # noqa: E731
+                                 f"{statistics.stdev(r[key] for r in rs) if len(rs) > 1 else 0.0:.3f}")
+            flops = f"{statistics.mean(r['flops'] for r in rs):,.0f}"
+            rows.append(f"| {name} | {seed} | {len(rs)} | {flops} | {stats('knn_top1')} | {stats('linear_top1')} | "
+                        f"{statistics.mean(r['cpu_seconds'] for r in rs):.0f} |")
+    return "\n".join(rows)
+
+
+def searched(name: str, seed: int, args, out: Path, committed: dict) -> dict:
+    """The search record of (strategy, seed): the cache, else the committed results file, else a search."""
+    cached = out / f"{name}-seed{seed}.json"
+    if not cached.exists():
+        if (name, seed, args.epochs) in committed:
+            record = committed[name, seed, args.epochs]
+        else:
+            start = time.perf_counter()
+            record = run_one(name, seed, args.epochs, out, args.images)
+            print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        cached.write_text(json.dumps(record, indent=1))
+    return json.loads(cached.read_text())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=4)
@@ -118,25 +214,53 @@ def main(argv=None) -> int:
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     p.add_argument("--out", default=str(ROOT / "runs" / "topology_study"))
     p.add_argument("--table", default=None, help="also write the table (markdown) here")
+    p.add_argument("--search-records", default=None,
+                   help="a results file of this study (its 'runs'): take the searches found there instead of searching")
+    p.add_argument("--retrain-epochs", type=int, default=0, help="(c): retrain each derived cell and a random one "
+                                                                 "from scratch for this many SimSiam epochs (0: not)")
+    p.add_argument("--retrain-seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args(argv)
+    if args.retrain_epochs < 0:
+        p.error("--retrain-epochs must be >= 0")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for seed in args.seeds:
-        for name in args.strategies:
-            cached = out / f"{name}-seed{seed}.json"
-            if not cached.exists():
-                start = time.perf_counter()
-                record = run_one(name, seed, args.epochs, out, args.images)
-                cached.write_text(json.dumps(record, indent=1))
-                print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-            records.append(json.loads(cached.read_text()))
+    committed = {}
+    if args.search_records:
+        for r in json.loads(Path(args.search_records).read_text())["runs"]:
+            committed[r["strategy"], r["seed"], r["epochs"]] = r
+    records = [searched(name, seed, args, out, committed) for seed in args.seeds for name in args.strategies]
     text = table(records)
+    if args.retrain_epochs:
+        retrained = []
+        searches = records + [random_search(seed, args) for seed in args.seeds]
+        for seed in args.retrain_seeds:  # every cell at one seed before the next: a killed study stays balanced
+            for search in searches:
+                tag = f"{search['strategy']}-search{search['seed']}-seed{seed}"
+                folder = out / f"retrain-{args.retrain_epochs}ep"
+                cached = folder / f"{tag}.json"
+                if not cached.exists():
+                    record = retrain_one(search, seed, args.retrain_epochs, folder / tag)
+                    cached.write_text(json.dumps(record, indent=1))
+                    print(f"retrain {tag}: {record['cpu_seconds']:.0f} CPU s, kNN {record['knn_top1']:.3f}, "
+                          f"linear {record['linear_top1']:.3f}", file=sys.stderr, flush=True)
+                retrained.append(json.loads(cached.read_text()))
+        text += "\n\n" + retrain_table(retrained)
     print(text)
     if args.table:
         Path(args.table).write_text(text + "\n")
     return 0
 
+
+def random_search(seed: int, args) -> dict:
+    """The random control in the shape of a search record (its draw seeded by the search seed)."""
+    from experiments.core.assembly import build_space
+    from search_spaces.cost import BackboneCost
+
+    cfg = retrain_config(RANDOM, seed, 1, Path(args.out))
+    space = build_space(cfg, num_classes=10)
+    architecture = random_architecture(space.simplify(), seed)  # the network's labels: the backbone's
+    return {"strategy": RANDOM, "seed": seed, "epochs": 0, "architecture": architecture,
+            "derived_flops": BackboneCost(space.backbone, 8)(architecture).flops}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,31 @@
+"""The random control of the topology study's retraining (benchmarks/topology_search.py): a valid cell of the
+space, drawn as documented (distinct inputs per node, operations uniform), fixed by its seed."""
+from __future__ import annotations
+
+import collections
+
+from tests.conftest import ROOT  # noqa: F401 (the project on the path)
+
+
+def test_the_random_cell_is_a_valid_draw_with_distinct_inputs_per_node_and_uniform_operations(tmp_path):
+    from benchmarks.topology_search import random_architecture, retrain_config
+    from experiments.core.assembly import build_space
+    from experiments.core.records import validate_choices
+    from search_spaces.cells import CELL_OPS
+
+    cfg = retrain_config("random", 0, 1, tmp_path)
+    space = build_space(cfg, num_classes=10)
+    mutables = space.simplify()
+    draws = [random_architecture(mutables, seed) for seed in range(300)]
+    assert random_architecture(mutables, 7) == draws[7] and draws[0] != draws[1]
+    for arch in draws[:20]:
+        assert validate_choices(space, arch) == arch  # every label, each value among its choices
+    for cell in ("normal", "reduce"):
+        for node in range(2, 6):  # four nodes; node i reads two distinct of its i predecessors
+            pairs = [(a[f"backbone.{cell}/input_{node}_0"][0], a[f"backbone.{cell}/input_{node}_1"][0]) for a in draws]
+            assert all(i != j and 0 <= i < node and 0 <= j < node for i, j in pairs)
+    # node 2 has two predecessors, so both orders; node 5's first input: each of 0..4 in about a fifth of the draws
+    first = collections.Counter(a["backbone.normal/input_5_0"][0] for a in draws)
+    assert sorted(first) == [0, 1, 2, 3, 4] and min(first.values()) > 300 / 5 / 2
+    ops = collections.Counter(a["backbone.reduce/op_4_1"] for a in draws)
+    assert sorted(ops) == sorted(CELL_OPS) and min(ops.values()) > 300 / len(CELL_OPS) / 2
