@@ -133,27 +133,35 @@ def test_nni_l1_pruner_keeps_the_largest_filters_within_the_target():
     assert {k: len(v) for k, v in fpgm.items()} == counts
 
 
-@pytest.fixture
-def base_checkpoint(tiny_config, tmp_path):
-    """An untrained SimSiam ResNet-18 (fixed heads) saved as a retrain would save it."""
+def _save_untrained(cfg, directory, architecture: dict):
+    """An untrained SimSiam network of ``cfg`` (fixed heads) saved as a retrain would save it."""
     from experiments.core.assembly import build_space
     from experiments.core.records import new_record, space_record, write_results
 
-    cfg = tiny_config(**{"model.head_space": "fixed", "evaluation.linear_epochs": 2})
     torch.manual_seed(0)
-    network = build_space(cfg).freeze({})
+    network = build_space(cfg).freeze(architecture)
     _randomise_norms(network.backbone)
-    record = new_record("ssl_retrain", cfg, space_record(cfg), {}, {}, [])
-    write_results(tmp_path, record, "base.json", network, "base.pt")
-    return cfg, tmp_path / "base.pt"
+    record = new_record("ssl_retrain", cfg, space_record(cfg), architecture, {}, [])
+    write_results(directory, record, "base.json", network, "base.pt")
+    return directory / "base.pt"
 
 
-def test_prune_job_saves_a_smaller_network_that_reloads_and_evaluates(base_checkpoint, tmp_path):
+@pytest.fixture
+def base_checkpoint(tiny_config, tmp_path):
+    """An untrained SimSiam ResNet-18 (fixed heads) saved as a retrain would save it."""
+    cfg = tiny_config(**{"model.head_space": "fixed", "evaluation.linear_epochs": 2})
+    return cfg, _save_untrained(cfg, tmp_path, {})
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "nas_bench_macro"])
+def test_prune_job_saves_a_smaller_network_that_reloads_and_evaluates(tiny_config, tmp_path, backbone):
     from experiments.core.records import load_saved_model
     from experiments.jobs.evaluate import run_evaluate
     from experiments.jobs.prune import run_prune
+    from search_spaces.nas_bench_macro import key_to_arch
 
-    cfg, checkpoint = base_checkpoint
+    cfg = tiny_config(**{"model.head_space": "fixed", "evaluation.linear_epochs": 2, "model.backbone": backbone})
+    checkpoint = _save_untrained(cfg, tmp_path, key_to_arch("22212220") if backbone == "nas_bench_macro" else {})
     out = tmp_path / "pruned"
     result = run_prune(cfg, checkpoint, out, "dagger", 0.5, "flops", finetune_epochs=1, gate_epochs=1,
                        log_fn=lambda _: None)
@@ -163,6 +171,7 @@ def test_prune_job_saves_a_smaller_network_that_reloads_and_evaluates(base_check
     network, payload = load_saved_model(out / "prune_model.pt", cfg)
     assert sum(p.numel() for p in network.backbone.parameters()) == pruning["after"]["params"]
     assert payload["pruned"] == {name: kept for name, (_, kept) in pruning["channels"].items()}
+    assert count_fixed(network.backbone, 8).flops == pruning["after"]["flops"]  # the reloaded network is the small one
     assert json.loads((out / "prune_results.json").read_text())["kind"] == "ssl_prune"
     evaluated = run_evaluate(cfg, out / "prune_model.pt")
     assert evaluated["metrics"]["knn_top1"] == pytest.approx(result["metrics"]["knn_top1"])
