@@ -234,13 +234,24 @@ def cpu_seconds() -> float:
 
 
 def cached_run(path: Path, train) -> dict:
-    """``train()``'s result with its wall and CPU seconds, from ``path`` if an earlier (killed) study wrote it."""
+    """``train()``'s result with its wall and CPU seconds, from ``path`` if an earlier (killed) study wrote it.
+
+    A run whose representation collapses (the training guard stops it) is a result too: it is
+    recorded as ``collapsed`` with the guard's message, counted in the table, left out of the means.
+    """
+    from experiments.core.errors import RepresentationCollapsed
+
     if not path.is_file():
         start, cpu = time.perf_counter(), cpu_seconds()
-        result = {**train(), "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
+        try:
+            result = train()
+        except RepresentationCollapsed as err:
+            result = {"collapsed": str(err), "metrics": None, "flops_ratio": None}
+        result = {**result, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
         path.write_text(json.dumps(result, indent=1))
-        print(f"{path.stem}: kNN {result['metrics']['knn_top1']:.3f} linear {result['metrics']['linear_top1']:.3f} "
-              f"({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU s)", flush=True)
+        scores = "collapsed" if result["metrics"] is None else \
+            f"kNN {result['metrics']['knn_top1']:.3f} linear {result['metrics']['linear_top1']:.3f}"
+        print(f"{path.stem}: {scores} ({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU s)", flush=True)
     return json.loads(path.read_text())
 
 
@@ -280,16 +291,25 @@ def write_table(args, rows: list, path: Path) -> None:
     cells: dict = {}
     for r in rows:
         cells.setdefault((r["method"], r["target"]), []).append(r)
-    for (method, target), runs in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0] != "pretrained")):
+    for (method, target), every in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0] != "pretrained")):
+        runs = [r for r in every if r["metrics"] is not None]
+        collapsed = f" (+{len(every) - len(runs)} collapsed)" if len(runs) < len(every) else ""
+        if not runs:
+            lines.append(f"| {method} | {target:g} | | collapsed | collapsed | | 0{collapsed} |")
+            continue
         before = [r["before_finetune"]["knn_top1"] for r in runs if "before_finetune" in r]
         lines.append(f"| {method} | {target:g} | {_mean_sd([r['flops_ratio'] for r in runs])} | "
                      f"{_mean_sd([r['metrics']['knn_top1'] for r in runs])} | "
                      f"{_mean_sd([r['metrics']['linear_top1'] for r in runs])} | "
-                     f"{_mean_sd(before) if before else ''} | {len(runs)} |")
+                     f"{_mean_sd(before) if before else ''} | {len(runs)}{collapsed} |")
     lines += ["", "Every run:", "", "| seed | method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | seconds | CPU seconds |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else ""  # runs before CPU time was recorded
+        if r["metrics"] is None:
+            lines.append(f"| {r['seed']} | {r['method']} | {r['target']:g} | | collapsed | collapsed | "
+                         f"{r['seconds']:.0f} | {cpu} |")
+            continue
         lines.append(f"| {r['seed']} | {r['method']} | {r['target']:g} | {r['flops_ratio']:.3f} | "
                      f"{r['metrics']['knn_top1']:.3f} | {r['metrics']['linear_top1']:.3f} | "
                      f"{r.get('seconds', 0):.0f} | {cpu} |")

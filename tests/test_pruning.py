@@ -223,3 +223,22 @@ def test_nni_taylor_pruner_under_the_ssl_loss_drops_dead_filters_and_leaves_the_
     for g in groups:
         assert len(keep[g.name]) == g.size // 2 and not set(keep[g.name].tolist()) & set(dead[g.name]), g.name
     assert all(torch.equal(v, network.state_dict()[k]) for k, v in state.items())  # weights and BN statistics
+
+
+def test_prune_study_caches_each_run_and_records_a_collapse_without_stopping(tmp_path):
+    """A killed study resumes from its JSON files; a collapsed run is a recorded result, not a crash."""
+    from benchmarks.prune_study import cached_run
+    from experiments.core.errors import RepresentationCollapsed
+
+    calls = []
+
+    def collapses():
+        calls.append(1)
+        raise RepresentationCollapsed("the representation collapsed: collapse score 0.0000")
+
+    path = tmp_path / "dagger-flops0.25-seed1.json"
+    first = cached_run(path, collapses)
+    assert first["metrics"] is None and first["collapsed"].startswith("the representation collapsed")
+    assert cached_run(path, collapses) == first and len(calls) == 1  # read back, not trained again
+    done = cached_run(tmp_path / "l1.json", lambda: {"metrics": {"knn_top1": 0.5, "linear_top1": 0.25}})
+    assert done["metrics"] == {"knn_top1": 0.5, "linear_top1": 0.25} and done["cpu_seconds"] >= 0
