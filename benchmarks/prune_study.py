@@ -191,9 +191,17 @@ def run_one(args, seed: int, method: str, target: float, base: Path, out: Path) 
 
 
 def main(argv=None) -> int:
+    import sys
+
+    from experiments.core.errors import ConfigError
     from experiments.jobs.retrain import run_retrain
 
-    args = arguments(argv)
+    try:  # bad options: one error line and status 2, before anything is written
+        args = arguments(argv)
+        dataset_overrides(args)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     root = Path(args.out)
     cache = root / "results"
     cache.mkdir(parents=True, exist_ok=True)

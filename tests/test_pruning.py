@@ -242,3 +242,15 @@ def test_prune_study_caches_each_run_and_records_a_collapse_without_stopping(tmp
     assert cached_run(path, collapses) == first and len(calls) == 1  # read back, not trained again
     done = cached_run(tmp_path / "l1.json", lambda: {"metrics": {"knn_top1": 0.5, "linear_top1": 0.25}})
     assert done["metrics"] == {"knn_top1": 0.5, "linear_top1": 0.25} and done["cpu_seconds"] >= 0
+
+
+@pytest.mark.parametrize("argv, message", [(["--train-images", "0"], "--train-images"),
+                                           (["--backbone", "nas_bench_macro", "--nbm-key", "33"], "no key '33'")])
+def test_bad_prune_study_options_are_one_error_line_and_exit_2(tmp_path, capsys, argv, message):
+    from benchmarks.prune_study import main
+
+    out = tmp_path / "study"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not out.exists()
