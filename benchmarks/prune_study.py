@@ -12,6 +12,12 @@ is one JSON under ``--out`` (a killed study resumes where it stopped); the table
 
     python -m benchmarks.prune_study                        # digits, seed 0, the budget below
     python -m benchmarks.prune_study --seeds 0,1,2 --pretrain-epochs 50 --finetune-epochs 20
+    python -m benchmarks.prune_study --dataset cifar10 --train-images 2000   # a CIFAR-10 subset (../shared/data)
+    python -m benchmarks.prune_study --backbone nas_bench_macro --targets 0.5  # NAS-Bench-Macro's best network
+
+``--backbone nas_bench_macro`` puts a NAS-Bench-Macro network (``--nbm-key``, by default the
+table's best) in ResNet-18's place at the config's backbone width: the same pretraining, methods
+and fine-tuning; ``uniform`` narrows that network's width.
 """
 from __future__ import annotations
 
@@ -30,11 +36,22 @@ METHODS = ("dagger", "dagger-gentle", "l1", "fpgm", "taylor", "uniform")
 DAGGER_SETTINGS = {"dagger": {"penalty": 5.0, "gate_lr": 0.02}, "dagger-gentle": {"penalty": 1.0, "gate_lr": 0.005}}
 #: the control: the unpruned network fine-tuned for the same epochs (what the extra training alone gives)
 CONTROL = "unpruned"
+#: the config each dataset's study starts from (``--config`` replaces it)
+DATASET_CONFIGS = {"digits": "digits_simsiam.yml", "cifar10": "study_cifar10.yml"}
+BACKBONES = ("resnet18", "nas_bench_macro")
+#: NAS-Bench-Macro's best network by its table's mean CIFAR-10 accuracy (93.13%)
+NBM_BEST_KEY = "22212220"
 
 
 def arguments(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(ROOT / "configs" / "digits_simsiam.yml"))
+    p.add_argument("--dataset", default="digits", choices=sorted(DATASET_CONFIGS),
+                   help="digits (bundled) or a CIFAR-10 subset from ../shared/data/cifar10 (ImageFolder)")
+    p.add_argument("--train-images", type=int, default=2000, help="CIFAR-10 training images (a seeded subset)")
+    p.add_argument("--test-images", type=int, default=1000, help="CIFAR-10 test images (a seeded subset)")
+    p.add_argument("--backbone", default="resnet18", choices=BACKBONES)
+    p.add_argument("--nbm-key", default=NBM_BEST_KEY, help="the NAS-Bench-Macro network (8 digits of 0/1/2)")
+    p.add_argument("--config", default=None, help="default: configs/digits_simsiam.yml or configs/study_cifar10.yml")
     p.add_argument("--arch", default=None, help="a head architecture JSON (default: the framework's hand-made heads, "
                                                 "head_space fixed)")
     p.add_argument("--targets", default="0.75,0.5,0.25", help="FLOPs fractions to keep")
@@ -45,15 +62,44 @@ def arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--gate-epochs", type=int, default=5)
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=str(ROOT / "runs" / "prune-study"))
-    p.add_argument("--table", default=str(ROOT / "docs" / "results" / "prune_study_digits.md"))
-    return p.parse_args(argv)
+    p.add_argument("--out", default=None, help="run cache (default runs/prune-study[-<dataset>][-<backbone>])")
+    p.add_argument("--table", default=None, help="default docs/results/prune_study_<dataset>[_<backbone>].md")
+    args = p.parse_args(argv)
+    from experiments.core.errors import ConfigError
+
+    if not 1 <= args.train_images <= 50_000 or not 1 <= args.test_images <= 10_000:
+        raise ConfigError("--train-images / --test-images: CIFAR-10 has 50,000 / 10,000 images")
+    if args.backbone == "nas_bench_macro":
+        from search_spaces.nas_bench_macro import key_to_arch
+
+        key_to_arch(args.nbm_key)  # a BenchmarkKeyError (ValueError) names the rule
+    suffix = "".join(f"-{x}" for x in (args.dataset, args.backbone) if x not in ("digits", "resnet18"))
+    args.config = args.config or str(ROOT / "configs" / DATASET_CONFIGS[args.dataset])
+    args.out = args.out or str(ROOT / "runs" / f"prune-study{suffix}")
+    network = "" if args.backbone == "resnet18" else f"_{args.backbone}"
+    args.table = args.table or str(ROOT / "docs" / "results" / f"prune_study_{args.dataset}{network}.md")
+    return args
+
+
+def dataset_overrides(args) -> list[str]:
+    """``--set`` values that point the config at ``--dataset`` (none for digits: the config's own)."""
+    if args.dataset == "digits":
+        return []
+    from experiments.core.errors import ConfigError
+    from search_spaces.nas_bench_macro import shared_data_candidates
+
+    cifar = next((d / "cifar10" for d in shared_data_candidates() if (d / "cifar10" / "train").is_dir()), None)
+    if cifar is None:
+        raise ConfigError("CIFAR-10 (ImageFolder) not found under ../shared/data/cifar10")
+    return ["data.dataset=imagefolder", f"data.root={cifar}", f"data.train_subset={args.train_images}",
+            f"data.test_subset={args.test_images}"]
 
 
 def config(args, seed: int, out: Path, **extra):
     from experiments.core.config import load_config
 
-    values = [*([] if args.arch else ["model.head_space=fixed"]), *args.overrides, f"seed={seed}", f"output_dir={out}", f"evaluation.linear_epochs={args.linear_epochs}",
+    values = [*([] if args.arch else ["model.head_space=fixed"]), *dataset_overrides(args),
+              *([f"model.backbone={args.backbone}"] if args.backbone != "resnet18" else []), *args.overrides, f"seed={seed}", f"output_dir={out}", f"evaluation.linear_epochs={args.linear_epochs}",
               "trainer.progress_bar=false", *(f"{k}={v}" for k, v in extra.items())]
     return load_config(args.config, values)
 
@@ -64,16 +110,32 @@ def architecture(args, cfg) -> dict:
 
     if args.arch:
         return read_architecture(args.arch)
+    if args.backbone == "nas_bench_macro":  # a backbone-space record: retrain rebuilds it at the record's width
+        from experiments.core.records import space_record
+        from search_spaces.nas_bench_macro import key_to_arch
+
+        return {"space": space_record(cfg, head_space="fixed"), "architecture": key_to_arch(args.nbm_key)}
     return {"space": {"framework": cfg.framework, "head_space": "fixed"}, "architecture": {}}
 
 
-def uniform_width(cfg, target: float, image_size: int) -> tuple[float, float]:
-    """The largest backbone width whose ResNet has at most ``target`` of the config width's FLOPs, and its ratio."""
+def backbone_at(args, cfg, width: float):
+    """The study's backbone network (no heads) at ``width``."""
+    if args.backbone == "nas_bench_macro":
+        from search_spaces.backbone_spaces import build_backbone_space
+        from search_spaces.nas_bench_macro import key_to_arch
+
+        return build_backbone_space(args.backbone, width).freeze(key_to_arch(args.nbm_key))
     from search_spaces.backbones import build_backbone
+
+    return build_backbone(cfg.model.backbone, width)
+
+
+def uniform_width(args, cfg, target: float, image_size: int) -> tuple[float, float]:
+    """The largest backbone width whose network has at most ``target`` of the config width's FLOPs, and its ratio."""
     from search_spaces.cost import count_fixed
 
     def flops(width: float) -> int:
-        return count_fixed(build_backbone(cfg.model.backbone, width), image_size).flops
+        return count_fixed(backbone_at(args, cfg, width), image_size).flops
 
     full = flops(cfg.model.backbone_width)
     low, high = 0.0, cfg.model.backbone_width
@@ -111,7 +173,7 @@ def run_one(args, seed: int, method: str, target: float, base: Path, out: Path) 
         cfg = config(args, seed, out, **{"train.epochs": args.pretrain_epochs + args.finetune_epochs})
         from experiments.core.assembly import build_data
 
-        width, ratio = uniform_width(cfg, target, build_data(cfg).image_size)
+        width, ratio = uniform_width(args, cfg, target, build_data(cfg).image_size)
         cfg = config(args, seed, out, **{"train.epochs": args.pretrain_epochs + args.finetune_epochs,
                                          "model.backbone_width": width})
         record = run_retrain(cfg, architecture(args, cfg), out, log_fn=quiet, overwrite=True)
@@ -129,9 +191,17 @@ def run_one(args, seed: int, method: str, target: float, base: Path, out: Path) 
 
 
 def main(argv=None) -> int:
+    import sys
+
+    from experiments.core.errors import ConfigError
     from experiments.jobs.retrain import run_retrain
 
-    args = arguments(argv)
+    try:  # bad options: one error line and status 2, before anything is written
+        args = arguments(argv)
+        dataset_overrides(args)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     root = Path(args.out)
     cache = root / "results"
     cache.mkdir(parents=True, exist_ok=True)
@@ -140,35 +210,57 @@ def main(argv=None) -> int:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         base_dir = root / f"base-seed{seed}"
-        base_file = cache / f"base-seed{seed}.json"
-        if not base_file.is_file():
-            start = time.perf_counter()
+        base = root / f"base-seed{seed}" / "retrain_model.pt"
+
+        def pretrain(seed=seed, base_dir=base_dir) -> dict:
             cfg = config(args, seed, base_dir, **{"train.epochs": args.pretrain_epochs})
             record = run_retrain(cfg, architecture(args, cfg), base_dir, log_fn=print, overwrite=True)
-            base_file.write_text(json.dumps({"metrics": record["metrics"], "epochs": args.pretrain_epochs,
-                                             "seconds": time.perf_counter() - start}, indent=1))
-        base = json.loads(base_file.read_text())
-        rows.append({"seed": seed, "method": "pretrained", "target": 1.0, "flops_ratio": 1.0, **base})
-        control = cache / f"{CONTROL}-seed{seed}.json"
-        if not control.is_file():
-            start = time.perf_counter()
-            result = finetune_unpruned(args, seed, base_dir / "retrain_model.pt", root / f"{CONTROL}-seed{seed}")
-            control.write_text(json.dumps({**result, "seconds": time.perf_counter() - start}, indent=1))
-        rows.append({"seed": seed, "method": CONTROL, "target": 1.0, **json.loads(control.read_text())})
+            return {"metrics": record["metrics"], "epochs": args.pretrain_epochs}
+
+        rows.append({"seed": seed, "method": "pretrained", "target": 1.0, "flops_ratio": 1.0,
+                     **cached_run(cache / f"base-seed{seed}.json", pretrain)})
+        rows.append({"seed": seed, "method": CONTROL, "target": 1.0, **cached_run(
+            cache / f"{CONTROL}-seed{seed}.json",
+            lambda seed=seed, base=base: finetune_unpruned(args, seed, base, root / f"{CONTROL}-seed{seed}"))})
         for target in targets:
             for method in methods:
-                path = cache / f"{method}-flops{target:g}-seed{seed}.json"
-                if not path.is_file():
-                    start = time.perf_counter()
-                    result = run_one(args, seed, method, target, base_dir / "retrain_model.pt",
-                                     root / f"{method}-flops{target:g}-seed{seed}")
-                    result["seconds"] = time.perf_counter() - start
-                    path.write_text(json.dumps(result, indent=1))
-                    print(f"{method} at {target:g} FLOPs, seed {seed}: kNN {result['metrics']['knn_top1']:.3f} "
-                          f"linear {result['metrics']['linear_top1']:.3f} ({result['seconds']:.0f} s)", flush=True)
-                rows.append({"seed": seed, "method": method, "target": target, **json.loads(path.read_text())})
+                name = f"{method}-flops{target:g}-seed{seed}"
+                rows.append({"seed": seed, "method": method, "target": target, **cached_run(
+                    cache / f"{name}.json",
+                    lambda seed=seed, method=method, target=target, base=base, name=name:
+                    run_one(args, seed, method, target, base, root / name))})
     write_table(args, rows, Path(args.table))
     return 0
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (data-loader workers): the study's budget is CPU time."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def cached_run(path: Path, train) -> dict:
+    """``train()``'s result with its wall and CPU seconds, from ``path`` if an earlier (killed) study wrote it.
+
+    A run whose representation collapses (the training guard stops it) is a result too: it is
+    recorded as ``collapsed`` with the guard's message, counted in the table, left out of the means.
+    """
+    from experiments.core.errors import RepresentationCollapsed
+
+    if not path.is_file():
+        start, cpu = time.perf_counter(), cpu_seconds()
+        try:
+            result = train()
+        except RepresentationCollapsed as err:
+            result = {"collapsed": str(err), "metrics": None, "flops_ratio": None}
+        result = {**result, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
+        path.write_text(json.dumps(result, indent=1))
+        scores = "collapsed" if result["metrics"] is None else \
+            f"kNN {result['metrics']['knn_top1']:.3f} linear {result['metrics']['linear_top1']:.3f}"
+        print(f"{path.stem}: {scores} ({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU s)", flush=True)
+    return json.loads(path.read_text())
 
 
 def _mean_sd(values: list) -> str:
@@ -183,7 +275,17 @@ def write_table(args, rows: list, path: Path) -> None:
     """Mean (± sd over seeds) per method and target, then every run."""
     import os
 
-    lines = [f"# Pruning study: SimSiam ResNet-18 on {Path(args.config).stem}", "",
+    network = "ResNet-18" if args.backbone == "resnet18" else f"NAS-Bench-Macro {args.nbm_key}"
+    data = "digits" if args.dataset == "digits" else \
+        f"a CIFAR-10 subset ({args.train_images} train / {args.test_images} test images)"
+    options = [("dataset", args.dataset), ("backbone", args.backbone), ("pretrain_epochs", args.pretrain_epochs),
+               ("finetune_epochs", args.finetune_epochs), ("gate_epochs", args.gate_epochs),
+               ("linear_epochs", args.linear_epochs), ("seeds", args.seeds), ("methods", args.methods),
+               ("targets", args.targets)]
+    options += [("train_images", args.train_images), ("test_images", args.test_images)] * (args.dataset != "digits")
+    options += [("nbm_key", args.nbm_key)] * (args.backbone != "resnet18")
+    options += [("set", value) for value in args.overrides]
+    lines = [f"# Pruning study: SimSiam {network} on {data} ({Path(args.config).name})", "",
              f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, shared with other jobs. "
              f"Budget: pretraining {args.pretrain_epochs} epochs; each pruned network fine-tuned "
              f"{args.finetune_epochs} epochs (DAGGER's gate learning and Taylor's scoring take {args.gate_epochs} "
@@ -191,28 +293,34 @@ def write_table(args, rows: list, path: Path) -> None:
              f"{args.pretrain_epochs + args.finetune_epochs} epochs. Seeds: {args.seeds} (the seed also seeds the "
              f"pretraining). Linear probe {args.linear_epochs} epochs. kNN and linear top-1 on the test split.", "",
              "Rerun: `python -m benchmarks.prune_study " + " ".join(
-                 f"--{k.replace('_', '-')} {v}" for k, v in (("pretrain_epochs", args.pretrain_epochs),
-                                                              ("finetune_epochs", args.finetune_epochs),
-                                                              ("gate_epochs", args.gate_epochs),
-                                                              ("seeds", args.seeds), ("methods", args.methods),
-                                                              ("targets", args.targets))) + "`", "",
+                 f"--{k.replace('_', '-')} {v}" for k, v in options) + "`", "",
              "| method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | kNN before fine-tuning | runs |",
              "|---|---|---|---|---|---|---|"]
     cells: dict = {}
     for r in rows:
         cells.setdefault((r["method"], r["target"]), []).append(r)
-    for (method, target), runs in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0] != "pretrained")):
+    for (method, target), every in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0] != "pretrained")):
+        runs = [r for r in every if r["metrics"] is not None]
+        collapsed = f" (+{len(every) - len(runs)} collapsed)" if len(runs) < len(every) else ""
+        if not runs:
+            lines.append(f"| {method} | {target:g} | | collapsed | collapsed | | 0{collapsed} |")
+            continue
         before = [r["before_finetune"]["knn_top1"] for r in runs if "before_finetune" in r]
         lines.append(f"| {method} | {target:g} | {_mean_sd([r['flops_ratio'] for r in runs])} | "
                      f"{_mean_sd([r['metrics']['knn_top1'] for r in runs])} | "
                      f"{_mean_sd([r['metrics']['linear_top1'] for r in runs])} | "
-                     f"{_mean_sd(before) if before else ''} | {len(runs)} |")
-    lines += ["", "Every run:", "", "| seed | method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | seconds |",
-              "|---|---|---|---|---|---|---|"]
+                     f"{_mean_sd(before) if before else ''} | {len(runs)}{collapsed} |")
+    lines += ["", "Every run:", "", "| seed | method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | seconds | CPU seconds |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else ""  # runs before CPU time was recorded
+        if r["metrics"] is None:
+            lines.append(f"| {r['seed']} | {r['method']} | {r['target']:g} | | collapsed | collapsed | "
+                         f"{r['seconds']:.0f} | {cpu} |")
+            continue
         lines.append(f"| {r['seed']} | {r['method']} | {r['target']:g} | {r['flops_ratio']:.3f} | "
                      f"{r['metrics']['knn_top1']:.3f} | {r['metrics']['linear_top1']:.3f} | "
-                     f"{r.get('seconds', 0):.0f} |")
+                     f"{r.get('seconds', 0):.0f} | {cpu} |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1))

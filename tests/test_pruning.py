@@ -133,27 +133,35 @@ def test_nni_l1_pruner_keeps_the_largest_filters_within_the_target():
     assert {k: len(v) for k, v in fpgm.items()} == counts
 
 
-@pytest.fixture
-def base_checkpoint(tiny_config, tmp_path):
-    """An untrained SimSiam ResNet-18 (fixed heads) saved as a retrain would save it."""
+def _save_untrained(cfg, directory, architecture: dict):
+    """An untrained SimSiam network of ``cfg`` (fixed heads) saved as a retrain would save it."""
     from experiments.core.assembly import build_space
     from experiments.core.records import new_record, space_record, write_results
 
-    cfg = tiny_config(**{"model.head_space": "fixed", "evaluation.linear_epochs": 2})
     torch.manual_seed(0)
-    network = build_space(cfg).freeze({})
+    network = build_space(cfg).freeze(architecture)
     _randomise_norms(network.backbone)
-    record = new_record("ssl_retrain", cfg, space_record(cfg), {}, {}, [])
-    write_results(tmp_path, record, "base.json", network, "base.pt")
-    return cfg, tmp_path / "base.pt"
+    record = new_record("ssl_retrain", cfg, space_record(cfg), architecture, {}, [])
+    write_results(directory, record, "base.json", network, "base.pt")
+    return directory / "base.pt"
 
 
-def test_prune_job_saves_a_smaller_network_that_reloads_and_evaluates(base_checkpoint, tmp_path):
+@pytest.fixture
+def base_checkpoint(tiny_config, tmp_path):
+    """An untrained SimSiam ResNet-18 (fixed heads) saved as a retrain would save it."""
+    cfg = tiny_config(**{"model.head_space": "fixed", "evaluation.linear_epochs": 2})
+    return cfg, _save_untrained(cfg, tmp_path, {})
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "nas_bench_macro"])
+def test_prune_job_saves_a_smaller_network_that_reloads_and_evaluates(tiny_config, tmp_path, backbone):
     from experiments.core.records import load_saved_model
     from experiments.jobs.evaluate import run_evaluate
     from experiments.jobs.prune import run_prune
+    from search_spaces.nas_bench_macro import key_to_arch
 
-    cfg, checkpoint = base_checkpoint
+    cfg = tiny_config(**{"model.head_space": "fixed", "evaluation.linear_epochs": 2, "model.backbone": backbone})
+    checkpoint = _save_untrained(cfg, tmp_path, key_to_arch("22212220") if backbone == "nas_bench_macro" else {})
     out = tmp_path / "pruned"
     result = run_prune(cfg, checkpoint, out, "dagger", 0.5, "flops", finetune_epochs=1, gate_epochs=1,
                        log_fn=lambda _: None)
@@ -163,6 +171,7 @@ def test_prune_job_saves_a_smaller_network_that_reloads_and_evaluates(base_check
     network, payload = load_saved_model(out / "prune_model.pt", cfg)
     assert sum(p.numel() for p in network.backbone.parameters()) == pruning["after"]["params"]
     assert payload["pruned"] == {name: kept for name, (_, kept) in pruning["channels"].items()}
+    assert count_fixed(network.backbone, 8).flops == pruning["after"]["flops"]  # the reloaded network is the small one
     assert json.loads((out / "prune_results.json").read_text())["kind"] == "ssl_prune"
     evaluated = run_evaluate(cfg, out / "prune_model.pt")
     assert evaluated["metrics"]["knn_top1"] == pytest.approx(result["metrics"]["knn_top1"])
@@ -214,3 +223,34 @@ def test_nni_taylor_pruner_under_the_ssl_loss_drops_dead_filters_and_leaves_the_
     for g in groups:
         assert len(keep[g.name]) == g.size // 2 and not set(keep[g.name].tolist()) & set(dead[g.name]), g.name
     assert all(torch.equal(v, network.state_dict()[k]) for k, v in state.items())  # weights and BN statistics
+
+
+def test_prune_study_caches_each_run_and_records_a_collapse_without_stopping(tmp_path):
+    """A killed study resumes from its JSON files; a collapsed run is a recorded result, not a crash."""
+    from benchmarks.prune_study import cached_run
+    from experiments.core.errors import RepresentationCollapsed
+
+    calls = []
+
+    def collapses():
+        calls.append(1)
+        raise RepresentationCollapsed("the representation collapsed: collapse score 0.0000")
+
+    path = tmp_path / "dagger-flops0.25-seed1.json"
+    first = cached_run(path, collapses)
+    assert first["metrics"] is None and first["collapsed"].startswith("the representation collapsed")
+    assert cached_run(path, collapses) == first and len(calls) == 1  # read back, not trained again
+    done = cached_run(tmp_path / "l1.json", lambda: {"metrics": {"knn_top1": 0.5, "linear_top1": 0.25}})
+    assert done["metrics"] == {"knn_top1": 0.5, "linear_top1": 0.25} and done["cpu_seconds"] >= 0
+
+
+@pytest.mark.parametrize("argv, message", [(["--train-images", "0"], "--train-images"),
+                                           (["--backbone", "nas_bench_macro", "--nbm-key", "33"], "no key '33'")])
+def test_bad_prune_study_options_are_one_error_line_and_exit_2(tmp_path, capsys, argv, message):
+    from benchmarks.prune_study import main
+
+    out = tmp_path / "study"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not out.exists()
