@@ -14,7 +14,8 @@ Issue 19, item 4, as one command. Everything is a point of ``resnet_width`` (Res
   network with the hand-made heads; ``hand-made`` is that network (fraction 1.0, SimSiam's 2048/512 at the
   head width).
 - Every chosen network is trained from scratch by the ``retrain`` job under the same SimSiam budget
-  (``--epochs``) and scored by kNN and linear top-1 on the test split.
+  (``--epochs``; the collapse guard off, so a collapsing network trains to the end too, its final
+  collapse score recorded) and scored by kNN and linear top-1 on the test split.
 
 One JSON per run under ``--out`` (default ``benchmarks/results/width_study/``): a killed study resumes, and a
 finished one prints its tables from the cache. CPU seconds are the process's own (``time.process_time``).
@@ -64,7 +65,8 @@ def config(args, seed: int, out: Path, bins: int, head_space: str = "fixed", **e
     values = [f"seed={seed}", f"output_dir={out}", "model.backbone=resnet_width",
               f"model.backbone_options={json.dumps({'bins': bins})}", f"model.head_space={head_space}",
               f"search.epochs={args.search_epochs}", f"train.epochs={args.epochs}",
-              f"backbone_search.trials={args.trials}", "trainer.progress_bar=false", *args.overrides,
+              f"backbone_search.trials={args.trials}", "trainer.progress_bar=false",
+              "train.collapse_threshold=0", *args.overrides,  # every network trains its whole budget, then is scored
               *(f"{k}={v}" for k, v in extra.items())]
     return load_config(args.config, values)
 
@@ -145,12 +147,13 @@ def run_one(args, name: str, seed: int, out_dir: Path, log) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| network | widths | FLOPs (budget) | params | kNN top-1 | linear top-1 | CPU s (search + train) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| network | widths | FLOPs (budget) | params | kNN top-1 | linear top-1 | collapse | CPU s (search + train) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         widths = ", ".join(f"{k.split('.')[-2]} {v}" for k, v in r["architecture"].items())
         lines.append(f"| {r['name']} (seed {r['seed']}) | {widths} | {r['flops']:,} ({r['max_flops']:,}) | "
-                     f"{r['params']:,} | {r['knn_top1']:.3f} | {r['linear_top1']:.3f} | {r['cpu_seconds']} |")
+                     f"{r['params']:,} | {r['knn_top1']:.3f} | {r['linear_top1']:.3f} | {r['collapse']:.2f} | "
+                     f"{r['cpu_seconds']} |")
     return "\n".join(lines)
 
 
