@@ -17,10 +17,11 @@ from search_spaces.macro import MacroBackboneSpace
 from search_spaces.macro_width import MacroWidthSpace
 from search_spaces.nas_bench_macro import NasBenchMacroSpace
 from search_spaces.resnet_space import ResNetSpace
+from search_spaces.resnet_width import ResNetWidthSpace
 from search_spaces.vit import ViTSpace
 
 BACKBONE_SPACES = {cls.space_name: cls for cls in (NasBenchMacroSpace, MacroBackboneSpace, ResNetSpace, ViTSpace,
-                                                   MacroWidthSpace, CellBackboneSpace)}
+                                                   MacroWidthSpace, CellBackboneSpace, ResNetWidthSpace)}
 
 _RESERVED = ("width", "in_channels", "prefix")
 

@@ -19,12 +19,13 @@ from torch import nn
 
 from search_spaces.backbone_spaces import build_backbone_space, is_backbone_space
 from search_spaces.backbones import build_backbone
-from search_spaces.channels import WidthChoiceBlock
+from search_spaces.channels import ChannelChoice
+from search_spaces.head_widths import width_predictor, width_projector
 from search_spaces.heads import HeadSpec, fixed_predictor, fixed_projector
 from search_spaces.mlp import MlpHead
 from search_spaces.nasiam import nasiam_predictor, nasiam_projector
 
-HEAD_SPACES = ("fixed", "nasiam", "mlp")
+HEAD_SPACES = ("fixed", "nasiam", "mlp", "width")  # width: search_spaces.head_widths
 #: (online, target) attribute pairs of a momentum framework: built here, followed by EMA in the framework
 MOMENTUM_PAIRS = (("backbone", "momentum_backbone"), ("projector", "momentum_projector"))
 
@@ -48,6 +49,8 @@ def _projector(heads: HeadSpec, head_space: str, feature_dim: int, head_width: f
         if heads.nasiam is None:
             raise ValueError(f"the nasiam space has no layout for framework {heads.name!r}")
         return nasiam_projector(heads.nasiam, feature_dim, dims.projector_out, prefix)
+    if head_space == "width":
+        return width_projector(feature_dim, dims, mlp_widths, prefix)
     if head_space == "mlp":
         return MlpHead(prefix, feature_dim, dims.projector_out,
                        [round(w * dims.projector_hidden) for w in mlp_widths], mlp_depths, dims.projector_out_norm)
@@ -67,6 +70,8 @@ def _heads(heads: HeadSpec, head_space: str, feature_dim: int, head_width: float
         predictor = fixed_predictor(dims) if dims.predictor_hidden else None
     elif head_space == "nasiam":
         predictor = nasiam_predictor(heads.nasiam, dims.projector_out, head_width) if dims.predictor_hidden else None
+    elif head_space == "width":
+        predictor = width_predictor(dims, mlp_widths) if dims.predictor_hidden else None
     elif head_space == "mlp":
         predictor = None
         if dims.predictor_hidden:
@@ -120,7 +125,7 @@ class SSLNetworkSpace(ModelSpace):
 
     def extra_oneshot_hooks(self, strategy) -> list:
         """NNI's one-shot strategies keep our own supernet modules (width-choice blocks) as they are."""
-        return [WidthChoiceBlock.mutate]
+        return [ChannelChoice.mutate]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

@@ -103,7 +103,8 @@ class AugmentConfig:
 
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")  # fixed ResNets
-BACKBONE_SPACE_NAMES = ("nas_bench_macro", "macro", "resnet", "vit", "nas_bench_macro_width", "cells")  # search_spaces.backbone_spaces
+BACKBONE_SPACE_NAMES = ("nas_bench_macro", "macro", "resnet", "vit", "nas_bench_macro_width", "cells",
+                        "resnet_width")  # search_spaces.backbone_spaces
 
 
 @dataclass
@@ -121,7 +122,7 @@ class ModelConfig:
                      "must be a fixed ResNet (resnet18, resnet34, resnet50) or a backbone space "
                      f"({', '.join(BACKBONE_SPACE_NAMES)})"),
         "backbone_width": (lambda v: 0 < v <= MAX_WIDTH, f"must be in (0, {MAX_WIDTH:g}]"),
-        "head_space": (lambda v: v in ("fixed", "nasiam", "mlp"), "must be one of fixed, nasiam, mlp"),
+        "head_space": (lambda v: v in ("fixed", "nasiam", "mlp", "width"), "must be one of fixed, nasiam, mlp, width"),
         "head_width": (lambda v: 0 < v <= MAX_WIDTH, f"must be in (0, {MAX_WIDTH:g}]"),
         "mlp_widths": (lambda v: _numbers(v, 0, MAX_WIDTH),
                        f"must be a non-empty list of width factors in (0, {MAX_WIDTH:g}]"),
@@ -423,7 +424,7 @@ def _cross_checks(config: Config) -> None:
     _backbone_checks(config)
     if config.data.dataset != "digits" and not config.data.root:
         raise ConfigError(f"data.root: dataset {config.data.dataset!r} needs a path on disk")
-    if config.model.head_space == "mlp":
+    if config.model.head_space in ("mlp", "width"):
         hidden = framework.heads.scaled(config.model.head_width).projector_hidden
         if round(min(config.model.mlp_widths) * hidden) < 1:
             raise ConfigError(f"model.mlp_widths: {min(config.model.mlp_widths)} of a {hidden}-wide hidden layer "

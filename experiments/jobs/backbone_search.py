@@ -35,6 +35,7 @@ from experiments.strategies.budget import check_budget
 from experiments.strategies.spos import run_and_stop
 from search_spaces.backbone_spaces import BACKBONE_SPACES, choice_kinds, is_backbone_space
 from search_spaces.cost import BackboneCost
+from search_spaces.head_widths import NetworkWidthCost, network_cost
 
 NAME = "backbone-search"
 HELP = ("backbone search (SPOS, K-shot, MCT-NAS, DARTS, GumbelDARTS, Proxyless, ENAS, ViTAS, TopoNAS, EnTranNAS; "
@@ -58,7 +59,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.backbone: {m.backbone!r} is a fixed ResNet; the backbone search needs a backbone "
                           f"space ({', '.join(BACKBONE_SPACES)})")
     strategy = STRATEGIES[b.strategy]
-    kinds = choice_kinds(m.backbone)
+    kinds = choice_kinds(m.backbone) | ({"width"} if m.head_space == "width" else set())  # heads' widths searched
     if not kinds <= strategy.handles:
         able = [name for name, s in STRATEGIES.items() if "backbone" in s.targets and kinds <= s.handles]
         raise ConfigError(f"backbone_search.strategy: {b.strategy} cannot search space {m.backbone} (its "
@@ -77,7 +78,7 @@ class SearchSetup:
     arch_idx: torch.Tensor
     num_classes: int
     space: Any
-    cost: BackboneCost
+    cost: BackboneCost | NetworkWidthCost
     smallest: dict
     scorer: Any
 
@@ -97,7 +98,7 @@ def prepare(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
         check_split_size(cfg, len(split))
     try:
         space = build_space(cfg, num_classes=num_classes)
-        cost = BackboneCost(space.backbone, data.image_size)  # (a ViT's image size is checked here)
+        cost = network_cost(space, data.image_size)  # (a ViT's image size is checked here)
     except (ValueError, TypeError) as err:  # a backbone option of the wrong type (plan: [[1, 2]], ops: null)
         raise ConfigError(f"model: {' '.join(str(err).split())}") from None
     smallest = check_budget(b.max_flops, b.max_params, cost, cfg.model.backbone)

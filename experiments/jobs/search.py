@@ -55,6 +55,8 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
     if cfg.model.backbone in BACKBONE_SPACE_NAMES:
         raise ConfigError(f"model.backbone: {cfg.model.backbone!r} is a backbone space; search it with the "
                           f"backbone-search job (python -m experiments backbone-search)")
+    if cfg.model.head_space == "width":
+        raise ConfigError("model.head_space: width is searched by the backbone-search job's width strategies")
     if cfg.model.head_space == "fixed":
         raise ConfigError("model.head_space: 'fixed' has nothing to search; use nasiam or mlp "
                           "(or retrain the hand-made head with the retrain job)")

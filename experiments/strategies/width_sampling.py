@@ -13,7 +13,8 @@ rank zero's draw is broadcast) and says which channels that width trains, as one
 The step's views, momentum update and queue push happen once (``SSLFramework.training_step``'s
 ``paths``; a second side or a probe never pushes the queue, and a probe leaves BatchNorm's
 running statistics alone). The searched widths are those of ``search_spaces.channels``'
-``WidthChoiceBlock``: every block with a label (online and momentum branches) gets the same channels.
+``ChannelChoice`` modules (a macro layer, a ResNet stage and its stem, a head): every module with a label (online
+and momentum branches) gets the same channels.
 """
 from __future__ import annotations
 
@@ -174,9 +175,9 @@ class WidthStrategy(Strategy):
                      "backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
 
     def check(self, cfg, target: str) -> None:
-        if cfg.backbone_search.strategy == self.name and cfg.model.head_space != "fixed":
-            raise ConfigError(f"model.head_space: {self.name} searches the backbone's widths with fixed heads, "
-                              f"got {cfg.model.head_space}")
+        if cfg.backbone_search.strategy == self.name and cfg.model.head_space not in ("fixed", "width"):
+            raise ConfigError(f"model.head_space: {self.name} searches widths: use fixed heads or the heads' widths "
+                              f"(width), got {cfg.model.head_space}")
 
     def sampler(self, settings: dict, space: dict[str, list[int]]) -> WidthSampler:
         return WidthSampler(space)
