@@ -27,6 +27,7 @@ The ground truth is supervised only (SimSiam's is not run here).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -70,17 +71,19 @@ def overrides(strategy: str, objective: str, seed: int, epochs: int) -> dict:
     }
 
 
-def width_choices() -> dict[str, list[int]]:
-    """Each layer's label and its hidden widths (channels), in the space's order."""
+@functools.lru_cache(maxsize=1)
+def width_choices() -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Each layer's label and its hidden widths (channels), in the space's order (built once: a space is slow)."""
     from search_spaces.cost import BackboneCost
     from search_spaces.macro_width import MacroWidthSpace
 
-    return {label: list(values) for label, values in BackboneCost(MacroWidthSpace(width=WIDTH, **SPACE), 8).labels.items()}
+    labels = BackboneCost(MacroWidthSpace(width=WIDTH, **SPACE), 8).labels
+    return tuple((label, tuple(values)) for label, values in labels.items())
 
 
 def all_widths() -> list[dict]:
-    choices = width_choices()
-    return [dict(zip(choices, values)) for values in itertools.product(*choices.values())]
+    labels = [label for label, _ in width_choices()]
+    return [dict(zip(labels, values)) for values in itertools.product(*(v for _, v in width_choices()))]
 
 
 def name_of(architecture: dict) -> str:
@@ -275,7 +278,7 @@ def channel_bench_key(architecture: dict) -> str:
     """Channel-Bench-Macro's key of one of our networks: our layer i's width index k of 4 at position
     ``CHANNEL_BENCH_LAYERS[i]``, the other positions at full width."""
     digits = [CHANNEL_BENCH_FULL] * 7
-    for position, (label, values) in zip(CHANNEL_BENCH_LAYERS, width_choices().items()):
+    for position, (label, values) in zip(CHANNEL_BENCH_LAYERS, width_choices()):
         digits[position] = str(values.index(architecture[label]) + 1)
     return "".join(digits)
 
