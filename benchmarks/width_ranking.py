@@ -1,28 +1,41 @@
 """A width ground truth small enough to train here, and how well each width strategy's supernet ranks it.
 
-    python -m benchmarks.width_ranking [--gt-seeds 0 1 2 3] [--seeds 0 1] [--strategies autoslim bcnet cafenet]
-        [--objectives supervised simsiam] [--gt-epochs 4] [--search-epochs 20] [--table-only]
+    python -m benchmarks.width_ranking [--objectives supervised simsiam] [--gt-seeds ...] [--gt-epochs N]
+        [--seeds 0 1] [--strategies autoslim bcnet cafenet] [--search-epochs 20] [--channel-bench PATH]
+        [--bootstrap 1000] [--docs] [--table-only]
 
 The space: ``nas_bench_macro_width`` with one layer per stage and four widths per layer
 (``backbone_options: {stages: [1, 1, 1], bins: 4}``, backbone width 0.25, ``mb3_k3``): 3 layers x 4
 hidden widths = 64 networks, on scikit-learn's digits (8x8, no download).
 
-*Ground truth.* Every network trained alone, supervised: the backbone plus a linear classifier,
-cross-entropy, SGD (lr 0.1, momentum 0.9, weight decay 5e-4, cosine), batch 64, no augmentation,
-``--gt-epochs`` epochs on digits' training split; top-1 on its test split; ``--gt-seeds`` seeds.
-One JSON per (network, seed) under ``benchmarks/results/width_ground_truth/``, read back on a rerun.
+*Ground truth*, one per objective (``--objectives``), every network trained alone:
 
-*Ranking.* For each objective (``--objectives``: ``supervised``, and label-free ``simsiam``),
-strategy and seed, the backbone-search job's own ``prepare`` and ``train_supernet`` train the
-strategy's supernet for ``--search-epochs``; then each of the 64 networks is scored as the
-strategy scores a width in its search (``WidthStrategy.score``: AutoSlim its first channels, BCNet
-the mean of its left and right sides, CafeNet its remembered lowest-loss placement), each after
-BatchNorm recalibration: classifier top-1 on held-out training images (``simsiam``: kNN top-1 of
-the backbone's features). Reported: Kendall's tau against the ground truth (mean over its seeds),
-per supernet seed (``--seeds``), beside FLOPs and parameters as label-free rankers and the noise
-ceiling: tau between the means of the two halves of the ground truth's seeds (seed against seed
-with two). One JSON per (strategy, objective, seed) under ``benchmarks/results/width_ranking/``.
-The ground truth is supervised only (SimSiam's is not run here).
+- ``supervised``: the backbone plus a linear classifier, cross-entropy, SGD (lr 0.1, momentum 0.9, weight decay
+  5e-4, cosine), batch 64, no augmentation, 4 epochs on digits' training split; top-1 on its test split; seeds 0-3.
+- ``simsiam``: the retrain job on one thread (``benchmarks.ssl_ground_truth``'s digits budget: batch 128, head
+  width 0.25, lr 0.06, its grey-digit augmentation) for 20 epochs; kNN (k=20, the ranking metric) and linear-probe
+  top-1 of the frozen backbone on the test split; seeds 0-1.
+
+``--gt-seeds`` / ``--gt-epochs`` replace those defaults. One JSON per (network, objective, seed) under
+``benchmarks/results/width_ground_truth/``: ``<widths>__seed<s>__e<epochs>.json`` for ``supervised`` (the names it
+had before other objectives), ``<widths>__<objective>__seed<s>__e<epochs>.json`` for the others. A rerun reads them
+back and trains only what is missing (network by network, every seed of one network before the next).
+
+*Ranking.* For each objective, strategy and seed, the backbone-search job's own ``prepare`` and ``train_supernet``
+train the strategy's supernet for ``--search-epochs``; then each of the 64 networks is scored as the strategy scores
+a width in its search (``WidthStrategy.score``: AutoSlim its first channels, BCNet the mean of its left and right
+sides, CafeNet its remembered lowest-loss placement), each after BatchNorm recalibration: classifier top-1 on
+held-out training images (``simsiam``: kNN top-1 of the backbone's features). One JSON per (strategy, objective,
+seed) under ``benchmarks/results/width_ranking/``. Reported per ground truth (each objective's supernets against
+its own objective's truth): Kendall's tau against the truth's mean over its seeds per supernet seed, their mean
+and standard deviation, a 95% bootstrap interval of the mean over the networks, the difference from AutoSlim's mean
+on the same resamples, FLOPs and parameters as label-free rankers, and the noise ceiling (the two halves of the
+truth's seeds against each other: seed against seed with two).
+
+*Channel-Bench-Macro* (``--channel-bench PATH``, its ``Results_MobileNet.json`` or ``Results_ResNet.json``; not
+shipped, it has no licence): every supernet run is also ranked against its CIFAR-10 accuracies of the 64 keys that
+carry our widths (:data:`CHANNEL_BENCH_LAYERS`). A path that is not its table: one ``error:`` line, exit 2.
+``--docs`` writes the tables into ``docs/width-search.md`` between its markers.
 """
 from __future__ import annotations
 
@@ -187,16 +200,28 @@ class Truth:
     params: list[float]
 
 
-def own_truth(objective: str, runs: dict[int, dict[int, dict]]) -> Optional[Truth]:
-    """The space's ground truth of ``objective`` on the networks that every seed reached (None if fewer than 3)."""
+def own_truth(objective: str, runs: dict[int, dict[int, dict]], metric: Optional[str] = None) -> Optional[Truth]:
+    """The space's ground truth of ``objective`` (by ``metric``, default its own) on the networks that every seed
+    reached (None if fewer than 3)."""
+    metric = metric or GT_METRIC[objective]
     seeds = sorted(runs)
     networks = sorted(set.intersection(*(set(runs[s]) for s in seeds))) if seeds else []
     if len(networks) < 3:
         return None
     first = runs[seeds[0]]
-    return Truth(f"{objective} ground truth ({GT_METRIC[objective]}, seeds {seeds})", objective, networks,
-                 [[runs[s][n][GT_METRIC[objective]] for n in networks] for s in seeds],
+    return Truth(f"{objective} ground truth ({metric}, seeds {seeds})", objective, networks,
+                 [[runs[s][n][metric] for n in networks] for s in seeds],
                  [first[n]["flops"] for n in networks], [first[n]["params"] for n in networks])
+
+
+def agreement(a: Truth, b: Truth, rounds: int) -> str:
+    """One Markdown row: tau between two ground truths' means over seeds on the networks both have."""
+    import numpy as np
+
+    common = sorted(set(a.networks) & set(b.networks))
+    x, y = ([float(np.mean(t.per_seed, axis=0)[t.networks.index(n)]) for n in common] for t in (a, b))
+    lo, hi = resampled_interval(len(common), lambda idx: kendall(np.asarray(x)[idx], np.asarray(y)[idx]), rounds, 0)
+    return f"| {a.name} | {b.name} | {kendall(x, y):.3f} | [{lo:+.2f}, {hi:+.2f}] | {len(common)} |"
 
 
 def mean_tau(score_lists: list, truth, idx=None) -> float:
@@ -375,10 +400,10 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     log = lambda line: print(line, flush=True)  # noqa: E731
-    truths = [own_truth(objective, ground_truth_runs(widths, objective, args.gt_seeds or GT_SEEDS[objective],
-                                                     args.gt_epochs or GT_EPOCHS[objective], args.table_only,
-                                                     args.workdir, log))
-              for objective in args.objectives]
+    gt_runs = {objective: ground_truth_runs(widths, objective, args.gt_seeds or GT_SEEDS[objective],
+                                            args.gt_epochs or GT_EPOCHS[objective], args.table_only, args.workdir, log)
+               for objective in args.objectives}
+    truths = [own_truth(objective, runs) for objective, runs in gt_runs.items()]
     runs = []
     for objective, strategy, seed in itertools.product(args.objectives, args.strategies, args.seeds):
         path = RANK_DIR / f"{strategy}__{objective}__seed{seed}__e{args.search_epochs}.json"
@@ -387,6 +412,16 @@ def main(argv=None) -> int:
         runs.append(cached(path, lambda: rank_with(strategy, objective, seed, args.search_epochs, widths, log),
                            log=log))
     text = "\n\n".join(table(truth, runs, args.bootstrap) for truth in [*truths, channel_bench] if truth is not None)
+    # how the ground truths agree with each other (and an SSL truth's linear probe with its kNN)
+    extra = [own_truth(o, gt_runs[o], "linear_top1") for o in args.objectives if GT_METRIC[o] == "knn_top1"]
+    pairs = [(a, b) for i, a in enumerate(t for t in truths if t) for b in [*(t for t in truths if t)][i + 1:]]
+    pairs += [(t, next(o for o in truths if o and o.objective == t.objective)) for t in extra if t]
+    if channel_bench is not None:
+        pairs += [(t, channel_bench) for t in truths if t]
+    if pairs:
+        text += ("\n\nThe ground truths against each other (tau of their means over seeds, 95% bootstrap interval):\n\n"
+                 "| truth A | truth B | tau | 95% interval | networks |\n|---|---|---|---|---|\n"
+                 + "\n".join(agreement(a, b, args.bootstrap) for a, b in pairs))
     print(text)
     if args.docs:
         write_table(DOCS, text, DOCS_BEGIN, DOCS_END)

@@ -118,3 +118,10 @@ def test_a_bad_table_is_one_error_line_and_exit_2(tmp_path, capsys, content, mes
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --channel-bench") and message in err[0]
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_two_truths_agree_on_the_networks_they_share():
+    a = wr.Truth("A", "simsiam", [0, 1, 2, 3], [[1, 2, 3, 4], [1, 2, 3, 6]], [0] * 4, [0] * 4)
+    b = wr.Truth("B", None, [1, 2, 3, 5], [[3, 2, 1, 9]], [0] * 4, [0] * 4)
+    cells = wr.agreement(a, b, rounds=20).split(" | ")
+    assert cells[0] == "| A" and cells[2] == "-1.000" and cells[4] == "3 |"  # networks 1, 2, 3: [2, 3, 4.5] vs [3, 2, 1]
