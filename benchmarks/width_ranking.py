@@ -348,10 +348,13 @@ def truth_file(architecture: dict, seed: int, epochs: int, objective: str = "sup
 
 def ground_truth_runs(widths: list[dict], objective: str, seeds: list[int], epochs: int, table_only: bool,
                       workdir: Path, log) -> dict[int, dict[int, dict]]:
-    """seed -> network index -> its cached run (trained first unless ``table_only``); network-major, so a study cut
-    short has every seed of the networks it reached."""
+    """seed -> network index -> its cached run (trained first unless ``table_only``); network-major in a seeded random
+    order, so a study cut short has every seed of the networks it reached, and those spread over the space."""
+    import random
+
     runs: dict[int, dict[int, dict]] = {seed: {} for seed in seeds}
-    for i, w in enumerate(widths):
+    for i in random.Random(0).sample(range(len(widths)), len(widths)):
+        w = widths[i]
         for seed in seeds:
             path = truth_file(w, seed, epochs, objective)
             if table_only and not path.is_file():
