@@ -80,15 +80,21 @@ def bootstrap(x, y, rounds: int, seed: int) -> tuple[float, float]:
     """Percentile 95% interval of Kendall's tau over architectures resampled with replacement."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
     x, y = np.asarray(x), np.asarray(y)
-    taus = []
+    return resampled_interval(len(x), lambda idx: kendall(x[idx], y[idx]), rounds, seed)
+
+
+def resampled_interval(n: int, statistic: Callable, rounds: int, seed: int) -> tuple[float, float]:
+    """Percentile 95% interval of ``statistic(indices)`` over ``n`` architectures resampled with replacement."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = []
     for _ in range(rounds):
-        idx = rng.integers(0, len(x), len(x))
-        t = kendall(x[idx], y[idx])
+        t = statistic(rng.integers(0, n, n))
         if t == t:  # NaN when a resample is constant
-            taus.append(t)
-    lo, hi = np.percentile(taus, [2.5, 97.5])
+            values.append(t)
+    lo, hi = np.percentile(values, [2.5, 97.5])
     return float(lo), float(hi)
 
 

@@ -117,7 +117,9 @@ def sample_networks(table, n: int, seed: int) -> list[str]:
 
 
 # --- one run -----------------------------------------------------------------------------------------
-def config_for(objective: str, seed: int, budget: dict, cifar: Path | None, output_dir: Path):
+def config_for(objective: str, seed: int, budget: dict, cifar: Path | None, output_dir: Path,
+               model: dict | None = None):
+    """The retrain config of one run; ``model`` overrides the backbone settings (another space, its options)."""
     from experiments.core.config import load_config
 
     overrides = {
@@ -134,32 +136,38 @@ def config_for(objective: str, seed: int, budget: dict, cifar: Path | None, outp
         overrides.update({"data.dataset": "digits", **DIGITS_AUGMENT})
     else:
         overrides.update({"data.dataset": "imagefolder", "data.root": str(cifar)})
-    return load_config(None, overrides)
+    return load_config(None, {**overrides, **(model or {})})
+
+
+def retrain_alone(cfg, architecture: dict, out: Path) -> tuple[dict, float, float]:
+    """The retrain job on one thread in a fresh ``out`` (removed after): its record, wall and CPU seconds."""
+    import torch
+
+    from experiments.core.records import space_record
+    from experiments.jobs.retrain import run_retrain
+
+    shutil.rmtree(out, ignore_errors=True)  # a run killed before it cached starts again from scratch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same numbers on every rerun, and fair times on a shared CPU
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = run_retrain(cfg, {"space": space_record(cfg), "architecture": architecture}, out,
+                             log_fn=lambda line: None)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        torch.set_num_threads(threads)
+    shutil.rmtree(out, ignore_errors=True)
+    return result, wall, cpu
 
 
 def train_network(key: str, objective: str, seed: int, budget: dict, cifar: Path | None, workdir: Path,
                   table=None) -> dict:
     """Train one network alone from scratch (the retrain job) and evaluate it: the cached record."""
-    import torch
-
-    from experiments.core.records import space_record
-    from experiments.jobs.retrain import run_retrain
     from search_spaces.cost import BackboneCost
     from search_spaces.nas_bench_macro import NasBenchMacroSpace, canonical_key, key_to_arch
 
     out = workdir / f"{budget['dataset']}-{objective}-{key}-seed{seed}"
-    shutil.rmtree(out, ignore_errors=True)  # a run killed before it cached starts again from scratch
-    cfg = config_for(objective, seed, budget, cifar, out)
-    record = {"space": space_record(cfg), "architecture": key_to_arch(key)}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same numbers on every rerun, and fair times on a shared CPU
-    try:
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = run_retrain(cfg, record, out, log_fn=lambda line: None)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    finally:
-        torch.set_num_threads(threads)
-    shutil.rmtree(out, ignore_errors=True)
+    result, wall, cpu = retrain_alone(config_for(objective, seed, budget, cifar, out), key_to_arch(key), out)
     cost = BackboneCost(NasBenchMacroSpace(width=budget["width"]), budget["image_size"])(key_to_arch(key))
     metrics, last = result["metrics"], result["history"][-1]
     benchmark = table.record(key) if table is not None else {}
