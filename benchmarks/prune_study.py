@@ -15,6 +15,9 @@ is one JSON under ``--out`` (a killed study resumes where it stopped); the table
     python -m benchmarks.prune_study --dataset cifar10 --train-images 2000   # a CIFAR-10 subset (../shared/data)
     python -m benchmarks.prune_study --backbone nas_bench_macro --targets 0.5  # NAS-Bench-Macro's best network
 
+``--readme README.md`` runs nothing: it writes the README's short table (kNN top-1 per method and target, one
+column per committed study in ``docs/results/prune_study_*.json``) between the README's markers.
+
 ``--backbone nas_bench_macro`` puts a NAS-Bench-Macro network (``--nbm-key``, by default the
 table's best) in ResNet-18's place at the config's backbone width: the same pretraining, methods
 and fine-tuning; ``uniform`` narrows that network's width.
@@ -63,6 +66,8 @@ def arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=None, help="run cache (default runs/prune-study[-<dataset>][-<backbone>])")
+    p.add_argument("--readme", default=None, metavar="PATH",
+                   help="run nothing: write the short table of every committed study into PATH (README.md)")
     p.add_argument("--table", default=None, help="default docs/results/prune_study_<dataset>[_<backbone>].md")
     args = p.parse_args(argv)
     from experiments.core.errors import ConfigError
@@ -198,6 +203,8 @@ def main(argv=None) -> int:
 
     try:  # bad options: one error line and status 2, before anything is written
         args = arguments(argv)
+        if args.readme is not None:
+            return write_readme(Path(args.readme))
         dataset_overrides(args)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -261,6 +268,54 @@ def cached_run(path: Path, train) -> dict:
             f"kNN {result['metrics']['knn_top1']:.3f} linear {result['metrics']['linear_top1']:.3f}"
         print(f"{path.stem}: {scores} ({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU s)", flush=True)
     return json.loads(path.read_text())
+
+
+RESULTS = ROOT / "docs" / "results"
+README_BEGIN = "<!-- pruning summary: written by python -m benchmarks.prune_study --readme -->"
+README_END = "<!-- end of the pruning summary -->"
+#: each committed study's column heading (file stem under docs/results/)
+STUDIES = {"prune_study_digits": "digits, ResNet-18 x0.25", "prune_study_cifar10": "CIFAR-10 subset, ResNet-18 x0.125",
+           "prune_study_digits_nas_bench_macro": "digits, NAS-Bench-Macro 22212220"}
+
+
+def summary(studies: dict) -> str:
+    """One row per method, one column per study: mean kNN top-1 at each FLOPs target (largest first), over the
+    runs that did not collapse (a collapsed run is counted beside the mean)."""
+    import statistics
+
+    methods = list(dict.fromkeys(r["method"] for rows in studies.values() for r in rows))
+    targets = {name: sorted({r["target"] for r in rows if r["target"] < 1}, reverse=True)
+               for name, rows in studies.items()}
+    seeds = {name: len({r["seed"] for r in rows}) for name, rows in studies.items()}
+    lines = ["| method | " + " | ".join(f"{name}: {' / '.join(f'{t:.0%}' for t in targets[name])} "
+                                        f"({seeds[name]} seed{'s' * (seeds[name] > 1)})" for name in studies) + " |",
+             "|---" * (len(studies) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for name, rows in studies.items():
+            values = []
+            for target in ([1] if method in ("pretrained", CONTROL) else targets[name]):
+                every = [r for r in rows if r["method"] == method and r["target"] == target]
+                kept = [r["metrics"]["knn_top1"] for r in every if r["metrics"] is not None]
+                lost = f" ({len(every) - len(kept)} collapsed)" if len(kept) < len(every) else ""
+                values.append(f"{statistics.mean(kept):.3f}{lost}" if kept else ("collapsed" if every else "-"))
+            cells.append(" / ".join(values) if any(r["method"] == method for r in rows) else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_readme(path: Path) -> int:
+    """The README's pruning table from the committed studies' JSONs (every run of each)."""
+    from benchmarks.ranking_nas_bench_macro import write_table
+
+    studies = {label: json.loads((RESULTS / f"{stem}.json").read_text())
+               for stem, label in STUDIES.items() if (RESULTS / f"{stem}.json").is_file()}
+    intro = ("kNN top-1 after fine-tuning, mean over seeds, at 75 / 50 / 25% of the FLOPs (pretrained and unpruned: "
+             "the full network). SimSiam; budgets, machine and every run in each study's page under docs/results/ "
+             "(the command that reruns it is at its top). Rebuild this table: "
+             "`python -m benchmarks.prune_study --readme README.md`.")
+    write_table(path, intro + "\n\n" + summary(studies), README_BEGIN, README_END)
+    return 0
 
 
 def _mean_sd(values: list) -> str:

@@ -19,7 +19,8 @@ architectures from a committed results file (``docs/results/topology_search.json
 searching again.
 
 Each run is cached as one JSON file under ``--out`` (a killed study resumes); the table is printed and
-written to ``--table``. Rerun::
+written to ``--table``. ``--readme README.md`` runs nothing: it writes the README's tables of (a)-(d) from the
+committed results (``docs/results/topology_search{,_12ep}.json``, ``topology_retrain.json``). Rerun::
 
     OMP_NUM_THREADS=1 python -m benchmarks.topology_search --epochs 4 --seeds 0 1 --images 768
 
@@ -125,6 +126,34 @@ def table(records: list[dict]) -> str:
 
 
 RANDOM = "random"  # the control of (c): a cell drawn uniformly from the space
+RESULTS = ROOT / "docs" / "results"
+README_BEGIN = "<!-- topology summary: written by python -m benchmarks.topology_search --readme -->"
+README_END = "<!-- end of the topology summary -->"
+
+
+def write_readme(path: Path) -> int:
+    """The README's tables from the committed results: (a), (b), (d) per search budget, (c) per cell over all its
+    retrains (each file's own command reruns it)."""
+    from benchmarks.ranking_nas_bench_macro import write_table
+
+    parts = []
+    for stem in ("topology_search", "topology_search_12ep"):
+        if (RESULTS / f"{stem}.json").is_file():
+            result = json.loads((RESULTS / f"{stem}.json").read_text())
+            epochs = sorted({r["epochs"] for r in result["runs"]})
+            parts += [*[""] * bool(parts), f"(a) consistency, (b) cost, (d) top-2 against learned: {'/'.join(map(str, epochs))}-epoch "
+                      f"searches on 768 digits, SimSiam, mean over seeds; {result['machine']}. "
+                      f"Rerun: `{result['command']}`", "", table(result["runs"])]
+    if (RESULTS / "topology_retrain.json").is_file():
+        result = json.loads((RESULTS / "topology_retrain.json").read_text())
+        rows = retrain_table(result["runs"]).splitlines()
+        first = result["runs"][0]
+        parts += ["", f"(c) each derived cell (and a random one) retrained from scratch under SimSiam, "
+                      f"{first['epochs']} epochs on digits, {len(result['runs'])} retrains (mean ± sd over every "
+                      f"search and retraining seed of a cell); {result['machine']}. Rerun: `{result['command']}`",
+                  "", *rows[:2], *(row for row in rows[2:] if row.split(" | ")[1] == "all")]
+    write_table(path, "\n".join(parts), README_BEGIN, README_END)
+    return 0
 
 
 def random_architecture(mutables: dict, seed: int) -> dict:
@@ -219,7 +248,11 @@ def main(argv=None) -> int:
     p.add_argument("--retrain-epochs", type=int, default=0, help="(c): retrain each derived cell and a random one "
                                                                  "from scratch for this many SimSiam epochs (0: not)")
     p.add_argument("--retrain-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--readme", default=None, metavar="PATH",
+                   help="run nothing: write the committed results' tables into PATH (README.md) between its markers")
     args = p.parse_args(argv)
+    if args.readme is not None:
+        return write_readme(Path(args.readme))
     if args.retrain_epochs < 0:
         p.error("--retrain-epochs must be >= 0")
     out = Path(args.out)

@@ -43,6 +43,7 @@ import argparse
 import functools
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ RANK_DIR = ROOT / "benchmarks" / "results" / "width_ranking"
 DOCS = ROOT / "docs" / "width-search.md"
 DOCS_BEGIN = "<!-- width ranking tables: written by python -m benchmarks.width_ranking --docs; edits here are lost -->"
 DOCS_END = "<!-- end of the width ranking tables -->"
+README_BEGIN = "<!-- width ranking summary: written by python -m benchmarks.width_ranking --readme -->"
+README_END = "<!-- end of the width ranking summary -->"
 SPACE = {"stages": [1, 1, 1], "bins": 4}
 WIDTH = 0.25
 
@@ -233,6 +236,17 @@ def mean_tau(score_lists: list, truth, idx=None) -> float:
     return float(np.mean([kendall(np.asarray(s)[idx], truth[idx]) for s in score_lists]))
 
 
+def seed_halves(truth: Truth):
+    """The noise ceiling's two sides: the mean of the first half of the truth's seeds and of the rest, and a label."""
+    import numpy as np
+
+    half = len(truth.per_seed) // 2
+    first, second = (np.mean(truth.per_seed[part], axis=0) for part in (slice(0, half), slice(half, None)))
+    label = "one seed against the other" if len(truth.per_seed) == 2 else \
+        f"mean of its first {half} seeds against the rest"
+    return first, second, label
+
+
 def table(truth: Truth, runs: list[dict], rounds: int = 1000, baseline: str = "autoslim") -> str:
     """Markdown: each ranker's tau against the truth's mean over its seeds with a 95% bootstrap interval over the
     networks (for a supernet: of its mean tau over supernet seeds, and of its difference from ``baseline``'s on the
@@ -276,14 +290,47 @@ def table(truth: Truth, runs: list[dict], rounds: int = 1000, baseline: str = "a
     for name, values in (("FLOPs", flops), ("parameters", truth.params)):
         lines.append(f"| {name} (label-free) | - | {kendall(values, mean_truth):.3f} | "
                      f"{interval(lambda idx, v=values: mean_tau([v], mean_truth, idx))} | - | {pick(values)} |")
-    seeds = len(truth.per_seed)
-    if seeds >= 2:
-        half = seeds // 2
-        first, second = (np.mean(truth.per_seed[part], axis=0) for part in (slice(0, half), slice(half, None)))
-        halves = "one seed against the other" if seeds == 2 else f"mean of its first {half} seeds against the rest"
+    if len(truth.per_seed) >= 2:
+        first, second, halves = seed_halves(truth)
         lines.append(f"| noise ceiling: {halves} | - | "
                      f"{kendall(first, second):.3f} | {interval(lambda idx: mean_tau([first], second, idx))} | - | "
                      f"best in budget: {mean_truth[order[0]]:.3f} (1) |")
+    return "\n".join(lines)
+
+
+def summary(truths: list[Truth], runs: list[dict], rounds: int = 1000) -> str:
+    """The README's short table: strategy x objective (mean tau over supernet seeds, each seed's in brackets), each
+    objective's supernets against its own truth, then the label-free rankers and the noise ceiling per objective,
+    each with its 95% bootstrap interval over the networks."""
+    import numpy as np
+
+    columns = [t for t in truths if t is not None]
+    means = {t.objective: np.mean(t.per_seed, axis=0) for t in columns}
+    strategies = sorted({run["strategy"] for run in runs})
+    header = "| ranker | " + " | ".join(f"{t.objective} ({len(t.per_seed)} truth seeds)" for t in columns) + " |"
+    lines = [header, "|---" * (len(columns) + 1) + "|"]
+    for strategy in strategies:
+        row = []
+        for t in columns:
+            group = sorted((r for r in runs if r["strategy"] == strategy and r.get("objective", "supervised")
+                            == t.objective), key=lambda r: r["seed"])
+            taus = [kendall([r["scores"][i] for i in t.networks], means[t.objective]) for r in group]
+            row.append(f"{np.mean(taus):+.3f} ({' / '.join(f'{x:+.2f}' for x in taus)})" if taus else "-")
+        lines.append(f"| {strategy} supernet | " + " | ".join(row) + " |")
+    for name in ("FLOPs", "parameters", "noise ceiling"):
+        row = []
+        for t in columns:
+            truth = means[t.objective]
+            if name == "noise ceiling":
+                if len(t.per_seed) < 2:
+                    row.append("-")
+                    continue
+                values, truth, _ = seed_halves(t)
+            else:
+                values = t.flops if name == "FLOPs" else t.params
+            lo, hi = resampled_interval(len(truth), lambda idx, v=values, g=truth: mean_tau([v], g, idx), rounds, 0)
+            row.append(f"{kendall(values, truth):+.3f} [{lo:+.2f}, {hi:+.2f}]")
+        lines.append(f"| {name}{' (label-free)' * (name != 'noise ceiling')} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -385,6 +432,8 @@ def parse_args(argv):
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds of the 95%% intervals")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "width_ground_truth")
     p.add_argument("--docs", action="store_true", help=f"also write the tables into {DOCS.relative_to(ROOT)}")
+    p.add_argument("--readme", type=Path, default=None, metavar="PATH",
+                   help="also write the short strategy x objective table into PATH (README.md) between its markers")
     p.add_argument("--table-only", action="store_true", help="print the table from the cached runs only")
     return p.parse_args(argv)
 
@@ -428,6 +477,17 @@ def main(argv=None) -> int:
     print(text)
     if args.docs:
         write_table(DOCS, text, DOCS_BEGIN, DOCS_END)
+    if args.readme is not None:
+        seeds = sorted({run["seed"] for run in runs})
+        intro = (f"Kendall's tau against each objective's width ground truth (64 networks of `nas_bench_macro_width`, "
+                 f"3 layers x 4 widths, each trained alone on digits: supervised 4 epochs, SimSiam 20 epochs, kNN), "
+                 f"each objective's supernets against its own truth; supernets {args.search_epochs} epochs, seeds "
+                 f"{', '.join(map(str, seeds))} (mean, each seed's tau in brackets); label-free rankers and the noise "
+                 f"ceiling with a 95% bootstrap interval over the networks. Machine: {machine().get('cpu', 'CPU')}, "
+                 f"{os.cpu_count()} cores, no GPU. Rebuild: `python -m benchmarks.width_ranking --table-only --seeds "
+                 f"{' '.join(map(str, seeds))} --readme README.md`; every interval, pick and cost: "
+                 f"docs/width-search.md.")
+        write_table(args.readme, intro + "\n\n" + summary(truths, runs, args.bootstrap), README_BEGIN, README_END)
     return 0
 
 

@@ -18,7 +18,8 @@ Issue 19, item 4, as one command. Everything is a point of ``resnet_width`` (Res
   collapse score recorded) and scored by kNN and linear top-1 on the test split.
 
 One JSON per run under ``--out`` (default ``benchmarks/results/width_study/``): a killed study resumes, and a
-finished one prints its tables from the cache. CPU seconds are the process's own (``time.process_time``).
+finished one prints its tables from the cache. ``--readme README.md`` also writes the short table (mean ± sd over the
+seeds per network) between the README's markers. CPU seconds are the process's own (``time.process_time``).
 
     python -m benchmarks.width_study                       # digits (8x8), seed 0, the budget below
     python -m benchmarks.width_study --seeds 0 1 2 --search-epochs 60 --epochs 100
@@ -53,6 +54,8 @@ def arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--table-only", action="store_true", help="print the tables from the cached runs")
+    p.add_argument("--readme", default=None, metavar="PATH",
+                   help="also write the short table (mean over seeds per network) into PATH (README.md)")
     args = p.parse_args(argv)
     if 1.0 not in args.head_fractions:
         p.error("--head-fractions must hold 1.0 (the hand-made heads)")
@@ -157,6 +160,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- width study summary: written by python -m benchmarks.width_study --readme -->"
+README_END = "<!-- end of the width study summary -->"
+
+
+def summary(rows: list[dict]) -> str:
+    """Per network: FLOPs and the searched widths' spread, kNN and linear top-1 as mean ± sd over the seeds (each
+    seed's kNN in brackets)."""
+    import statistics
+
+    def mean_sd(values: list) -> str:
+        return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+    lines = ["| network | seeds | FLOPs (mean; budget) | kNN top-1 (each seed) | linear top-1 |", "|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["name"] for r in rows):
+        mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["seed"])
+        knn = [r["knn_top1"] for r in mine]
+        lines.append(f"| {name} | {len(mine)} | {statistics.mean(r['flops'] for r in mine):,.0f}; "
+                     f"{mine[0]['max_flops']:,} | {mean_sd(knn)} ({' / '.join(f'{v:.3f}' for v in knn)}) | "
+                     f"{mean_sd([r['linear_top1'] for r in mine])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = arguments(argv)
     out_dir = Path(args.out)
@@ -173,6 +198,20 @@ def main(argv=None) -> int:
     print(table([r for r in rows if not (r["name"].startswith("heads-") or r["name"] == "hand-made")]))
     print()
     print(table([r for r in rows if r["name"].startswith("heads-") or r["name"] == "hand-made"]))
+    if args.readme and rows:
+        from benchmarks.ranking_nas_bench_macro import machine, write_table
+
+        seeds = sorted({r["seed"] for r in rows})
+        intro = (f"SimSiam on digits (8x8), ResNet-18 at backbone width 0.25 (CIFAR stem), `resnet_width` with "
+                 f"`bins: {args.bins}`: backbones within half of ResNet-18's FLOPs (`uniform`: every stage narrowed "
+                 f"alike; the strategies' searches {args.search_epochs} epochs, {args.trials} networks scored), then "
+                 f"SimSiam's heads on the full network (`hand-made` against `heads-{args.head_strategy}`, searched "
+                 f"within the hand-made heads' FLOPs); every chosen network retrained {args.epochs} epochs, kNN (k 20) "
+                 f"and linear top-1 on the test split; seeds {', '.join(map(str, seeds))}; "
+                 f"{machine().get('cpu', platform.machine())}, 2 shared cores, no GPU. Rerun: "
+                 f"`python -m benchmarks.width_study --seeds {' '.join(map(str, seeds))} --readme README.md` "
+                 f"(cached runs are read back); the widths of every run: docs/width-heads-resnet.md.")
+        write_table(Path(args.readme), intro + "\n\n" + summary(rows), README_BEGIN, README_END)
     return 0
 
 

@@ -254,3 +254,26 @@ def test_bad_prune_study_options_are_one_error_line_and_exit_2(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not out.exists()
+
+
+def test_the_readme_pruning_table_means_each_method_and_target_and_counts_collapses(tmp_path):
+    from benchmarks import prune_study
+
+    def run(method, target, seed, knn):
+        return {"seed": seed, "method": method, "target": target, "flops_ratio": target,
+                "metrics": None if knn is None else {"knn_top1": knn, "linear_top1": 0.0}}
+
+    a = [run("unpruned", 1, 0, 0.5), run("unpruned", 1, 1, 0.7), run("l1", 0.5, 0, 0.2), run("l1", 0.5, 1, 0.4),
+         run("dagger", 0.5, 0, 0.3), run("dagger", 0.5, 1, None)]
+    b = [run("unpruned", 1, 0, 0.9), run("l1", 0.75, 0, 0.8), run("l1", 0.25, 0, 0.1)]
+    rows = {line.split(" | ")[0].lstrip("| "): [c.strip(" |") for c in line.split(" | ")[1:]]
+            for line in prune_study.summary({"A": a, "B": b}).splitlines()}
+    assert rows["method"] == ["A: 50% (2 seeds)", "B: 75% / 25% (1 seed)"]
+    assert rows["unpruned"] == ["0.600", "0.900"]
+    assert rows["l1"] == ["0.300", "0.800 / 0.100"]
+    assert rows["dagger"] == ["0.300 (1 collapsed)", "-"]  # the collapsed seed is left out of the mean
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{prune_study.README_BEGIN}\nold\n{prune_study.README_END}\ny\n")
+    assert prune_study.main(["--readme", str(readme)]) == 0  # the committed studies; nothing is trained
+    text = readme.read_text()
+    assert text.startswith("x\n") and text.endswith("\ny\n") and "old" not in text and "| dagger | 0." in text

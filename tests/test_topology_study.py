@@ -29,3 +29,24 @@ def test_the_random_cell_is_a_valid_draw_with_distinct_inputs_per_node_and_unifo
     assert sorted(first) == [0, 1, 2, 3, 4] and min(first.values()) > 300 / 5 / 2
     ops = collections.Counter(a["backbone.reduce/op_4_1"] for a in draws)
     assert sorted(ops) == sorted(CELL_OPS) and min(ops.values()) > 300 / len(CELL_OPS) / 2
+
+
+def test_the_readme_tables_come_from_the_committed_results_and_train_nothing(tmp_path):
+    import json
+    import statistics
+
+    from benchmarks import topology_search
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{topology_search.README_BEGIN}\nold\n{topology_search.README_END}\nb\n")
+    assert topology_search.main(["--readme", str(readme), "--out", str(tmp_path / "runs")]) == 0
+    text = readme.read_text()
+    assert text.startswith("a\n") and text.endswith("\nb\n") and "old" not in text
+    assert not (tmp_path / "runs").exists()  # nothing searched or retrained
+    retrains = json.loads((topology_search.RESULTS / "topology_retrain.json").read_text())["runs"]
+    knn = [r["knn_top1"] for r in retrains if r["strategy"] == "toponas"]
+    assert f"| toponas | all | {len(knn)} | " in text and f"{statistics.mean(knn):.3f} ± {statistics.stdev(knn):.3f}" in text
+    assert "| toponas | 0 |" not in text  # only each cell's row over all its retrains
+    searches = json.loads((topology_search.RESULTS / "topology_search_12ep.json").read_text())["runs"]
+    gap = statistics.mean(r["gap"] for r in searches if r["strategy"] == "darts")
+    assert f"| {gap:+.3f} |" in text

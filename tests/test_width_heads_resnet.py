@@ -217,3 +217,28 @@ def test_head_widths_are_refused_where_they_cannot_be_searched(tmp_path):
     assert not (tmp_path / "b").exists()
     with pytest.raises(ConfigError, match="model: resnet_width bins must be an integer in"):
         prepare(load(tmp_path / "c", **{**RESNET_WIDTH, "model.backbone_options": {"bins": 0}}))
+
+
+def test_the_width_study_readme_table_is_the_mean_over_seeds_of_each_network(tmp_path):
+    import json
+
+    from benchmarks import width_study
+
+    def run(name, seed, knn, linear, flops):
+        return {"name": name, "seed": seed, "knn_top1": knn, "linear_top1": linear, "flops": flops, "max_flops": 100,
+                "params": 1, "collapse": 0.5, "cpu_seconds": 1.0}
+
+    rows = {line.split(" | ")[0].lstrip("| "): [c.strip(" |") for c in line.split(" | ")[1:]]
+            for line in width_study.summary([run("uniform", 0, 0.5, 0.6, 90), run("bcnet", 0, 0.2, 0.3, 80),
+                                             run("uniform", 1, 0.7, 0.8, 90)]).splitlines()}
+    assert rows["uniform"] == ["2", "90; 100", "0.600 ± 0.141 (0.500 / 0.700)", "0.700 ± 0.141"]
+    assert rows["bcnet"] == ["1", "80; 100", "0.200 (0.200)", "0.300"]
+    # the script writes it from cached runs only (--table-only trains nothing), between the README's markers
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "uniform_seed3.json").write_text(json.dumps({**run("uniform", 3, 0.5, 0.6, 90), "architecture": {}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{width_study.README_BEGIN}\nold\n{width_study.README_END}\nb\n")
+    assert width_study.main(["--seeds", "3", "--table-only", "--out", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "| uniform | 1 | 90; 100 | 0.500 (0.500) | 0.600 |" in text and text.endswith("\nb\n")

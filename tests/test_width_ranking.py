@@ -53,6 +53,31 @@ def test_the_table_on_hand_made_numbers():
     assert rows["noise ceiling: one seed against the other"][1] == f"{4 / 6:.3f}"  # 5 concordant, 1 discordant
 
 
+
+def test_the_readme_summary_puts_each_objectives_supernets_against_its_own_truth(tmp_path):
+    # as above: tau-b of [1, 2, 3, 4] against the truth's mean [1, 2, 3.5, 3.5] is 5 / sqrt(30)
+    tau = 5 / math.sqrt(30)
+    hand = wr.Truth("hand", "simsiam", [0, 1, 2, 3], [[1, 2, 3, 4], [1, 2, 4, 3]], [10, 20, 30, 40], [4, 3, 2, 1])
+    other = wr.Truth("other", "supervised", [0, 1, 2, 3], [[4, 3, 2, 1]], [10, 20, 30, 40], [4, 3, 2, 1])
+    runs = [{"strategy": "autoslim", "objective": "simsiam", "seed": 0, "scores": [1, 2, 3, 4]},
+            {"strategy": "autoslim", "objective": "simsiam", "seed": 1, "scores": [4, 3, 2, 1]},
+            {"strategy": "autoslim", "objective": "supervised", "seed": 0, "scores": [1, 2, 3, 4]}]
+    rows = {line.split(" | ")[0].lstrip("| "): [c.strip(" |") for c in line.split(" | ")[1:]]
+            for line in wr.summary([hand, other, None], runs, rounds=20).splitlines()}
+    assert list(rows)[0] == "ranker" and rows["ranker"] == ["simsiam (2 truth seeds)", "supervised (1 truth seeds)"]
+    assert rows["autoslim supernet"][0] == f"+0.000 (+{tau:.2f} / -{tau:.2f})"
+    assert rows["autoslim supernet"][1] == "-1.000 (-1.00)"  # against the supervised truth only
+    assert rows["FLOPs (label-free)"][0].startswith(f"+{tau:.3f} [")
+    assert rows["parameters (label-free)"][1].startswith("+1.000 [")
+    assert rows["noise ceiling"] == [f"+{4 / 6:.3f} [" + rows["noise ceiling"][0].split("[")[1], "-"]
+    readme = tmp_path / "README.md"
+    readme.write_text("# r\n\n" + wr.README_BEGIN + "\nold\n" + wr.README_END + "\n\n## More\n")
+    assert wr.main(["--table-only", "--seeds", "0", "--objectives", "supervised", "--bootstrap", "5",
+                    "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("\n\n## More\n") and "| autoslim supernet | +" in text
+
+
 def channel_bench_file(path, accuracy=lambda i, seed: 0.5 + 0.004 * i + 0.001 * seed, skip=None, extra=True):
     """A hand-made table in Channel-Bench-Macro's format: our 64 networks' keys (and some others), made-up numbers."""
     table = {}
