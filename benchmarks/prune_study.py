@@ -32,11 +32,14 @@ from pathlib import Path
 
 from benchmarks._util import ROOT
 
-METHODS = ("dagger", "dagger-gentle", "l1", "fpgm", "taylor", "uniform")
-#: DAGGER's gate-learning settings per study method: the job's defaults, and a gentler penalty and
+METHODS = ("dagger", "dagger-gentle", "dagger-floor", "l1", "fpgm", "taylor", "uniform")
+#: DAGGER's gate-learning settings per study method: the job's defaults; a gentler penalty and
 #: learning rate (added after seed 0's 25% run, where the default overshot the target in the
-#: first epoch; reported beside the default, not instead of it)
-DAGGER_SETTINGS = {"dagger": {"penalty": 5.0, "gate_lr": 0.02}, "dagger-gentle": {"penalty": 1.0, "gate_lr": 0.005}}
+#: first epoch); and the defaults with a floor of 10% of every group's filters (added after a
+#: NAS-Bench-Macro run whose gates left one channel in a layer with no shortcut). Each is
+#: reported beside the default, not instead of it.
+DAGGER_SETTINGS = {"dagger": {"penalty": 5.0, "gate_lr": 0.02}, "dagger-gentle": {"penalty": 1.0, "gate_lr": 0.005},
+                   "dagger-floor": {"penalty": 5.0, "gate_lr": 0.02, "min_keep": 0.1}}
 #: the control: the unpruned network fine-tuned for the same epochs (what the extra training alone gives)
 CONTROL = "unpruned"
 #: the config each dataset's study starts from (``--config`` replaces it)
@@ -283,7 +286,9 @@ def summary(studies: dict) -> str:
     runs that did not collapse (a collapsed run is counted beside the mean)."""
     import statistics
 
-    methods = list(dict.fromkeys(r["method"] for rows in studies.values() for r in rows))
+    known = ["pretrained", CONTROL, *METHODS]
+    methods = sorted(dict.fromkeys(r["method"] for rows in studies.values() for r in rows),
+                     key=lambda m: known.index(m) if m in known else len(known))
     targets = {name: sorted({r["target"] for r in rows if r["target"] < 1}, reverse=True)
                for name, rows in studies.items()}
     seeds = {name: len({r["seed"] for r in rows}) for name, rows in studies.items()}

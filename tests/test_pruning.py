@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from experiments.pruning.dagger import DaggerModule, cost_penalty, gated, select_filters
+from experiments.pruning.dagger import DaggerModule, cost_penalty, gated, minimum_counts, select_filters
 from experiments.pruning.nni_pruners import nni_keep, uniform_counts
 from search_spaces.backbones import build_backbone
 from search_spaces.cost import count_fixed
@@ -115,6 +115,26 @@ def test_pruned_network_equals_the_gated_one_and_its_cost_is_exact(make):
     assert cost.cost(counts, "params") == independent.params
 
 
+
+def test_a_floor_keeps_a_fraction_of_every_group_even_when_its_gates_are_lowest():
+    torch.manual_seed(1)
+    net = build_backbone("resnet18", 0.125)
+    groups = find_groups(net)
+    cost = CostModel.build(net, groups, input_size=8)
+    sizes = {g.name: g.size for g in groups}
+    assert minimum_counts({"a": 16, "b": 8, "c": 3}, 0.25) == {"a": 4, "b": 2, "c": 1}  # ceil, at least one
+    # the first group's gates are far below every other: without a floor it empties to one channel
+    gates = {name: torch.rand(n) + (0.0 if i == 0 else 10.0) for i, (name, n) in enumerate(sizes.items())}
+    first = groups[0].name
+    assert len(select_filters(gates, cost, 0.5)[first]) == 1
+    keep = select_filters(gates, cost, 0.5, min_keep=0.25)
+    assert {name: len(idx) for name, idx in keep.items()}[first] == minimum_counts(sizes, 0.25)[first]
+    # the kept ones are that group's highest gates, and the target still holds
+    top = torch.topk(gates[first], len(keep[first])).indices.sort().values
+    assert torch.equal(keep[first], top)
+    assert cost.cost({n: len(i) for n, i in keep.items()}) <= 0.5 * cost.full["flops"]
+    assert all(len(keep[n]) >= minimum_counts(sizes, 0.25)[n] for n in sizes)
+
 def test_nni_l1_pruner_keeps_the_largest_filters_within_the_target():
     torch.manual_seed(2)
     net = build_backbone("resnet18", 0.25).eval()
@@ -182,6 +202,8 @@ def test_prune_job_saves_a_smaller_network_that_reloads_and_evaluates(tiny_confi
     (["--flops", "0.5", "--params", "0.5"], "exactly one target"),
     (["--flops", "0.5", "--method", "magic"], "--method"),
     (["--flops", "0.001"], "below what pruning inner filters can reach"),
+    (["--flops", "0.5", "--min-keep", "1"], "--min-keep: the fraction every group keeps must be in [0, 1)"),
+    (["--flops", "0.2", "--min-keep", "0.9"], "every group keeps 0.9 of its filters"),
     (["--flops", "0.5", "--missing"], "does not exist"),
     (["--flops", "0.5", "--set", "framework=simclr"], "is a simsiam network but the config is for simclr"),
 ])

@@ -25,7 +25,7 @@ from experiments.core.errors import ConfigError
 from experiments.core.records import load_saved_model, new_record, write_results
 from experiments.jobs.command import add_config_arguments
 from experiments.jobs.retrain import fit_ssl
-from experiments.pruning.dagger import DaggerModule, select_filters, train_gates
+from experiments.pruning.dagger import DaggerModule, minimum_counts, select_filters, train_gates
 from experiments.pruning.nni_pruners import NNI_PRUNERS, nni_keep, uniform_counts
 from search_spaces.filter_groups import CostModel, channel_counts, find_groups, prune_filters
 
@@ -51,6 +51,8 @@ def add_arguments(p) -> None:
     p.add_argument("--penalty", type=float, default=5.0,
                    help="weight of the cost penalty in gate learning (dagger; default 5)")
     p.add_argument("--gate-lr", type=float, default=0.02, help="Adam's learning rate for the Dagger module")
+    p.add_argument("--min-keep", type=float, default=0.0,
+                   help="dagger: every filter group keeps at least this fraction of its filters (default 0: one)")
 
 
 def check_arguments(args, cfg: Config) -> tuple[str, float, int]:
@@ -71,6 +73,8 @@ def check_arguments(args, cfg: Config) -> tuple[str, float, int]:
     for flag, value in (("--penalty", args.penalty), ("--gate-lr", args.gate_lr)):
         if not (math.isfinite(value) and 0 < value <= 1e4):
             raise ConfigError(f"{flag}: must be a positive number up to 1e4, got {value:g}")
+    if not (math.isfinite(args.min_keep) and 0 <= args.min_keep < 1):
+        raise ConfigError(f"--min-keep: the fraction every group keeps must be in [0, 1), got {args.min_keep:g}")
     return quantity, target, epochs
 
 
@@ -83,7 +87,8 @@ def run(args) -> int:
     refuse_finished(out, (RESULTS_FILE, MODEL_FILE), args.overwrite)
     print(start_line("prune", cfg, out, architecture=args.checkpoint), flush=True)
     result = run_prune(cfg, args.checkpoint, out, args.method, target, quantity, epochs, gate_epochs=args.gate_epochs,
-                       penalty=args.penalty, gate_lr=args.gate_lr, overwrite=args.overwrite)
+                       penalty=args.penalty, gate_lr=args.gate_lr, min_keep=args.min_keep,
+                       overwrite=args.overwrite)
     summary(result, out / RESULTS_FILE)
     return 0
 
@@ -91,7 +96,7 @@ def run(args) -> int:
 @claims_output_dir
 def run_prune(cfg: Config, checkpoint: str | Path, out: Path, method: str, target: float, quantity: str = "flops",
               finetune_epochs: int = 0, gate_epochs: int = 10, penalty: float = 5.0, gate_lr: float = 0.02,
-              overwrite: bool = False, log_fn: Callable[[str], None] = print) -> dict:
+              min_keep: float = 0.0, overwrite: bool = False, log_fn: Callable[[str], None] = print) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     network, payload = load_saved_model(checkpoint, cfg)
     framework = payload["space"]["framework"]
@@ -105,16 +110,18 @@ def run_prune(cfg: Config, checkpoint: str | Path, out: Path, method: str, targe
     data = build_data(cfg)
     loader = data.loader(None, cfg)
     cost = CostModel.build(backbone, groups, data.image_size)
-    floor = cost.cost({g.name: 1 for g in groups}, quantity) / cost.full[quantity]
+    least = minimum_counts({g.name: g.size for g in groups}, min_keep if method == "dagger" else 0.0)
+    floor = cost.cost(least, quantity) / cost.full[quantity]
     if target < floor:
         raise ConfigError(f"--{quantity}: {target:g} is below what pruning inner filters can reach here "
-                          f"({floor:.3f}: the stem, shortcuts and block outputs stay whole)")
+                          f"({floor:.3f}: the stem, shortcuts and block outputs stay whole"
+                          f"{f', every group keeps {min_keep:g} of its filters' if min(least.values()) > 1 else ''})")
     before = {q: cost.full[q] for q in ("flops", "params")}
     sizes = {g.name: g.size for g in groups}
     run = claim_output_dir(out, cfg, "prune", (RESULTS_FILE, MODEL_FILE), overwrite=overwrite, log_fn=log_fn,
                            extra={"checkpoint": str(checkpoint), "method": method, "quantity": quantity,
                                   "target": target, "gate_epochs": gate_epochs, "penalty": penalty,
-                                  "gate_lr": gate_lr, "finetune_epochs": finetune_epochs})
+                                  "gate_lr": gate_lr, "min_keep": min_keep, "finetune_epochs": finetune_epochs})
     start = time.perf_counter()
     metrics_pretrained = downstream_metrics(cfg, data, network)
     history: list = []
@@ -129,7 +136,7 @@ def run_prune(cfg: Config, checkpoint: str | Path, out: Path, method: str, targe
                               penalty, gate_lr, log_fn)
         with torch.no_grad():
             gates = dagger(backbone)
-        keep = select_filters(gates, cost, target, quantity)
+        keep = select_filters(gates, cost, target, quantity, min_keep)
         scale = {name: gates[name][idx] for name, idx in keep.items()}
     else:
         keep = nni_keep(backbone, groups, uniform_counts(groups, cost, target, quantity), method, module, loader,

@@ -19,7 +19,7 @@ The paper gives the idea, not the code (none is public); the details below are o
 - **Training.** The SSL loss of the framework (unlabelled views only) plus the penalty; the
   pretrained network is frozen (weights and BN statistics), only the Dagger module learns.
 - **Selection.** Filters are removed in order of their gate, lowest first across all layers,
-  each group keeping at least one, until the exact cost is within the target; the kept gates
+  each group keeping at least one (or the ``min_keep`` fraction of its filters), until the exact cost is within the target; the kept gates
   fold into the BN (``prune_filters(scale=...)``).
 """
 from __future__ import annotations
@@ -100,21 +100,28 @@ def cost_penalty(gates: Mapping[str, torch.Tensor], cost: CostModel, target: flo
     return weight * (ratio - target).abs(), ratio
 
 
+def minimum_counts(sizes: Mapping[str, int], min_keep: float = 0.0) -> dict[str, int]:
+    """The fewest channels each group may keep: ``ceil(min_keep * size)``, and at least one."""
+    return {name: max(1, math.ceil(min_keep * size - 1e-9)) for name, size in sizes.items()}
+
+
 def select_filters(scores: Mapping[str, torch.Tensor], cost: CostModel, target: float,
-                   quantity: str = "flops") -> dict[str, torch.Tensor]:
+                   quantity: str = "flops", min_keep: float = 0.0) -> dict[str, torch.Tensor]:
     """Kept channel indices per group: drop the lowest-scored filters (all groups together) until within target.
 
-    Each group keeps at least one channel; ties go to the earlier group and channel.
+    Each group keeps at least ``minimum_counts`` channels (one, or the ``min_keep`` fraction of its filters: a
+    floor against gates that choke a layer with no shortcut); ties go to the earlier group and channel.
     """
     budget = target * cost.full[quantity]
     keep = {name: torch.ones(len(s), dtype=torch.bool) for name, s in scores.items()}
     counts = {name: len(s) for name, s in scores.items()}
+    floor = minimum_counts(counts, min_keep)
     order = sorted(((float(v), gi, i, name) for gi, (name, s) in enumerate(scores.items())
                     for i, v in enumerate(s.detach().cpu())))
     for _, _, i, name in order:
         if cost.cost(counts, quantity) <= budget:
             break
-        if counts[name] == 1:
+        if counts[name] <= floor[name]:
             continue
         keep[name][i] = False
         counts[name] -= 1
@@ -171,4 +178,4 @@ def train_gates(module, root: nn.Module, dagger: DaggerModule, groups: Sequence[
     return history
 
 
-__all__ = ["DaggerModule", "cost_penalty", "gated", "select_filters", "train_gates"]
+__all__ = ["DaggerModule", "cost_penalty", "gated", "minimum_counts", "select_filters", "train_gates"]
