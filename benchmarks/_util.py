@@ -329,3 +329,17 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def write_between_markers(path: Path, text: str, begin: str, end: str, title: str = "") -> None:
+    """Put ``text`` between the page's ``begin`` and ``end`` markers, keeping the hand-written text around them
+    (a page without them gets them appended; a missing page starts with ``title``)."""
+    from experiments.core.files import write_text_atomic
+
+    page = path.read_text() if path.is_file() else ""
+    if begin in page and end in page:
+        before, rest = page.split(begin, 1)
+        after = rest.split(end, 1)[1]
+    else:
+        before, after = (page + "\n" if page else (f"{title}\n\n" if title else "")), "\n"
+    write_text_atomic(path, f"{before}{begin}\n{text}\n{end}{after}")

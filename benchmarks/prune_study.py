@@ -30,7 +30,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks._util import ROOT
+from benchmarks._util import ROOT, write_between_markers
 
 METHODS = ("dagger", "dagger-gentle", "dagger-floor", "l1", "fpgm", "taylor", "uniform")
 #: DAGGER's gate-learning settings per study method: the job's defaults; a gentler penalty and
@@ -311,15 +311,13 @@ def summary(studies: dict) -> str:
 
 def write_readme(path: Path) -> int:
     """The README's pruning table from the committed studies' JSONs (every run of each)."""
-    from benchmarks.ranking_nas_bench_macro import write_table
-
     studies = {label: json.loads((RESULTS / f"{stem}.json").read_text())
                for stem, label in STUDIES.items() if (RESULTS / f"{stem}.json").is_file()}
     intro = ("kNN top-1 after fine-tuning, mean over seeds, at 75 / 50 / 25% of the FLOPs (pretrained and unpruned: "
              "the full network). SimSiam; budgets, machine and every run in each study's page under docs/results/ "
              "(the command that reruns it is at its top). Rebuild this table: "
              "`python -m benchmarks.prune_study --readme README.md`.")
-    write_table(path, intro + "\n\n" + summary(studies), README_BEGIN, README_END)
+    write_between_markers(path, intro + "\n\n" + summary(studies), README_BEGIN, README_END)
     return 0
 
 

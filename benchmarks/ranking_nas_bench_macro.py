@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._util import PeakMemory  # noqa: E402
+from benchmarks._util import PeakMemory, write_between_markers  # noqa: E402
 from experiments import nni_compat  # noqa: E402
 
 nni_compat.apply()  # a command-line entry: patch NNI before it is imported
@@ -460,16 +460,8 @@ README_END = "<!-- end of the ranking summary -->"
 
 def write_table(path: Path, table_text: str, begin: str = BEGIN_MARK, end: str = END_MARK,
                 title: str = "# How well does a supernet rank NAS-Bench-Macro's networks?") -> None:
-    """Put the table between the page's markers, keeping the hand-written text around them."""
-    from experiments.core.files import write_text_atomic
-
-    page = path.read_text() if path.is_file() else ""
-    if begin in page and end in page:
-        before, rest = page.split(begin, 1)
-        after = rest.split(end, 1)[1]
-    else:
-        before, after = (page + "\n" if page else f"{title}\n\n"), "\n"
-    write_text_atomic(path, f"{before}{begin}\n{table_text}\n{end}{after}")
+    """This page's table between its markers (``write_between_markers`` with the ranking page's marks and title)."""
+    write_between_markers(path, table_text, begin, end, title)
 
 
 def compare(files: list[Path], rounds: int, seed: int) -> int:

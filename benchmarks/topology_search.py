@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks._util import ROOT  # noqa: F401 (patches NNI, puts the project on the path)
+from benchmarks._util import ROOT, write_between_markers  # (patches NNI, puts the project on the path)
 
 STRATEGIES = {"darts": ("darts", {}), "toponas": ("toponas", {}), "entrannas": ("entrannas", {}),
               "entrannas-dst": ("entrannas", {"dst": True})}
@@ -134,14 +134,13 @@ README_END = "<!-- end of the topology summary -->"
 def write_readme(path: Path) -> int:
     """The README's tables from the committed results: (a), (b), (d) per search budget, (c) per cell over all its
     retrains (each file's own command reruns it)."""
-    from benchmarks.ranking_nas_bench_macro import write_table
-
     parts = []
     for stem in ("topology_search", "topology_search_12ep"):
         if (RESULTS / f"{stem}.json").is_file():
             result = json.loads((RESULTS / f"{stem}.json").read_text())
             epochs = sorted({r["epochs"] for r in result["runs"]})
-            parts += [*[""] * bool(parts), f"(a) consistency, (b) cost, (d) top-2 against learned: {'/'.join(map(str, epochs))}-epoch "
+            parts += [*[""] * bool(parts), f"(a) consistency, (b) cost, (d) top-2 against learned: "
+                      f"{'/'.join(map(str, epochs))}-epoch "
                       f"searches on 768 digits, SimSiam, mean over seeds; {result['machine']}. "
                       f"Rerun: `{result['command']}`", "", table(result["runs"])]
     if (RESULTS / "topology_retrain.json").is_file():
@@ -152,7 +151,7 @@ def write_readme(path: Path) -> int:
                       f"{first['epochs']} epochs on digits, {len(result['runs'])} retrains (mean ± sd over every "
                       f"search and retraining seed of a cell); {result['machine']}. Rerun: `{result['command']}`",
                   "", *rows[:2], *(row for row in rows[2:] if row.split(" | ")[1] == "all")]
-    write_table(path, "\n".join(parts), README_BEGIN, README_END)
+    write_between_markers(path, "\n".join(parts), README_BEGIN, README_END)
     return 0
 
 

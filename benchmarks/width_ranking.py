@@ -54,7 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.ranking_nas_bench_macro import cached, kendall, machine, resampled_interval  # noqa: E402  (applies nni_compat)
+from benchmarks._util import write_between_markers  # noqa: E402  (applies nni_compat)
+from benchmarks.ranking_nas_bench_macro import cached, kendall, machine, resampled_interval  # noqa: E402
 
 GT_DIR = ROOT / "benchmarks" / "results" / "width_ground_truth"
 RANK_DIR = ROOT / "benchmarks" / "results" / "width_ranking"
@@ -439,7 +440,6 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from benchmarks.ranking_nas_bench_macro import write_table
     from experiments.core.errors import ConfigError
 
     args = parse_args(argv)
@@ -476,7 +476,7 @@ def main(argv=None) -> int:
                  + "\n".join(agreement(a, b, args.bootstrap) for a, b in pairs))
     print(text)
     if args.docs:
-        write_table(DOCS, text, DOCS_BEGIN, DOCS_END)
+        write_between_markers(DOCS, text, DOCS_BEGIN, DOCS_END)
     if args.readme is not None:
         seeds = sorted({run["seed"] for run in runs})
         intro = (f"Kendall's tau against each objective's width ground truth (64 networks of `nas_bench_macro_width`, "
@@ -487,7 +487,8 @@ def main(argv=None) -> int:
                  f"{os.cpu_count()} cores, no GPU. Rebuild: `python -m benchmarks.width_ranking --table-only --seeds "
                  f"{' '.join(map(str, seeds))} --readme README.md`; every interval, pick and cost: "
                  f"docs/width-search.md.")
-        write_table(args.readme, intro + "\n\n" + summary(truths, runs, args.bootstrap), README_BEGIN, README_END)
+        write_between_markers(args.readme, intro + "\n\n" + summary(truths, runs, args.bootstrap),
+                              README_BEGIN, README_END)
     return 0
 
 

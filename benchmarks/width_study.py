@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._util import ROOT
+from benchmarks._util import ROOT, write_between_markers
 
 STRATEGIES = ("autoslim", "bcnet", "cafenet")
 RESULTS = ROOT / "benchmarks" / "results" / "width_study"
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     print()
     print(table([r for r in rows if r["name"].startswith("heads-") or r["name"] == "hand-made"]))
     if args.readme and rows:
-        from benchmarks.ranking_nas_bench_macro import machine, write_table
+        from benchmarks.ranking_nas_bench_macro import machine
 
         seeds = sorted({r["seed"] for r in rows})
         intro = (f"SimSiam on digits (8x8), ResNet-18 at backbone width 0.25 (CIFAR stem), `resnet_width` with "
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
                  f"{machine().get('cpu', platform.machine())}, 2 shared cores, no GPU. Rerun: "
                  f"`python -m benchmarks.width_study --seeds {' '.join(map(str, seeds))} --readme README.md` "
                  f"(cached runs are read back); the widths of every run: docs/width-heads-resnet.md.")
-        write_table(Path(args.readme), intro + "\n\n" + summary(rows), README_BEGIN, README_END)
+        write_between_markers(Path(args.readme), intro + "\n\n" + summary(rows), README_BEGIN, README_END)
     return 0
 
 

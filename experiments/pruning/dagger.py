@@ -19,8 +19,8 @@ The paper gives the idea, not the code (none is public); the details below are o
 - **Training.** The SSL loss of the framework (unlabelled views only) plus the penalty; the
   pretrained network is frozen (weights and BN statistics), only the Dagger module learns.
 - **Selection.** Filters are removed in order of their gate, lowest first across all layers,
-  each group keeping at least one (or the ``min_keep`` fraction of its filters), until the exact cost is within the target; the kept gates
-  fold into the BN (``prune_filters(scale=...)``).
+  each group keeping at least one (or the ``min_keep`` fraction of its filters), until the
+  exact cost is within the target; the kept gates fold into the BN (``prune_filters(scale=...)``).
 """
 from __future__ import annotations
 
