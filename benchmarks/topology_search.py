@@ -143,13 +143,15 @@ def write_readme(path: Path) -> int:
                       f"{'/'.join(map(str, epochs))}-epoch "
                       f"searches on 768 digits, SimSiam, mean over seeds; {result['machine']}. "
                       f"Rerun: `{result['command']}`", "", table(result["runs"])]
-    if (RESULTS / "topology_retrain.json").is_file():
-        result = json.loads((RESULTS / "topology_retrain.json").read_text())
+    for study in sorted(RESULTS.glob("topology_retrain*.json")):
+        result = json.loads(study.read_text())
         rows = retrain_table(result["runs"]).splitlines()
         first = result["runs"][0]
-        parts += ["", f"(c) each derived cell (and a random one) retrained from scratch under SimSiam, "
-                      f"{first['epochs']} epochs on digits, {len(result['runs'])} retrains (mean ± sd over every "
-                      f"search and retraining seed of a cell); {result['machine']}. Rerun: `{result['command']}`",
+        searched = sorted({r["search_epochs"] for r in result["runs"] if r["strategy"] != RANDOM})
+        parts += ["", f"(c) each derived cell of the {'/'.join(map(str, searched))}-epoch searches (and a random one) "
+                      f"retrained from scratch under SimSiam, {first['epochs']} epochs on digits, "
+                      f"{len(result['runs'])} retrains (mean ± sd over every search and retraining seed of a cell); "
+                      f"{result['machine']}. Rerun: `{result['command']}`",
                   "", *rows[:2], *(row for row in rows[2:] if row.split(" | ")[1] == "all")]
     write_between_markers(path, "\n".join(parts), README_BEGIN, README_END)
     return 0
@@ -278,9 +280,25 @@ def main(argv=None) -> int:
                 retrained.append(json.loads(cached.read_text()))
         text += "\n\n" + retrain_table(retrained)
     print(text)
-    if args.table:
+    if args.table:  # the table, and beside it the runs it was made from with the command and machine
         Path(args.table).write_text(text + "\n")
+        Path(args.table).with_suffix(".json").write_text(json.dumps(
+            {"command": "python -m benchmarks.topology_search " + " ".join(argv if argv is not None else sys.argv[1:]),
+             "machine": machine_line(), "runs": retrained if args.retrain_epochs else records}, indent=1))
     return 0
+
+
+def machine_line() -> str:
+    """Cores, CPU model and torch threads: what the CPU seconds above were measured on."""
+    import os
+
+    import torch
+
+    from benchmarks.ranking_nas_bench_macro import machine
+
+    threads = torch.get_num_threads()
+    return (f"{os.cpu_count()}-core {machine().get('cpu', 'CPU')} CPU shared with other jobs, "
+            f"{threads} torch thread{'s' * (threads > 1)}")
 
 
 def random_search(seed: int, args) -> dict:

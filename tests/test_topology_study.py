@@ -43,6 +43,8 @@ def test_the_readme_tables_come_from_the_committed_results_and_train_nothing(tmp
     text = readme.read_text()
     assert text.startswith("a\n") and text.endswith("\nb\n") and "old" not in text
     assert not (tmp_path / "runs").exists()  # nothing searched or retrained
+    for committed in topology_search.RESULTS.glob("topology_*.json"):  # and the results it read are untouched
+        json.loads(committed.read_text())
     retrains = json.loads((topology_search.RESULTS / "topology_retrain.json").read_text())["runs"]
     knn = [r["knn_top1"] for r in retrains if r["strategy"] == "toponas"]
     assert f"| toponas | all | {len(knn)} | " in text
@@ -51,3 +53,19 @@ def test_the_readme_tables_come_from_the_committed_results_and_train_nothing(tmp
     searches = json.loads((topology_search.RESULTS / "topology_search_12ep.json").read_text())["runs"]
     gap = statistics.mean(r["gap"] for r in searches if r["strategy"] == "darts")
     assert f"| {gap:+.3f} |" in text
+
+
+def test_the_table_is_written_with_its_runs_command_and_machine_beside_it(tmp_path):
+    import json
+
+    from benchmarks import topology_search
+
+    committed = topology_search.RESULTS / "topology_search.json"
+    argv = ["--epochs", "4", "--seeds", "1", "--strategies", "toponas", "--search-records", str(committed),
+            "--out", str(tmp_path / "runs"), "--table", str(tmp_path / "table.md")]
+    assert topology_search.main(argv) == 0  # the search is the committed one: nothing is trained
+    written = json.loads((tmp_path / "table.json").read_text())
+    assert written["command"] == "python -m benchmarks.topology_search " + " ".join(argv)
+    assert "core" in written["machine"] and "torch thread" in written["machine"]
+    expected = [r for r in json.loads(committed.read_text())["runs"] if (r["strategy"], r["seed"]) == ("toponas", 1)]
+    assert written["runs"] == expected and (tmp_path / "table.md").read_text().startswith("| strategy |")
