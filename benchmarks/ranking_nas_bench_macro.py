@@ -434,10 +434,12 @@ def summary(figures: dict, budgets: dict[str, list[dict]], command: str) -> str:
         taus.setdefault(r["label"], {}).setdefault(r["objective"], []).append(r["judged"]["tau"])
     b = group[0]["budget"]
     seeds = sorted({r["seed"] for r in group})
-    lines = [f"Kendall's tau against NAS-Bench-Macro's `mean_acc` on the same {b.get('archs') or len(group[0].get('keys') or [])} networks. Supernets: "
+    networks = b.get("archs") or len(group[0].get("keys") or [])  # older runs record only the keys
+    machine_info = group[0].get("machine", {})
+    lines = [f"Kendall's tau against NAS-Bench-Macro's `mean_acc` on the same {networks} networks. Supernets: "
              f"{b['epochs']} epochs on {b['train_images']} CIFAR-10 images, width {b['width']}, seeds "
              f"{', '.join(map(str, seeds))}; mean over the seeds run (each seed's tau in brackets). Machine: "
-             f"{group[0].get('machine', {}).get('cpu', '?')}, {group[0].get('machine', {}).get('cpu_count')} CPUs, no GPU. "
+             f"{machine_info.get('cpu', '?')}, {machine_info.get('cpu_count')} CPUs, no GPU. "
              f"Rebuild: `{command} --readme README.md`; every run, interval and budget: docs/ranking.md.", "",
              "| supernet | " + " | ".join(objectives) + " |", "|---|" + "---|" * len(objectives)]
     for label, by_objective in taus.items():

@@ -110,14 +110,14 @@ def run_prune(cfg: Config, checkpoint: str | Path, out: Path, method: str, targe
     data = build_data(cfg)
     loader = data.loader(None, cfg)
     cost = CostModel.build(backbone, groups, data.image_size)
-    least = minimum_counts({g.name: g.size for g in groups}, min_keep if method == "dagger" else 0.0)
+    sizes = {g.name: g.size for g in groups}
+    least = minimum_counts(sizes, min_keep if method == "dagger" else 0.0)
     floor = cost.cost(least, quantity) / cost.full[quantity]
     if target < floor:
         raise ConfigError(f"--{quantity}: {target:g} is below what pruning inner filters can reach here "
                           f"({floor:.3f}: the stem, shortcuts and block outputs stay whole"
                           f"{f', every group keeps {min_keep:g} of its filters' if min(least.values()) > 1 else ''})")
     before = {q: cost.full[q] for q in ("flops", "params")}
-    sizes = {g.name: g.size for g in groups}
     run = claim_output_dir(out, cfg, "prune", (RESULTS_FILE, MODEL_FILE), overwrite=overwrite, log_fn=log_fn,
                            extra={"checkpoint": str(checkpoint), "method": method, "quantity": quantity,
                                   "target": target, "gate_epochs": gate_epochs, "penalty": penalty,
