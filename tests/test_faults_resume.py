@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.pause_at_batch import is_paused
+
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 TINY = {
@@ -40,10 +42,13 @@ def command(out: Path) -> list[str]:
             "--output-dir", str(out)]
 
 
-def start(out: Path) -> subprocess.Popen:
+def start(out: Path, pause_after: tuple[int, int] | None = None) -> subprocess.Popen:
+    """Start the search; with ``pause_after=(epoch, batch)`` it stops itself (SIGSTOP) after that batch."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(command(out), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = command(out)
+    if pause_after is not None:
+        cmd = [sys.executable, "-m", "tests.pause_at_batch", *map(str, pause_after), "--", *cmd[3:]]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def checkpoint_state(out: Path) -> dict | None:
@@ -54,7 +59,7 @@ def checkpoint_state(out: Path) -> dict | None:
         return None
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 240.0, what: str = "") -> None:
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 900.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
@@ -70,21 +75,19 @@ def finish(proc: subprocess.Popen, timeout: float = 300.0) -> tuple[int, str, st
     return proc.returncode, out, err
 
 
-def interrupt_mid_epoch(out: Path, signum: int, epochs_done: int = 2) -> tuple[int, str, str, dict]:
-    """Start a search, let it finish ``epochs_done`` epochs, then signal it in the middle of the next.
+def interrupt_mid_epoch(out: Path, signum: int, epochs_done: int = 2, batch: int = 1) -> tuple[int, str, str, dict]:
+    """Start a search that pauses itself after batch ``batch`` of epoch ``epochs_done`` (from 0: the
+    middle of the epoch after ``epochs_done`` finished ones), then signal it there.
 
-    "The middle" is a third of an epoch's measured length after its checkpoint, so the kill
-    lands mid-epoch on a fast machine and a slow one alike.
+    The signal waits for that pause, an event, so it lands after the same batch on any machine,
+    however fast or busy.
     """
-    proc = start(out)
-    done = lambda n: (s := checkpoint_state(out)) is not None and s["epoch"] + 1 >= n  # noqa: E731
-    wait_for(lambda: done(epochs_done - 1), proc, what=f"the checkpoint of epoch {epochs_done - 1}")
-    began = time.monotonic()
-    wait_for(lambda: done(epochs_done), proc, what=f"the checkpoint of epoch {epochs_done}")
-    epoch_seconds = time.monotonic() - began
+    proc = start(out, pause_after=(epochs_done, batch))
+    wait_for(lambda: is_paused(proc.pid), proc, what=f"the pause after batch {batch} of epoch {epochs_done + 1}")
     saved = checkpoint_state(out)
-    time.sleep(epoch_seconds / 3)
     proc.send_signal(signum)
+    if signum != signal.SIGKILL:
+        proc.send_signal(signal.SIGCONT)  # a stopped process handles its other signals once it runs again
     rc, stdout, stderr = finish(proc)
     return rc, stdout, stderr, saved
 
