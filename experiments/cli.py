@@ -14,12 +14,12 @@ from pathlib import Path
 
 def job_modules() -> list:
     """Every job and study, in the order ``--help`` lists them."""
-    from experiments.jobs import (backbone_search, check, evaluate, export, export_space, prune, retrain,
-                                  screenshot, search)
+    from experiments.jobs import (backbone_search, check, compare, evaluate, export, export_space, prune, retrain,
+                                  screenshot, search, show)
     from experiments.studies import backbone_study, head_study
 
-    return [search, backbone_search, retrain, prune, evaluate, export, check, export_space, head_study, backbone_study,
-            screenshot]
+    return [search, backbone_search, retrain, prune, evaluate, export, check, export_space, compare, show, head_study,
+            backbone_study, screenshot]
 
 
 def build_parser(modules: list, prog: str = "python -m experiments") -> argparse.ArgumentParser:

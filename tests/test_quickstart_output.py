@@ -38,6 +38,8 @@ def test_quickstart_job_prints_its_start_and_end_and_no_chatter(tmp_path):
     assert lines[0] == (f"search: simsiam on digits, nasiam head space, gdarts, cpu ({threads}), 2 epochs, "
                         f"batched views -> {out}")
     assert any(line.startswith(f"results: {out / 'best_architecture.json'}") for line in lines), printed[-2000:]
+    assert f"picture of the architecture: {out / 'architecture.png'}" in lines  # every search draws its pick
+    assert (out / "architecture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(line.startswith("epoch ") for line in lines) == 2  # one plain line per epoch, no bar leftovers
     assert not any(line.startswith("Epoch ") or "it/s" in line for line in lines)  # the bar's leftovers
     logged = (out / "logs" / "run.log").read_text()

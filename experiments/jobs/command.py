@@ -35,6 +35,7 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     ``search(cfg, out, overwrite=...)`` returns the record written to ``result_files[0]`` (None on
     a DDP rank other than zero, which prints nothing).
     """
+    from experiments.core.architecture_picture import write_run_picture
     from experiments.core.checkpointing import refuse_finished
     from experiments.core.config import load_config
     from experiments.core.console import start_line, summary
@@ -46,4 +47,6 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     record = search(cfg, out, overwrite=args.overwrite)
     if record is not None:
         summary(record, out / result_files[0])
+        picture, why_not = write_run_picture(record, out)
+        print(f"picture of the architecture: {picture}" if picture else f"no picture of the architecture: {why_not}")
     return 0
