@@ -614,3 +614,91 @@ def nni_log_to(handler: logging.Handler) -> None:
     logger = logging.getLogger("nni")
     if handler not in logger.handlers:
         logger.addHandler(handler)
+
+
+# --- NNI's remote training service (nni_configs/remote_example.yml, tests/test_nni_remote.py) -------
+_BARE_PYTHONS = ("python", "python3")
+#: what NNI 3.0's remote service packs of trialCodeDirectory (nni_node/common/tarball.js)
+REMOTE_UPLOAD_MAX_FILES = 2000
+REMOTE_UPLOAD_MAX_BYTES = 300 * 1024 * 1024
+
+
+def remote_trial_python(trial_command: str) -> str | None:
+    """Quirk 28: a remote trial's bare ``python`` is whatever the host's ``~/.bashrc`` puts first on PATH.
+
+    NNI 3.0 puts ``pythonPath`` first on PATH for its own SSH commands and starts its trial keeper
+    with that PATH, but the keeper also inherits the SSH session's ``SSH_CLIENT``, and bash, started
+    for each trial with that variable set, reads ``~/.bashrc`` (Debian's bash does for "a remote
+    shell"): a conda or pyenv line there puts another python first, and the trial fails with
+    ``No module named 'nni'``. The trial command must name its interpreter by absolute path. Returns
+    the problem as one sentence, or None.
+    """
+    import shlex
+
+    try:
+        first = shlex.split(trial_command)[0]
+    except (ValueError, IndexError):
+        return None  # NNI's and the trial command's own checks say what is wrong with it
+    if first not in _BARE_PYTHONS:
+        return None
+    return (f"trialCommand starts with a bare {first!r}: on a remote host each trial's bash reads ~/.bashrc "
+            f"(NNI 3.0 passes it SSH_CLIENT), where a conda or pyenv line puts another python before pythonPath; "
+            f"name the venv's interpreter by absolute path, e.g. /path/to/ssl-nas/.venv/bin/python -m experiments ...")
+
+
+def _nniignore_patterns(code_dir) -> list[str]:
+    from pathlib import Path
+
+    path = Path(code_dir) / ".nniignore"
+    if not path.is_file():
+        return []
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _ignored(relative: str, name: str, is_dir: bool, patterns: list[str]) -> bool:
+    """The part of gitignore's syntax our ``.nniignore`` uses: ``name``, ``name/`` (folders only),
+    ``/name`` (at the top only) and ``*`` wildcards in a name."""
+    import fnmatch
+
+    for pattern in patterns:
+        folders_only = pattern.endswith("/")
+        pattern = pattern.rstrip("/")
+        if folders_only and not is_dir:
+            continue
+        if pattern.startswith("/"):
+            if fnmatch.fnmatchcase(relative, pattern[1:]):
+                return True
+        elif fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def remote_upload_problem(code_dir) -> str | None:
+    """Quirk 29: NNI 3.0's remote service packs ``trialCodeDirectory`` into one tarball for every host and
+    refuses more than 2,000 files or 300 MB; the experiment then never starts a trial. This repository
+    with its ``.venv/`` inside (the README's install) is tens of thousands of files: the repository's
+    ``.nniignore`` (gitignore syntax, which NNI reads) keeps ``.venv/``, ``.git/`` and ``runs/`` out.
+    Counts what NNI would pack; returns the problem as one sentence, or None.
+    """
+    import os
+
+    patterns = _nniignore_patterns(code_dir)
+    files = size = 0
+    root = os.fspath(code_dir)
+    for folder, dirs, names in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        rel = "" if rel == "." else rel + "/"
+        dirs[:] = [d for d in dirs if not _ignored(rel + d, d, not os.path.islink(os.path.join(folder, d)), patterns)]
+        for name in names:
+            if _ignored(rel + name, name, False, patterns):
+                continue
+            files += 1
+            size += os.lstat(os.path.join(folder, name)).st_size
+            if files > REMOTE_UPLOAD_MAX_FILES or size > REMOTE_UPLOAD_MAX_BYTES:
+                what = (f"more than {REMOTE_UPLOAD_MAX_FILES} files" if files > REMOTE_UPLOAD_MAX_FILES
+                        else f"more than {REMOTE_UPLOAD_MAX_BYTES // 2**20} MB")
+                return (f"trialCodeDirectory {root} holds {what} outside .nniignore, which NNI 3.0's remote "
+                        f"training service refuses to upload (no trial would start); list the folders trials do "
+                        f"not need (.venv/, runs/, data) in {os.path.join(root, '.nniignore')}")
+    return None

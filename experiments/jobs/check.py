@@ -196,6 +196,13 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
     notes.append(f"{path}: NNI accepts it ({exp.tuner.name if exp.tuner else 'no'} tuner, {platform} "
                  f"training service, {exp.trial_concurrency} at a time, at most {exp.max_trial_number} trials)")
     code_dir = Path(exp.trial_code_directory)
+    if platform == "remote":  # NNI 3.0's remote service: trial python and upload (nni_compat quirks 28, 29)
+        from experiments import nni_compat
+
+        for problem in (nni_compat.remote_trial_python(exp.trial_command), nni_compat.remote_upload_problem(code_dir)):
+            if problem:
+                raise ConfigError(problem)
+        notes.append(f"remote trials: the interpreter is named by absolute path; {code_dir} uploads within NNI's limits")
     tokens, args = trial_arguments(exp.trial_command, env)
     if args is None:
         notes.append("trialCommand does not run `python -m experiments search|backbone-search|retrain`: only NNI's checks apply")
