@@ -176,11 +176,12 @@ def remote(tmp_path_factory):
     try:
         server.start()
         login = server.ssh("echo $HOME")
-        assert login.returncode == 0 and login.stdout.strip() == str(server.home), login
+        assert login.returncode == 0 and login.stdout.strip() == str(server.home), \
+            f"ssh to the test's sshd failed: {login}; sshd says: {server.log.read_text()[-1000:]}"
         raw = fill(yaml.safe_load(EXAMPLE.read_text()), server.port, server.user, server.key)
         exp = RemoteExperiment(base, raw)
         exp.create()
-        exp.status = exp.wait(timeout=170)
+        exp.status = exp.wait(timeout=420)  # a cap, not a trigger: idle, the whole test takes under 2 minutes
         exp.server = server
         yield exp
     finally:
@@ -223,7 +224,6 @@ def test_two_head_trials_run_on_the_ssh_host_and_leave_their_results_there(remot
         assert (remote.server.markers / f"bashrc-{trial['trialJobId']}").exists()
     assert architectures[0] != architectures[1]
     assert not (remote.server.markers / "decoy-ran").exists()
-
 
 
 @pytest.fixture
