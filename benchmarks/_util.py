@@ -10,17 +10,14 @@ import tempfile
 import time
 import warnings
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import nni_compat  # noqa: E402
+from experiments import nni_compat
 
 nni_compat.apply()  # a command-line entry: patch NNI before it is imported
+
+from experiments.core.memory import PeakMemory  # noqa: E402,F401  (the benchmarks' import point)
 
 import torch  # noqa: E402
 from pytorch_lightning import Callback  # noqa: E402
@@ -33,6 +30,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 # The ImageFolder copy of CIFAR-10 beside the project (../shared/data, see its README.md);
 # a git worktree one level deeper finds it one folder further up.
+ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = next((p / "shared" / "data" / "cifar10" for p in (ROOT.parent, ROOT.parent.parent)
                 if (p / "shared" / "data" / "cifar10" / "train").is_dir()), ROOT.parent / "shared" / "data" / "cifar10")
 RESULTS = ROOT / "runs" / "benchmarks"
@@ -167,65 +165,6 @@ def median(values: Iterable[float]) -> float:
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
-class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or this process's peak resident set on CPU (Linux).
-
-    ``start_mib`` is the same measure at the block's start (allocated CUDA memory, or the
-    resident set): in a process that ran something before, ``mib - start_mib`` is what the
-    block itself added, ``mib`` also counts what earlier work left resident.
-    """
-
-    def __init__(self, device: str):
-        self.device = device
-        self.mib: Optional[float] = None
-        self.start_mib: Optional[float] = None
-
-    def __enter__(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start_mib = torch.cuda.memory_allocated() / 2 ** 20
-        else:
-            try:  # "5" resets the process's peak RSS (VmHWM) to its current RSS
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                pass
-            self.start_mib = _status_mib("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.mib = torch.cuda.max_memory_allocated() / 2 ** 20
-        else:
-            self.mib = _vm_hwm_mib()
-        return False
-
-    @property
-    def added_mib(self) -> Optional[float]:
-        return None if self.mib is None or self.start_mib is None else self.mib - self.start_mib
-
-
-def _status_mib(field: str) -> Optional[float]:
-    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in MiB; None where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _vm_hwm_mib() -> Optional[float]:
-    peak = _status_mib("VmHWM")
-    if peak is not None:
-        return peak
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_measured(command: list[str], cwd: Path, poll_s: float = 0.1) -> tuple[int, str, Optional[float]]:
     """Run ``command``; its exit status, its stderr and its peak resident set in MiB.
 
@@ -275,71 +214,16 @@ def timed_training(args: argparse.Namespace, cfg, module, loader, steps: int, wa
 
 
 def machine(args: argparse.Namespace) -> dict:
-    from experiments.core.records import versions
+    from experiments.studies.kit import machine as described
 
-    info = versions()
-    info.update({"device": args.device, "torch_threads": torch.get_num_threads(),
-                 "load_average": list(os.getloadavg())})
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
+    return {**described(), "device": args.device, "torch_threads": torch.get_num_threads()}
 
 
 def report(name: str, title: str, columns: list[str], rows: list[dict], args: argparse.Namespace,
            summary: Optional[dict] = None, notes: Optional[list[str]] = None) -> Path:
-    """Print the rows as a rich table and write them, with the machine, as JSON."""
-    from rich.console import Console
-    from rich.table import Table
+    """Print the rows as a rich table and write them, with the machine, as JSON (runs/benchmarks/ or --output)."""
+    from experiments.studies.kit import report as write_report
 
-    from experiments.core.files import write_json_atomic
-
-    info = machine(args)
-    table = Table(title=title, caption=f"{info.get('cpu', info['machine'])}; {info['cuda'] or 'no CUDA'}; "
-                                         f"torch {info['torch']}; load {info['load_average'][0]:.1f}")
-    for column in columns:
-        table.add_column(column, justify="left" if column == columns[0] else "right")
-    for row in rows:
-        table.add_row(*[_fmt(row.get(c)) for c in columns])
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # a log file keeps every column
-    console.print(table)
-    for key, value in (summary or {}).items():
-        console.print(f"{key}: {_fmt(value)}")
-    for note in notes or []:
-        console.print(note)
     path = Path(args.output) if args.output else RESULTS / f"{name}-{args.device}.json"
-    write_json_atomic(path, {
-        "benchmark": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks." + name + " " + " ".join(sys.argv[1:]),
-        "arguments": vars(args), "machine": info, "rows": rows, "summary": summary or {}, "notes": notes or [],
-    })
-    console.print(f"written: {path}")
-    return path
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
-
-
-def write_between_markers(path: Path, text: str, begin: str, end: str, title: str = "") -> None:
-    """Put ``text`` between the page's ``begin`` and ``end`` markers, keeping the hand-written text around them
-    (a page without them gets them appended; a missing page starts with ``title``)."""
-    from experiments.core.files import write_text_atomic
-
-    page = path.read_text() if path.is_file() else ""
-    if begin in page and end in page:
-        before, rest = page.split(begin, 1)
-        after = rest.split(end, 1)[1]
-    else:
-        before, after = (page + "\n" if page else (f"{title}\n\n" if title else "")), "\n"
-    write_text_atomic(path, f"{before}{begin}\n{text}\n{end}{after}")
+    return write_report(name, title, columns, rows, path, "python -m benchmarks." + name + " " + " ".join(sys.argv[1:]),
+                        vars(args), machine(args), summary, notes)

@@ -11,54 +11,45 @@ tau of each superformer's scores against the standalone accuracies (with a boots
 networks resampled), and within each patch size. Every run is one cached JSON
 file under ``--work`` (a killed study resumes).
 
-    python -m benchmarks.vit_ranking                          # 20 ViTs, 10 retrain epochs
-    python -m benchmarks.vit_ranking --archs 30 --set train.epochs=20
+    python -m experiments study vit-ranking                          # 20 ViTs, 10 retrain epochs
+    python -m experiments study vit-ranking --archs 30 --set train.epochs=20
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from benchmarks._util import ROOT, report
+from experiments.studies.kit import RESULTS, ROOT, bootstrap_tau, invoked, kendall, machine, quiet, report
 
+NAME = "vit-ranking"
+HELP = "does a ViT superformer rank ViTs as training them alone does, with cyclic against prefix sharing?"
 CONFIG = ROOT / "configs" / "digits_backbone_vitas.yml"
 SHARING = ("cyclic", "prefix")
 
 
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b (ties in either list count for neither)."""
-    concordant = discordant = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = ((concordant + discordant + ties_a) * (concordant + discordant + ties_b)) ** 0.5
-    return (concordant - discordant) / denominator if denominator else float("nan")
-
-
 def bootstrap_interval(scores: list[float], truth: list[float], draws: int = 1000, seed: int = 0) -> str:
-    """The 2.5% and 97.5% quantiles of tau over networks resampled with replacement."""
-    import random
+    """The 95% bootstrap interval of tau over the networks resampled with replacement, as ``lo - hi``."""
+    lo, hi = bootstrap_tau(scores, truth, draws, seed)
+    return f"{lo:.2f} - {hi:.2f}"
 
-    rng, taus = random.Random(seed), []
-    for _ in range(draws):
-        idx = [rng.randrange(len(scores)) for _ in scores]
-        tau = kendall_tau([scores[i] for i in idx], [truth[i] for i in idx])
-        if tau == tau:
-            taus.append(tau)
-    taus.sort()
-    return f"{taus[int(0.025 * len(taus))]:.2f} - {taus[int(0.975 * len(taus)) - 1]:.2f}"
+
+def judge(scores: dict[str, list[float]], alone: list[dict], archs: list[dict]) -> list[dict]:
+    """One row per sharing: tau of its scores against the standalone kNN (with its interval) and linear top-1,
+    and the kNN tau within each patch size (the ranking beyond the coarsest split)."""
+    truth = [r["knn_top1"] for r in alone]
+    patches = sorted({a["backbone.patch_size"] for a in archs}, key=int)
+    rows = []
+    for sharing, scored in scores.items():
+        row = {"sharing": sharing, "archs": len(archs), "kendall_tau_knn": kendall(scored, truth),
+               "tau_knn_95": bootstrap_interval(scored, truth),
+               "kendall_tau_linear": kendall(scored, [r["linear_top1"] for r in alone])}
+        for patch in patches:
+            idx = [i for i, a in enumerate(archs) if a["backbone.patch_size"] == patch]
+            row[f"tau_knn_patch{patch}"] = kendall([scored[i] for i in idx], [truth[i] for i in idx])
+            row[f"archs_patch{patch}"] = len(idx)
+        rows.append(row)
+    return rows
 
 
 def sample_architectures(setup, count: int, seed: int) -> list[dict]:
@@ -84,21 +75,23 @@ def sample_architectures(setup, count: int, seed: int) -> list[dict]:
     return list(found.values())
 
 
-def main(argv=None) -> int:
+def add_arguments(parser) -> None:
+    parser.add_argument("--archs", type=int, default=20)
+    parser.add_argument("--arch-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], help="config override a.b=value (every run)")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks" / "vit_ranking"))  
+    parser.add_argument("--output", default=str(RESULTS / "vit_ranking-cpu.json"))
+
+
+def run(args) -> int:
     from experiments.core.config import load_config, parse_overrides
     from experiments.core.records import space_record
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.jobs.retrain import run_retrain
     from experiments.strategies import STRATEGIES
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", type=int, default=20)
-    parser.add_argument("--arch-seed", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], help="config override a.b=value (every run)")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks" / "vit_ranking"))
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "vit_ranking-cpu.json"))
-    args = parser.parse_args(argv)
+    quiet()
     base = {"train.epochs": 10, **parse_overrides(args.set), "seed": args.seed, "trainer.progress_bar": False}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -138,24 +131,12 @@ def main(argv=None) -> int:
         alone.append(json.loads(cache.read_text()))
     truth = [r["knn_top1"] for r in alone]
     patches = sorted({a["backbone.patch_size"] for a in archs}, key=int)
-    rows = []
-    for sharing in SHARING:
-        row = {"sharing": sharing, "archs": len(archs), "kendall_tau_knn": kendall_tau(scores[sharing], truth),
-               "tau_knn_95": bootstrap_interval(scores[sharing], truth),
-               "kendall_tau_linear": kendall_tau(scores[sharing], [r["linear_top1"] for r in alone])}
-        for patch in patches:  # within one patch size: the ranking beyond the coarsest split
-            idx = [i for i, a in enumerate(archs) if a["backbone.patch_size"] == patch]
-            row[f"tau_knn_patch{patch}"] = kendall_tau([scores[sharing][i] for i in idx], [truth[i] for i in idx])
-            row[f"archs_patch{patch}"] = len(idx)
-        rows.append(row)
-    args.device = "cpu"
+    rows = judge(scores, alone, archs)
     report("vit_ranking", "ViT superformer ranking against standalone training (SimSiam, digits)",
            ["sharing", "archs", "kendall_tau_knn", "tau_knn_95", "kendall_tau_linear",
-            *[f"tau_knn_patch{p}" for p in patches], *[f"archs_patch{p}" for p in patches]], rows, args,
+            *[f"tau_knn_patch{p}" for p in patches], *[f"archs_patch{p}" for p in patches]], rows, args.output, invoked(),
+           {k: v for k, v in vars(args).items() if k != "argv"}, {**machine(), "device": "cpu"},
            notes=[f"config {CONFIG.relative_to(ROOT)}; overrides {base}",
                   f"standalone kNN top-1 range {min(truth):.3f} - {max(truth):.3f}"])
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
