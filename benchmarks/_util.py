@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from experiments import nni_compat
 nni_compat.apply()  # a command-line entry: patch NNI before it is imported
 
 from experiments.core.memory import PeakMemory  # noqa: E402,F401  (the benchmarks' import point)
+from experiments.studies.kit import resolve_run_arguments, run_arguments  # noqa: E402
 
 import torch  # noqa: E402
 from pytorch_lightning import Callback  # noqa: E402
@@ -28,52 +28,9 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
-# The ImageFolder copy of CIFAR-10 beside the project (../shared/data, see its README.md);
-# a git worktree one level deeper finds it one folder further up.
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR10 = next((p / "shared" / "data" / "cifar10" for p in (ROOT.parent, ROOT.parent.parent)
-                if (p / "shared" / "data" / "cifar10" / "train").is_dir()), ROOT.parent / "shared" / "data" / "cifar10")
 RESULTS = ROOT / "runs" / "benchmarks"
-
-
-def common_arguments(parser: argparse.ArgumentParser, width: float = 0.25, batch_size: int = 128) -> None:
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: CUDA when present, else CPU")
-    parser.add_argument("--dataset", default="auto", choices=("auto", "cifar10", "digits"),
-                        help="auto: CIFAR-10 when --cifar10 is present, else digits upscaled to 32 px")
-    parser.add_argument("--cifar10", default=str(CIFAR10), help="CIFAR-10 as an ImageFolder (train/, test/)")
-    parser.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet34", "resnet50"))
-    parser.add_argument("--width", type=float, default=width, help="backbone width multiplier (1.0: 512 features)")
-    parser.add_argument("--head-width", type=float, default=None, help="head width multiplier (default: --width)")
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--workers", type=int, default=None,
-                        help="data-loader workers (default: 0 on CPU, 8 on CUDA)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: the package's thread policy, experiments/core/machine.py)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=None, help="JSON file for the results (default: runs/benchmarks/)")
-
-
-def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
-    cifar = Path(args.cifar10)
-    if args.dataset == "auto":
-        args.dataset = "cifar10" if (cifar / "train").is_dir() else "digits"
-    if args.dataset == "cifar10" and not (cifar / "train").is_dir():
-        raise SystemExit(f"error: --dataset cifar10 needs {cifar}/train (an ImageFolder copy of CIFAR-10)")
-    if args.head_width is None:
-        args.head_width = args.width
-    if args.workers is None:
-        args.workers = 8 if args.device == "cuda" else 0
-    if not args.threads:  # what a job would take here (batched views: no loader workers)
-        from experiments.core.machine import choose_thread_policy, usable_cores
-
-        args.threads = choose_thread_policy(None, 0, True, usable_cores(), os.environ.get("OMP_NUM_THREADS")).threads
-    torch.set_num_threads(args.threads)
-    return args
+common_arguments, resolve = run_arguments, resolve_run_arguments  # the names every benchmark uses
 
 
 def make_config(args: argparse.Namespace, train_images: int, **overrides: Any):

@@ -1,4 +1,4 @@
-"""``nnictl stop`` of a running search trial, by hand (not a test: about 1-2 minutes).
+"""How ``nnictl stop`` ends a running search trial: a check by hand (not a test: about 1-2 minutes).
 
 NNI 3.0's local training service stops a trial with SIGINT, then SIGKILL 5 s later, and closes
 the trial's channel to the manager at the same time. This starts one tiny trial of

@@ -13,8 +13,6 @@ CASES = {
     "throughput": [*TINY, "--frameworks", "simsiam,ressl", "--variants", "per-image,batched", "--steps", "1",
                    "--warmup", "1"],
     "search_cost": [*TINY, "--images", "64", "--epochs", "1", "--variants", "per-image"],
-    "frameworks_knn": [*TINY, "--frameworks", "simsiam,wcl,untrained", "--epochs", "1", "--train-images", "64",
-                       "--test-images", "50", "--linear-epochs", "2", "--knn-k", "5"],
     "vs_lightly": [*TINY, "--steps", "1", "--warmup", "1"],
     "fair_share": ["--policies", "new", "--rounds", "1", "--epochs", "1", "--settle", "0.2",
                    "--set", "data.train_subset=128", "--set", "data.test_subset=50", "--set", "data.batch_size=32",

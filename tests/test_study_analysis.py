@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from experiments.studies import (arch_every, backbone_study, head_study, prune, ssl_ground_truth, topology,
-                                 vit_ranking, width)
+from experiments.studies import (arch_every, backbone_study, head_study, prune, ssl_ground_truth, topology, vit_ranking,
+                                 vit_vs_deit, width)
 
 
 class _Table:
@@ -155,3 +155,40 @@ def test_arch_every_study_runs_tiny_and_writes_its_record(tmp_path, capsys):
     assert record["rows"][0]["agreement"] == 1.0  # a run agrees with itself
     assert all(isinstance(r["peak_mib"], float) and r["peak_mib"] > 0 for r in record["rows"])
     assert "written:" in capsys.readouterr().out
+
+
+def test_mcts_simulation_summary_and_a_tiny_run(tmp_path):
+    from experiments.studies import mcts_simulation, run_study
+
+    summary = mcts_simulation.summarise([{"top1_share": 0.1, "calls": 4}, {"top1_share": 0.3, "calls": 4}])
+    assert summary["top1_share"] == (pytest.approx(0.2), pytest.approx(math.sqrt(0.02)))
+    assert summary["calls"] == (4, 0.0)
+    assert mcts_simulation.summarise([{"calls": 3}]) == {"calls": (3, 0.0)}  # one seed: no spread
+    output = tmp_path / "mcts.json"
+    assert run_study("mcts-simulation", ["--space", "synthetic", "--seeds", "2", "--epochs", "2",
+                                         "--steps-per-epoch", "30", "--updates-from", "1", "--tree-from", "1",
+                                         "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert len(record["results"]) == 3 and record["arguments"]["seeds"] == 2 and "run" not in record["arguments"]
+
+
+def test_vit_vs_deit_shape_cell():
+    shape = {"patch_size": 2, "embed_dim": 64, "layers": [[2, 128], [4, 256]]}
+    assert vit_vs_deit.shape_text(shape) == "patch 2, E 64, (heads, hidden) [[2, 128], [4, 256]]"
+
+
+def test_frameworks_knn_runs_tiny_and_writes_each_frameworks_row(tmp_path, capsys):
+    from experiments.studies import run_study
+
+    output = tmp_path / "frameworks_knn.json"
+    assert run_study("frameworks-knn", ["--dataset", "digits", "--width", "0.0625", "--batch-size", "16",
+                                        "--frameworks", "simsiam,untrained", "--epochs", "1", "--train-images", "64",
+                                        "--test-images", "50", "--linear-epochs", "2", "--knn-k", "5",
+                                        "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    rows = {r["framework"]: r for r in record["rows"]}
+    assert set(rows) == {"simsiam", "untrained"} and rows["untrained"]["epochs"] == 0 and rows["simsiam"]["epochs"] == 1
+    assert all(0 <= r["knn_top1"] <= 1 and r["peak_mib"] > 0 for r in rows.values())
+    assert record["machine"]["device"] == "cpu" and "written:" in capsys.readouterr().out
+    assert run_study("frameworks-knn", ["--dataset", "digits", "--frameworks", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --frameworks: unknown nope")

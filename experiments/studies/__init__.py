@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from experiments.studies import (arch_every, backbone_study, head_study, prune, ranking, ssl_ground_truth, topology,
-                                 vit_ranking, width, width_ranking)
+from experiments.studies import (arch_every, backbone_study, frameworks_knn, head_study, mcts_simulation, prune, ranking,
+                                 ssl_ground_truth, topology, vit_ranking, vit_vs_deit, width, width_ranking)
 
 STUDIES = {
     "head": head_study,
@@ -24,6 +24,9 @@ STUDIES = {
     "prune": prune,
     "arch-every": arch_every,
     "vit-ranking": vit_ranking,
+    "vit-vs-deit": vit_vs_deit,
+    "frameworks-knn": frameworks_knn,
+    "mcts-simulation": mcts_simulation,
 }
 
 

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments.studies.kit import RESULTS, ROOT, bootstrap_mean, invoked, machine, quiet, report
+from experiments.studies.kit import RESULTS, ROOT, bootstrap_mean, invoked, machine, options_of, quiet, report
 
 NAME = "arch-every"
 HELP = "does search.arch_every: k derive the architecture k = 1 derives? a small seed study"
@@ -148,7 +148,7 @@ def run(args) -> int:
            f"{overrides['search.epochs']} epochs, digits", ["compared", "agreement", "ci_low", "ci_high", "per_seed",
                                                            "moved", "movement_cosine", "search_s", "epoch_s",
                                                            "peak_mib"],
-           rows, args.output, invoked(), {k: v for k, v in vars(args).items() if k != "argv"}, info, summary,
+           rows, args.output, invoked(), options_of(args), info, summary,
            notes=[f"overrides: {overrides}", "agreement: fraction of searched labels with the same derived choice; "
                   "ci: 95% bootstrap interval of the mean over seeds (or seed pairs). moved: fraction of labels "
                   "whose derived choice is not the initial one (mean over seeds); movement_cosine: cosine of the "

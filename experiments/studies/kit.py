@@ -157,6 +157,57 @@ def mean_sd_text(values: Iterable[float], digits: int = 3, lone_sd: bool = False
     return f"{mean:.{digits}f} ± {sd or 0.0:.{digits}f}"
 
 
+# --- where a measured run trains and at what size ----------------------------------------------------
+# The ImageFolder copy of CIFAR-10 beside the project (../shared/data, see its README.md);
+# a git worktree one level deeper finds it one folder further up.
+CIFAR10 = next((p / "shared" / "data" / "cifar10" for p in (ROOT.parent, ROOT.parent.parent)
+                if (p / "shared" / "data" / "cifar10" / "train").is_dir()), ROOT.parent / "shared" / "data" / "cifar10")
+
+
+def run_arguments(parser, width: float = 0.25, batch_size: int = 128) -> None:
+    """Where and at what size a measured run trains: device, data, network size, batch, threads, seed, output."""
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when present, else CPU")
+    parser.add_argument("--dataset", default="auto", choices=("auto", "cifar10", "digits"),
+                        help="auto: CIFAR-10 when --cifar10 is present, else digits upscaled to 32 px")
+    parser.add_argument("--cifar10", default=str(CIFAR10), help="CIFAR-10 as an ImageFolder (train/, test/)")
+    parser.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet34", "resnet50"))
+    parser.add_argument("--width", type=float, default=width, help="backbone width multiplier (1.0: 512 features)")
+    parser.add_argument("--head-width", type=float, default=None, help="head width multiplier (default: --width)")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loader workers (default: 0 on CPU, 8 on CUDA)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: the package's thread policy, experiments/core/machine.py)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="JSON file for the results")
+
+
+def resolve_run_arguments(args):
+    """``run_arguments``' automatic values made concrete for this machine (and torch's threads set)."""
+    import torch
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    cifar = Path(args.cifar10)
+    if args.dataset == "auto":
+        args.dataset = "cifar10" if (cifar / "train").is_dir() else "digits"
+    if args.dataset == "cifar10" and not (cifar / "train").is_dir():
+        raise SystemExit(f"error: --dataset cifar10 needs {cifar}/train (an ImageFolder copy of CIFAR-10)")
+    if args.head_width is None:
+        args.head_width = args.width
+    if args.workers is None:
+        args.workers = 8 if args.device == "cuda" else 0
+    if not args.threads:  # what a job would take here (batched views: no loader workers)
+        from experiments.core.machine import choose_thread_policy, usable_cores
+
+        args.threads = choose_thread_policy(None, 0, True, usable_cores(), os.environ.get("OMP_NUM_THREADS")).threads
+    torch.set_num_threads(args.threads)
+    return args
+
+
 # --- where it ran and where it goes ------------------------------------------------------------------
 def machine() -> dict:
     """Library versions, CPU model and load average: what a study's times were measured on."""
@@ -245,6 +296,8 @@ FORMER_COMMANDS = {
     "python -m benchmarks.width_ranking": "width-ranking", "python -m benchmarks.width_study": "width",
     "python -m benchmarks.topology_search": "topology", "python -m benchmarks.prune_study": "prune",
     "python -m benchmarks.arch_every": "arch-every", "python -m benchmarks.vit_ranking": "vit-ranking",
+    "python -m benchmarks.vit_vs_deit": "vit-vs-deit", "python -m benchmarks.frameworks_knn": "frameworks-knn",
+    "python -m benchmarks.mcts_simulation": "mcts-simulation",
     "python -m experiments.study": "head", "python -m experiments head-study": "head",
     "python -m experiments.backbone_study": "backbone", "python -m experiments backbone-study": "backbone",
 }
@@ -258,6 +311,13 @@ def current_command(recorded: str) -> str:
         if at >= 0 and (at == 0 or recorded[at - 1] == " ") and recorded[end:end + 1] in ("", " "):
             return recorded[:at] + command(name) + recorded[end:]
     return recorded
+
+
+def options_of(args) -> dict:
+    """A study's parsed options as a record keeps them: the command line's own entries (which job, which
+    function runs it, the raw argv) left out."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in ("argv", "run", "job", "study") and not callable(v)}
 
 
 def invoked() -> str:

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, cached, command, kendall, machine, quiet,  # noqa: F401
+from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, cached, command, kendall, machine, quiet,
                                      write_between_markers)
 from experiments.studies.ranking import LEARNING_RATES, budget_tag, label_free_scores, layer_count
 

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from experiments.studies.kit import RESULTS, ROOT, bootstrap_tau, invoked, kendall, machine, quiet, report
+from experiments.studies.kit import RESULTS, ROOT, bootstrap_tau, invoked, kendall, machine, options_of, quiet, report
 
 NAME = "vit-ranking"
 HELP = "does a ViT superformer rank ViTs as training them alone does, with cyclic against prefix sharing?"
@@ -80,7 +80,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--arch-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="config override a.b=value (every run)")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks" / "vit_ranking"))  
+    parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks" / "vit_ranking"))
     parser.add_argument("--output", default=str(RESULTS / "vit_ranking-cpu.json"))
 
 
@@ -135,7 +135,7 @@ def run(args) -> int:
     report("vit_ranking", "ViT superformer ranking against standalone training (SimSiam, digits)",
            ["sharing", "archs", "kendall_tau_knn", "tau_knn_95", "kendall_tau_linear",
             *[f"tau_knn_patch{p}" for p in patches], *[f"archs_patch{p}" for p in patches]], rows, args.output, invoked(),
-           {k: v for k, v in vars(args).items() if k != "argv"}, {**machine(), "device": "cpu"},
+           options_of(args), {**machine(), "device": "cpu"},
            notes=[f"config {CONFIG.relative_to(ROOT)}; overrides {base}",
                   f"standalone kNN top-1 range {min(truth):.3f} - {max(truth):.3f}"])
     return 0
