@@ -29,7 +29,7 @@ import platform
 import time
 from pathlib import Path
 
-from experiments.studies.kit import RESULTS, ROOT, command, mean_sd_text, quiet, write_between_markers
+from experiments.studies.kit import RESULTS, ROOT, cached, command, mean_sd_text, quiet, write_between_markers
 
 NAME = "prune"
 HELP = "DAGGER against NNI's L1, FPGM and Taylor pruners and a narrower network from scratch, at 3 FLOPs targets"
@@ -264,18 +264,19 @@ def cached_run(path: Path, train) -> dict:
     """
     from experiments.core.errors import RepresentationCollapsed
 
-    if not path.is_file():
+    def timed() -> dict:
         start, cpu = time.perf_counter(), cpu_seconds()
         try:
             result = train()
         except RepresentationCollapsed as err:
             result = {"collapsed": str(err), "metrics": None, "flops_ratio": None}
         result = {**result, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
-        path.write_text(json.dumps(result, indent=1))
         scores = "collapsed" if result["metrics"] is None else \
             f"kNN {result['metrics']['knn_top1']:.3f} linear {result['metrics']['linear_top1']:.3f}"
         print(f"{path.stem}: {scores} ({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU s)", flush=True)
-    return json.loads(path.read_text())
+        return result
+
+    return cached(path, timed, log=lambda line: None)
 
 
 README_BEGIN = f"<!-- pruning summary: written by {command(NAME, '--readme')} -->"

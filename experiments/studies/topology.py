@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from experiments.studies.kit import (RESULTS, ROOT, command, current_command, machine, mean_sd_text, quiet,
+from experiments.studies.kit import (RESULTS, ROOT, cached, command, current_command, machine, mean_sd_text, quiet,
                                      write_between_markers)
 
 NAME = "topology"
@@ -225,16 +225,15 @@ def retrain_table(records: list[dict]) -> str:
 
 def searched(name: str, seed: int, args, out: Path, committed: dict) -> dict:
     """The search record of (strategy, seed): the cache, else the committed results file, else a search."""
-    cached = out / f"{name}-seed{seed}.json"
-    if not cached.exists():
+    def search() -> dict:
         if (name, seed, args.epochs) in committed:
-            record = committed[name, seed, args.epochs]
-        else:
-            start = time.perf_counter()
-            record = run_one(name, seed, args.epochs, out, args.images)
-            print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        cached.write_text(json.dumps(record, indent=1))
-    return json.loads(cached.read_text())
+            return committed[name, seed, args.epochs]
+        start = time.perf_counter()
+        record = run_one(name, seed, args.epochs, out, args.images)
+        print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        return record
+
+    return cached(out / f"{name}-seed{seed}.json", search, log=lambda line: None)
 
 
 def add_arguments(p) -> None:
@@ -275,13 +274,14 @@ def run(args) -> int:
             for search in searches:
                 tag = f"{search['strategy']}-search{search['seed']}-seed{seed}"
                 folder = out / f"retrain-{args.retrain_epochs}ep"
-                cached = folder / f"{tag}.json"
-                if not cached.exists():
+
+                def retrain(search=search, seed=seed, tag=tag, folder=folder) -> dict:
                     record = retrain_one(search, seed, args.retrain_epochs, folder / tag)
-                    cached.write_text(json.dumps(record, indent=1))
                     print(f"retrain {tag}: {record['cpu_seconds']:.0f} CPU s, kNN {record['knn_top1']:.3f}, "
                           f"linear {record['linear_top1']:.3f}", file=sys.stderr, flush=True)
-                retrained.append(json.loads(cached.read_text()))
+                    return record
+
+                retrained.append(cached(folder / f"{tag}.json", retrain, log=lambda line: None))
         text += "\n\n" + retrain_table(retrained)
     print(text)
     if args.table:  # the table, and beside it the runs it was made from with the command and machine
