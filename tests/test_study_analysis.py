@@ -192,3 +192,17 @@ def test_frameworks_knn_runs_tiny_and_writes_each_frameworks_row(tmp_path, capsy
     assert record["machine"]["device"] == "cpu" and "written:" in capsys.readouterr().out
     assert run_study("frameworks-knn", ["--dataset", "digits", "--frameworks", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: --frameworks: unknown nope")
+
+
+def test_prune_table_only_rewrites_the_page_from_the_runs_beside_it(tmp_path):
+    from experiments.studies import run_study
+
+    rows = [{"seed": 0, "method": "l1", "target": 0.5, "flops_ratio": 0.5, "seconds": 2, "cpu_seconds": 3,
+             "metrics": {"knn_top1": 0.25, "linear_top1": 0.5}}]
+    page = tmp_path / "page.md"
+    page.with_suffix(".json").write_text(json.dumps(rows))
+    out = tmp_path / "runs"
+    assert run_study("prune", ["--methods", "l1", "--targets", "0.5", "--table", str(page), "--out", str(out),
+                               "--table-only"]) == 0
+    assert "| 0 | l1 | 0.5 | 0.500 | 0.250 | 0.500 | 2 | 3 |" in page.read_text() and not out.exists()
+    assert run_study("prune", ["--table", str(tmp_path / "none.md"), "--table-only"]) == 2

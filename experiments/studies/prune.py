@@ -73,6 +73,9 @@ def add_arguments(p) -> None:
     p.add_argument("--readme", default=None, metavar="PATH",
                    help="run nothing: write the short table of every committed study into PATH (README.md)")
     p.add_argument("--table", default=None, help="default docs/results/prune_study_<dataset>[_<backbone>].md")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: rewrite --table from the runs committed beside it (its .json), given the "
+                        "options of its Rerun line")
 
 
 def resolve(args):
@@ -213,6 +216,12 @@ def run(args) -> int:
         args = resolve(args)
         if args.readme is not None:
             return write_readme(Path(args.readme))
+        if args.table_only:
+            rows = Path(args.table).with_suffix(".json")
+            if not rows.is_file():
+                raise ConfigError(f"--table-only: no committed runs at {rows}")
+            write_table(args, json.loads(rows.read_text()), Path(args.table))
+            return 0
         dataset_overrides(args)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
