@@ -50,18 +50,18 @@ def config_key(config: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def cached(path: Path, compute: Callable[[], dict], log: Callable[[str], None] = print) -> dict:
-    """The record at ``path`` if there is one; else ``compute()``, written there (atomically) first.
+def cached(path: Path, compute: Callable[[], Any], log: Callable[[str], None] = print) -> Any:
+    """The record at ``path`` if there is one; else ``compute()``, written there (atomically) first. Either
+    way the record as the file holds it (tuples read back as lists), so a first run and a rerun see the same.
     One JSON file per run: a killed study loses at most the run in flight."""
     from experiments.core.files import write_json_atomic
 
     path = Path(path)
     if path.is_file():
         log(f"cached: {path.name}")
-        return json.loads(path.read_text())
-    record = compute()
-    write_json_atomic(path, record)
-    return record
+    else:
+        write_json_atomic(path, compute())
+    return json.loads(path.read_text())
 
 
 class RunCache:

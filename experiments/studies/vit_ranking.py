@@ -16,11 +16,11 @@ file under ``--work`` (a killed study resumes).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from experiments.studies.kit import RESULTS, ROOT, bootstrap_tau, invoked, kendall, machine, options_of, quiet, report
+from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, cached, invoked, kendall, machine, options_of, quiet,
+                                     report)
 
 NAME = "vit-ranking"
 HELP = "does a ViT superformer rank ViTs as training them alone does, with cyclic against prefix sharing?"
@@ -97,38 +97,34 @@ def run(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cfg = load_config(CONFIG, base)
     setup = prepare(cfg, log_fn=lambda line: None)
-    archs_file = work / "architectures.json"
-    if not archs_file.exists():
-        archs_file.write_text(json.dumps(sample_architectures(setup, args.archs, args.arch_seed), indent=1))
-    archs = json.loads(archs_file.read_text())
-    scores = {}
-    for sharing in SHARING:
-        cache = work / f"supernet-{sharing}.json"
-        if not cache.exists():
-            start = time.perf_counter()
-            shared = load_config(CONFIG, {**base, "backbone_search.strategy_options.sharing": sharing})
-            s = prepare(shared, log_fn=lambda line: None)
-            nni_strategy, _, seconds = train_supernet(s, work / f"supernet-{sharing}", log_fn=lambda line: None)
-            score_of = STRATEGIES["vitas"].score_function(s.context(work, lambda line: None), nni_strategy.supernet)
-            cache.write_text(json.dumps({"sharing": sharing, "train_seconds": seconds,
-                                         "scores": [score_of(a) for a in archs],
-                                         "seconds": time.perf_counter() - start}, indent=1))
-            print(f"superformer {sharing}: {time.perf_counter() - start:.0f} s", flush=True)
-        scores[sharing] = json.loads(cache.read_text())["scores"]
-    alone = []
-    for i, arch in enumerate(archs):
-        cache = work / f"alone-{i:03d}.json"
-        if not cache.exists():
-            start = time.perf_counter()
-            record = {"space": space_record(cfg, num_classes=setup.num_classes), "architecture": arch}
-            result = run_retrain(cfg, record, work / f"alone-{i:03d}", log_fn=lambda line: None, overwrite=True)
-            c = setup.cost(arch)
-            cache.write_text(json.dumps({"architecture": arch, "flops": c.flops, "params": c.params,
-                                         "knn_top1": result["metrics"]["knn_top1"],
-                                         "linear_top1": result["metrics"]["linear_top1"],
-                                         "seconds": time.perf_counter() - start}, indent=1))
-            print(f"alone {i + 1}/{len(archs)}: {time.perf_counter() - start:.0f} s", flush=True)
-        alone.append(json.loads(cache.read_text()))
+    silent = lambda line: None  # noqa: E731
+    archs = cached(work / "architectures.json", lambda: sample_architectures(setup, args.archs, args.arch_seed),
+                   log=silent)
+
+    def superformer(sharing: str) -> dict:
+        start = time.perf_counter()
+        shared = load_config(CONFIG, {**base, "backbone_search.strategy_options.sharing": sharing})
+        s = prepare(shared, log_fn=silent)
+        nni_strategy, _, seconds = train_supernet(s, work / f"supernet-{sharing}", log_fn=silent)
+        score_of = STRATEGIES["vitas"].score_function(s.context(work, silent), nni_strategy.supernet)
+        record = {"sharing": sharing, "train_seconds": seconds, "scores": [score_of(a) for a in archs],
+                  "seconds": time.perf_counter() - start}
+        print(f"superformer {sharing}: {time.perf_counter() - start:.0f} s", flush=True)
+        return record
+
+    def trained_alone(i: int, arch: dict) -> dict:
+        start = time.perf_counter()
+        record = {"space": space_record(cfg, num_classes=setup.num_classes), "architecture": arch}
+        result = run_retrain(cfg, record, work / f"alone-{i:03d}", log_fn=silent, overwrite=True)
+        c = setup.cost(arch)
+        print(f"alone {i + 1}/{len(archs)}: {time.perf_counter() - start:.0f} s", flush=True)
+        return {"architecture": arch, "flops": c.flops, "params": c.params, "knn_top1": result["metrics"]["knn_top1"],
+                "linear_top1": result["metrics"]["linear_top1"], "seconds": time.perf_counter() - start}
+
+    scores = {sharing: cached(work / f"supernet-{sharing}.json", lambda sharing=sharing: superformer(sharing),
+                              log=silent)["scores"] for sharing in SHARING}
+    alone = [cached(work / f"alone-{i:03d}.json", lambda i=i, arch=arch: trained_alone(i, arch), log=silent)
+             for i, arch in enumerate(archs)]
     truth = [r["knn_top1"] for r in alone]
     patches = sorted({a["backbone.patch_size"] for a in archs}, key=int)
     rows = judge(scores, alone, archs)

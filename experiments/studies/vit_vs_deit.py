@@ -16,16 +16,30 @@ kNN and linear top-1 on the test split. Every run is cached as its own JSON file
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from experiments.studies.kit import RESULTS, ROOT, invoked, machine, options_of, quiet, report
+from experiments.studies.kit import RESULTS, ROOT, cached, invoked, machine, options_of, quiet, report
 
 NAME = "vit-vs-deit"
 HELP = "the ViT vitas finds against a DeiT-Tiny-shaped ViT of the same FLOPs, both retrained alike"
 
 CONFIG = ROOT / "configs" / "digits_backbone_vitas.yml"
+
+
+def retrained(cfg, seed: int, name: str, record: dict, work: Path) -> dict:
+    """One network retrained from scratch (the retrain job): its row."""
+    from experiments.jobs.retrain import run_retrain
+    from search_spaces.vit import ViTSpace
+
+    space = ViTSpace(**record["space"]["backbone_options"])
+    start = time.perf_counter()
+    result = run_retrain(cfg, record, work / f"seed{seed}" / name, log_fn=lambda line: None, overwrite=True)
+    c = space.cost(record["architecture"], space.image_size)
+    return {"seed": seed, "network": name, "architecture": record["architecture"],
+            "shape": space.dimensions(record["architecture"]), "flops": c[0], "params": c[1],
+            "knn_top1": result["metrics"]["knn_top1"], "linear_top1": result["metrics"]["linear_top1"],
+            "retrain_seconds": time.perf_counter() - start}
 
 
 def shape_text(shape: dict) -> str:
@@ -46,7 +60,6 @@ def run(args) -> int:
     from experiments.core.config import load_config, parse_overrides
     from experiments.core.records import read_architecture
     from experiments.jobs.backbone_search import run_backbone_search
-    from experiments.jobs.retrain import run_retrain
     from search_spaces.vit import ViTSpace, deit_shaped
 
     quiet()
@@ -67,19 +80,9 @@ def run(args) -> int:
         options, deit_arch = deit_shaped(space, searched["cost"]["flops"])
         deit = dict(searched, architecture=deit_arch, space=dict(searched["space"], backbone_options=options))
         for name, record in (("searched", searched), ("deit_shaped", deit)):
-            space = ViTSpace(**record["space"]["backbone_options"])
-            cache = work / f"seed{seed}" / f"{name}.json"
-            if not cache.exists():
-                start = time.perf_counter()
-                result = run_retrain(cfg, record, work / f"seed{seed}" / name, log_fn=lambda line: None,
-                                     overwrite=True)
-                c = space.cost(record["architecture"], space.image_size)
-                row = {"seed": seed, "network": name, "architecture": record["architecture"],
-                       "shape": space.dimensions(record["architecture"]), "flops": c[0], "params": c[1],
-                       "knn_top1": result["metrics"]["knn_top1"], "linear_top1": result["metrics"]["linear_top1"],
-                       "retrain_seconds": time.perf_counter() - start}
-                cache.write_text(json.dumps(row, indent=1))
-            rows.append(json.loads(cache.read_text()))
+            rows.append(cached(work / f"seed{seed}" / f"{name}.json",
+                               lambda seed=seed, name=name, record=record: retrained(cfg, seed, name, record, work),
+                               log=lambda line: None))
     for r in rows:
         r["shape_text"] = shape_text(r["shape"])
     report("vit_vs_deit", f"searched ViT vs DeiT-Tiny-shaped ViT at the same FLOPs ({cfg.framework} retrain, "

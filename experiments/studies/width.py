@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from experiments.studies.kit import RESULTS as STUDY_RESULTS
-from experiments.studies.kit import ROOT, command, machine, mean_sd_text, quiet, write_between_markers
+from experiments.studies.kit import ROOT, cached, command, machine, mean_sd_text, quiet, write_between_markers
 
 NAME = "width"
 HELP = "width search at half of ResNet-18's FLOPs: searched backbones and heads against the narrowed and hand-made"
@@ -89,15 +89,17 @@ def budgets(args, seed: int) -> dict:
 
 def run_one(args, name: str, seed: int, out_dir: Path, log) -> dict:
     """One row: search (unless ``uniform``/``hand-made``), then retrain; cached as ``<name>_seed<seed>.json``."""
+    return cached(out_dir / f"{name}_seed{seed}.json", lambda: train_one(args, name, seed, log), log=lambda line: None)
+
+
+def train_one(args, name: str, seed: int, log) -> dict:
+    """``run_one``'s row, trained now."""
     from experiments.core.assembly import build_space
     from experiments.core.records import space_record
     from experiments.jobs.backbone_search import run_backbone_search
     from experiments.jobs.retrain import run_retrain
     from search_spaces.head_widths import network_cost
 
-    path = out_dir / f"{name}_seed{seed}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     b = budgets(args, seed)
     work = Path(tempfile.mkdtemp(prefix=f"width-study-{name}-"))
     start_cpu, start = time.process_time(), time.perf_counter()
@@ -139,8 +141,6 @@ def run_one(args, name: str, seed: int, out_dir: Path, log) -> dict:
                         "head_strategy": args.head_strategy, "head_fractions": args.head_fractions,
                         "overrides": args.overrides},
            "machine": f"{platform.processor() or platform.machine()}, {platform.node()}"}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     log(f"{name} seed {seed}: kNN {row['knn_top1']:.3f} linear {row['linear_top1']:.3f} "
         f"{row['flops']:,} FLOPs (budget {budget:,}) {row['cpu_seconds']} CPU s")
