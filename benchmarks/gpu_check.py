@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "gpu_check.json"
 #: import name -> how to install it; nni is not on the GPU machine's image (the lead carries its wheels)
@@ -70,11 +68,11 @@ def describe_machine() -> dict:
     for module in ("torchvision", "pytorch_lightning", "nni", "lightly"):
         if importlib.util.find_spec(module) is not None:
             info[module] = getattr(__import__(module), "__version__", "?")
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from experiments.studies.kit import cpu_model
+
+    cpu = cpu_model()
+    if cpu is not None:
+        info["cpu"] = cpu
     return info
 
 

@@ -1,4 +1,4 @@
-"""``nnictl stop`` of a running search trial, by hand (not a test: about 1-2 minutes).
+"""How ``nnictl stop`` ends a running search trial: a check by hand (not a test: about 1-2 minutes).
 
 NNI 3.0's local training service stops a trial with SIGINT, then SIGKILL 5 s later, and closes
 the trial's channel to the manager at the same time. This starts one tiny trial of
@@ -7,7 +7,7 @@ with its own HOME and working directory, waits for its first checkpoint, runs ``
 and prints the trial's ``status.json``, its ``error:`` lines and the checkpoint's RunState. The
 experiment is always stopped and its process group ended.
 
-    OMP_NUM_THREADS=1 python benchmarks/nnictl_stop.py /tmp/nnictl_stop
+    OMP_NUM_THREADS=1 python -m benchmarks.nnictl_stop /tmp/nnictl_stop
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from tests import test_nnictl_e2e as e2e  # noqa: E402  (its Experiment: create, stop, clean up)
 

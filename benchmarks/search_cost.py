@@ -13,8 +13,8 @@ Each setting runs ``1 + --epochs`` epochs; the first is discarded and the median
 others is the epoch time. Ratios compare runs made by this one invocation; one untimed plain
 run goes first (the process's one-time costs: kernels, allocator, imports), so that the
 first timed run does not pay them. Beside each ``everyK`` ratio the summary puts whether
-k = K derives what k = 1 derives, read from ``benchmarks.arch_every``'s record
-(``--agreement``, default ``benchmarks/results/arch_every-cpu.json``), with that record's date.
+k = K derives what k = 1 derives, read from the arch-every study's record (``python -m experiments study arch-every``)
+(``--agreement``, default ``docs/results/arch_every-cpu.json``), with that record's date.
 
     python -m benchmarks.search_cost
 """
@@ -81,7 +81,7 @@ def run_one(args, cfg, data, run: str, epochs: int) -> dict:
 
 
 def agreement_figures(path: Optional[str]) -> dict:
-    """k -> "agreement [ci] (ceiling ..., record date)" from a ``benchmarks.arch_every`` JSON record; {} without one."""
+    """k -> "agreement [ci] (ceiling ..., record date)" from an arch-every study's JSON record; {} without one."""
     import json
 
     if not path or not Path(path).is_file():
@@ -168,8 +168,8 @@ def main(argv=None) -> None:
                         help="search.arch_every values of extra fast runs (comma list; empty: none)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run plain, fast and stock this many times in turn; the median epoch counts")
-    parser.add_argument("--agreement", default=str(ROOT / "benchmarks" / "results" / "arch_every-cpu.json"),
-                        help="a benchmarks.arch_every record: its agreement figures go beside the everyK ratios")
+    parser.add_argument("--agreement", default=str(ROOT / "docs" / "results" / "arch_every-cpu.json"),
+                        help="an arch-every study record: its agreement figures go beside the everyK ratios")
     args = resolve(parser.parse_args(argv))
 
     from experiments.core.assembly import build_data

@@ -23,12 +23,21 @@ def job_modules() -> list:
 
 
 def build_parser(modules: list, prog: str = "python -m experiments") -> argparse.ArgumentParser:
+    from experiments.studies import STUDIES
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="job", required=True, metavar="JOB")
     for module in modules:
         job = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(job)
         job.set_defaults(run=module.run)
+    study = sub.add_parser("study", help="run a study (experiments/studies/): " + ", ".join(STUDIES),
+                           description="A study: arms x seeds, each run cached, its tables rebuilt from the cache.")
+    studies = study.add_subparsers(dest="study", required=True, metavar="NAME")
+    for name, module in STUDIES.items():
+        one = studies.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(one)
+        one.set_defaults(run=module.run)
     return p
 
 
@@ -42,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "ssl-nas" if Path(sys.argv[0]).name == "ssl-nas" else "python -m experiments"  # the installed command
     args = build_parser(job_modules(), prog).parse_args(argv)
-    args.argv = argv[1:]  # the job's own arguments, for studies that record the command that made them
+    args.argv = argv[2:] if args.job == "study" else argv[1:]  # the job's own arguments, for studies that record
+    # the command that made them
     if getattr(args, "nni", False):  # a run job as the trial of an nnictl experiment
         from experiments.jobs import trial
 

@@ -13,11 +13,7 @@ CASES = {
     "throughput": [*TINY, "--frameworks", "simsiam,ressl", "--variants", "per-image,batched", "--steps", "1",
                    "--warmup", "1"],
     "search_cost": [*TINY, "--images", "64", "--epochs", "1", "--variants", "per-image"],
-    "frameworks_knn": [*TINY, "--frameworks", "simsiam,wcl,untrained", "--epochs", "1", "--train-images", "64",
-                       "--test-images", "50", "--linear-epochs", "2", "--knn-k", "5"],
     "vs_lightly": [*TINY, "--steps", "1", "--warmup", "1"],
-    "arch_every": ["--seeds", "0", "--set", "search.epochs=2", "--set", "data.train_subset=128",
-                   "--set", "data.batch_size=32", "--set", "model.backbone_width=0.0625"],
     "fair_share": ["--policies", "new", "--rounds", "1", "--epochs", "1", "--settle", "0.2",
                    "--set", "data.train_subset=128", "--set", "data.test_subset=50", "--set", "data.batch_size=32",
                    "--set", "model.backbone_width=0.0625", "--set", "model.head_width=0.0625"],
@@ -38,18 +34,3 @@ def test_benchmark_writes_its_record(name, tmp_path, capsys):
             assert isinstance(row.get("peak_mib"), float) and row["peak_mib"] > 0, row
     assert record["machine"]["torch"]
     assert "written:" in capsys.readouterr().out
-
-
-def test_ranking_compare_gives_the_tau_of_two_cached_runs(tmp_path, capsys):
-    from benchmarks.ranking_nas_bench_macro import main
-
-    def saved(name, objective, scores, keys="abcd"):
-        path = tmp_path / name
-        path.write_text(json.dumps({"label": "spos", "objective": objective, "keys": list(keys), "scores": scores}))
-        return str(path)
-
-    a = saved("a.json", "supervised", [0.1, 0.2, 0.3, 0.4])
-    assert main(["--compare", a, saved("b.json", "simsiam", [0.4, 0.3, 0.2, 0.1]), "--bootstrap", "20"]) == 0
-    assert "tau -1.000" in capsys.readouterr().out  # exactly reversed
-    assert main(["--compare", a, saved("c.json", "simsiam", [1, 2, 3, 4], keys="abce")]) == 2
-    assert "different architectures" in capsys.readouterr().err

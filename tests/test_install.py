@@ -46,6 +46,13 @@ def test_pip_install_gives_the_ssl_nas_command_with_every_job(tmp_path):
     assert help_text.stdout.startswith("usage: ssl-nas")
     for module in job_modules():
         assert module.NAME in help_text.stdout, module.NAME
+    studies = subprocess.run([str(command), "study", "--help"], cwd=away, capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert studies.returncode == 0 and studies.stdout.startswith("usage: ssl-nas study"), studies.stderr[-2000:]
+    from experiments.studies import STUDIES
+
+    for name in STUDIES:
+        assert f"    {name}" in studies.stdout, name
     assert (venv / "share" / "ssl-nas" / "configs" / "study_digits.yml").is_file()
     # one job through the installed command, on the installed copy of the Quick start's config
     config = venv / "share" / "ssl-nas" / "configs" / "digits_simsiam.yml"

@@ -249,7 +249,7 @@ def test_nni_taylor_pruner_under_the_ssl_loss_drops_dead_filters_and_leaves_the_
 
 def test_prune_study_caches_each_run_and_records_a_collapse_without_stopping(tmp_path):
     """A killed study resumes from its JSON files; a collapsed run is a recorded result, not a crash."""
-    from benchmarks.prune_study import cached_run
+    from experiments.studies.prune import cached_run
     from experiments.core.errors import RepresentationCollapsed
 
     calls = []
@@ -269,17 +269,18 @@ def test_prune_study_caches_each_run_and_records_a_collapse_without_stopping(tmp
 @pytest.mark.parametrize("argv, message", [(["--train-images", "0"], "--train-images"),
                                            (["--backbone", "nas_bench_macro", "--nbm-key", "33"], "no key '33'")])
 def test_bad_prune_study_options_are_one_error_line_and_exit_2(tmp_path, capsys, argv, message):
-    from benchmarks.prune_study import main
+    from experiments.studies import run_study
 
     out = tmp_path / "study"
-    assert main([*argv, "--out", str(out)]) == 2
+    assert run_study("prune", [*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not out.exists()
 
 
 def test_the_readme_pruning_table_means_each_method_and_target_and_counts_collapses(tmp_path):
-    from benchmarks import prune_study
+    from experiments.studies import prune as prune_study
+    from experiments.studies import run_study
 
     def run(method, target, seed, knn):
         return {"seed": seed, "method": method, "target": target, "flops_ratio": target,
@@ -296,6 +297,6 @@ def test_the_readme_pruning_table_means_each_method_and_target_and_counts_collap
     assert rows["dagger"] == ["0.300 (1 collapsed)", "-"]  # the collapsed seed is left out of the mean
     readme = tmp_path / "README.md"
     readme.write_text(f"x\n{prune_study.README_BEGIN}\nold\n{prune_study.README_END}\ny\n")
-    assert prune_study.main(["--readme", str(readme)]) == 0  # the committed studies; nothing is trained
+    assert run_study("prune", ["--readme", str(readme)]) == 0  # the committed studies; nothing is trained
     text = readme.read_text()
     assert text.startswith("x\n") and text.endswith("\ny\n") and "old" not in text and "| dagger | 0." in text

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from benchmarks import ranking_nas_bench_macro as ranking
+from experiments.studies import ranking
+from experiments.studies import parse_arguments, run_study
 from experiments.core.errors import ConfigError
 from search_spaces.nas_bench_macro import NasBenchMacro, default_table_path, shared_data_candidates
 
@@ -57,26 +58,26 @@ def test_the_strategies_come_from_the_registry_and_take_options():
         ranking.parse_strategy("spos:distinct")
 
 
-def test_the_cache_reads_a_run_file_instead_of_computing(tmp_path):
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return {"scores": [1, 2]}
-
-    path = tmp_path / "run.json"
-    assert ranking.cached(path, compute, log=lambda _: None) == {"scores": [1, 2]}
-    path.write_text(json.dumps({"scores": [7]}))  # what is on disk is what the next call gets
-    assert ranking.cached(path, compute, log=lambda _: None) == {"scores": [7]}
-    assert calls == [1]
-
-
 def test_a_budget_names_its_own_file():
     budget = {"epochs": 3, "train_images": 2000, "width": 0.25, "trials": 32}
     a = ranking.run_file(ranking.DEFAULT_CACHE, "spos-distinct=true", "supervised", 0, budget)
     assert a.name.startswith("spos-distinct=true__supervised__seed0__e3-n2000-w0.25-")
     assert ranking.run_file(ranking.DEFAULT_CACHE, "spos", "supervised", 0, {**budget, "trials": 16}) != \
         ranking.run_file(ranking.DEFAULT_CACHE, "spos", "supervised", 0, budget)
+
+
+def test_the_run_file_changes_with_every_field_that_changes_the_run():
+    """The cache key of a run: its strategy with options, objective, seed and every field of its budget."""
+    budget = {"train_images": 2000, "held_out": 0.2, "epochs": 3, "width": 0.25, "head_width": 0.25, "batch_size": 128,
+              "score_images": 400, "bn_batches": 2, "trials": 32, "archs": 100, "arch_seed": 0}
+    base = ranking.run_file(ranking.DEFAULT_CACHE, "spos", "supervised", 0, budget)
+    others = [ranking.run_file(ranking.DEFAULT_CACHE, "spos-distinct=true", "supervised", 0, budget),
+              ranking.run_file(ranking.DEFAULT_CACHE, "spos", "simsiam", 0, budget),
+              ranking.run_file(ranking.DEFAULT_CACHE, "spos", "supervised", 1, budget)]
+    others += [ranking.run_file(ranking.DEFAULT_CACHE, "spos", "supervised", 0, {**budget, field: value})
+               for field, value in zip(budget, (64, 0.5, 1, 0.5, 0.5, 64, 100, 1, 8, 50, 1))]
+    others.append(ranking.run_file(ranking.DEFAULT_CACHE, "spos", "supervised", 0, {**budget, "dataset": "digits"}))
+    assert len(others) == 3 + len(budget) + 1 and base not in others and len(set(others)) == len(others)
 
 
 @needs_table
@@ -98,7 +99,7 @@ def test_main_reuses_a_cached_run_and_builds_the_table_from_it(tmp_path, monkeyp
     table = NasBenchMacro()
     argv = ["--strategies", "spos", "--frameworks", "supervised", "--archs", "5", "--epochs", "1",
             "--train-images", "64", "--bootstrap", "50", "--cache", str(tmp_path), "--docs", str(tmp_path / "r.md")]
-    args = ranking.parse_args(argv)
+    args = parse_arguments("ranking", argv)
     keys = ranking.sample_keys(table, 5, 0)
     budget = {"train_images": 64, "held_out": args.held_out, "epochs": 1, "width": args.width,
               "head_width": args.head_width, "batch_size": args.batch_size, "score_images": args.score_images,
@@ -120,7 +121,7 @@ def test_main_reuses_a_cached_run_and_builds_the_table_from_it(tmp_path, monkeyp
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n{ranking.README_BEGIN}\nold summary\n{ranking.README_END}\nafter\n")
     argv += ["--readme", str(readme)]
-    assert ranking.main(argv) == 0
+    assert run_study("ranking", argv) == 0
     page = (tmp_path / "r.md").read_text()
     assert "| spos | supervised | 0 | +1.000 | [+1.00, +1.00] |" in page
     short = readme.read_text()  # the README's short form: the hand text kept, one row per strategy
@@ -129,7 +130,7 @@ def test_main_reuses_a_cached_run_and_builds_the_table_from_it(tmp_path, monkeyp
     assert "| layer count |" in page and "| noise ceiling (seed 0 vs seed 1) |" in page
     assert "above the layer-count baseline" in page and "hand-made" in page
     assert "written:" in capsys.readouterr().out
-    assert ranking.main([*argv, "--strategies", "nope"]) == 2
+    assert run_study("ranking", [*argv, "--strategies", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: --strategies: unknown strategy")
 
 
@@ -143,3 +144,18 @@ def test_the_table_replaces_only_its_own_part_of_the_page(tmp_path):
     text = page.read_text()
     assert text.startswith("# Hand-written\n\nintro\n") and text.rstrip().endswith("after the table")
     assert "second table" in text and "first table" not in text and text.count(ranking.BEGIN_MARK) == 1
+
+
+def test_ranking_compare_gives_the_tau_of_two_cached_runs(tmp_path, capsys):
+    def saved(name, objective, scores, keys="abcd"):
+        path = tmp_path / name
+        path.write_text(json.dumps({"label": "spos", "objective": objective, "keys": list(keys), "scores": scores}))
+        return str(path)
+
+    a = saved("a.json", "supervised", [0.1, 0.2, 0.3, 0.4])
+    assert run_study("ranking", ["--compare", a, saved("b.json", "simsiam", [0.4, 0.3, 0.2, 0.1]),
+                                 "--bootstrap", "20"]) == 0
+    assert "tau -1.000" in capsys.readouterr().out  # exactly reversed
+    assert run_study("ranking", ["--compare", a, saved("c.json", "simsiam", [1, 2, 3, 4], keys="abce")]) == 2
+    assert "different architectures" in capsys.readouterr().err
+

@@ -185,3 +185,62 @@ def test_old_module_paths_still_run_their_job():
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1000:]
     assert '"projector.layer1.op"' in out.stdout
+
+
+def test_a_study_added_through_the_registry_alone_runs_its_grid_and_reuses_its_cache(tmp_path, monkeypatch, capsys):
+    """A toy study: one module-like object and one ``STUDIES`` entry; two arms x two seeds of a tiny training
+    (a seeded linear fit), each run cached as one JSON keyed by its config, the table between a page's markers."""
+    import types
+
+    from experiments.cli import main
+    from experiments.studies import STUDIES, kit
+
+    trained = []
+
+    def tiny_run(config: dict) -> dict:
+        import torch
+
+        trained.append((config["arm"], config["seed"]))
+        torch.manual_seed(config["seed"])
+        x = torch.randn(32, 2)
+        y = x @ torch.tensor([1.0, -2.0])
+        w = torch.zeros(2, requires_grad=True)
+        for _ in range(config["steps"]):
+            loss = ((x @ w - y) ** 2).mean()
+            (grad,) = torch.autograd.grad(loss, w)
+            w = (w - config["lr"] * grad).detach().requires_grad_(True)
+        return {"loss": float(((x @ w - y) ** 2).mean())}
+
+    def add_arguments(p):
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+        p.add_argument("--cache", required=True)
+        p.add_argument("--page", required=True)
+
+    def run(args):
+        cache = kit.RunCache(args.cache)
+        arms = {"slow": 0.01, "fast": 0.2}
+        losses = {}
+        for arm, seed in kit.grid(arms, args.seeds):
+            config = {"arm": arm, "seed": seed, "lr": arms[arm], "steps": 5}
+            result, _ = cache.run(f"{arm}-seed{seed}", config, lambda config=config: tiny_run(config))
+            losses.setdefault(arm, []).append(result["loss"])
+        rows = [f"| {arm} | {kit.mean_sd_text(values)} |" for arm, values in losses.items()]
+        kit.write_between_markers(args.page, "\n".join(["| arm | loss |", "|---|---|", *rows]), "<!-- toy -->",
+                                  "<!-- /toy -->")
+        return 0
+
+    monkeypatch.setitem(STUDIES, "toy", types.SimpleNamespace(HELP="a toy study", add_arguments=add_arguments,
+                                                                 run=run))
+    page = tmp_path / "page.md"
+    page.write_text("# Toy\n\n<!-- toy -->\nold\n<!-- /toy -->\nafter\n")
+    argv = ["study", "toy", "--cache", str(tmp_path / "cache"), "--page", str(page)]
+    assert main(argv) == 0
+    assert trained == [("slow", 0), ("fast", 0), ("slow", 1), ("fast", 1)]  # the grid: every arm, seed by seed
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # one JSON per run
+    first = page.read_text()
+    assert first.startswith("# Toy\n\n<!-- toy -->\n| arm | loss |") and first.endswith("<!-- /toy -->\nafter\n")
+    assert "| slow | " in first and "| fast | " in first and "old" not in first
+    assert main(argv) == 0  # the second call trains nothing: every run comes from its cache
+    assert len(trained) == 4 and page.read_text() == first
+    assert main([*argv, "--seeds", "0", "2"]) == 0  # a new seed trains only its own runs
+    assert trained[4:] == [("slow", 2), ("fast", 2)]

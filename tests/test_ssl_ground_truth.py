@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from benchmarks import ssl_ground_truth as gt
+from experiments.studies import ssl_ground_truth as gt
+from experiments.studies import run_study
 from search_spaces.nas_bench_macro import NasBenchMacro, canonical_key, default_table_path
 
 needs_table = pytest.mark.skipif(default_table_path() is None, reason="../shared/data/nas-bench-macro is absent")
@@ -50,7 +51,7 @@ def test_the_ground_truth_is_the_mean_over_seeds():
     (["--networks", "1"], "--networks must be between 2 and 3969"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, argv, message):
-    code = gt.main(argv + ["--cache", str(tmp_path / "cache"), "--output", str(tmp_path / "gt.json"),
+    code = run_study("ssl-ground-truth", argv + ["--cache", str(tmp_path / "cache"), "--output", str(tmp_path / "gt.json"),
                            "--docs", str(tmp_path / "gt.md")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0]
@@ -82,7 +83,7 @@ def _ground_truth_file(tmp_path):
 
 
 def test_the_ranking_reads_an_ssl_ground_truth_as_its_reference(tmp_path):
-    from benchmarks import ranking_nas_bench_macro as ranking
+    from experiments.studies import ranking
     from experiments.core.errors import ConfigError
 
     path = _ground_truth_file(tmp_path)

@@ -96,7 +96,7 @@ def test_study_command_prints_and_writes_the_table(tmp_path, capsys):
 
     md = (docs / "head_study_simsiam_digits.md").read_text()
     assert md.startswith("# Does the head search pay? simsiam on digits")
-    assert "python -m experiments head-study --framework simsiam" in md and "machine:" in md and "budget:" in md
+    assert "python -m experiments study head --framework simsiam" in md and "machine:" in md and "budget:" in md
     for name in arms.split(","):
         assert f"\n| {name} |" in md
 

@@ -1,4 +1,4 @@
-"""The random control of the topology study's retraining (benchmarks/topology_search.py): a valid cell of the
+"""The random control of the topology study's retraining (experiments/studies/topology.py): a valid cell of the
 space, drawn as documented (distinct inputs per node, operations uniform), fixed by its seed."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from tests.conftest import ROOT  # noqa: F401 (the project on the path)
 
 
 def test_the_random_cell_is_a_valid_draw_with_distinct_inputs_per_node_and_uniform_operations(tmp_path):
-    from benchmarks.topology_search import random_architecture, retrain_config
+    from experiments.studies.topology import random_architecture, retrain_config
     from experiments.core.assembly import build_space
     from experiments.core.records import validate_choices
     from search_spaces.cells import CELL_OPS
@@ -35,11 +35,12 @@ def test_the_readme_tables_come_from_the_committed_results_and_train_nothing(tmp
     import json
     import statistics
 
-    from benchmarks import topology_search
+    from experiments.studies import topology as topology_search
+    from experiments.studies import run_study
 
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{topology_search.README_BEGIN}\nold\n{topology_search.README_END}\nb\n")
-    assert topology_search.main(["--readme", str(readme), "--out", str(tmp_path / "runs")]) == 0
+    assert run_study("topology", ["--readme", str(readme), "--out", str(tmp_path / "runs")]) == 0
     text = readme.read_text()
     assert text.startswith("a\n") and text.endswith("\nb\n") and "old" not in text
     assert not (tmp_path / "runs").exists()  # nothing searched or retrained
@@ -58,14 +59,15 @@ def test_the_readme_tables_come_from_the_committed_results_and_train_nothing(tmp
 def test_the_table_is_written_with_its_runs_command_and_machine_beside_it(tmp_path):
     import json
 
-    from benchmarks import topology_search
+    from experiments.studies import topology as topology_search
+    from experiments.studies import run_study
 
     committed = topology_search.RESULTS / "topology_search.json"
     argv = ["--epochs", "4", "--seeds", "1", "--strategies", "toponas", "--search-records", str(committed),
             "--out", str(tmp_path / "runs"), "--table", str(tmp_path / "table.md")]
-    assert topology_search.main(argv) == 0  # the search is the committed one: nothing is trained
+    assert run_study("topology", argv) == 0  # the search is the committed one: nothing is trained
     written = json.loads((tmp_path / "table.json").read_text())
-    assert written["command"] == "python -m benchmarks.topology_search " + " ".join(argv)
+    assert written["command"] == "python -m experiments study topology " + " ".join(argv)
     assert "core" in written["machine"] and "torch thread" in written["machine"]
     expected = [r for r in json.loads(committed.read_text())["runs"] if (r["strategy"], r["seed"]) == ("toponas", 1)]
     assert written["runs"] == expected and (tmp_path / "table.md").read_text().startswith("| strategy |")

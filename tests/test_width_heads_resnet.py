@@ -222,7 +222,8 @@ def test_head_widths_are_refused_where_they_cannot_be_searched(tmp_path):
 def test_the_width_study_readme_table_is_the_mean_over_seeds_of_each_network(tmp_path):
     import json
 
-    from benchmarks import width_study
+    from experiments.studies import width as width_study
+    from experiments.studies import run_study
 
     def run(name, seed, knn, linear, flops):
         return {"name": name, "seed": seed, "knn_top1": knn, "linear_top1": linear, "flops": flops, "max_flops": 100,
@@ -239,6 +240,6 @@ def test_the_width_study_readme_table_is_the_mean_over_seeds_of_each_network(tmp
     (out / "uniform_seed3.json").write_text(json.dumps({**run("uniform", 3, 0.5, 0.6, 90), "architecture": {}}))
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{width_study.README_BEGIN}\nold\n{width_study.README_END}\nb\n")
-    assert width_study.main(["--seeds", "3", "--table-only", "--out", str(out), "--readme", str(readme)]) == 0
+    assert run_study("width", ["--seeds", "3", "--table-only", "--out", str(out), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and "| uniform | 1 | 90; 100 | 0.500 (0.500) | 0.600 |" in text and text.endswith("\nb\n")

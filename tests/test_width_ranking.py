@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from benchmarks import width_ranking as wr
-from benchmarks.ranking_nas_bench_macro import kendall
+from experiments.studies import width_ranking as wr
+from experiments.studies import run_study
+from experiments.studies.kit import kendall
 
 WIDTHS = wr.all_widths()
 
@@ -72,7 +73,7 @@ def test_the_readme_summary_puts_each_objectives_supernets_against_its_own_truth
     assert rows["noise ceiling"] == [f"+{4 / 6:.3f} [" + rows["noise ceiling"][0].split("[")[1], "-"]
     readme = tmp_path / "README.md"
     readme.write_text("# r\n\n" + wr.README_BEGIN + "\nold\n" + wr.README_END + "\n\n## More\n")
-    assert wr.main(["--table-only", "--seeds", "0", "--objectives", "supervised", "--bootstrap", "5",
+    assert run_study("width-ranking", ["--table-only", "--seeds", "0", "--objectives", "supervised", "--bootstrap", "5",
                     "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and text.endswith("\n\n## More\n") and "| autoslim supernet | +" in text
@@ -111,7 +112,7 @@ def test_the_reader_takes_the_64_networks_and_their_seeds(tmp_path):
 
 def test_the_script_ranks_the_cached_supernets_against_the_table(tmp_path, capsys):
     path = channel_bench_file(tmp_path / "cbm.json", accuracy=lambda i, seed: 0.9 - 0.001 * i)
-    assert wr.main(["--table-only", "--objectives", "supervised", "--seeds", "0", "--bootstrap", "20",
+    assert run_study("width-ranking", ["--table-only", "--objectives", "supervised", "--seeds", "0", "--bootstrap", "20",
                     "--channel-bench", str(path)]) == 0
     out = capsys.readouterr().out
     cbm = out.split("Against the Channel-Bench-Macro table cbm.json")[1]
@@ -139,7 +140,7 @@ def test_a_bad_table_is_one_error_line_and_exit_2(tmp_path, capsys, content, mes
     elif content is not None:
         path.write_text(content)
     before = sorted(tmp_path.iterdir())
-    assert wr.main(["--table-only", "--channel-bench", str(path)]) == 2
+    assert run_study("width-ranking", ["--table-only", "--channel-bench", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --channel-bench") and message in err[0]
     assert sorted(tmp_path.iterdir()) == before

@@ -135,7 +135,7 @@ def test_kendall_tau_against_the_benchmark_is_computed():
         pytest.skip("../shared/data/nas-bench-macro is not present")
     from scipy.stats import kendalltau
 
-    from benchmarks.ranking_nas_bench_macro import sample_keys
+    from experiments.studies.ranking import sample_keys
 
     table = NasBenchMacro()
     keys = sample_keys(table, 50, seed=0)

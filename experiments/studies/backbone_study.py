@@ -1,6 +1,6 @@
 """Study: a searched backbone against ResNet-18 and NAS-Bench-Macro's best, at equal FLOPs and training.
 
-    python -m experiments backbone-study [--datasets digits cifar10] [--output runs/backbone_study]
+    python -m experiments study backbone [--datasets digits cifar10] [--output runs/backbone_study]
 
 For each dataset it (1) runs the SPOS backbone search (SimSiam objective) over NAS-Bench-Macro's
 space within a FLOPs budget, then trains three backbones from scratch with SimSiam under one
@@ -21,8 +21,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-NAME = "backbone-study"
+from experiments.studies.kit import RESULTS, ROOT, command
+
+NAME = "backbone-study"  # also ``python -m experiments study backbone``
 HELP = "searched backbone against ResNet-18 and NAS-Bench-Macro's best, at equal FLOPs and training"
 
 # Per dataset: data, widths, budget (fraction of the way from the space's smallest to its largest
@@ -165,9 +166,8 @@ def markdown(results: list[dict], seed: int, scale: float, machine: dict, argv: 
     import os
     from datetime import datetime, timezone
 
-    command = " ".join(["python -m experiments backbone-study", *argv])
     lines = ["# A searched backbone against ResNet-18 and NAS-Bench-Macro's best, at equal FLOPs", "",
-             f"Rerun: `{command}`", "",
+             f"Rerun: `{command('backbone', *argv)}`", "",
              f"- machine: {machine.get('machine', '?')}, {os.cpu_count()} CPUs, GPU: {machine.get('cuda') or 'none'}; "
              + ", ".join(f"{k} {machine[k]}" for k in ("python", "torch", "torchvision", "nni", "pytorch_lightning")
                          if k in machine),
@@ -196,7 +196,7 @@ def add_arguments(p) -> None:
     p.add_argument("--output", type=Path, default=ROOT / "runs" / "backbone_study")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="multiply epochs and CIFAR-10 images (1: CPU size)")
-    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "results" / "backbone_study.md",
+    p.add_argument("--docs", type=Path, default=RESULTS / "backbone_study.md",
                    help="the tables as Markdown (empty string: none)")
 
 

@@ -32,9 +32,9 @@ from typing import Any, Optional
 
 from experiments.core.resources import project_file
 from experiments.jobs.command import output_dir_argument
+from experiments.studies.kit import RESULTS, current_command, grid, mean_sd
 
-ROOT = Path(__file__).resolve().parents[2]
-NAME = "head-study"
+NAME = "head-study"  # also ``python -m experiments study head``
 HELP = "does the head search pay? every arm (hand-made, searched, NASiam's) over seeds, one table"
 PUBLISHED_NASIAM = project_file("architectures", "nasiam_simsiam_cifar10_resnet18.json")
 
@@ -94,7 +94,7 @@ def plan(base: Path, user: dict, framework: str, seeds: list[int], arms: list[Ar
             raise ConfigError(f"arm {arm.name}: may only change search.* (the training budget is shared)")
     runs = [{"arm": arm, "seed": seed, "dir": out / arm.name / f"seed{seed}",
              "cfg": arm_config(base, user, framework, seed, arm, out / arm.name / f"seed{seed}")}
-            for seed in seeds for arm in arms]
+            for arm, seed in grid(arms, seeds)]
     epochs = {r["cfg"].train.epochs for r in runs}
     search_epochs = {r["cfg"].search.epochs for r in runs}
     if len(epochs) != 1 or len(search_epochs) != 1:  # a guard on the study's one promise
@@ -215,13 +215,6 @@ def _numbers(m: dict) -> dict:
 
 
 # --- the table -------------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def verdict(arm: dict, base: dict, key: str) -> str:
     """win / loss when the mean ± std intervals over seeds do not overlap, else tie."""
     (ma, sa), (mb, sb) = arm[key], base[key]
@@ -243,13 +236,13 @@ def summarise(rows: list[dict], arms: list[Arm], threshold: float) -> list[dict]
         searches = [r["search"] for r in mine if r["search"]]
         entry = {
             "arm": arm.name, "description": arm.description, "seeds": [r["seed"] for r in mine],
-            "knn_top1": _mean_std([r["knn_top1"] for r in mine]),
-            "linear_top1": _mean_std([r["linear_top1"] for r in mine]),
+            "knn_top1": mean_sd([r["knn_top1"] for r in mine]),
+            "linear_top1": mean_sd([r["linear_top1"] for r in mine]),
             "collapse_min": min((r["collapse"] for r in mine if r["collapse"] is not None), default=None),
             "collapsed_seeds": [r["seed"] for r in mine if r["collapse"] is not None and r["collapse"] < threshold],
             "search_collapsed_seeds": [r["seed"] for r in mine if r["search"] and r["search"]["status"] != "ok"],
-            "search_seconds": _mean_std([s["seconds"] for s in searches])[0] if searches else None,
-            "train_seconds": _mean_std([r.get("train_seconds") for r in mine])[0],
+            "search_seconds": mean_sd([s["seconds"] for s in searches])[0] if searches else None,
+            "train_seconds": mean_sd([r.get("train_seconds") for r in mine])[0],
             "head_params": round(statistics.fmean(r["head_params"] for r in mine)),
             "architectures": {str(r["seed"]): r["architecture"] for r in mine if r["architecture"]},
             "decisiveness": {str(r["seed"]): decisiveness(r["search"]["probabilities"]) for r in mine if r["search"]},
@@ -349,7 +342,7 @@ def markdown(study: dict) -> str:
     header, rows = table_rows(study["table"])
     b, v = study["budget"], study["versions"]
     lines = [f"# Does the head search pay? {study['framework']} on {study['dataset']}", "",
-             f"Rerun: `{study['command']}`", "",
+             f"Rerun: `{current_command(study['command'])}`", "",
              f"- machine: {v['machine']}, {v['cpu_count']} CPUs, GPU: {v['cuda'] or 'none'}; "
              f"python {v['python']}, torch {v['torch']}, torchvision {v['torchvision']}, nni {v['nni']}, "
              f"pytorch-lightning {v['pytorch_lightning']}",
@@ -436,9 +429,25 @@ def add_arguments(p) -> None:
                    help="override a field of the base config for every arm, e.g. --set train.epochs=5")
     p.add_argument("--output-dir", type=output_dir_argument,
                    help="runs go here (default: runs/study/<framework>-<dataset>)")
-    p.add_argument("--docs-dir", default=str(ROOT / "docs" / "results"),
+    p.add_argument("--docs-dir", default=str(RESULTS),
                    help="where head_study_<framework>_<dataset>.{md,json} go (default: docs/results)")
     p.add_argument("--fresh", action="store_true", help="rerun every arm, even ones finished with the same config")
+    p.add_argument("--table-only", action="store_true",
+                   help="run nothing: rewrite head_study_<framework>_<dataset>.md from its committed JSON")
+
+
+def rewrite_table(args) -> int:
+    """The Markdown page from the study's committed JSON (every number in it was computed when the study ran)."""
+    from experiments.core.errors import ConfigError
+    from experiments.core.files import write_text_atomic
+
+    stem = f"head_study_{args.framework}_{args.dataset or Path(args.config or '').stem}"
+    source = Path(args.docs_dir) / f"{stem}.json"
+    if not source.is_file():
+        raise ConfigError(f"--table-only: no committed study at {source}")
+    write_text_atomic(source.with_suffix(".md"), markdown(json.loads(source.read_text())))
+    print(f"written: {source.with_suffix('.md')}")
+    return 0
 
 
 def run(args) -> int:
@@ -450,6 +459,8 @@ def run(args) -> int:
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
+        if args.table_only:
+            return rewrite_table(args)
         if not args.config and not args.dataset:
             raise ConfigError("give --dataset (digits, cifar10) or --config FILE")
         base = Path(args.config) if args.config else project_file("configs", f"study_{args.dataset}.yml")

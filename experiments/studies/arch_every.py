@@ -16,19 +16,21 @@ recorded for the same k (``--cost``: search epoch / plain epoch, target at most 
 The collapse guard is off (the study compares
 architectures; a collapsed tiny search still derives one).
 
-    python -m benchmarks.arch_every                      # k = 1, 3 over seeds 0, 1, 2
-    python -m benchmarks.arch_every --ks 1,2,3 --seeds 0,1,2,3,4 --set search.epochs=10
+    python -m experiments study arch-every                      # k = 1, 3 over seeds 0, 1, 2
+    python -m experiments study arch-every --ks 1,2,3 --seeds 0,1,2,3,4 --set search.epochs=10
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._util import ROOT, PeakMemory, median, report
+from experiments.studies.kit import RESULTS, ROOT, bootstrap_mean, invoked, machine, options_of, quiet, report
+
+NAME = "arch-every"
+HELP = "does search.arch_every: k derive the architecture k = 1 derives? a small seed study"
 
 DEFAULTS = {"data.train_subset": 1024, "data.batch_size": 64, "data.test_subset": 300, "model.backbone_width": 0.125,
             "model.head_width": 0.125, "search.epochs": 6, "search.warmup_epochs": 1,
@@ -56,13 +58,6 @@ def cosine(a: list[float], b: list[float]) -> float:
     return dot / norm if norm else float("nan")
 
 
-def bootstrap(values: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """The 2.5% and 97.5% quantiles of the mean of ``values`` resampled with replacement."""
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(draws))
-    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
-
-
 def epoch_costs(path: str) -> dict:
     """k -> "ratio (CPU time ratio; record, date)" of a ``benchmarks.search_cost`` record's everyK runs; {} without."""
     import json
@@ -83,6 +78,7 @@ def epoch_costs(path: str) -> dict:
 
 def search(config: str, overrides: dict, seed: int, every: int) -> dict:
     from experiments.core.config import load_config
+    from experiments.core.memory import PeakMemory
     from experiments.jobs.search import run_search
 
     out = Path(tempfile.mkdtemp(prefix="bench-arch-every-"))
@@ -93,21 +89,22 @@ def search(config: str, overrides: dict, seed: int, every: int) -> dict:
     start, delta = movement(record)
     searched = [h["epoch_seconds"] for h in record["history"] if h["epoch"] > cfg.search.warmup_epochs]
     return {"architecture": record["architecture"], "start": start, "delta": delta,
-            "search_s": time.perf_counter() - began, "epoch_s": median(searched) if searched else None,
+            "search_s": time.perf_counter() - began, "epoch_s": statistics.median(searched) if searched else None,
             "peak_mib": memory.mib, "knn_top1": record.get("metrics", {}).get("knn_top1")}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.arch_every", description=__doc__.splitlines()[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "digits_simsiam.yml"))
     parser.add_argument("--ks", default="1,3", help="values of search.arch_every (comma list; 1 is added)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--cost", default=str(ROOT / "benchmarks" / "results" / "search_cost-arch-every-cpu.json"),
                         help="a benchmarks.search_cost record: its everyK epoch ratios go beside the agreement")
-    parser.add_argument("--output", default=None)
-    args = parser.parse_args(argv)
-    args.device = "cpu"
+    parser.add_argument("--output", default=str(RESULTS / "arch_every-cpu.json"), help="the JSON record")
+
+
+def run(args) -> int:
+    quiet()
 
     from experiments.core.config import parse_overrides
 
@@ -121,20 +118,20 @@ def main(argv=None) -> None:
     rows, summary = [], {}
     for every in ks:
         agree = [agreement(runs[s, every]["architecture"], runs[s, 1]["architecture"]) for s in seeds]
-        low, high = bootstrap(agree)
+        low, high = bootstrap_mean(agree)
         moved = [1 - agreement(runs[s, every]["architecture"], runs[s, every]["start"]) for s in seeds]
         direction = [cosine(runs[s, every]["delta"], runs[s, 1]["delta"]) for s in seeds]
         epochs = [runs[s, every]["epoch_s"] for s in seeds if runs[s, every]["epoch_s"] is not None]
         rows.append({"compared": f"k={every} vs k=1, same seed", "agreement": sum(agree) / len(agree),
                      "ci_low": low, "ci_high": high, "per_seed": " ".join(f"{a:.2f}" for a in agree),
                      "moved": sum(moved) / len(moved), "movement_cosine": sum(direction) / len(direction),
-                     "search_s": median(runs[s, every]["search_s"] for s in seeds),
-                     "epoch_s": median(epochs) if epochs else None,
+                     "search_s": statistics.median(runs[s, every]["search_s"] for s in seeds),
+                     "epoch_s": statistics.median(epochs) if epochs else None,
                      "peak_mib": max(runs[s, every]["peak_mib"] or 0 for s in seeds)})
     ceiling = [agreement(runs[a, 1]["architecture"], runs[b, 1]["architecture"])
                for a, b in itertools.combinations(seeds, 2)]
     if ceiling:
-        low, high = bootstrap(ceiling)
+        low, high = bootstrap_mean(ceiling)
         rows.append({"compared": "k=1, seed vs seed (noise ceiling)", "agreement": sum(ceiling) / len(ceiling),
                      "ci_low": low, "ci_high": high, "per_seed": " ".join(f"{a:.2f}" for a in ceiling)})
     cost = epoch_costs(args.cost)
@@ -146,18 +143,17 @@ def main(argv=None) -> None:
                 rows[ks.index(every)]["epoch_s"] / rows[0]["epoch_s"]
         if every in cost:
             summary[f"k={every}: search epoch / plain epoch (benchmarks.search_cost)"] = cost[every]
+    info = {**machine(), "device": "cpu"}
     report("arch_every", f"search.arch_every: derived architectures vs k=1, seeds {args.seeds}, "
            f"{overrides['search.epochs']} epochs, digits", ["compared", "agreement", "ci_low", "ci_high", "per_seed",
                                                            "moved", "movement_cosine", "search_s", "epoch_s",
                                                            "peak_mib"],
-           rows, args, summary,
+           rows, args.output, invoked(), options_of(args), info, summary,
            notes=[f"overrides: {overrides}", "agreement: fraction of searched labels with the same derived choice; "
                   "ci: 95% bootstrap interval of the mean over seeds (or seed pairs). moved: fraction of labels "
                   "whose derived choice is not the initial one (mean over seeds); movement_cosine: cosine of the "
                   "probability movement with the k=1 run's (mean over seeds). search_s includes the "
                   "job's per-epoch monitor and final kNN / linear probe. peak_mib: the process's peak RSS "
                   "(reset at the start of each run, so per run, on top of what earlier runs in this process left)."])
+    return 0
 
-
-if __name__ == "__main__":
-    main()

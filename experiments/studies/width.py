@@ -17,31 +17,33 @@ Issue 19, item 4, as one command. Everything is a point of ``resnet_width`` (Res
   (``--epochs``; the collapse guard off, so a collapsing network trains to the end too, its final
   collapse score recorded) and scored by kNN and linear top-1 on the test split.
 
-One JSON per run under ``--out`` (default ``benchmarks/results/width_study/``): a killed study resumes, and a
+One JSON per run under ``--out`` (default ``docs/results/width_study/``): a killed study resumes, and a
 finished one prints its tables from the cache. ``--readme README.md`` also writes the short table (mean ± sd over the
 seeds per network) between the README's markers. CPU seconds are the process's own (``time.process_time``).
 
-    python -m benchmarks.width_study                       # digits (8x8), seed 0, the budget below
-    python -m benchmarks.width_study --seeds 0 1 2 --search-epochs 60 --epochs 100
+    python -m experiments study width                       # digits (8x8), seed 0, the budget below
+    python -m experiments study width --seeds 0 1 2 --search-epochs 60 --epochs 100
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._util import ROOT, write_between_markers
+from experiments.studies.kit import RESULTS as STUDY_RESULTS
+from experiments.studies.kit import ROOT, cached, command, machine, mean_sd_text, quiet, write_between_markers
 
+NAME = "width"
+HELP = "width search at half of ResNet-18's FLOPs: searched backbones and heads against the narrowed and hand-made"
 STRATEGIES = ("autoslim", "bcnet", "cafenet")
-RESULTS = ROOT / "benchmarks" / "results" / "width_study"
+RESULTS = STUDY_RESULTS / "width_study"
 
 
-def arguments(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "digits_width_search.yml"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--bins", type=int, default=10, help="stage widths k / bins of ResNet-18's")
@@ -56,10 +58,6 @@ def arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--table-only", action="store_true", help="print the tables from the cached runs")
     p.add_argument("--readme", default=None, metavar="PATH",
                    help="also write the short table (mean over seeds per network) into PATH (README.md)")
-    args = p.parse_args(argv)
-    if 1.0 not in args.head_fractions:
-        p.error("--head-fractions must hold 1.0 (the hand-made heads)")
-    return args
 
 
 def config(args, seed: int, out: Path, bins: int, head_space: str = "fixed", **extra):
@@ -91,19 +89,21 @@ def budgets(args, seed: int) -> dict:
 
 def run_one(args, name: str, seed: int, out_dir: Path, log) -> dict:
     """One row: search (unless ``uniform``/``hand-made``), then retrain; cached as ``<name>_seed<seed>.json``."""
+    return cached(out_dir / f"{name}_seed{seed}.json", lambda: train_one(args, name, seed, log), log=lambda line: None)
+
+
+def train_one(args, name: str, seed: int, log) -> dict:
+    """``run_one``'s row, trained now."""
     from experiments.core.assembly import build_space
     from experiments.core.records import space_record
     from experiments.jobs.backbone_search import run_backbone_search
     from experiments.jobs.retrain import run_retrain
     from search_spaces.head_widths import network_cost
 
-    path = out_dir / f"{name}_seed{seed}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     b = budgets(args, seed)
     work = Path(tempfile.mkdtemp(prefix=f"width-study-{name}-"))
     start_cpu, start = time.process_time(), time.perf_counter()
-    quiet = lambda line: None  # noqa: E731
+    silent = lambda line: None  # noqa: E731
     heads = name.startswith("heads-") or name == "hand-made"
     if heads:
         cfg = config(args, seed, work, 1, "width", **{"model.mlp_widths": json.dumps(args.head_fractions),
@@ -125,10 +125,10 @@ def run_one(args, name: str, seed: int, out_dir: Path, log) -> dict:
         architecture = b["uniform"] if name == "uniform" else hand
         record = {"architecture": architecture, "space": space_record(cfg, num_classes=10)}
     else:
-        search = run_backbone_search(cfg, work / "search", log_fn=quiet)
+        search = run_backbone_search(cfg, work / "search", log_fn=silent)
         record = {"architecture": search["architecture"], "space": search["space"]}
     search_cpu = time.process_time() - start_cpu
-    result = run_retrain(cfg, record, work / "retrain", log_fn=quiet)
+    result = run_retrain(cfg, record, work / "retrain", log_fn=silent)
     cost = network_cost(build_space(cfg), b["input_size"])(record["architecture"])
     row = {"name": name, "seed": seed, "architecture": record["architecture"], "flops": cost.flops,
            "params": cost.params, "max_flops": budget, "knn_top1": result["metrics"]["knn_top1"],
@@ -141,8 +141,6 @@ def run_one(args, name: str, seed: int, out_dir: Path, log) -> dict:
                         "head_strategy": args.head_strategy, "head_fractions": args.head_fractions,
                         "overrides": args.overrides},
            "machine": f"{platform.processor() or platform.machine()}, {platform.node()}"}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     log(f"{name} seed {seed}: kNN {row['knn_top1']:.3f} linear {row['linear_top1']:.3f} "
         f"{row['flops']:,} FLOPs (budget {budget:,}) {row['cpu_seconds']} CPU s")
@@ -160,7 +158,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-README_BEGIN = "<!-- width study summary: written by python -m benchmarks.width_study --readme -->"
+README_BEGIN = f"<!-- width study summary: written by {command(NAME, '--readme')} -->"
 README_END = "<!-- end of the width study summary -->"
 
 
@@ -169,21 +167,21 @@ def summary(rows: list[dict]) -> str:
     seed's kNN in brackets)."""
     import statistics
 
-    def mean_sd(values: list) -> str:
-        return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
-
     lines = ["| network | seeds | FLOPs (mean; budget) | kNN top-1 (each seed) | linear top-1 |", "|---|---|---|---|---|"]
     for name in dict.fromkeys(r["name"] for r in rows):
         mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["seed"])
         knn = [r["knn_top1"] for r in mine]
         lines.append(f"| {name} | {len(mine)} | {statistics.mean(r['flops'] for r in mine):,.0f}; "
-                     f"{mine[0]['max_flops']:,} | {mean_sd(knn)} ({' / '.join(f'{v:.3f}' for v in knn)}) | "
-                     f"{mean_sd([r['linear_top1'] for r in mine])} |")
+                     f"{mine[0]['max_flops']:,} | {mean_sd_text(knn)} ({' / '.join(f'{v:.3f}' for v in knn)}) | "
+                     f"{mean_sd_text([r['linear_top1'] for r in mine])} |")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = arguments(argv)
+def run(args) -> int:
+    quiet()
+    if 1.0 not in args.head_fractions:
+        print("error: --head-fractions must hold 1.0 (the hand-made heads)", file=sys.stderr)
+        return 2
     out_dir = Path(args.out)
     names = ["uniform", *args.strategies, "hand-made", f"heads-{args.head_strategy}"]
     rows = []
@@ -199,8 +197,6 @@ def main(argv=None) -> int:
     print()
     print(table([r for r in rows if r["name"].startswith("heads-") or r["name"] == "hand-made"]))
     if args.readme and rows:
-        from benchmarks.ranking_nas_bench_macro import machine
-
         seeds = sorted({r["seed"] for r in rows})
         intro = (f"SimSiam on digits (8x8), ResNet-18 at backbone width 0.25 (CIFAR stem), `resnet_width` with "
                  f"`bins: {args.bins}`: backbones within half of ResNet-18's FLOPs (`uniform`: every stage narrowed "
@@ -209,11 +205,8 @@ def main(argv=None) -> int:
                  f"within the hand-made heads' FLOPs); every chosen network retrained {args.epochs} epochs, kNN (k 20) "
                  f"and linear top-1 on the test split; seeds {', '.join(map(str, seeds))}; "
                  f"{machine().get('cpu', platform.machine())}, 2 shared cores, no GPU. Rerun: "
-                 f"`python -m benchmarks.width_study --seeds {' '.join(map(str, seeds))} --readme README.md` "
+                 f"`{command(NAME, '--seeds', *map(str, seeds), '--readme', 'README.md')}` "
                  f"(cached runs are read back); the widths of every run: docs/width-heads-resnet.md.")
         write_between_markers(Path(args.readme), intro + "\n\n" + summary(rows), README_BEGIN, README_END)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """How well does each sampling strategy's supernet rank NAS-Bench-Macro's networks, under each objective?
 
-    python -m benchmarks.ranking_nas_bench_macro [--strategies spos ...] [--frameworks supervised simsiam byol]
+    python -m experiments study ranking [--strategies spos ...] [--frameworks supervised simsiam byol]
         [--seeds 0 1] [--train-images 2000] [--epochs 3] [--archs 100] [--table-only]
 
 Every strategy is judged the same way. For each (strategy, objective, seed) at one supernet
@@ -26,10 +26,8 @@ Needs ``../shared/data/cifar10`` (ImageFolder) and the NAS-Bench-Macro table; ex
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
 import random
 import re
 import sys
@@ -38,18 +36,14 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, cached, command, current_command, kendall, machine,
+                                     quiet, write_between_markers)
 
-from benchmarks._util import PeakMemory, write_between_markers  # noqa: E402
-from experiments import nni_compat  # noqa: E402
-
-nni_compat.apply()  # a command-line entry: patch NNI before it is imported
-
-DEFAULT_CACHE = ROOT / "benchmarks" / "results" / "ranking_cache"
+NAME = "ranking"
+HELP = "how well each sampling strategy's supernet ranks NAS-Bench-Macro's networks, under each objective"
+DEFAULT_CACHE = RESULTS / "ranking_cache"
 DEFAULT_DOCS = ROOT / "docs" / "ranking.md"
-GROUND_TRUTH = ROOT / "benchmarks" / "results" / "ssl_ground_truth.json"  # benchmarks/ssl_ground_truth.py writes it
+GROUND_TRUTH = RESULTS / "ssl_ground_truth.json"  # the ssl-ground-truth study writes it
 LEARNING_RATES = {"supervised": 0.1, "simsiam": 0.06, "simclr": 0.3, "byol": 0.06, "moco": 0.06}
 TOP_FRACTION = 0.10  # "tau within the top 10% of the benchmark"
 LAYER_COUNT_TARGET = 0.69  # the issue's bar: layer count's tau against mean_acc over all 6561 keys (0.68 distinct)
@@ -70,32 +64,7 @@ def sample_keys(table, n: int, seed: int) -> list[str]:
     return keys
 
 
-def kendall(x, y) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(x, y).statistic)
-
-
-def bootstrap(x, y, rounds: int, seed: int) -> tuple[float, float]:
-    """Percentile 95% interval of Kendall's tau over architectures resampled with replacement."""
-    import numpy as np
-
-    x, y = np.asarray(x), np.asarray(y)
-    return resampled_interval(len(x), lambda idx: kendall(x[idx], y[idx]), rounds, seed)
-
-
-def resampled_interval(n: int, statistic: Callable, rounds: int, seed: int) -> tuple[float, float]:
-    """Percentile 95% interval of ``statistic(indices)`` over ``n`` architectures resampled with replacement."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(rounds):
-        t = statistic(rng.integers(0, n, n))
-        if t == t:  # NaN when a resample is constant
-            values.append(t)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+bootstrap = bootstrap_tau  # the interval every table of this study gives beside a tau
 
 
 # --- what is ranked and by whom ----------------------------------------------------------------------
@@ -216,7 +185,7 @@ def parse_reference(spec: str, table, path: Path = GROUND_TRUTH) -> Reference:
     if kind != "ssl-ground-truth" or not objective or not dataset:
         raise ConfigError(f"--reference: {spec!r} is neither mean_acc nor ssl-ground-truth:OBJECTIVE:DATASET")
     if not path.is_file():
-        raise ConfigError(f"--reference {spec}: no ground truth at {path} (python -m benchmarks.ssl_ground_truth)")
+        raise ConfigError(f"--reference {spec}: no ground truth at {path} ({command('ssl-ground-truth')})")
     built = json.loads(path.read_text())
     truth = built.get("truth", {}).get(dataset, {}).get(objective)
     if not truth:
@@ -244,30 +213,6 @@ def run_file(cache: Path, label: str, objective: str, seed: int, budget: dict) -
     return cache / f"{safe}__{objective}__seed{seed}__{budget_tag(budget)}.json"
 
 
-def cached(path: Path, compute: Callable[[], dict], log: Callable[[str], None] = print) -> dict:
-    """The record at ``path`` if there is one; else ``compute()``, written there first."""
-    from experiments.core.files import write_json_atomic
-
-    if path.is_file():
-        log(f"cached: {path.name}")
-        return json.loads(path.read_text())
-    record = compute()
-    write_json_atomic(path, record)
-    return record
-
-
-def machine() -> dict:
-    from experiments.core.records import versions
-
-    info = {**versions(), "load_average": list(os.getloadavg())}
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return info
-
-
 # --- one run ---------------------------------------------------------------------------------------
 def config_for(name: str, options: dict, objective: str, seed: int, budget: dict, cifar: Path):
     from experiments.core.config import load_config
@@ -293,8 +238,10 @@ def config_for(name: str, options: dict, objective: str, seed: int, budget: dict
 
 
 def train_and_rank(name: str, options: dict, objective: str, seed: int, budget: dict, keys: list[str], table,
-                   cifar: Path, workdir: Path, log: Callable[[str], None]) -> dict:
+                   cifar: Path, workdir: Path, log: Callable[[str], None], argv: list[str]) -> dict:
     """Train one supernet, score ``keys`` with inherited weights, run the strategy's ``select``."""
+    from experiments import nni_compat
+    from experiments.core.memory import PeakMemory
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.strategies import STRATEGIES
     from search_spaces.nas_bench_macro import arch_to_key, canonical_key, key_to_arch
@@ -323,7 +270,7 @@ def train_and_rank(name: str, options: dict, objective: str, seed: int, budget: 
             "seconds": {"train": train_seconds, "score": score_seconds, "select": time.perf_counter() - start},
             "peak_mib": {"train": training_memory.mib, "score": scoring_memory.mib},
             "final_epoch": monitor.history[-1] if monitor.history else None,
-            "command": "python -m benchmarks.ranking_nas_bench_macro " + " ".join(sys.argv[1:]),
+            "command": command(NAME, *argv),
             "machine": machine()}
 
 
@@ -383,7 +330,7 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
                   f"{b['head_width']}, batch {b['batch_size']}, {b['score_images']} scoring images, "
                   f"{b['bn_batches']} BatchNorm batches, `select` over {b['trials']} scored networks. "
                   f"Machine: {'; '.join(machines)}. Made by: "
-                  + "; ".join(f"`{c}`" for c in sorted({r.get("command", "?") for r in group})) + ".", "",
+                  + "; ".join(f"`{c}`" for c in sorted({current_command(r.get("command", "?")) for r in group})) + ".", "",
                   "| strategy | objective | seed | tau | 95% interval | top-10% tau | select's percentile "
                   "| train s |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['label']} | {r['objective']} | {r['seed']} | {_interval(r['judged'])} | "
@@ -454,9 +401,9 @@ def summary(figures: dict, budgets: dict[str, list[dict]], command: str) -> str:
     return "\n".join(lines)
 
 
-BEGIN_MARK = "<!-- ranking table: written by python -m benchmarks.ranking_nas_bench_macro; edits here are lost -->"
+BEGIN_MARK = f"<!-- ranking table: written by {command(NAME)}; edits here are lost -->"
 END_MARK = "<!-- end of the ranking table -->"
-README_BEGIN = "<!-- ranking summary: written by python -m benchmarks.ranking_nas_bench_macro --readme -->"
+README_BEGIN = f"<!-- ranking summary: written by {command(NAME, '--readme')} -->"
 README_END = "<!-- end of the ranking summary -->"
 
 
@@ -485,9 +432,7 @@ def compare(files: list[Path], rounds: int, seed: int) -> int:
     return 0
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ranking_nas_bench_macro",
-                                description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("--strategies", nargs="+", default=None,
                    help="NAME or NAME:option=value,... (default: every sampling strategy that can search "
                         "nas_bench_macro: %(default)s = the registry's)")
@@ -508,7 +453,7 @@ def parse_args(argv):
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="one JSON per (strategy, objective, seed, budget)")
     p.add_argument("--reference", default="mean_acc",
                    help="what the rankings are judged against: mean_acc (NAS-Bench-Macro, CIFAR-10) or "
-                        "ssl-ground-truth:OBJECTIVE:DATASET (benchmarks/ssl_ground_truth.py; the supernets then train "
+                        "ssl-ground-truth:OBJECTIVE:DATASET (the ssl-ground-truth study; the supernets then train "
                         "on DATASET and rank the ground truth's networks)")
     p.add_argument("--ground-truth", type=Path, default=GROUND_TRUTH, help="the assembled SSL ground truth (JSON)")
     p.add_argument("--docs", type=Path, default=None,
@@ -520,11 +465,10 @@ def parse_args(argv):
     p.add_argument("--table-only", action="store_true", help="train nothing: build the table from the cache")
     p.add_argument("--compare", type=Path, nargs=2, metavar="RUN",
                    help="only the tau between the scores of two cached runs (same networks)")
-    return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
+    quiet()
     if args.compare:
         return compare(args.compare, args.bootstrap, args.arch_seed)
 
@@ -565,18 +509,18 @@ def main(argv=None) -> int:
                         path = run_file(args.cache, strategy_label(name, options), objective, seed, budget)
                         log(f"== {strategy_label(name, options)} / {objective} / seed {seed} / {budget_tag(budget)}")
                         cached(path, lambda: train_and_rank(name, options, objective, seed, budget, keys, table,
-                                                            cifar, args.workdir, log), log)
+                                                            cifar, args.workdir, log, args.argv), log)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     runs = [run for run in (json.loads(p.read_text()) for p in sorted(args.cache.glob("*__seed*__*.json")))
             if "label" in run and run.get("keys") == keys]
-    command = ("python -m benchmarks.ranking_nas_bench_macro --table-only"
+    rerun = (command(NAME, "--table-only")
                + (f" --reference {args.reference}" if reference.keys is not None else "")
                + (f" --archs {args.archs}" if args.archs != 100 and reference.keys is None else "")
                + (f" --arch-seed {args.arch_seed}" if args.arch_seed else "")
                + (f" --cache {args.cache}" if args.cache != DEFAULT_CACHE else ""))
-    page, figures = build_table(runs, keys, table, label_free, args.bootstrap, args.arch_seed, command, reference)
+    page, figures = build_table(runs, keys, table, label_free, args.bootstrap, args.arch_seed, rerun, reference)
     write_table(args.docs, page)
     if args.readme is not None:
         write_table(args.readme, figures["summary"], README_BEGIN, README_END)
@@ -589,6 +533,3 @@ def main(argv=None) -> int:
     log(f"written: {args.docs} ({len(runs)} cached runs)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

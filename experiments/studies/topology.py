@@ -22,16 +22,15 @@ Each run is cached as one JSON file under ``--out`` (a killed study resumes); th
 written to ``--table``. ``--readme README.md`` runs nothing: it writes the README's tables of (a)-(d) from the
 committed results (``docs/results/topology_search{,_12ep}.json``, ``topology_retrain.json``). Rerun::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.topology_search --epochs 4 --seeds 0 1 --images 768
+    OMP_NUM_THREADS=1 python -m experiments study topology --epochs 4 --seeds 0 1 --images 768
 
 (c), 24 retrains of about 57 CPU s each (23 CPU-minutes) on this machine::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.topology_search --epochs 4 --seeds 0 1 --strategies darts toponas \
+    OMP_NUM_THREADS=1 python -m experiments study topology --epochs 4 --seeds 0 1 --strategies darts toponas \
         entrannas --search-records docs/results/topology_search.json --retrain-epochs 20 --retrain-seeds 0 1 2
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -39,7 +38,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks._util import ROOT, write_between_markers  # (patches NNI, puts the project on the path)
+from experiments.studies.kit import (RESULTS, ROOT, cached, command, current_command, machine, mean_sd_text, quiet,
+                                     write_between_markers)
+
+NAME = "topology"
+HELP = "what TopoNAS and EnTranNAS claim, measured small: consistency, search cost, top-2 against learned topology"
 
 STRATEGIES = {"darts": ("darts", {}), "toponas": ("toponas", {}), "entrannas": ("entrannas", {}),
               "entrannas-dst": ("entrannas", {"dst": True})}
@@ -126,8 +129,7 @@ def table(records: list[dict]) -> str:
 
 
 RANDOM = "random"  # the control of (c): a cell drawn uniformly from the space
-RESULTS = ROOT / "docs" / "results"
-README_BEGIN = "<!-- topology summary: written by python -m benchmarks.topology_search --readme -->"
+README_BEGIN = f"<!-- topology summary: written by {command(NAME, '--readme')} -->"
 README_END = "<!-- end of the topology summary -->"
 
 
@@ -142,7 +144,7 @@ def write_readme(path: Path) -> int:
             parts += [*[""] * bool(parts), f"(a) consistency, (b) cost, (d) top-2 against learned: "
                       f"{'/'.join(map(str, epochs))}-epoch "
                       f"searches on 768 digits, SimSiam, mean over seeds; {result['machine']}. "
-                      f"Rerun: `{result['command']}`", "", table(result["runs"])]
+                      f"Rerun: `{current_command(result['command'])}`", "", table(result["runs"])]
     for study in sorted(RESULTS.glob("topology_retrain*.json")):
         result = json.loads(study.read_text())
         rows = retrain_table(result["runs"]).splitlines()
@@ -151,7 +153,7 @@ def write_readme(path: Path) -> int:
         parts += ["", f"(c) each derived cell of the {'/'.join(map(str, searched))}-epoch searches (and a random one) "
                       f"retrained from scratch under SimSiam, {first['epochs']} epochs on digits, "
                       f"{len(result['runs'])} retrains (mean ± sd over every search and retraining seed of a cell); "
-                      f"{result['machine']}. Rerun: `{result['command']}`",
+                      f"{result['machine']}. Rerun: `{current_command(result['command'])}`",
                   "", *rows[:2], *(row for row in rows[2:] if row.split(" | ")[1] == "all")]
     write_between_markers(path, "\n".join(parts), README_BEGIN, README_END)
     return 0
@@ -214,8 +216,7 @@ def retrain_table(records: list[dict]) -> str:
         seeds = sorted({r["search_seed"] for r in mine})
         for seed in seeds + (["all"] if len(seeds) > 1 else []):
             rs = [r for r in mine if seed == "all" or r["search_seed"] == seed]
-            stats = lambda key: (f"{statistics.mean(r[key] for r in rs):.3f} ± "  # noqa: E731
-                                 f"{statistics.stdev(r[key] for r in rs) if len(rs) > 1 else 0.0:.3f}")
+            stats = lambda key: mean_sd_text([r[key] for r in rs], lone_sd=True)  # noqa: E731
             flops = f"{statistics.mean(r['flops'] for r in rs):,.0f}"
             rows.append(f"| {name} | {seed} | {len(rs)} | {flops} | {stats('knn_top1')} | {stats('linear_top1')} | "
                         f"{statistics.mean(r['cpu_seconds'] for r in rs):.0f} |")
@@ -224,20 +225,18 @@ def retrain_table(records: list[dict]) -> str:
 
 def searched(name: str, seed: int, args, out: Path, committed: dict) -> dict:
     """The search record of (strategy, seed): the cache, else the committed results file, else a search."""
-    cached = out / f"{name}-seed{seed}.json"
-    if not cached.exists():
+    def search() -> dict:
         if (name, seed, args.epochs) in committed:
-            record = committed[name, seed, args.epochs]
-        else:
-            start = time.perf_counter()
-            record = run_one(name, seed, args.epochs, out, args.images)
-            print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        cached.write_text(json.dumps(record, indent=1))
-    return json.loads(cached.read_text())
+            return committed[name, seed, args.epochs]
+        start = time.perf_counter()
+        record = run_one(name, seed, args.epochs, out, args.images)
+        print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        return record
+
+    return cached(out / f"{name}-seed{seed}.json", search, log=lambda line: None)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(p) -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--images", type=int, default=768, help="digits training images (half weights, half architecture)")
@@ -251,11 +250,15 @@ def main(argv=None) -> int:
     p.add_argument("--retrain-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--readme", default=None, metavar="PATH",
                    help="run nothing: write the committed results' tables into PATH (README.md) between its markers")
-    args = p.parse_args(argv)
+
+
+def run(args) -> int:
+    quiet()
     if args.readme is not None:
         return write_readme(Path(args.readme))
     if args.retrain_epochs < 0:
-        p.error("--retrain-epochs must be >= 0")
+        print("error: --retrain-epochs must be >= 0", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     committed = {}
@@ -271,19 +274,20 @@ def main(argv=None) -> int:
             for search in searches:
                 tag = f"{search['strategy']}-search{search['seed']}-seed{seed}"
                 folder = out / f"retrain-{args.retrain_epochs}ep"
-                cached = folder / f"{tag}.json"
-                if not cached.exists():
+
+                def retrain(search=search, seed=seed, tag=tag, folder=folder) -> dict:
                     record = retrain_one(search, seed, args.retrain_epochs, folder / tag)
-                    cached.write_text(json.dumps(record, indent=1))
                     print(f"retrain {tag}: {record['cpu_seconds']:.0f} CPU s, kNN {record['knn_top1']:.3f}, "
                           f"linear {record['linear_top1']:.3f}", file=sys.stderr, flush=True)
-                retrained.append(json.loads(cached.read_text()))
+                    return record
+
+                retrained.append(cached(folder / f"{tag}.json", retrain, log=lambda line: None))
         text += "\n\n" + retrain_table(retrained)
     print(text)
     if args.table:  # the table, and beside it the runs it was made from with the command and machine
         Path(args.table).write_text(text + "\n")
         Path(args.table).with_suffix(".json").write_text(json.dumps(
-            {"command": "python -m benchmarks.topology_search " + " ".join(argv if argv is not None else sys.argv[1:]),
+            {"command": command(NAME, *args.argv),
              "machine": machine_line(), "runs": retrained if args.retrain_epochs else records}, indent=1))
     return 0
 
@@ -293,8 +297,6 @@ def machine_line() -> str:
     import os
 
     import torch
-
-    from benchmarks.ranking_nas_bench_macro import machine
 
     threads = torch.get_num_threads()
     return (f"{os.cpu_count()}-core {machine().get('cpu', 'CPU')} CPU shared with other jobs, "
@@ -311,6 +313,3 @@ def random_search(seed: int, args) -> dict:
     architecture = random_architecture(space.simplify(), seed)  # the network's labels: the backbone's
     return {"strategy": RANDOM, "seed": seed, "epochs": 0, "architecture": architecture,
             "derived_flops": BackboneCost(space.backbone, 8)(architecture).flops}
-
-if __name__ == "__main__":
-    sys.exit(main())

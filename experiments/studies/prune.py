@@ -10,10 +10,10 @@ the control: the pretrained network fine-tuned for the same epochs, without prun
 is one JSON under ``--out`` (a killed study resumes where it stopped); the table goes to
 ``--table`` (markdown) and its JSON beside it.
 
-    python -m benchmarks.prune_study                        # digits, seed 0, the budget below
-    python -m benchmarks.prune_study --seeds 0,1,2 --pretrain-epochs 50 --finetune-epochs 20
-    python -m benchmarks.prune_study --dataset cifar10 --train-images 2000   # a CIFAR-10 subset (../shared/data)
-    python -m benchmarks.prune_study --backbone nas_bench_macro --targets 0.5  # NAS-Bench-Macro's best network
+    python -m experiments study prune                        # digits, seed 0, the budget below
+    python -m experiments study prune --seeds 0,1,2 --pretrain-epochs 50 --finetune-epochs 20
+    python -m experiments study prune --dataset cifar10 --train-images 2000   # a CIFAR-10 subset (../shared/data)
+    python -m experiments study prune --backbone nas_bench_macro --targets 0.5  # NAS-Bench-Macro's best network
 
 ``--readme README.md`` runs nothing: it writes the README's short table (kNN top-1 per method and target, one
 column per committed study in ``docs/results/prune_study_*.json``) between the README's markers.
@@ -24,13 +24,15 @@ and fine-tuning; ``uniform`` narrows that network's width.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
 from pathlib import Path
 
-from benchmarks._util import ROOT, write_between_markers
+from experiments.studies.kit import RESULTS, ROOT, cached, command, mean_sd_text, quiet, write_between_markers
+
+NAME = "prune"
+HELP = "DAGGER against NNI's L1, FPGM and Taylor pruners and a narrower network from scratch, at 3 FLOPs targets"
 
 METHODS = ("dagger", "dagger-gentle", "dagger-floor", "l1", "fpgm", "taylor", "uniform")
 #: DAGGER's gate-learning settings per study method: the job's defaults; a gentler penalty and
@@ -49,8 +51,7 @@ BACKBONES = ("resnet18", "nas_bench_macro")
 NBM_BEST_KEY = "22212220"
 
 
-def arguments(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("--dataset", default="digits", choices=sorted(DATASET_CONFIGS),
                    help="digits (bundled) or a CIFAR-10 subset from ../shared/data/cifar10 (ImageFolder)")
     p.add_argument("--train-images", type=int, default=2000, help="CIFAR-10 training images (a seeded subset)")
@@ -72,7 +73,13 @@ def arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--readme", default=None, metavar="PATH",
                    help="run nothing: write the short table of every committed study into PATH (README.md)")
     p.add_argument("--table", default=None, help="default docs/results/prune_study_<dataset>[_<backbone>].md")
-    args = p.parse_args(argv)
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: rewrite --table from the runs committed beside it (its .json), given the "
+                        "options of its Rerun line")
+
+
+def resolve(args):
+    """Check the options and fill the defaults that depend on them (ConfigError: one line, nothing written)."""
     from experiments.core.errors import ConfigError
 
     if not 1 <= args.train_images <= 50_000 or not 1 <= args.test_images <= 10_000:
@@ -198,16 +205,23 @@ def run_one(args, seed: int, method: str, target: float, base: Path, out: Path) 
             "gate_epochs": p["gate_epochs"]}
 
 
-def main(argv=None) -> int:
+def run(args) -> int:
     import sys
 
     from experiments.core.errors import ConfigError
     from experiments.jobs.retrain import run_retrain
 
+    quiet()
     try:  # bad options: one error line and status 2, before anything is written
-        args = arguments(argv)
+        args = resolve(args)
         if args.readme is not None:
             return write_readme(Path(args.readme))
+        if args.table_only:
+            rows = Path(args.table).with_suffix(".json")
+            if not rows.is_file():
+                raise ConfigError(f"--table-only: no committed runs at {rows}")
+            write_table(args, json.loads(rows.read_text()), Path(args.table))
+            return 0
         dataset_overrides(args)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -259,22 +273,22 @@ def cached_run(path: Path, train) -> dict:
     """
     from experiments.core.errors import RepresentationCollapsed
 
-    if not path.is_file():
+    def timed() -> dict:
         start, cpu = time.perf_counter(), cpu_seconds()
         try:
             result = train()
         except RepresentationCollapsed as err:
             result = {"collapsed": str(err), "metrics": None, "flops_ratio": None}
         result = {**result, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
-        path.write_text(json.dumps(result, indent=1))
         scores = "collapsed" if result["metrics"] is None else \
             f"kNN {result['metrics']['knn_top1']:.3f} linear {result['metrics']['linear_top1']:.3f}"
         print(f"{path.stem}: {scores} ({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU s)", flush=True)
-    return json.loads(path.read_text())
+        return result
+
+    return cached(path, timed, log=lambda line: None)
 
 
-RESULTS = ROOT / "docs" / "results"
-README_BEGIN = "<!-- pruning summary: written by python -m benchmarks.prune_study --readme -->"
+README_BEGIN = f"<!-- pruning summary: written by {command(NAME, '--readme')} -->"
 README_END = "<!-- end of the pruning summary -->"
 #: each committed study's column heading (file stem under docs/results/)
 STUDIES = {"prune_study_digits": "digits, ResNet-18 x0.25", "prune_study_cifar10": "CIFAR-10 subset, ResNet-18 x0.125",
@@ -316,17 +330,9 @@ def write_readme(path: Path) -> int:
     intro = ("kNN top-1 after fine-tuning, mean over seeds, at 75 / 50 / 25% of the FLOPs (pretrained and unpruned: "
              "the full network). SimSiam; budgets, machine and every run in each study's page under docs/results/ "
              "(the command that reruns it is at its top). Rebuild this table: "
-             "`python -m benchmarks.prune_study --readme README.md`.")
+             f"`{command(NAME, '--readme', 'README.md')}`.")
     write_between_markers(path, intro + "\n\n" + summary(studies), README_BEGIN, README_END)
     return 0
-
-
-def _mean_sd(values: list) -> str:
-    import statistics
-
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def write_table(args, rows: list, path: Path) -> None:
@@ -350,7 +356,7 @@ def write_table(args, rows: list, path: Path) -> None:
              f"epochs before, the network frozen); `uniform` trained from scratch "
              f"{args.pretrain_epochs + args.finetune_epochs} epochs. Seeds: {args.seeds} (the seed also seeds the "
              f"pretraining). Linear probe {args.linear_epochs} epochs. kNN and linear top-1 on the test split.", "",
-             "Rerun: `python -m benchmarks.prune_study " + " ".join(
+             f"Rerun: `{command(NAME)} " + " ".join(
                  f"--{k.replace('_', '-')} {v}" for k, v in options) + "`", "",
              "| method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | kNN before fine-tuning | runs |",
              "|---|---|---|---|---|---|---|"]
@@ -364,10 +370,10 @@ def write_table(args, rows: list, path: Path) -> None:
             lines.append(f"| {method} | {target:g} | | collapsed | collapsed | | 0{collapsed} |")
             continue
         before = [r["before_finetune"]["knn_top1"] for r in runs if "before_finetune" in r]
-        lines.append(f"| {method} | {target:g} | {_mean_sd([r['flops_ratio'] for r in runs])} | "
-                     f"{_mean_sd([r['metrics']['knn_top1'] for r in runs])} | "
-                     f"{_mean_sd([r['metrics']['linear_top1'] for r in runs])} | "
-                     f"{_mean_sd(before) if before else ''} | {len(runs)}{collapsed} |")
+        lines.append(f"| {method} | {target:g} | {mean_sd_text([r['flops_ratio'] for r in runs])} | "
+                     f"{mean_sd_text([r['metrics']['knn_top1'] for r in runs])} | "
+                     f"{mean_sd_text([r['metrics']['linear_top1'] for r in runs])} | "
+                     f"{mean_sd_text(before) if before else ''} | {len(runs)}{collapsed} |")
     lines += ["", "Every run:", "", "| seed | method | FLOPs target | FLOPs kept | kNN top-1 | linear top-1 | seconds | CPU seconds |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -384,6 +390,3 @@ def write_table(args, rows: list, path: Path) -> None:
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

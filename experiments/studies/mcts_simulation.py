@@ -1,6 +1,6 @@
 """Does MCT-NAS's tree (experiments/strategies/mcts.py) learn to sample good paths? A simulation.
 
-    python -m benchmarks.mcts_simulation [--space both] [--seeds 5] [--epochs 50] [--noise 0.05]
+    python -m experiments study mcts-simulation [--space both] [--seeds 5] [--epochs 50] [--noise 0.05]
 
 No network is trained. Each step samples a path and feeds the tree the "loss"
 trend(step) / score(path) * (1 + noise * N(0, 1)), trend = 1 + 2 exp(-step / 1000) standing for
@@ -21,7 +21,6 @@ supernet's held-out score ranks architectures far less well.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -30,12 +29,10 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from experiments.studies.kit import ROOT, mean_sd, options_of
 
-from experiments.strategies.mcts import MonteCarloTree, WarmupSchedule  # noqa: E402
-
+NAME = "mcts-simulation"
+HELP = "does MCT-NAS's tree learn to sample good paths? a simulation, no network trained"
 TABLE = next((p / "shared" / "data" / "nas-bench-macro" / "nas-bench-macro_cifar10.json"
               for p in (ROOT.parent, ROOT.parent.parent)
               if (p / "shared" / "data" / "nas-bench-macro").is_dir()),
@@ -61,6 +58,8 @@ def simulate(scores: dict, schedule: WarmupSchedule, total_steps: int, steps_per
     ranked = sorted(scores, key=scores.get, reverse=True)
     top_percent = set(ranked[:len(ranked) // 100])
     percentile = {path: 100.0 * rank / len(ranked) for rank, path in enumerate(ranked)}
+    from experiments.strategies.mcts import MonteCarloTree
+
     tree = MonteCarloTree([3] * 8, seed=seed, warmup=schedule)
     loss_noise = random.Random(seed + 1000)
 
@@ -88,8 +87,7 @@ def simulate(scores: dict, schedule: WarmupSchedule, total_steps: int, steps_per
             "evaluate_calls": calls}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--space", default="both", choices=("synthetic", "nas-bench-macro", "both"))
     parser.add_argument("--table", default=str(TABLE), help="the NAS-Bench-Macro JSON table")
     parser.add_argument("--seeds", type=int, default=5)
@@ -99,11 +97,22 @@ def main() -> None:
     parser.add_argument("--tree-from", type=int, default=30, help="epoch tree sampling starts")
     parser.add_argument("--noise", type=float, default=0.05, help="relative sd of the loss noise")
     parser.add_argument("--output", default=None, help="JSON file for the results")
-    args = parser.parse_args()
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per measure: its mean and sample standard deviation over the seeds' runs (0 for one seed)."""
+    return {key: tuple(v or 0.0 for v in mean_sd([run[key] for run in runs])) for key in runs[0]}
+
+
+def run(args) -> int:
+    from experiments.strategies.mcts import WarmupSchedule
+
     if args.space != "synthetic" and not Path(args.table).is_file():
-        raise SystemExit(f"error: no NAS-Bench-Macro table at {args.table} (--table)")
+        print(f"error: no NAS-Bench-Macro table at {args.table} (--table)", file=sys.stderr)
+        return 2
     if not 0 <= args.updates_from <= args.tree_from <= args.epochs:
-        raise SystemExit("error: need 0 <= --updates-from <= --tree-from <= --epochs")
+        print("error: need 0 <= --updates-from <= --tree-from <= --epochs", file=sys.stderr)
+        return 2
     epochs = dict(unit="epochs", steps_per_epoch=args.steps_per_epoch)
     schedules = {
         f"warm-up (backups {args.updates_from}, tree {args.tree_from})":
@@ -120,14 +129,10 @@ def main() -> None:
             runs = [simulate(synthetic_scores(seed) if space == "synthetic" else table,
                              schedule, args.epochs * args.steps_per_epoch, args.steps_per_epoch,
                              args.noise, seed) for seed in range(args.seeds)]
-            summary = {key: (statistics.fmean(run[key] for run in runs),
-                             statistics.pstdev(run[key] for run in runs)) for key in runs[0]}
+            summary = summarise(runs)
             results[f"{space} / {name}"] = summary
             print(f"{space:16s} {name:32s} " + "  ".join(
                 f"{key} {mean:.3f}±{sd:.3f}" for key, (mean, sd) in summary.items()), flush=True)
     if args.output:
-        Path(args.output).write_text(json.dumps({"arguments": vars(args), "results": results}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+        Path(args.output).write_text(json.dumps({"arguments": options_of(args), "results": results}, indent=2))
+    return 0

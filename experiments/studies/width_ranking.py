@@ -1,6 +1,6 @@
 """A width ground truth small enough to train here, and how well each width strategy's supernet ranks it.
 
-    python -m benchmarks.width_ranking [--objectives supervised simsiam] [--gt-seeds ...] [--gt-epochs N]
+    python -m experiments study width-ranking [--objectives supervised simsiam] [--gt-seeds ...] [--gt-epochs N]
         [--seeds 0 1] [--strategies autoslim bcnet cafenet] [--search-epochs 20] [--channel-bench PATH]
         [--bootstrap 1000] [--docs] [--table-only]
 
@@ -12,12 +12,12 @@ hidden widths = 64 networks, on scikit-learn's digits (8x8, no download).
 
 - ``supervised``: the backbone plus a linear classifier, cross-entropy, SGD (lr 0.1, momentum 0.9, weight decay
   5e-4, cosine), batch 64, no augmentation, 4 epochs on digits' training split; top-1 on its test split; seeds 0-3.
-- ``simsiam``: the retrain job on one thread (``benchmarks.ssl_ground_truth``'s digits budget: batch 128, head
+- ``simsiam``: the retrain job on one thread (the ssl-ground-truth study's digits budget: batch 128, head
   width 0.25, lr 0.06, its grey-digit augmentation) for 20 epochs; kNN (k=20, the ranking metric) and linear-probe
   top-1 of the frozen backbone on the test split; seeds 0-2.
 
 ``--gt-seeds`` / ``--gt-epochs`` replace those defaults. One JSON per (network, objective, seed) under
-``benchmarks/results/width_ground_truth/``: ``<widths>__seed<s>__e<epochs>.json`` for ``supervised`` (the names it
+``docs/results/width_ground_truth/``: ``<widths>__seed<s>__e<epochs>.json`` for ``supervised`` (the names it
 had before other objectives), ``<widths>__<objective>__seed<s>__e<epochs>.json`` for the others. A rerun reads them
 back and trains only what is missing (network by network, every seed of one network before the next).
 
@@ -26,7 +26,7 @@ train the strategy's supernet for ``--search-epochs``; then each of the 64 netwo
 a width in its search (``WidthStrategy.score``: AutoSlim its first channels, BCNet the mean of its left and right
 sides, CafeNet its remembered lowest-loss placement), each after BatchNorm recalibration: classifier top-1 on
 held-out training images (``simsiam``: kNN top-1 of the backbone's features). One JSON per (strategy, objective,
-seed) under ``benchmarks/results/width_ranking/``. Reported per ground truth (each objective's supernets against
+seed) under ``docs/results/width_ranking/``. Reported per ground truth (each objective's supernets against
 its own objective's truth): Kendall's tau against the truth's mean over its seeds per supernet seed, their mean
 and standard deviation, a 95% bootstrap interval of the mean over the networks, the difference from AutoSlim's mean
 on the same resamples, FLOPs and parameters as label-free rankers, and the noise ceiling (the two halves of the
@@ -39,7 +39,6 @@ carry our widths (:data:`CHANNEL_BENCH_LAYERS`). A path that is not its table: o
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -50,19 +49,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from experiments.studies.kit import (RESULTS, ROOT, cached, command, invoked, kendall, machine, quiet,
+                                     resampled_interval, write_between_markers)
 
-from benchmarks._util import write_between_markers  # noqa: E402  (applies nni_compat)
-from benchmarks.ranking_nas_bench_macro import cached, kendall, machine, resampled_interval  # noqa: E402
-
-GT_DIR = ROOT / "benchmarks" / "results" / "width_ground_truth"
-RANK_DIR = ROOT / "benchmarks" / "results" / "width_ranking"
+NAME = "width-ranking"
+HELP = "a width ground truth small enough to train here, and how well each width strategy's supernet ranks it"
+GT_DIR = RESULTS / "width_ground_truth"
+RANK_DIR = RESULTS / "width_ranking"
 DOCS = ROOT / "docs" / "width-search.md"
-DOCS_BEGIN = "<!-- width ranking tables: written by python -m benchmarks.width_ranking --docs; edits here are lost -->"
+DOCS_BEGIN = f"<!-- width ranking tables: written by {command(NAME, '--docs')}; edits here are lost -->"
 DOCS_END = "<!-- end of the width ranking tables -->"
-README_BEGIN = "<!-- width ranking summary: written by python -m benchmarks.width_ranking --readme -->"
+README_BEGIN = f"<!-- width ranking summary: written by {command(NAME, '--readme')} -->"
 README_END = "<!-- end of the width ranking summary -->"
 SPACE = {"stages": [1, 1, 1], "bins": 4}
 WIDTH = 0.25
@@ -148,13 +145,13 @@ def train_alone(architecture: dict, seed: int, epochs: int) -> dict:
     return {"architecture": architecture, "seed": seed, "epochs": epochs, "test_top1": accuracy,
             "final_loss": loss.item(), "flops": cost.flops, "params": cost.params,
             "seconds": time.perf_counter() - start, "machine": machine(),
-            "command": "python -m benchmarks.width_ranking " + " ".join(sys.argv[1:])}
+            "command": invoked()}
 
 
 def train_alone_ssl(architecture: dict, objective: str, seed: int, epochs: int, workdir: Path) -> dict:
     """One network of the space trained from scratch under an SSL objective (the retrain job, one thread, the
-    digits budget of ``benchmarks.ssl_ground_truth`` at ``epochs``): kNN and linear top-1 of its backbone."""
-    from benchmarks.ssl_ground_truth import BUDGETS, config_for, retrain_alone
+    digits budget of the ssl-ground-truth study at ``epochs``): kNN and linear top-1 of its backbone."""
+    from experiments.studies.ssl_ground_truth import BUDGETS, config_for, retrain_alone
     from search_spaces.cost import BackboneCost
     from search_spaces.macro_width import MacroWidthSpace
 
@@ -168,7 +165,7 @@ def train_alone_ssl(architecture: dict, objective: str, seed: int, epochs: int, 
             "knn_top1": metrics["knn_top1"], "linear_top1": metrics["linear_top1"], "collapse": metrics["collapse"],
             "final_loss": result["history"][-1]["ssl_loss"], "flops": cost.flops, "params": cost.params,
             "cpu_seconds": cpu, "wall_seconds": wall, "machine": machine(),
-            "command": "python -m benchmarks.width_ranking " + " ".join(sys.argv[1:])}
+            "command": invoked()}
 
 
 def rank_with(strategy: str, objective: str, seed: int, epochs: int, widths: list[dict], log) -> dict:
@@ -188,7 +185,7 @@ def rank_with(strategy: str, objective: str, seed: int, epochs: int, widths: lis
     return {"strategy": strategy, "objective": objective, "seed": seed, "search_epochs": epochs, "widths": widths, "scores": scores,
             "seconds": {"train": train_seconds, "score": time.perf_counter() - start},
             "final_epoch": monitor.history[-1] if monitor.history else None, "machine": machine(),
-            "command": "python -m benchmarks.width_ranking " + " ".join(sys.argv[1:])}
+            "command": invoked()}
 
 
 @dataclass
@@ -417,8 +414,7 @@ def ground_truth_runs(widths: list[dict], objective: str, seeds: list[int], epoc
     return runs
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.width_ranking", description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("--objectives", nargs="+", default=["supervised", "simsiam"], choices=sorted(LEARNING_RATES),
                    help="each objective's ground truth and the supernets trained under it")
     p.add_argument("--gt-seeds", type=int, nargs="+", default=None,
@@ -436,13 +432,12 @@ def parse_args(argv):
     p.add_argument("--readme", type=Path, default=None, metavar="PATH",
                    help="also write the short strategy x objective table into PATH (README.md) between its markers")
     p.add_argument("--table-only", action="store_true", help="print the table from the cached runs only")
-    return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def run(args) -> int:
     from experiments.core.errors import ConfigError
 
-    args = parse_args(argv)
+    quiet()
     widths = all_widths()
     try:
         if args.bootstrap < 1:
@@ -484,13 +479,10 @@ def main(argv=None) -> int:
                  f"each objective's supernets against its own truth; supernets {args.search_epochs} epochs, seeds "
                  f"{', '.join(map(str, seeds))} (mean, each seed's tau in brackets); label-free rankers and the noise "
                  f"ceiling with a 95% bootstrap interval over the networks. Machine: {machine().get('cpu', 'CPU')}, "
-                 f"{os.cpu_count()} cores, no GPU. Rebuild: `python -m benchmarks.width_ranking --table-only --seeds "
-                 f"{' '.join(map(str, seeds))} --readme README.md`; every interval, pick and cost: "
+                 f"{os.cpu_count()} cores, no GPU. Rebuild: `{command(NAME, '--table-only', '--seeds', *map(str, seeds))} "
+                 f"--readme README.md`; every interval, pick and cost: "
                  f"docs/width-search.md.")
         write_between_markers(args.readme, intro + "\n\n" + summary(truths, runs, args.bootstrap),
                               README_BEGIN, README_END)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

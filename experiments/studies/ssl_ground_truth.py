@@ -1,6 +1,6 @@
 """An SSL ground truth for NAS-Bench-Macro's space: its networks trained alone, under each objective.
 
-    python -m benchmarks.ssl_ground_truth [--objectives simsiam supervised simclr] [--datasets digits]
+    python -m experiments study ssl-ground-truth [--objectives simsiam supervised simclr] [--datasets digits]
         [--seeds 0 1] [--networks 60] [--network-seed 0] [--table-only]
 
 NAS-Bench-Macro ranks its networks by supervised CIFAR-10 accuracy; a supernet trained under a
@@ -29,7 +29,6 @@ bit for bit on the same machine and library versions (``tests/test_ssl_ground_tr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -38,19 +37,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, cached, command, kendall, machine, quiet,
+                                     write_between_markers)
+from experiments.studies.ranking import LEARNING_RATES, budget_tag, label_free_scores, layer_count
 
-from benchmarks import _util  # noqa: E402,F401  (quiet Lightning and NNI loggers; NNI patched)
-from benchmarks.ranking_nas_bench_macro import (LEARNING_RATES, bootstrap, budget_tag, cached, kendall,  # noqa: E402
-                                                label_free_scores, layer_count, machine, write_table)
-
-DEFAULT_CACHE = ROOT / "benchmarks" / "results" / "ssl_ground_truth"
-DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "ssl_ground_truth.json"
+command_of = command  # markdown() takes the rebuild line as its own ``command``
+NAME = "ssl-ground-truth"
+HELP = "NAS-Bench-Macro's networks trained alone under each objective: the SSL ground truth a ranking is judged by"
+DEFAULT_CACHE = RESULTS / "ssl_ground_truth"
+DEFAULT_OUTPUT = RESULTS / "ssl_ground_truth.json"
 DEFAULT_DOCS = ROOT / "docs" / "ssl-ground-truth.md"
 TITLE = "# An SSL ground truth for NAS-Bench-Macro's space"
-BEGIN_MARK = "<!-- ground-truth tables: written by python -m benchmarks.ssl_ground_truth; edits here are lost -->"
+BEGIN_MARK = f"<!-- ground-truth tables: written by {command(NAME)}; edits here are lost -->"
 END_MARK = "<!-- end of the ground-truth tables -->"
 OBJECTIVES = ("simsiam", "supervised", "simclr")  # the order of the long run: SimSiam first
 SSL_OBJECTIVES = ("simsiam", "simclr", "byol", "moco")
@@ -161,7 +159,7 @@ def retrain_alone(cfg, architecture: dict, out: Path) -> tuple[dict, float, floa
 
 
 def train_network(key: str, objective: str, seed: int, budget: dict, cifar: Path | None, workdir: Path,
-                  table=None) -> dict:
+                  table=None, argv: tuple = ()) -> dict:
     """Train one network alone from scratch (the retrain job) and evaluate it: the cached record."""
     from search_spaces.cost import BackboneCost
     from search_spaces.nas_bench_macro import NasBenchMacroSpace, canonical_key, key_to_arch
@@ -178,7 +176,7 @@ def train_network(key: str, objective: str, seed: int, budget: dict, cifar: Path
             "train_seconds": metrics["train_seconds"], "flops": cost.flops, "params": cost.params,
             "benchmark": {k: benchmark[k] for k in ("mean_acc", "flops", "params") if k in benchmark},
             "versions": result["versions"], "load_average": machine()["load_average"],
-            "command": "python -m benchmarks.ssl_ground_truth " + " ".join(sys.argv[1:])}
+            "command": command(NAME, *argv)}
 
 
 def run_file(cache: Path, key: str, objective: str, dataset: str, seed: int, budget: dict) -> Path:
@@ -213,7 +211,7 @@ def ground_truth(runs: list[dict]) -> dict:
 def tau_row(x: list[float], y: list[float], rounds: int, seed: int) -> dict:
     if len(x) < 3:
         return {"tau": None, "ci95": None, "n": len(x)}
-    return {"tau": kendall(x, y), "ci95": list(bootstrap(x, y, rounds, seed)), "n": len(x)}
+    return {"tau": kendall(x, y), "ci95": list(bootstrap_tau(x, y, rounds, seed)), "n": len(x)}
 
 
 def _cell(row: dict) -> str:
@@ -259,13 +257,12 @@ def markdown(runs: list[dict], keys: list[str], figures: dict, objectives: list[
              seeds: list[int], info: dict, rounds: int, command: str) -> str:
     lines = ["NAS-Bench-Macro's networks trained alone, from scratch, each with the same budget, under "
              "self-supervised objectives and the supervised one, so a supernet's ranking can be judged against "
-             "the truth of its own objective. Built by `benchmarks/ssl_ground_truth.py`; every number below comes "
-             "from the cached runs under `benchmarks/results/ssl_ground_truth/` (one JSON per network, objective, "
-             "dataset and seed) and is assembled in `benchmarks/results/ssl_ground_truth.json`.", "",
+             "the truth of its own objective. Built by `experiments/studies/ssl_ground_truth.py`; every number below comes "
+             "from the cached runs under `docs/results/ssl_ground_truth/` (one JSON per network, objective, "
+             "dataset and seed) and is assembled in `docs/results/ssl_ground_truth.json`.", "",
              "Rebuild this page from the cache (trains nothing):", "", f"    {command}", "",
              "Continue the study (trains only what is not cached, one run at a time):", "",
-             "    OMP_NUM_THREADS=1 python -m benchmarks.ssl_ground_truth --objectives "
-             + " ".join(objectives) + " --datasets " + " ".join(datasets), ""]
+             "    OMP_NUM_THREADS=1 " + command_of(NAME, "--objectives", *objectives, "--datasets", *datasets), ""]
     lines += ["## Budget and machine", ""]
     for dataset in datasets:
         b = BUDGETS[dataset]
@@ -343,8 +340,7 @@ def assemble(runs: list[dict], keys: list[str], table, figures: dict, info: dict
 
 
 # --- the command ---------------------------------------------------------------------------------------
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ssl_ground_truth", description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
     p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES),
                    help="frameworks trained, in this order (default: %(default)s)")
     p.add_argument("--datasets", nargs="+", default=["digits"], help="digits and/or cifar10 (its budget: BUDGETS)")
@@ -358,7 +354,6 @@ def parse_args(argv):
     p.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="the Markdown page written")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ssl_ground_truth")
     p.add_argument("--table-only", action="store_true", help="train nothing: build the tables from the cache")
-    return p.parse_args(argv)
 
 
 def check_args(args) -> None:
@@ -379,12 +374,12 @@ def check_args(args) -> None:
         raise ConfigError(f"--bootstrap must be >= 1, got {args.bootstrap}")
 
 
-def main(argv=None) -> int:
+def run(args) -> int:
     from experiments.core.errors import ConfigError
     from experiments.core.files import write_json_atomic
     from search_spaces.nas_bench_macro import NasBenchMacro, shared_data_candidates
 
-    args = parse_args(argv)
+    quiet()
     log: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
     try:
         check_args(args)
@@ -406,7 +401,7 @@ def main(argv=None) -> int:
                         if path.is_file() or (args.limit is not None and trained >= args.limit):
                             continue
                         run = cached(path, lambda: train_network(key, objective, seed, BUDGETS[dataset], cifar,
-                                                                 args.workdir, table), log)
+                                                                 args.workdir, table, args.argv), log)
                         trained += 1
                         log(f"{dataset} {objective} {key} seed {seed}: kNN {run['knn_top1']:.3f} linear "
                             f"{run['linear_top1']:.3f} loss {run['final_loss']:.3f} collapse {run['collapse']:.2f} "
@@ -417,14 +412,10 @@ def main(argv=None) -> int:
     runs = cached_runs(args.cache, keys)
     info = machine()
     figures = analyse(runs, keys, table, label_free, args.bootstrap, args.network_seed)
-    command = ("python -m benchmarks.ssl_ground_truth --table-only --objectives " + " ".join(args.objectives)
-               + " --datasets " + " ".join(args.datasets))
+    rerun = command(NAME, "--table-only", "--objectives", *args.objectives, "--datasets", *args.datasets)
     write_json_atomic(args.output, assemble(runs, keys, table, figures, info, args))
-    write_table(args.docs, markdown(runs, keys, figures, args.objectives, args.datasets, args.seeds, info,
-                                    args.bootstrap, command), BEGIN_MARK, END_MARK, TITLE)
+    write_between_markers(args.docs, markdown(runs, keys, figures, args.objectives, args.datasets, args.seeds, info,
+                                              args.bootstrap, rerun), BEGIN_MARK, END_MARK, TITLE)
     log(f"written: {args.output} and {args.docs} ({len(runs)} cached runs, {trained} trained now)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

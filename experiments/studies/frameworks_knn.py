@@ -5,8 +5,8 @@ search over the ``nasiam`` space instead, evaluated on its derived network) with
 subset, backbone, width, batch, epochs and augmentation; only the framework's own recipe
 (learning rate, temperatures, queue, momentum: ``configs/cifar10_<framework>.yml``) differs.
 
-    python -m benchmarks.frameworks_knn                                  # six frameworks, CIFAR-10 subset
-    python -m benchmarks.frameworks_knn --frameworks ressl,wcl --epochs 2 --train-images 512  # a quick look
+    python -m experiments study frameworks-knn                                  # six frameworks, CIFAR-10 subset
+    python -m experiments study frameworks-knn --frameworks ressl,wcl --epochs 2 --train-images 512  # a quick look
 
 This is the small-CPU budget, far from the papers' (ResNet-18 at full width, 50k images,
 hundreds of epochs): it ranks what a few epochs teach, not the frameworks' final accuracy.
@@ -14,11 +14,16 @@ hundreds of epochs): it ranks what a few epochs teach, not the frameworks' final
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._util import ROOT, PeakMemory, common_arguments, report, resolve
+from experiments.studies.kit import (RESULTS, ROOT, invoked, machine, options_of, quiet, report, resolve_run_arguments,
+                                     run_arguments)
+
+NAME = "frameworks-knn"
+HELP = "every SSL framework at one training budget: downstream kNN and linear top-1 on a CIFAR-10 subset"
 
 FRAMEWORKS = ("simsiam", "simclr", "moco", "byol", "ressl", "wcl")
 UNTRAINED = "untrained"  # the floor: SimSiam's network at initialisation, evaluated the same way
@@ -62,6 +67,7 @@ def untrained_metrics(cfg) -> dict:
 
 
 def run_framework(args: argparse.Namespace, framework: str) -> dict:
+    from experiments.core.memory import PeakMemory
     from experiments.jobs.retrain import run_retrain
     from experiments.jobs.search import run_search
 
@@ -86,9 +92,8 @@ def run_framework(args: argparse.Namespace, framework: str) -> dict:
             "architecture": result.get("architecture") or None, "output": str(out)}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.frameworks_knn", description=__doc__.splitlines()[0])
-    common_arguments(parser, width=0.125, batch_size=128)
+def add_arguments(parser) -> None:
+    run_arguments(parser, width=0.125, batch_size=128)
     parser.add_argument("--frameworks", default=",".join((*FRAMEWORKS, UNTRAINED)),
                         help=f"comma list ({UNTRAINED}: the network at initialisation, a floor)")
     parser.add_argument("--job", default="retrain", choices=("retrain", "search"),
@@ -101,12 +106,17 @@ def main(argv=None) -> None:
     parser.add_argument("--no-hue", action=argparse.BooleanOptionalAction, default=True,
                         help="leave the hue jitter out (default; --no-no-hue keeps it)")
     parser.set_defaults(head_width=0.25)  # heads as in the study configs
-    args = resolve(parser.parse_args(argv))
+
+
+def run(args) -> int:
+    quiet()
+    args = resolve_run_arguments(args)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = sorted(set(frameworks) - {*FRAMEWORKS, UNTRAINED})
     if unknown:
-        raise SystemExit(f"error: --frameworks: unknown {', '.join(unknown)}; "
-                         f"choose from {', '.join((*FRAMEWORKS, UNTRAINED))}")
+        print(f"error: --frameworks: unknown {', '.join(unknown)}; choose from {', '.join((*FRAMEWORKS, UNTRAINED))}",
+              file=sys.stderr)
+        return 2
     rows = []
     for framework in frameworks:
         rows.append(run_framework(args, framework))
@@ -114,10 +124,9 @@ def main(argv=None) -> None:
               f"{rows[-1]['wall_s']:.0f} s", flush=True)
     report("frameworks_knn", f"{args.job} at one budget: {args.dataset}, {args.train_images} images, "
            f"{args.epochs} epochs, {args.backbone} x{args.width}",
-           ["framework", "knn_top1", "linear_top1", "collapse", "wall_s", "peak_mib"], rows, args,
+           ["framework", "knn_top1", "linear_top1", "collapse", "wall_s", "peak_mib"], rows,
+           args.output or RESULTS / f"frameworks_knn-{args.device}.json", invoked(), options_of(args),
+           {**machine(), "device": args.device, "torch_threads": args.threads},
            notes=["kNN (k={}) and linear probe ({} epochs) on frozen backbone features of {} test images; "
                   "chance 0.100; one seed ({}).".format(args.knn_k, args.linear_epochs, args.test_images, args.seed)])
-
-
-if __name__ == "__main__":
-    main()
+    return 0
