@@ -96,7 +96,11 @@ def test_simplex_step_moves_only_the_simplex_net_and_weight_step_only_the_weight
     for p in simplex:
         p.grad = None
     oneshot.simplex_step = lambda batch, batch_idx: None  # the weight step alone
-    loss = oneshot.training_step({"train": batch, "val": batch}, 0)
+    held_out = [t.flip(0) for t in batch]  # another batch: the weight step must not take it
+    seen, weight_step = [], oneshot.training_module.training_step
+    oneshot.training_module.training_step = lambda b, i: seen.append((b, i)) or weight_step(b, i)
+    loss = oneshot.training_step({"train": batch, "val": held_out}, 0)
+    assert len(seen) == 1 and seen[0][0] is batch and seen[0][1] == 1
     loss.backward()
     assert all(p.grad is None for p in simplex)
     stepped = [c for c in copies if c.grad is not None and c.grad.abs().sum() > 0]

@@ -16,8 +16,9 @@ import torch
 from tests.test_backbone_search import load
 
 
-def search_objects(out, **overrides):
-    """``(cfg, strategy, nni_strategy, oneshot)`` of a backbone search, as the job builds them before it trains."""
+def search_objects(out, **overrides) -> SimpleNamespace:
+    """A backbone search's objects as the job builds them before it trains: ``cfg``, ``setup``, ``ctx``,
+    ``strategy``, ``nni_strategy``, ``supernet``, ``oneshot`` (the strategy's Lightning module)."""
     from experiments.core.assembly import build_module
     from experiments.jobs.backbone_search import prepare
     from experiments.strategies import STRATEGIES
@@ -32,7 +33,8 @@ def search_objects(out, **overrides):
     supernet = nni_strategy.mutate_model(setup.space)
     oneshot = nni_strategy.configure_oneshot_module(module)
     oneshot.set_model(supernet)
-    return cfg, strategy, nni_strategy, oneshot
+    return SimpleNamespace(cfg=cfg, setup=setup, ctx=ctx, strategy=strategy, nni_strategy=nni_strategy,
+                           supernet=supernet, oneshot=oneshot)
 
 
 # --- strategies -------------------------------------------------------------------------------------
@@ -43,8 +45,8 @@ def test_mctnas_constants_reach_its_tree(tmp_path):
     options = {"exploration": 2.5, "communication": 0.125, "temperature": 0.75, "momentum": 0.5,
                "warmup_fraction": 0.25, "backup_fraction": 0.5, "loss_shift": 3.0}
     assert (EXPLORATION_WEIGHT, COMMUNICATION_WEIGHT, TEMPERATURE, MOMENTUM) != (2.5, 0.125, 0.75, 0.5)
-    _, _, _, oneshot = search_objects(tmp_path / "run", **{
-        "backbone_search.strategy": "mctnas", "search.epochs": 4, "backbone_search.strategy_options": options})
+    oneshot = search_objects(tmp_path / "run", **{
+        "backbone_search.strategy": "mctnas", "search.epochs": 4, "backbone_search.strategy_options": options}).oneshot
     shared = oneshot.make(10, None)  # what the module makes at the start of training: 10 steps an epoch
     tree = shared.tree
     assert (tree.exploration_weight, tree.communication_weight, tree.temperature, tree.momentum) == \
@@ -55,9 +57,10 @@ def test_mctnas_constants_reach_its_tree(tmp_path):
 
 
 def test_kshot_k_and_simplex_options_reach_the_copies_and_the_simplex_net(tmp_path):
-    _, _, _, oneshot = search_objects(tmp_path / "run", **{
+    oneshot = search_objects(tmp_path / "run", **{
         "backbone_search.strategy": "kshot", "search.epochs": 3,
-        "backbone_search.strategy_options": {"k": 3, "spos_epochs": 2, "simplex_hidden": 7, "simplex_lr": 0.02}})
+        "backbone_search.strategy_options": {"k": 3, "spos_epochs": 2, "simplex_hidden": 7,
+                                             "simplex_lr": 0.02}}).oneshot
     assert oneshot.kshot is None and oneshot.spos_epochs == 2  # SPOS until epoch 2
     oneshot.make_kshot()
     assert oneshot.kshot.copies and all(c.shape[0] == 3 for c in oneshot.kshot.copies)
@@ -71,10 +74,10 @@ def test_kshot_k_and_simplex_options_reach_the_copies_and_the_simplex_net(tmp_pa
 def test_bcnet_options_reach_its_sampler(tmp_path, complementary):
     import numpy as np
 
-    _, _, _, oneshot = search_objects(tmp_path / "run", **{
+    oneshot = search_objects(tmp_path / "run", **{
         "model.backbone": "nas_bench_macro_width", "backbone_search.strategy": "bcnet",
         "backbone_search.max_flops": 40_000,
-        "backbone_search.strategy_options": {"loss_records": 3, "complementary": complementary}})
+        "backbone_search.strategy_options": {"loss_records": 3, "complementary": complementary}}).oneshot
     sampler = oneshot.sampler
     assert sampler.records.size == 3
     np.random.seed(0)
@@ -89,10 +92,10 @@ def test_bcnet_options_reach_its_sampler(tmp_path, complementary):
 def test_cafenet_options_reach_its_sampler(tmp_path):
     import numpy as np
 
-    _, _, _, oneshot = search_objects(tmp_path / "run", **{
+    oneshot = search_objects(tmp_path / "run", **{
         "model.backbone": "nas_bench_macro_width", "backbone_search.strategy": "cafenet",
         "backbone_search.max_flops": 40_000,
-        "backbone_search.strategy_options": {"free_bins": 2, "placements": 5}})
+        "backbone_search.strategy_options": {"free_bins": 2, "placements": 5}}).oneshot
     sampler = oneshot.sampler
     np.random.seed(0)
     step = sampler.next_step()
@@ -106,14 +109,14 @@ def test_vitas_sharing_option_decides_the_cyclic_layers(tmp_path):
 
     built = {}
     for sharing in ("cyclic", "prefix"):
-        _, _, nni_strategy, oneshot = search_objects(tmp_path / sharing, **{
+        job = search_objects(tmp_path / sharing, **{
             "model.backbone": "vit", "model.backbone_options": {"image_size": 8, "patch_sizes": [4],
                                                                 "embed_dims": [8, 16], "max_depth": 2,
                                                                 "heads": [1, 2], "mlp_ratios": [1, 2]},
             "backbone_search.strategy": "vitas", "backbone_search.max_flops": None,
             "backbone_search.strategy_options": {"sharing": sharing, "tune_identity": False,
                                                  "identity_prob": 0.25, "population": 3}})
-        built[sharing] = (nni_strategy, oneshot)
+        built[sharing] = (job.nni_strategy, job.oneshot)
     cyclic, prefix = built["cyclic"], built["prefix"]
     assert list(getattr(cyclic[0], "extra_mutation_hooks", [])) == CYCLIC_HOOKS
     assert not getattr(prefix[0], "extra_mutation_hooks", [])

@@ -1,0 +1,148 @@
+"""Which batch goes to which step, and which side of a width is trained and scored.
+
+Each test hands the job's objects (built as the backbone-search job builds them, see
+``test_wiring_options.search_objects``) batches or weights the test can tell apart: a held-out batch
+unlike the training batch, a layer whose left channels differ from its right ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_wiring_options import search_objects
+
+WIDTH_SEARCH = {"model.backbone": "nas_bench_macro_width", "backbone_search.max_flops": 40_000}
+
+
+def two_batches(job):
+    """A batch of the weight split and one of the held-out split: different images."""
+    weight = next(iter(job.setup.data.loader(job.setup.weight_idx, job.cfg)))
+    held_out = next(iter(job.setup.data.loader(job.setup.arch_idx, job.cfg)))
+    assert not torch.equal(weight[0], held_out[0])
+    return weight, held_out
+
+
+def record_framework_steps(module, seen: list, names: dict) -> None:
+    """Each call of the framework's ``training_step`` appended to ``seen`` as (batch name, batch_idx)."""
+    step = module.training_step
+
+    def recording(batch, batch_idx, *args, **kwargs):
+        seen.append((next((name for name, b in names.items() if b is batch), "another batch"), batch_idx))
+        return step(batch, batch_idx, *args, **kwargs)
+
+    module.training_step = recording
+
+
+# --- K-shot: the simplex-net learns on held-out batches, the weights on training batches --------------
+
+def test_kshot_simplex_step_takes_the_held_out_batch_and_the_weight_step_the_training_batch(tmp_path):
+    torch.manual_seed(0)
+    job = search_objects(tmp_path / "run", **{"backbone_search.strategy": "kshot", "search.epochs": 2,
+                                              "backbone_search.strategy_options": {"k": 3, "spos_epochs": 1}})
+    oneshot = job.oneshot
+    loaders = job.nni_strategy.train_dataloader(lambda: "weight split", lambda: "held-out split")
+    assert loaders == {"train": "weight split", "val": "held-out split"}
+
+    oneshot.make_kshot()
+    oneshot.log = lambda *args, **kwargs: None  # no trainer to log to
+    train, held_out = two_batches(job)
+    seen: list = []
+    record_framework_steps(oneshot.training_module, seen, {"train": train, "held out": held_out})
+    oneshot.training_step({"train": train, "val": held_out}, 3)
+    # the simplex step first (an even, architecture-step index), then the weight step (odd)
+    assert seen == [("held out", 6), ("train", 7)]
+    assert oneshot.simplex_steps == 1
+
+
+# --- the frameworks: an architecture step leaves the momentum branch and the queue alone ------------
+
+@pytest.mark.parametrize("framework", ["byol", "moco"])
+def test_only_the_weight_step_of_an_interleaved_pair_moves_the_momentum_branch(tiny_config, framework):
+    from experiments.core.assembly import build_module
+    from tests.test_wiring_options import momentum_network
+
+    module = build_module(tiny_config(framework=framework, framework_options={"momentum": 0.5}), 2,
+                          interleaved=True)
+    model = momentum_network(module.embedding_dim)
+    module.set_model(model)
+    module.log = lambda *args, **kwargs: None
+    module._trainer = SimpleNamespace(max_epochs=2, num_training_batches=4, current_epoch=0)
+    g = torch.Generator().manual_seed(0)
+    architecture_views = [torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)]
+    weight_views = [torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)]
+    queue = module.queue.clone() if framework == "moco" else None
+    module.training_step(architecture_views, 0)  # batch 0's architecture step
+    assert not model.momentum_backbone.weight.any()
+    if framework == "moco":
+        assert torch.equal(module.queue, queue)
+    module.training_step(weight_views, 1)  # batch 0's weight step
+    assert torch.allclose(model.momentum_backbone.weight, torch.full_like(model.momentum_backbone.weight, 0.5))
+    if framework == "moco":  # the keys pushed are the weight step's views' keys
+        with torch.no_grad():
+            keys = [torch.nn.functional.normalize(model.momentum_projector(model.momentum_backbone(x)), dim=1)
+                    for x in weight_views]
+        # (the momentum maps moved before the keys were computed: the EMA runs first)
+        assert torch.allclose(module.queue[:12], torch.cat(keys), atol=1e-6)
+
+
+# --- BCNet: both sides of a width, in training and in scoring ----------------------------------------
+
+def channel_numbered(job) -> tuple[str, int]:
+    """Layer 1's expand conv of the supernet with every weight of output channel c equal to c."""
+    block = next(m for name, m in job.supernet.named_modules() if name == "backbone.layers.0")
+    conv = block.expand
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(conv.out_channels, dtype=conv.weight.dtype).view(-1, 1, 1, 1)
+                          .expand_as(conv.weight))
+    return "backbone.layer1.width", conv.out_channels
+
+
+def channel_sum_scorer(network) -> float:
+    """A hand-made score: the sum of the channel numbers layer 1's first convolution holds."""
+    conv = next(m for m in network.backbone.layers[0].modules() if isinstance(m, torch.nn.Conv2d))
+    return float(conv.weight[:, 0, 0, 0].sum())
+
+
+@pytest.mark.parametrize("strategy", ["bcnet", "autoslim"])
+def test_bcnet_scores_a_width_by_its_left_and_right_channels(tmp_path, strategy):
+    job = search_objects(tmp_path / "run", **WIDTH_SEARCH, **{"backbone_search.strategy": strategy})
+    label, full = channel_numbered(job)
+    ctx = dataclasses.replace(job.ctx, scorer=channel_sum_scorer, log_fn=lambda line: None)
+    nni_strategy = SimpleNamespace(supernet=job.supernet, oneshot_module=job.oneshot)  # NNI's after a run
+    np.random.seed(0)
+    selection = job.strategy.select(ctx, nni_strategy)
+    assert selection.evolution
+    for entry in selection.evolution:
+        w = int(entry["architecture"][label])
+        left, right = sum(range(w)), sum(range(full - w, full))  # channels [0, w) and [C - w, C)
+        assert left != right
+        expected = (left + right) / 2 if strategy == "bcnet" else left
+        assert entry["score"] == pytest.approx(expected), (w, entry["score"])
+
+
+def test_bcnet_trains_the_left_then_the_right_channels_of_the_drawn_width(tmp_path):
+    job = search_objects(tmp_path / "run", **WIDTH_SEARCH, **{"backbone_search.strategy": "bcnet"})
+    oneshot, framework = job.oneshot, job.oneshot.training_module
+    block = next(m for name, m in job.supernet.named_modules() if name == "backbone.layers.0")
+    used: list = []
+    loss = framework.ssl_loss
+
+    def recording(views, arch_step):
+        used.append(block.channels.tolist())
+        return loss(views, arch_step)
+
+    framework.ssl_loss = recording
+    framework.log = lambda *args, **kwargs: None
+    oneshot.log = lambda *args, **kwargs: None
+    train, _ = two_batches(job)
+    np.random.seed(1)
+    oneshot.training_step(train, 0)
+    np.random.seed(1)
+    w = job.oneshot.sampler.space["backbone.layer1.width"][np.random.randint(8)]  # the width that step drew
+    full = block.max_width
+    assert w < full
+    assert used == [list(range(w)), list(range(full - w, full))]
