@@ -201,3 +201,34 @@ def test_simclr_temperature_reaches_its_loss(tiny_config):
         losses[t] = float(module.ssl_loss([x1, x2], arch_step=False))
         assert losses[t] == pytest.approx(float(by_hand), rel=1e-5)
     assert not math.isclose(losses[0.5], losses[0.1], rel_tol=1e-3)
+
+
+# --- a strategy's penalty reaches the architecture step ---------------------------------------------
+
+def test_darts_budget_penalty_reaches_the_architecture_step(tmp_path):
+    """A tight budget: with the penalty the first architecture step logs ``scale * (E[FLOPs] / budget - 1)`` at
+    (about) uniform alphas, and the steps move the alphas towards the cheap identity; with ``budget_penalty: 0``
+    nothing is logged and the identity gains less."""
+    import csv
+
+    from experiments.jobs.backbone_search import prepare
+    from tests.test_backbone_search import run
+
+    identity_mass, logged = {}, {}
+    for scale in (0.0, 50.0):
+        out = tmp_path / f"penalty{scale:g}"
+        cfg = load(out, **{"backbone_search.strategy": "darts", "backbone_search.max_flops": 20_000,
+                           "backbone_search.budget_penalty": scale, "search.arch_lr": 0.05})
+        if scale:
+            cost = prepare(cfg, log_fn=lambda line: None).cost
+            uniform = {label: torch.full((len(values),), 1 / len(values)) for label, values in cost.labels.items()}
+            first_penalty = scale * (float(cost.expected(uniform, "flops")) / 20_000 - 1)
+            assert first_penalty > 10
+        record = run(cfg, out)
+        probabilities = record["probabilities"]
+        identity_mass[scale] = sum(p["identity"] for p in probabilities.values()) / len(probabilities)
+        with open(out / "logs" / "metrics.csv") as f:
+            logged[scale] = [float(r["search/budget"]) for r in csv.DictReader(f) if r.get("search/budget")]
+    assert logged[0.0] == [] and logged[50.0] and all(v > 0 for v in logged[50.0])
+    assert logged[50.0][0] == pytest.approx(first_penalty, rel=1e-3)
+    assert identity_mass[50.0] > identity_mass[0.0] + 0.01
