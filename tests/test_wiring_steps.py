@@ -146,3 +146,67 @@ def test_bcnet_trains_the_left_then_the_right_channels_of_the_drawn_width(tmp_pa
     full = block.max_width
     assert w < full
     assert used == [list(range(w)), list(range(full - w, full))]
+
+
+# --- the jobs: the weight steps see the weight split, the architecture steps the held-out split ----
+
+def split_images(cfg) -> tuple[set, set]:
+    """The images (as bytes) only in the job's weight split, and those only in its held-out split."""
+    from experiments.core.assembly import build_data
+    from experiments.core.data import split_indices
+
+    data = build_data(cfg)
+    weight_idx, arch_idx = split_indices(len(data.train), cfg.data.search_split, cfg.seed)
+    weight = {data.train.images[i].numpy().tobytes() for i in weight_idx.tolist()}
+    held_out = {data.train.images[i].numpy().tobytes() for i in arch_idx.tolist()}
+    return weight - held_out, held_out - weight
+
+
+@pytest.fixture
+def steps_seen(monkeypatch):
+    """Every framework step of a job: (batch_idx, the batch's images as bytes)."""
+    from evaluators.base import SSLFramework
+
+    seen: list = []
+    step = SSLFramework.training_step
+
+    def recording(self, batch, batch_idx, *args, **kwargs):
+        images = batch if torch.is_tensor(batch) else batch[0]  # uint8 images (the module makes the views)
+        seen.append((batch_idx, {image.numpy().tobytes() for image in images}))
+        return step(self, batch, batch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(SSLFramework, "training_step", recording)
+    return seen
+
+
+def assert_each_step_on_its_split(seen: list, weight: set, held_out: set) -> None:
+    arch_steps = [images for idx, images in seen if idx % 2 == 0]
+    weight_steps = [images for idx, images in seen if idx % 2 == 1]
+    assert arch_steps and weight_steps
+    for images in arch_steps:
+        assert images & held_out and not images & weight
+    for images in weight_steps:
+        assert images & weight and not images & held_out
+
+
+def test_head_search_weight_steps_take_the_weight_split_and_darts_steps_the_held_out_split(tiny_config, tmp_path,
+                                                                                          steps_seen):
+    from experiments.jobs.search import run_search
+
+    cfg = tiny_config(**{"search.epochs": 1, "data.train_subset": 256, "search.collapse_threshold": 0.0,
+                         "data.batched_augment": True})  # the steps see the raw images
+    weight, held_out = split_images(cfg)
+    run_search(cfg, tmp_path / "run", log_fn=lambda line: None)
+    assert_each_step_on_its_split(steps_seen, weight, held_out)
+
+
+def test_kshot_search_weight_steps_take_the_weight_split_and_simplex_steps_the_held_out_split(tmp_path, steps_seen):
+    from tests.test_backbone_search import load, run
+
+    out = tmp_path / "run"
+    cfg = load(out, **{"backbone_search.strategy": "kshot", "search.epochs": 2, "backbone_search.max_flops": 40_000,
+                       "backbone_search.strategy_options": {"k": 2, "spos_epochs": 1},
+                       "data.batched_augment": True})
+    weight, held_out = split_images(cfg)
+    run(cfg, out)
+    assert_each_step_on_its_split(steps_seen, weight, held_out)
