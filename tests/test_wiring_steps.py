@@ -210,3 +210,23 @@ def test_kshot_search_weight_steps_take_the_weight_split_and_simplex_steps_the_h
     weight, held_out = split_images(cfg)
     run(cfg, out)
     assert_each_step_on_its_split(steps_seen, weight, held_out)
+
+
+# --- ViTAS: a width is scored on its left and right slices under cyclic sharing, the left under prefix ---
+
+@pytest.mark.parametrize("sharing", ["cyclic", "prefix"])
+def test_vitas_scores_a_width_by_its_left_and_right_slices(tmp_path, sharing):
+    job = search_objects(tmp_path / "run", **{
+        "model.backbone": "vit", "model.backbone_options": {"image_size": 8, "patch_sizes": [4],
+                                                            "embed_dims": [8, 16], "max_depth": 1,
+                                                            "heads": [1], "mlp_ratios": [1]},
+        "model.backbone_width": 1.0, "backbone_search.strategy": "vitas", "backbone_search.max_flops": None,
+        "backbone_search.strategy_options": {"sharing": sharing, "tune_identity": False, "population": 3}})
+    tokens = job.supernet.backbone.patch_embedding.tokens
+    with torch.no_grad():  # class-token channel c holds c
+        tokens.class_token.copy_(torch.arange(16.0).view(1, 1, 16))
+    ctx = dataclasses.replace(job.ctx, scorer=lambda net: float(net.backbone.patch_embedding.tokens.class_token.sum()))
+    score_of = job.strategy.score_function(ctx, job.supernet)
+    left, right = sum(range(8)), sum(range(8, 16))  # E = 8 of 16: channels [0, 8) and [8, 16)
+    assert score_of({"backbone.embed_dim": 8}) == pytest.approx((left + right) / 2 if sharing == "cyclic" else left)
+    assert score_of({"backbone.embed_dim": 16}) == pytest.approx(left + right)  # the full width: one slice
