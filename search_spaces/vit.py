@@ -20,10 +20,10 @@ Cost (``ViTSpace.cost``), counted by hand in ``docs/vit-search.md``: FLOPs are t
 accumulates of the patch projection, every linear layer and the two attention products (QK^T and
 AV); norms, softmax, GELU and additions are not counted. Parameters are all of them.
 
-The one-shot supernet slices weights through NNI's mixed layers (prefix slices, ``RandomOneShot``)
-or through the cyclic mixed layers below (``CYCLIC_HOOKS``, the ``vitas`` strategy): every sliced
-module has a ``channel_side`` attribute, ``left`` ([0, D)) or ``right`` ([E - D, E)), set for the
-whole network by :func:`set_channel_side`.
+The one-shot supernet slices weights through NNI's mixed layers (prefix slices, ``RandomOneShot``),
+or through the ``vitas`` strategy's cyclic mixed layers (``experiments/strategies/vitas_slicing.py``).
+The space's own sliced modules (the tokens, the feature pad) have a ``channel_side`` attribute,
+``left`` ([0, D), the default) or ``right`` ([E - D, E)), which that strategy sets.
 """
 from __future__ import annotations
 
@@ -37,14 +37,12 @@ from nni.mutable import Mutable, MutableExpression
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableConv2d, MutableLayerNorm, MutableLinear, \
     MutableModule, Repeat
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
-from nni.nas.oneshot.pytorch.supermodule.operation import MixedConv2d, MixedLayerNorm, MixedLinear
 from torch import nn
 
 DEFAULT_EMBED_DIMS = (32, 48, 64)
 DEFAULT_HEADS = (1, 2, 4)
 DEFAULT_MLP_RATIOS = (1, 2, 4)
 DEFAULT_MAX_DEPTH = 4
-SIDES = ("left", "right")
 INIT_STD = 0.02  # ViT/DeiT's truncated-normal init: a slice of a wide layer is distributed as a narrow one
 
 
@@ -52,18 +50,9 @@ def _value(v: Any, sample: Mapping[str, Any]) -> Any:
     return v.freeze(dict(sample)) if isinstance(v, Mutable) else v
 
 
-def _slice(t: torch.Tensor, dim: int, size: int, side: str) -> torch.Tensor:
+def channel_slice(t: torch.Tensor, dim: int, size: int, side: str) -> torch.Tensor:
     """``size`` entries of ``t`` along ``dim``: the first ones (left) or the last ones (right)."""
     return t.narrow(dim, 0 if side == "left" else t.size(dim) - size, size)
-
-
-def set_channel_side(model: nn.Module, side: str) -> None:
-    """Every sliced module of ``model`` takes the ``side`` slice ([0, D) or [E - D, E)) from now on."""
-    if side not in SIDES:
-        raise ValueError(f"channel side must be one of {SIDES}, got {side!r}")
-    for m in model.modules():
-        if hasattr(m, "channel_side"):
-            m.channel_side = side
 
 
 class Tokens(MutableModule):
@@ -87,15 +76,15 @@ class Tokens(MutableModule):
         if tokens != self.num_patches:
             raise ValueError(f"vit: {tokens} patches where the position embedding has {self.num_patches} (is the "
                              f"image size model.backbone_options.image_size?)")
-        cls = _slice(self.class_token, 2, width, self.channel_side).expand(n, -1, -1)
-        return torch.cat((cls, patches), dim=1) + _slice(self.position, 2, width, self.channel_side)
+        cls = channel_slice(self.class_token, 2, width, self.channel_side).expand(n, -1, -1)
+        return torch.cat((cls, patches), dim=1) + channel_slice(self.position, 2, width, self.channel_side)
 
     def freeze(self, sample: Mapping[str, Any]) -> "Tokens":
         width = int(_value(self.embed_dim, sample))
         frozen = Tokens(width, self.num_patches)
         with torch.no_grad():
-            frozen.class_token.copy_(_slice(self.class_token, 2, width, self.channel_side))
-            frozen.position.copy_(_slice(self.position, 2, width, self.channel_side))
+            frozen.class_token.copy_(channel_slice(self.class_token, 2, width, self.channel_side))
+            frozen.position.copy_(channel_slice(self.position, 2, width, self.channel_side))
         return frozen
 
 
@@ -369,45 +358,6 @@ def deit_shaped(space: ViTSpace, max_flops: float) -> tuple[dict, dict]:
     return options, ({f"{space.prefix}.depth": depth} if depth > 1 else {})
 
 
-# --- cyclic weight sharing: NNI's mixed layers, slicing from the module's channel_side ---------------
-class CyclicLinear(MixedLinear):
-    """NNI's ``MixedLinear`` taking the first (left) or last (right) rows and columns."""
-
-    channel_side = "left"
-
-    def freeze_weight(self, in_features, out_features, **kwargs):
-        weight = _slice(_slice(self.weight, 0, out_features, self.channel_side), 1, in_features, self.channel_side)
-        bias = None if self.bias is None else _slice(self.bias, 0, out_features, self.channel_side)
-        return {"weight": weight, "bias": bias}
-
-
-class CyclicConv2d(MixedConv2d):
-    """NNI's ``MixedConv2d`` (fixed kernel and groups) taking the left or right output channels."""
-
-    channel_side = "left"
-
-    def _freeze_weight_impl(self, in_channels, out_channels, kernel_size, groups, **kwargs):
-        weight = _slice(self.weight, 0, out_channels, self.channel_side)
-        weight = _slice(weight, 1, in_channels // groups, self.channel_side)
-        bias = None if self.bias is None else _slice(self.bias, 0, out_channels, self.channel_side)
-        return {"weight": weight, "bias": bias, "in_channels_per_group": None}
-
-
-class CyclicLayerNorm(MixedLayerNorm):
-    """NNI's ``MixedLayerNorm`` (one normalised dimension) taking the left or right channels."""
-
-    channel_side = "left"
-
-    def _freeze_weight_impl(self, normalized_shape, **kwargs):
-        width = normalized_shape[0] if isinstance(normalized_shape, (tuple, list)) else int(normalized_shape)
-        return {"weight": _slice(self.weight, 0, width, self.channel_side),
-                "bias": _slice(self.bias, 0, width, self.channel_side), "normalized_shape": (width,)}
-
-
-#: mutation hooks that make a one-shot strategy's supernet slice cyclically (before NNI's own)
-CYCLIC_HOOKS = [CyclicLinear.mutate, CyclicConv2d.mutate, CyclicLayerNorm.mutate]
-
-
 def layer_signature(network: nn.Module) -> tuple:
     """A frozen ViT backbone's shape, read from its modules: (patch, E, [(heads, hidden) per layer])."""
     embedding = network.patch_embedding
@@ -415,5 +365,5 @@ def layer_signature(network: nn.Module) -> tuple:
     return embedding.patch, embedding.projection.out_channels, layers
 
 
-__all__ = ["ViTSpace", "CYCLIC_HOOKS", "DEIT_TINY", "SIDES", "CyclicConv2d", "CyclicLayerNorm", "CyclicLinear", "Tokens",
-           "deit_shaped", "vit_cost", "layer_signature", "set_channel_side", "scaled_embed_dims"]
+__all__ = ["ViTSpace", "DEIT_TINY", "Tokens", "channel_slice", "deit_shaped", "vit_cost", "layer_signature",
+           "scaled_embed_dims"]

@@ -9,7 +9,7 @@ from nni.nas.strategy import RandomOneShot
 from torch.nn.utils import parametrize
 
 from search_spaces.backbone_spaces import build_backbone_space
-from search_spaces.kshot import KShotWeights, SimplexNet, path_encoding
+from experiments.strategies.kshot_weights import KShotWeights, SimplexNet, path_encoding
 from search_spaces.nas_bench_macro import NasBenchMacroSpace, key_to_arch
 
 WIDTH = 0.125

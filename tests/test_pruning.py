@@ -14,7 +14,7 @@ from experiments.pruning.dagger import DaggerModule, cost_penalty, gated, minimu
 from experiments.pruning.nni_pruners import nni_keep, uniform_counts
 from search_spaces.backbones import build_backbone
 from search_spaces.cost import count_fixed
-from search_spaces.filter_groups import CostModel, find_groups, prune_filters
+from experiments.pruning.filter_groups import CostModel, find_groups, prune_filters
 
 
 def _randomise_norms(network: nn.Module, seed: int = 0) -> nn.Module:

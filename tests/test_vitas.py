@@ -16,7 +16,8 @@ def channel_counts(cyclic: bool) -> dict[str, torch.Tensor]:
     steps (left then right under cyclic sharing; left twice under prefix sharing)."""
     from nni.nas.strategy import RandomOneShot
 
-    from search_spaces.vit import CYCLIC_HOOKS, SIDES, ViTSpace, set_channel_side
+    from experiments.strategies.vitas_slicing import CYCLIC_HOOKS, SIDES, set_channel_side
+    from search_spaces.vit import ViTSpace
 
     torch.manual_seed(0)
     strategy = RandomOneShot()

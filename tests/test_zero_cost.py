@@ -141,6 +141,9 @@ def test_kendall_tau_against_the_benchmark_is_computed():
     keys = sample_keys(table, 50, seed=0)
     scores = score_architectures(build_nas_bench_macro, keys, INPUT_SHAPE, BATCH, seed=0)
     accuracy = [table.mean_acc(k) for k in keys]
-    for proxy in ("synflow", "naswot"):
+    # Measured here (50 keys of seed 0; CPU): both proxies rank the benchmark's accuracy well. Scores paired with
+    # the wrong keys (a shuffle) give about 0 (0.08 and 0.01).
+    expected = {"synflow": 0.570, "naswot": 0.706}
+    for proxy, tau_expected in expected.items():
         tau = kendalltau([s[proxy] for s in scores], accuracy).statistic
-        assert -1.0 <= tau <= 1.0, proxy
+        assert tau == pytest.approx(tau_expected, abs=0.02), proxy

@@ -25,7 +25,7 @@ from experiments.core.files import atomic_torch_save, write_json_atomic
 from evaluators import FRAMEWORKS
 from search_spaces.backbone_spaces import is_backbone_space
 from search_spaces.cost import exported_values
-from search_spaces.filter_groups import shrink_to
+from experiments.pruning.filter_groups import shrink_to
 from search_spaces.network import HEAD_SPACES, SSLNetworkSpace
 
 #: the record's format; a reader refuses a newer one

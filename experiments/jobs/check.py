@@ -225,7 +225,7 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
                 missing = sorted(set(labels) - set(exp.search_space or {}))
                 if missing:
                     raise ConfigError(f"searchSpace: a head trial needs every label of the space; missing "
-                                      f"{', '.join(missing)} (regenerate it with python -m experiments.jobs.export_space)")
+                                      f"{', '.join(missing)} (regenerate it with python -m experiments export-space)")
             for key, spec in (exp.search_space or {}).items():
                 for value in representative_values(spec, key):
                     if key in labels:

@@ -4,7 +4,7 @@
 framework's SSL loss and a cost penalty (``experiments.pruning.dagger``); ``l1``, ``fpgm`` and
 ``taylor`` (scored by the same SSL loss, over the same batches as DAGGER's gate epochs) are
 NNI's pruners at the same target (``experiments.pruning.nni_pruners``). The chosen filters
-are removed for real (``search_spaces.filter_groups``), the smaller network is fine-tuned under
+are removed for real (``experiments.pruning.filter_groups``), the smaller network is fine-tuned under
 the same SSL loss (unlabelled data) and evaluated (kNN, linear probe). ``prune_model.pt`` saves
 and loads like every model file here (``evaluate --checkpoint``; ``prune`` again).
 """
@@ -27,7 +27,7 @@ from experiments.jobs.command import add_config_arguments
 from experiments.jobs.retrain import fit_ssl
 from experiments.pruning.dagger import DaggerModule, minimum_counts, select_filters, train_gates
 from experiments.pruning.nni_pruners import NNI_PRUNERS, nni_keep, uniform_counts
-from search_spaces.filter_groups import CostModel, channel_counts, find_groups, prune_filters
+from experiments.pruning.filter_groups import CostModel, channel_counts, find_groups, prune_filters
 
 NAME = "prune"
 HELP = ("remove filters of a trained backbone to a FLOPs or parameter target (DAGGER, or NNI's L1, FPGM, Taylor), "

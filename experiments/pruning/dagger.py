@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from search_spaces.filter_groups import CostModel, FilterGroup
+from experiments.pruning.filter_groups import CostModel, FilterGroup
 
 
 class DaggerModule(nn.Module):

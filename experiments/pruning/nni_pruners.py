@@ -9,7 +9,7 @@ the data-driven counterpart of DAGGER), on exactly the producer convs of our fil
 group keeps the same fraction of its filters (NNI's usual uniform ``sparse_ratio``); the
 largest such fraction whose exact cost is within the target is found here, by bisection.
 The filters are then removed by our channel surgery (NNI's ``ModelSpeedup`` fails to trace
-under torch 2.13, see ``search_spaces.filter_groups``).
+under torch 2.13, see ``experiments.pruning.filter_groups``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from search_spaces.filter_groups import CostModel, FilterGroup
+from experiments.pruning.filter_groups import CostModel, FilterGroup
 
 NNI_PRUNERS = ("l1", "fpgm", "taylor")
 

@@ -1,7 +1,7 @@
 """K-shot NAS (Su et al., ICML 2021): SPOS first, then K copies of every candidate's weights mixed per path.
 
 Training (``KShotSamplingModule``, NNI's ``RandomSamplingLightningModule`` plus the K-shot
-steps): ``spos_epochs`` epochs of plain SPOS, then ``search_spaces.kshot.KShotWeights`` wraps
+steps): ``spos_epochs`` epochs of plain SPOS, then ``experiments.strategies.kshot_weights.KShotWeights`` wraps
 the trained supernet (the copies start as its weights) and every batch runs two steps on
 freshly sampled paths: a simplex-net step on a held-out batch (only the simplex-net moves:
 its own Adam, gradients taken for its parameters alone) and the weight step on a training
@@ -92,7 +92,7 @@ def sampling_module_class() -> type:
 
     from experiments.nni_compat import average_gradients
     from experiments.strategies.sampling import distributed, broadcast_from_rank_zero
-    from search_spaces.kshot import KShotWeights, SimplexNet
+    from experiments.strategies.kshot_weights import KShotWeights, SimplexNet
 
     class KShotSamplingModule(RandomSamplingLightningModule):
         """SPOS for ``spos_epochs`` epochs, then the alternating K-shot steps (see the module docstring)."""

@@ -102,18 +102,18 @@ class CyclicPathModule(PresetPathModule):
         self.cyclic = cyclic
 
     def side(self) -> str:
-        from search_spaces.vit import SIDES
+        from experiments.strategies.vitas_slicing import SIDES
 
         return SIDES[int(self.global_step) % 2] if self.cyclic else SIDES[0]
 
     def training_step(self, batch, batch_idx):
-        from search_spaces.vit import set_channel_side
+        from experiments.strategies.vitas_slicing import set_channel_side
 
         set_channel_side(self.model, self.side())
         return super().training_step(batch, batch_idx)
 
     def validation_step(self, *args: Any, **kwargs: Any):
-        from search_spaces.vit import set_channel_side
+        from experiments.strategies.vitas_slicing import set_channel_side
 
         set_channel_side(self.model, "left")
         return super().validation_step(*args, **kwargs)

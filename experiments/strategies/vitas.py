@@ -7,7 +7,7 @@ Rules taken from the paper and its released code (``xiusu/ViTAS``: no licence, s
   weight (patch projection, class token, position embedding, norms, linear layers) on one step and
   the last channels [E - D, E) on the next (``channel_side`` left/right, alternating with the
   global step), so every channel of the embedding is trained about equally often. NNI's mixed
-  layers are replaced by the cyclic ones of ``search_spaces.vit`` (``CYCLIC_HOOKS``).
+  layers are replaced by the cyclic ones of ``vitas_slicing`` (``CYCLIC_HOOKS``).
   ``sharing: prefix`` keeps the left side always (NNI's own slicing, the baseline).
   The released trainer runs both sides in one step and sums the outputs; alternating steps gives
   each side the same share of updates at half the cost a step.
@@ -155,7 +155,7 @@ class ViTAS(Strategy):
 
     def build(self, ctx: SearchContext):
         from experiments.strategies.sampling import CyclicPathModule, PresetPathOneShot
-        from search_spaces.vit import CYCLIC_HOOKS
+        from experiments.strategies.vitas_slicing import CYCLIC_HOOKS
 
         space = ctx.cost.space
         probability = self.identity_prob(ctx, space)
@@ -175,7 +175,7 @@ class ViTAS(Strategy):
     def score_function(self, ctx: SearchContext, supernet) -> Callable[[dict], float]:
         """``score_of(architecture)``: the mean held-out score of the network's slices (left and right under
         cyclic sharing, left under prefix), computed once per identity-shifted sample."""
-        from search_spaces.vit import SIDES, set_channel_side
+        from experiments.strategies.vitas_slicing import SIDES, set_channel_side
 
         space = ctx.cost.space
         sides = SIDES if self.settings(ctx.cfg)["sharing"] == "cyclic" else SIDES[:1]
@@ -195,7 +195,7 @@ class ViTAS(Strategy):
 
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         from experiments.strategies.spos import evolve
-        from search_spaces.vit import set_channel_side
+        from experiments.strategies.vitas_slicing import set_channel_side
 
         settings, cfg = self.settings(ctx.cfg), ctx.cfg
         space, supernet = ctx.cost.space, nni_strategy.supernet
