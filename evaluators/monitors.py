@@ -6,14 +6,13 @@ record goes to the logger, to ``history`` and to any listener (the nnictl trial 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from pytorch_lightning import Callback
 from torch import nn
 
 from evaluators.downstream import collapse_score, extract_features, knn_accuracy
-from experiments.nni_compat import architecture_probabilities, training_module_of
 
 
 class EvaluationSet:
@@ -32,11 +31,14 @@ class EvaluationSet:
 
 
 class SSLMonitor(Callback):
-    """Every ``every_n_epochs``: kNN top-1 of the backbone, collapse score of the projector output."""
+    """Every ``every_n_epochs``: kNN top-1 of the backbone, collapse score of the projector output, and
+    ``architecture_of(network)`` (the job passes the architecture probabilities of a relaxed supernet)."""
 
     def __init__(self, evaluation: EvaluationSet, k: int = 200, temperature: float = 0.1,
-                 every_n_epochs: int = 1, listeners: Sequence[Callable[[dict], None]] = ()):
+                 every_n_epochs: int = 1, listeners: Sequence[Callable[[dict], None]] = (),
+                 architecture_of: Optional[Callable[[nn.Module], dict]] = None):
         self.evaluation = evaluation
+        self.architecture_of = architecture_of
         self.k, self.temperature, self.every_n_epochs = k, temperature, max(1, every_n_epochs)
         self.listeners = list(listeners)
         self.history: list[dict] = []
@@ -57,8 +59,7 @@ class SSLMonitor(Callback):
         if (epoch + 1) % self.every_n_epochs and not last:
             return
         seconds = time.perf_counter() - self._epoch_start
-        module = training_module_of(pl_module)
-        net = module.model
+        net = pl_module.model  # NNI's one-shot wrapper gives its training module's network too
         knn = self.evaluation.knn(net.backbone, self.k, self.temperature)
         z = extract_features(nn.Sequential(net.backbone, net.projector), self.evaluation.test[:1024])
         loss = trainer.callback_metrics.get("train/ssl_loss")
@@ -68,7 +69,7 @@ class SSLMonitor(Callback):
             "collapse": collapse_score(z),
             "ssl_loss": float(loss) if loss is not None else None,
             "epoch_seconds": seconds,
-            "architecture": architecture_probabilities(net),
+            "architecture": self.architecture_of(net) if self.architecture_of is not None else {},
         }
         self.history.append(record)
         pl_module.log_dict({"monitor/knn_top1": knn, "monitor/collapse": record["collapse"]})

@@ -29,9 +29,12 @@ def test_importing_nni_compat_patches_nothing_until_apply_is_called():
 
 
 def test_quirk2_even_batch_indices_are_architecture_steps_only_when_interleaved():
-    assert nni_compat.is_architecture_step(0, True) and nni_compat.is_architecture_step(4, True)
-    assert not nni_compat.is_architecture_step(1, True)
-    assert not nni_compat.is_architecture_step(0, False)
+    from evaluators import FRAMEWORKS
+
+    interleaved, plain = FRAMEWORKS["simsiam"](interleaved=True), FRAMEWORKS["simsiam"](interleaved=False)
+    assert interleaved.is_architecture_step(0) and interleaved.is_architecture_step(4)
+    assert not interleaved.is_architecture_step(1)
+    assert not plain.is_architecture_step(0)
 
 
 def test_quirk3_callbacks_see_the_wrapper():
@@ -103,7 +106,9 @@ def test_quirk6_exported_labels_become_plain_strings(tmp_path):
     torch.save({"architecture": exported}, tmp_path / "raw.pt")
     with pytest.raises(Exception, match="label"):  # the quirk: NNI's label objects fail safe loading
         torch.load(tmp_path / "raw.pt", weights_only=True)
-    plain = nni_compat.plain_architecture(exported)
+    from search_spaces.supernet import plain_architecture
+
+    plain = plain_architecture(exported)
     assert all(type(k) is str for k in plain) and plain == {"projector.layer1.op": "linear_relu"}
     torch.save({"architecture": plain}, tmp_path / "a.pt")
     assert torch.load(tmp_path / "a.pt", weights_only=True)["architecture"] == plain

@@ -55,6 +55,8 @@ def fit_to_budget(probabilities: dict[str, dict[str, float]], architecture: dict
     """
     arch = dict(architecture)
     limits = [(q, float(v)) for q, v in (("flops", max_flops), ("params", max_params)) if v is not None]
+    if not limits:  # no budget (the head search): nothing to fit
+        return arch
 
     def excess(c: Cost) -> float:  # relative cost above the budget, summed over the limits
         return sum(max(0.0, getattr(c, q) / v - 1.0) for q, v in limits)
