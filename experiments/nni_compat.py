@@ -238,7 +238,7 @@ def freeze_without_missing_bias() -> None:
         cls.freeze_weight = freeze_weight
 
 
-# --- the backbone search (experiments/jobs/backbone_search.py) ----------------------------------------
+# --- the backbone search -------------------------------------------------------------------------------
 def differentiable_probabilities(model: torch.nn.Module, labels: dict[str, list]) -> dict[str, torch.Tensor]:
     """Quirk 14: ``DARTS(penalty=...)`` is not differentiable.
 
