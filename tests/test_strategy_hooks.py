@@ -197,3 +197,34 @@ def test_width_step_trains_the_sampled_channels_only():
     for block in width_blocks(network.backbone):
         trained = block.expand.weight.grad.abs().flatten(1).sum(1) > 0
         assert trained.nonzero().flatten().tolist() == [1, 3], block.label
+
+
+# --- one search job: the head search goes through the strategy's select and derive -------------------------
+def test_head_search_records_what_the_strategy_selects_and_derives(tiny_config, tmp_path, monkeypatch):
+    from experiments.jobs.search import run_search
+    from experiments.strategies import STRATEGIES, Selection
+
+    darts = STRATEGIES["darts"]
+    seen = {}
+    select, derive = darts.select, darts.derive
+
+    def chosen(ctx, nni_strategy):  # the argmax, with one choice moved to its least probable value
+        selection = select(ctx, nni_strategy)
+        label = sorted(selection.probabilities)[0]
+        probabilities = selection.probabilities[label]
+        least = min(probabilities, key=probabilities.get)
+        seen["selected"] = dict(selection.architecture, **{label: least})
+        return Selection(seen["selected"], selection.probabilities)
+
+    def derived(nni_strategy, architecture):
+        seen["derived"] = architecture
+        return derive(nni_strategy, architecture)
+
+    monkeypatch.setattr(darts, "select", chosen)
+    monkeypatch.setattr(darts, "derive", derived)
+    cfg = tiny_config(**{"search.epochs": 1, "data.train_subset": 256, "data.test_subset": 100,
+                         "evaluation.linear_epochs": 5, "search.collapse_threshold": 0.0})
+    record = run_search(cfg, tmp_path / "run", log_fn=lambda line: None)
+    assert record["architecture"] == seen["selected"] == seen["derived"]
+    assert record["kind"] == "ssl_head_search" and record["status"] == "ok"
+    assert record["metrics"]["select_seconds"] >= 0 and record["evolution"] == []
