@@ -6,13 +6,14 @@ record goes to the logger, to ``history`` and to any listener (the nnictl trial 
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 from pytorch_lightning import Callback
 from torch import nn
 
 from evaluators.downstream import collapse_score, extract_features, knn_accuracy
+from search_spaces.supernet import architecture_probabilities
 
 
 class EvaluationSet:
@@ -31,14 +32,11 @@ class EvaluationSet:
 
 
 class SSLMonitor(Callback):
-    """Every ``every_n_epochs``: kNN top-1 of the backbone, collapse score of the projector output, and
-    ``architecture_of(network)`` (the job passes the architecture probabilities of a relaxed supernet)."""
+    """Every ``every_n_epochs``: kNN top-1 of the backbone, collapse score of the projector output."""
 
     def __init__(self, evaluation: EvaluationSet, k: int = 200, temperature: float = 0.1,
-                 every_n_epochs: int = 1, listeners: Sequence[Callable[[dict], None]] = (),
-                 architecture_of: Optional[Callable[[nn.Module], dict]] = None):
+                 every_n_epochs: int = 1, listeners: Sequence[Callable[[dict], None]] = ()):
         self.evaluation = evaluation
-        self.architecture_of = architecture_of
         self.k, self.temperature, self.every_n_epochs = k, temperature, max(1, every_n_epochs)
         self.listeners = list(listeners)
         self.history: list[dict] = []
@@ -69,7 +67,7 @@ class SSLMonitor(Callback):
             "collapse": collapse_score(z),
             "ssl_loss": float(loss) if loss is not None else None,
             "epoch_seconds": seconds,
-            "architecture": self.architecture_of(net) if self.architecture_of is not None else {},
+            "architecture": architecture_probabilities(net),
         }
         self.history.append(record)
         pl_module.log_dict({"monitor/knn_top1": knn, "monitor/collapse": record["collapse"]})

@@ -4,8 +4,7 @@ Each function names the quirk it handles and a ``test_quirk<N>_...`` pins it; do
 table says where each quirk is handled (a few live in the room that meets them: the frameworks
 and spaces may not import this module, which sits among the jobs). See ../shared/NNI3_NOTES.md.
 
-It imports from this project only ``search_spaces.supernet`` (the relaxed choices quirks 4 and 14
-read), inside the functions that need it. The quirks that must patch NNI itself (1, 12, 13, 24)
+It imports nothing from this project. The quirks that must patch NNI itself (1, 12, 13, 24)
 do so only when :func:`apply` is called: by the command-line entry, the benchmarks, the test
 suite's conftest, and anyone using the package as a library, before NNI is imported.
 """
@@ -35,36 +34,6 @@ def quiet_nni_import_warning() -> None:
 def training_module_of(pl_module: Any) -> Any:
     """Quirk 3: callbacks see NNI's one-shot wrapper, not our module; unwrap it."""
     return getattr(pl_module, "training_module", pl_module)
-
-
-def architecture_probabilities(model: torch.nn.Module) -> dict[str, dict[str, float]]:
-    """Quirk 4: the softmax of the alphas, computed ourselves.
-
-    GumbelDARTS adds fresh Gumbel noise in ``export_probs()`` and Proxyless samples in
-    ``export()``; the plain softmax of the architecture weights is the stable quantity.
-    """
-    # str(label): NNI's labels are ``nni.mutable.utils.label`` objects (quirk 6), which
-    # ``torch.load(weights_only=True)`` refuses in a checkpoint of the monitor's history.
-    from search_spaces.supernet import mixed_layers
-
-    return {str(label): dict(zip(map(str, names), torch.softmax(alpha.detach().float(), dim=-1).tolist()))
-            for label, (names, alpha) in sorted(mixed_layers(model).items())}
-
-
-def derived_architecture(model: torch.nn.Module, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Quirk 4 again: the argmax of every relaxed choice (Proxyless ``export()`` is a random draw)."""
-    arch = dict(fixed or {})
-    for label, probs in architecture_probabilities(model).items():
-        best = max(probs, key=probs.get)
-        arch[label] = _typed(best)
-    return arch
-
-
-def _typed(value: str):
-    try:
-        return int(value)
-    except ValueError:
-        return value
 
 
 def experiment_config_dir(experiment, workdir) -> None:
@@ -236,33 +205,6 @@ def freeze_without_missing_bias() -> None:
             return {k: v for k, v in _original(self, *args, **kwargs).items() if v is not None}
 
         cls.freeze_weight = freeze_weight
-
-
-# --- the backbone search -------------------------------------------------------------------------------
-def differentiable_probabilities(model: torch.nn.Module, labels: dict[str, list]) -> dict[str, torch.Tensor]:
-    """Quirk 14: ``DARTS(penalty=...)`` is not differentiable.
-
-    NNI hands its ``ExpectationProfilerPenalty`` the output of ``export_probs()``, which is
-    ``softmax(alpha).cpu().tolist()``: plain floats, so a FLOPs penalty shifts the loss but sends
-    no gradient to the architecture weights. This is the softmax of the alphas themselves, as
-    tensors ordered like ``labels[label]`` (the values of each choice), for NNI's
-    ``expression_expectation``. Labels the model does not relax are left out.
-    """
-    from search_spaces.supernet import mixed_layers
-
-    probs = {}
-    for label, (names, alpha) in mixed_layers(model).items():
-        if label not in labels:
-            continue
-        p = torch.softmax(alpha.float(), dim=-1)
-        order = [names.index(str(v)) for v in labels[label]]
-        probs[label] = p[order]
-    return probs
-
-
-def derived_architecture_from(probabilities: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """Quirk 4 again, from probabilities already taken: the most probable value of every label."""
-    return {label: _typed(max(p, key=p.get)) for label, p in probabilities.items()}
 
 
 def current_sample() -> dict:

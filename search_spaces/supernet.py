@@ -7,6 +7,8 @@ exports or samples is made plain (quirk 6) before it goes into a record or a che
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -52,3 +54,55 @@ def plain_architecture(architecture: dict) -> dict:
             return [plain(x) for x in v]
         return v
     return {str(k): plain(v) for k, v in architecture.items()}
+
+
+def architecture_probabilities(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Quirk 4 (docs/nni.md): the softmax of the alphas, computed ourselves.
+
+    GumbelDARTS adds fresh Gumbel noise in ``export_probs()`` and Proxyless samples in
+    ``export()``; the plain softmax of the architecture weights is the stable quantity.
+    """
+    # str(label): NNI's labels are ``nni.mutable.utils.label`` objects (quirk 6), which
+    # ``torch.load(weights_only=True)`` refuses in a checkpoint of the monitor's history.
+    return {str(label): dict(zip(map(str, names), torch.softmax(alpha.detach().float(), dim=-1).tolist()))
+            for label, (names, alpha) in sorted(mixed_layers(model).items())}
+
+
+def derived_architecture(model: torch.nn.Module, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Quirk 4 again: the argmax of every relaxed choice (Proxyless ``export()`` is a random draw)."""
+    arch = dict(fixed or {})
+    for label, probs in architecture_probabilities(model).items():
+        best = max(probs, key=probs.get)
+        arch[label] = _typed(best)
+    return arch
+
+
+def _typed(value: str):
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def differentiable_probabilities(model: torch.nn.Module, labels: dict[str, list]) -> dict[str, torch.Tensor]:
+    """Quirk 14 (docs/nni.md): ``DARTS(penalty=...)`` is not differentiable.
+
+    NNI hands its ``ExpectationProfilerPenalty`` the output of ``export_probs()``, which is
+    ``softmax(alpha).cpu().tolist()``: plain floats, so a FLOPs penalty shifts the loss but sends
+    no gradient to the architecture weights. This is the softmax of the alphas themselves, as
+    tensors ordered like ``labels[label]`` (the values of each choice), for NNI's
+    ``expression_expectation``. Labels the model does not relax are left out.
+    """
+    probs = {}
+    for label, (names, alpha) in mixed_layers(model).items():
+        if label not in labels:
+            continue
+        p = torch.softmax(alpha.float(), dim=-1)
+        order = [names.index(str(v)) for v in labels[label]]
+        probs[label] = p[order]
+    return probs
+
+
+def derived_architecture_from(probabilities: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Quirk 4 again, from probabilities already taken: the most probable value of every label."""
+    return {label: _typed(max(p, key=p.get)) for label, p in probabilities.items()}

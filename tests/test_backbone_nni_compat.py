@@ -11,6 +11,7 @@ import torch
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableConv2d
 
 from experiments import nni_compat
+from search_spaces.supernet import differentiable_probabilities
 
 
 class TinySpace(ModelSpace):
@@ -29,7 +30,7 @@ def test_quirk14_darts_export_probs_carry_no_gradient_but_ours_do():
     DARTS().mutate_model(space)
     exported = space.op.export_probs({})["backbone.op"]
     assert all(isinstance(p, float) for p in exported.values())  # what NNI's DARTS penalty receives
-    probs = nni_compat.differentiable_probabilities(space, {"backbone.op": ["b", "a"]})
+    probs = differentiable_probabilities(space, {"backbone.op": ["b", "a"]})
     assert probs["backbone.op"].requires_grad
     assert torch.allclose(probs["backbone.op"], torch.tensor([exported["b"], exported["a"]]))
 

@@ -281,7 +281,7 @@ def test_quirk22_darts_arch_optimizer_order_is_made_stable(darts):
 
 
 def test_quirk4_probabilities_have_plain_string_keys(darts, tmp_path):
-    from experiments.nni_compat import architecture_probabilities
+    from search_spaces.supernet import architecture_probabilities
 
     _, supernet, _ = darts
     probs = architecture_probabilities(supernet)

@@ -7,6 +7,7 @@ from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from torch import nn
 
 from experiments import nni_compat
+from search_spaces.supernet import architecture_probabilities, derived_architecture
 from tests.conftest import ROOT
 
 
@@ -70,11 +71,11 @@ def test_quirk4_probabilities_are_the_plain_softmax_once_per_shared_label():
     from nni.nas.strategy import DARTS
 
     space, alpha = _supernet(DARTS(), [0.0, 1.0])
-    probs = nni_compat.architecture_probabilities(space)
+    probs = architecture_probabilities(space)
     assert list(probs) == ["head.layer1.op"]
     expected = torch.softmax(alpha.detach(), 0).tolist()
     assert [probs["head.layer1.op"]["x"], probs["head.layer1.op"]["y"]] == expected
-    assert nni_compat.derived_architecture(space) == {"head.layer1.op": "y"}
+    assert derived_architecture(space) == {"head.layer1.op": "y"}
 
 
 def test_quirk4_gumbel_export_probs_are_noisy_but_ours_are_not():
@@ -83,7 +84,7 @@ def test_quirk4_gumbel_export_probs_are_noisy_but_ours_are_not():
     space, _ = _supernet(GumbelDARTS(), [0.0, 1.0])
     draws = {tuple(space.a.export_probs({})["head.layer1.op"].values()) for _ in range(5)}
     assert len(draws) > 1  # NNI's export_probs under GumbelDARTS samples noise
-    ours = {tuple(nni_compat.architecture_probabilities(space)["head.layer1.op"].values()) for _ in range(5)}
+    ours = {tuple(architecture_probabilities(space)["head.layer1.op"].values()) for _ in range(5)}
     assert len(ours) == 1
 
 

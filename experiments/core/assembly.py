@@ -16,7 +16,6 @@ from experiments.core.config import Config
 from experiments.core.errors import ConfigError
 from experiments.core.machine import ddp_processes, thread_policy
 from evaluators.views import AugmentSettings
-from experiments import nni_compat
 from experiments.core.data import (DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats, load_images,
                                    normalized)
 from search_spaces import SSLNetworkSpace
@@ -132,8 +131,7 @@ def build_module(cfg: Config, epochs: int, interleaved: bool, framework: Optiona
 
 def build_monitor(cfg: Config, data: DataBundle, listeners: Sequence = ()) -> SSLMonitor:
     e = cfg.evaluation
-    return SSLMonitor(data.evaluation, e.knn_k, e.knn_temperature, e.monitor_every_n_epochs, listeners,
-                      architecture_of=nni_compat.architecture_probabilities)
+    return SSLMonitor(data.evaluation, e.knn_k, e.knn_temperature, e.monitor_every_n_epochs, listeners)
 
 
 def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient_clip: Optional[float] = None,

@@ -32,7 +32,7 @@ from experiments.strategies.base import SearchContext, Selection, Strategy
 from experiments.strategies.budget import budget_penalty_fn, most_probable_within_budget
 from experiments.strategies.cell_supernet import DartsCell, cell_budget_penalty_fn, select_with_cells, \
     supernet_cells
-from search_spaces.supernet import mixed_layers
+from search_spaces.supernet import architecture_probabilities, mixed_layers
 
 #: the head candidates without parameters, which NASiam's guard prices (``search.param_free_penalty``)
 PARAMETER_FREE_CANDIDATES = frozenset({"maxpool_3x3", "avgpool_3x3", "identity"})
@@ -207,7 +207,7 @@ class DARTS(Strategy):
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         if supernet_cells(nni_strategy.supernet):
             return select_with_cells(ctx, nni_strategy.supernet)
-        probabilities = nni_compat.architecture_probabilities(nni_strategy.supernet)
+        probabilities = architecture_probabilities(nni_strategy.supernet)
         return Selection(most_probable_within_budget(probabilities, ctx.cost, *ctx.budget, log_fn=ctx.log_fn),
                          probabilities)
 
