@@ -87,7 +87,7 @@ class Strategy:
         raise NotImplementedError
 
     def select(self, ctx: SearchContext, nni_strategy: Any) -> Selection:
-        """The final architecture from the trained supernet (backbone search)."""
+        """The final architecture from the trained supernet (both search jobs: heads and backbones)."""
         raise NotImplementedError
 
     def derive(self, nni_strategy: Any, architecture: dict) -> Any:
