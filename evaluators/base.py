@@ -5,12 +5,17 @@ space, handed over by NNI through ``set_model``. Under DARTS-family strategies N
 ``training_step`` twice per batch (even index: architecture step on a held-out batch;
 odd: weight step), so per-step state (momentum update, queue push) changes only in the
 weight step, and the architecture step can skip the backbone's backward entirely.
+
+The framework is the search's objective and nothing more: what a strategy adds to a step
+(an architecture penalty, a reward, a step over several sampled paths) lives in that
+strategy's own NNI Lightning module (``experiments/strategies/``), which calls
+``step_views`` and ``step_loss`` when it computes the loss itself.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from nni.nas.evaluator.pytorch import LightningModule
@@ -19,11 +24,7 @@ from torch import nn
 from evaluators.distributed import gather
 from evaluators.options import Option, option_problems
 from evaluators.views import AugmentSettings, ssl_view
-from experiments.nni_compat import (is_architecture_step, mixed_layers, pause_ddp_gradient_sync,
-                                    sync_architecture_gradients)
 from search_spaces.heads import HeadSpec
-
-PARAMETER_FREE_CANDIDATES = frozenset({"maxpool_3x3", "avgpool_3x3", "identity"})
 
 
 @torch.no_grad()
@@ -36,7 +37,7 @@ def update_momentum(online: nn.Module, target: nn.Module, momentum: float) -> No
 
 
 class SSLFramework(LightningModule):
-    """Shared base: optimiser and schedule, the architecture-step logic, the guards' penalty.
+    """Shared base: optimiser and schedule, views, the weight-step state (momentum, step count).
 
     A framework declares, in its own module: ``name``; ``option_specs`` (its options, their
     defaults and ranges); ``heads`` (its head sizes, NASiam layout and branches, which the
@@ -72,10 +73,9 @@ class SSLFramework(LightningModule):
 
     def __init__(self, *, lr: float = 0.06, sgd_momentum: float = 0.9, weight_decay: float = 5e-4,
                  batch_size: int = 256, max_epochs: int = 100, warmup_epochs: int = 0,
-                 optimizer: str = "sgd", param_free_penalty: float = 0.0, fast_arch_step: bool = True,
+                 optimizer: str = "sgd", fast_arch_step: bool = True,
                  interleaved: bool = False, embedding_dim: int = 128, batch_augment: Optional[nn.Module] = None,
-                 channels_last: bool = False, compile_backbone: bool = False,
-                 arch_penalties: Optional[dict[str, Callable]] = None, reward_bank: Any = None, **options: Any):
+                 channels_last: bool = False, compile_backbone: bool = False, **options: Any):
         super().__init__()
         unknown = set(options) - set(self.defaults)
         if unknown:
@@ -84,20 +84,10 @@ class SSLFramework(LightningModule):
         self.lr, self.sgd_momentum, self.weight_decay = lr, sgd_momentum, weight_decay
         self.batch_size, self.max_epochs, self.lr_warmup_epochs = batch_size, max_epochs, warmup_epochs
         self.optimizer_name = optimizer
-        self.param_free_penalty = param_free_penalty
         self.fast_arch_step = fast_arch_step
         self.interleaved = interleaved
         self.embedding_dim = embedding_dim  # the projector's output width (queues are sized by it)
         self.weight_steps = 0  # counts weight steps, the unit of momentum and queue updates
-        # name -> fn(module) -> scalar tensor added to the loss of every architecture step
-        # (the backbone search's FLOPs/params budget under DARTS-family strategies)
-        self.arch_penalties: dict = dict(arch_penalties or {})
-        # (images, labels, num_classes, k, temperature): the kNN bank of ``reward`` (ENAS). With
-        # one, held-out batches are reward steps: NNI's ENAS calls ``validation_step`` on them.
-        # Without, the module has no validation loop at all.
-        self.reward_bank: Any = reward_bank
-        if reward_bank is not None:
-            self.validation_step = self.reward_step
         # Speed (experiments.core.batch_augment, NHWC, torch.compile): no effect on what is computed.
         self.batch_augment = batch_augment  # uint8 batch -> views, on the batch's device
         self._augment_generator: Optional[torch.Generator] = None
@@ -193,34 +183,33 @@ class SSLFramework(LightningModule):
             views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
         return views
 
-    def training_step(self, batch, batch_idx, paths: Any = None):
-        """One step. ``paths`` (a width strategy's: BCNet's two sides, CafeNet's placements) computes the weight
-        step's loss over several paths of the supernet by ``paths.loss(self, views)``; the views, the momentum
-        update, the queue push (see ``queue_frozen``) and the step count still happen once."""
-        arch_step = is_architecture_step(batch_idx, self.interleaved)
+    def is_architecture_step(self, batch_idx: int) -> bool:
+        """Quirk 2 (docs/nni.md): under DARTS-family strategies NNI calls ``training_step`` twice per
+        batch, the architecture step (on a held-out batch) at the even index."""
+        return self.interleaved and batch_idx % 2 == 0
+
+    def training_step(self, batch, batch_idx):
+        arch_step = self.is_architecture_step(batch_idx)
+        views = self.step_views(batch, batch_idx, arch_step)
+        return self.step_loss(self.ssl_loss(views, arch_step), arch_step)
+
+    def step_views(self, batch, batch_idx: int, arch_step: bool) -> list[torch.Tensor]:
+        """The step's views; before a weight step's loss, its state change (momentum update)."""
         self._batch_in_epoch = batch_idx // 2 if self.interleaved else batch_idx
         views = self.make_views(batch, self._batch_in_epoch, arch_step)
         if not arch_step:
             self.before_weight_step()
-        loss = self.ssl_loss(views, arch_step) if paths is None else paths.loss(self, views)
+        return views
+
+    def step_loss(self, loss: torch.Tensor, arch_step: bool) -> torch.Tensor:
+        """The step's loss, logged; a weight step is counted (the unit of momentum and queue updates)."""
         if arch_step:
-            if self.fast_arch_step and self._trainer is not None:
-                self._arch_sync_paused = pause_ddp_gradient_sync(self.trainer)
             self.log("search/arch_loss", loss.detach(), prog_bar=False)
-            if self.param_free_penalty > 0:
-                penalty = self.parameter_free_mass()
-                self.log("search/param_free_mass", penalty.detach())
-                loss = loss + self.param_free_penalty * penalty
-            for name, penalty_fn in self.arch_penalties.items():
-                penalty = penalty_fn(self)
-                self.log(f"search/{name}", penalty.detach())
-                loss = loss + penalty
         else:
             self.weight_steps += 1
             self.log("train/ssl_loss", loss.detach(), prog_bar=True)
         return loss
 
-    _arch_sync_paused = False
     _queue_frozen = False
 
     @contextlib.contextmanager
@@ -231,46 +220,6 @@ class SSLFramework(LightningModule):
             yield
         finally:
             self._queue_frozen = False
-
-    def on_after_backward(self) -> None:
-        if self._arch_sync_paused:  # a fast architecture step under DDP: sync the alphas by hand
-            self._arch_sync_paused = False
-            sync_architecture_gradients(self.trainer, [alpha for _, alpha in mixed_layers(self.model).values()])
-
-    def parameter_free_mass(self) -> torch.Tensor:
-        """Mean probability that a searched layer picks a parameter-free candidate (NASiam's guard)."""
-        masses = []
-        for label, (names, alpha) in mixed_layers(self.model).items():
-            if label.startswith("backbone."):  # a head guard: a backbone's identity is priced by its budget
-                continue
-            idx = [i for i, n in enumerate(names) if n in PARAMETER_FREE_CANDIDATES]
-            if idx:
-                masses.append(torch.softmax(alpha, dim=-1)[idx].sum())
-        if not masses:
-            return torch.zeros((), device=self.device)
-        return torch.stack(masses).mean()
-
-    # --- the reward of a sampled network (ENAS reads ``val/reward``) ------------------------------
-    @torch.no_grad()
-    def reward(self, batch) -> torch.Tensor:
-        """kNN top-1 of the batch's first view against ``reward_bank`` (the batch's last item is its labels)."""
-        if self.reward_bank is None:
-            raise RuntimeError(f"{self.name}: reward needs reward_bank (images, labels, num_classes, k, temperature)")
-        from evaluators.downstream import knn_predict
-
-        images, labels, num_classes, k, temperature = self.reward_bank
-        x, y = batch[0], batch[-1]
-        features = self.backbone(torch.cat([images.to(x.device), x]))
-        bank, queries = features[:len(images)], features[len(images):]
-        prediction = knn_predict(queries.float().cpu(), bank.float().cpu(), labels.cpu(), num_classes, k, temperature)
-        return (prediction == y.cpu()).float().mean()
-
-    def reward_step(self, batch, batch_idx):
-        """ENAS's ``validation_step`` (set in ``__init__`` only with a ``reward_bank``, so that no other
-        job gains a validation loop): logs ``val/reward``."""
-        value = self.reward(batch)
-        self.log("val/reward", value, on_step=True, on_epoch=False, batch_size=len(batch[0]))
-        return value
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -13,7 +13,7 @@ from pytorch_lightning import Callback
 from torch import nn
 
 from evaluators.downstream import collapse_score, extract_features, knn_accuracy
-from experiments.nni_compat import architecture_probabilities, training_module_of
+from search_spaces.supernet import architecture_probabilities
 
 
 class EvaluationSet:
@@ -57,8 +57,7 @@ class SSLMonitor(Callback):
         if (epoch + 1) % self.every_n_epochs and not last:
             return
         seconds = time.perf_counter() - self._epoch_start
-        module = training_module_of(pl_module)
-        net = module.model
+        net = pl_module.model  # NNI's one-shot wrapper gives its training module's network too
         knn = self.evaluation.knn(net.backbone, self.k, self.temperature)
         z = extract_features(nn.Sequential(net.backbone, net.projector), self.evaluation.test[:1024])
         loss = trainer.callback_metrics.get("train/ssl_loss")

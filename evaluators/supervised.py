@@ -46,9 +46,3 @@ class Supervised(SSLFramework):
             self.log("train/accuracy", (logits.argmax(1) == y).float().mean().detach())
         smoothing = self.options["label_smoothing"]
         return F.cross_entropy(logits, y, label_smoothing=float(smoothing))
-
-    def reward(self, batch) -> torch.Tensor:
-        """Batch accuracy of the sampled network (the ENAS reward)."""
-        x, y = batch[0], batch[-1]
-        with torch.no_grad():
-            return (self.logits(x).argmax(1) == y).float().mean()

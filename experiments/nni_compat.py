@@ -1,10 +1,11 @@
-"""Every work-around for NNI 3.0 (final release, archived upstream) lives here, one per quirk.
+"""The work-arounds for NNI 3.0 (final release, archived upstream), one per numbered quirk.
 
-Each function names the quirk it handles; ``tests/test_nni_compat.py`` pins each one, so a
-future NNI (or a fork) means changing this file alone. See ../shared/NNI3_NOTES.md.
+Each function names the quirk it handles and a ``test_quirk<N>_...`` pins it; docs/nni.md's
+table says where each quirk is handled (a few live in the room that meets them: the frameworks
+and spaces may not import this module, which sits among the jobs). See ../shared/NNI3_NOTES.md.
 
-It imports nothing from this project. The quirks that must patch NNI itself (1, 12, 13, 24) do so
-only when :func:`apply` is called: by the command-line entry, the benchmarks, the test
+It imports nothing from this project. The quirks that must patch NNI itself (1, 12, 13, 24)
+do so only when :func:`apply` is called: by the command-line entry, the benchmarks, the test
 suite's conftest, and anyone using the package as a library, before NNI is imported.
 """
 from __future__ import annotations
@@ -30,91 +31,14 @@ def quiet_nni_import_warning() -> None:
     warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
 
 
-def is_architecture_step(batch_idx: int, interleaved: bool) -> bool:
-    """Quirk 2: under DARTS-family strategies even batch indices are architecture steps."""
-    return interleaved and batch_idx % 2 == 0
-
-
 def training_module_of(pl_module: Any) -> Any:
     """Quirk 3: callbacks see NNI's one-shot wrapper, not our module; unwrap it."""
     return getattr(pl_module, "training_module", pl_module)
 
 
-def mixed_layers(model: torch.nn.Module) -> dict[str, tuple[list[str], torch.nn.Parameter]]:
-    """``label -> (candidate names, alpha)`` of every relaxed choice, shared labels once."""
-    found: dict[str, tuple[list[str], torch.nn.Parameter]] = {}
-    for module in model.modules():
-        alpha = getattr(module, "_arch_alpha", None)
-        if isinstance(alpha, torch.nn.Parameter) and hasattr(module, "names") and hasattr(module, "label"):
-            found.setdefault(module.label, (list(module.names), alpha))
-        elif isinstance(alpha, torch.nn.ParameterDict):  # Repeat and mixed operations: one alpha per label
-            for label, param in alpha.items():
-                values = _values_of(module, label)
-                if values is not None:
-                    found.setdefault(label, (values, param))
-    return found
-
-
-def _values_of(module, label):
-    for mutable in getattr(module, "mutables", []) or []:
-        if getattr(mutable, "label", None) == label:
-            return [str(v) for v in mutable.values]
-    for attr in ("depth_choice",):
-        choice = getattr(module, attr, None)
-        if getattr(choice, "label", None) == label:
-            return [str(v) for v in choice.values]
-    return None
-
-
-def architecture_probabilities(model: torch.nn.Module) -> dict[str, dict[str, float]]:
-    """Quirk 4: the softmax of the alphas, computed ourselves.
-
-    GumbelDARTS adds fresh Gumbel noise in ``export_probs()`` and Proxyless samples in
-    ``export()``; the plain softmax of the architecture weights is the stable quantity.
-    """
-    # str(label): NNI's labels are ``nni.mutable.utils.label`` objects (quirk 6), which
-    # ``torch.load(weights_only=True)`` refuses in a checkpoint of the monitor's history.
-    return {str(label): dict(zip(map(str, names), torch.softmax(alpha.detach().float(), dim=-1).tolist()))
-            for label, (names, alpha) in sorted(mixed_layers(model).items())}
-
-
-def derived_architecture(model: torch.nn.Module, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Quirk 4 again: the argmax of every relaxed choice (Proxyless ``export()`` is a random draw)."""
-    arch = dict(fixed or {})
-    for label, probs in architecture_probabilities(model).items():
-        best = max(probs, key=probs.get)
-        arch[label] = _typed(best)
-    return arch
-
-
-def _typed(value: str):
-    try:
-        return int(value)
-    except ValueError:
-        return value
-
-
 def experiment_config_dir(experiment, workdir) -> None:
     """Quirk 5: NasExperiment registers itself under ~/nni-experiments unless told otherwise."""
     experiment.config.experiment_working_directory = str(workdir)
-
-
-def plain_architecture(architecture: dict) -> dict:
-    """Quirk 6: NNI's exported choice dict is keyed by ``nni.mutable.utils.label`` objects.
-
-    They print like strings, but ``torch.load(weights_only=True)`` refuses them; keep plain
-    ``str`` keys and plain values so the dict survives JSON and safe checkpoint loading.
-    """
-    def plain(v):
-        if isinstance(v, bool) or v is None:
-            return v
-        for t in (int, float, str):
-            if isinstance(v, t):
-                return t(v)
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-    return {str(k): plain(v) for k, v in architecture.items()}
 
 
 # Quirks 7-11 meet a search that runs as the trial of an nnictl (HPO) experiment; their tests are
@@ -126,46 +50,8 @@ def plain_architecture(architecture: dict) -> dict:
 # pointing at its own record (parameter id 0, the model as "parameters"), so a later
 # ``nni.report_final_result`` goes out under the wrong parameter id; the tuner loses the result
 # and the dispatcher logs ``KeyError``.
-
-class TrialChannel:
-    """The trial's own command channel and parameter record, kept across a nested NAS experiment.
-
-    Create it after ``nni.get_next_parameter()``; report through it, never through
-    ``nni.report_*``, while a search may be running; ``restore()`` puts NNI's globals back.
-    """
-
-    def __init__(self) -> None:
-        import nni
-        from nni.runtime.env_vars import trial_env_vars
-        from nni.runtime.trial_command_channel import get_default_trial_command_channel
-
-        self.channel = get_default_trial_command_channel()
-        self.record = nni.trial._params
-        self.trial_job_id = trial_env_vars.NNI_TRIAL_JOB_ID
-        self._sequence = 0
-
-    @property
-    def parameter_id(self):
-        return self.record["parameter_id"] if self.record else None
-
-    def report_intermediate(self, metric: dict) -> None:
-        self.channel.send_metric(type="PERIODICAL", parameter_id=self.parameter_id,
-                                 trial_job_id=self.trial_job_id, sequence=self._sequence, value=metric)
-        self._sequence += 1
-
-    def report_final(self, metric: dict) -> None:
-        self.channel.send_metric(type="FINAL", parameter_id=self.parameter_id,
-                                 trial_job_id=self.trial_job_id, sequence=0, value=metric)
-
-    def restore(self) -> None:
-        """Undo quirks 7 and 8 for any later ``nni.*`` call in this process."""
-        import nni
-        from nni.runtime.trial_command_channel import set_default_trial_command_channel
-
-        set_default_trial_command_channel(self.channel)
-        nni.trial._params = self.record
-        nni.trial._intermediate_seq = self._sequence
-
+# Both are handled by the trial job's own channel (``experiments.jobs.trial.TrialChannel``): the trial
+# keeps NNI's channel and record from before the search and reports through them.
 
 def unregistered_nested_experiments():
     """Quirk 9: a one-shot ``NasExperiment`` adds itself to the user's experiment list.
@@ -321,31 +207,6 @@ def freeze_without_missing_bias() -> None:
         cls.freeze_weight = freeze_weight
 
 
-# --- the backbone search (experiments/jobs/backbone_search.py) ----------------------------------------
-def differentiable_probabilities(model: torch.nn.Module, labels: dict[str, list]) -> dict[str, torch.Tensor]:
-    """Quirk 14: ``DARTS(penalty=...)`` is not differentiable.
-
-    NNI hands its ``ExpectationProfilerPenalty`` the output of ``export_probs()``, which is
-    ``softmax(alpha).cpu().tolist()``: plain floats, so a FLOPs penalty shifts the loss but sends
-    no gradient to the architecture weights. This is the softmax of the alphas themselves, as
-    tensors ordered like ``labels[label]`` (the values of each choice), for NNI's
-    ``expression_expectation``. Labels the model does not relax are left out.
-    """
-    probs = {}
-    for label, (names, alpha) in mixed_layers(model).items():
-        if label not in labels:
-            continue
-        p = torch.softmax(alpha.float(), dim=-1)
-        order = [names.index(str(v)) for v in labels[label]]
-        probs[label] = p[order]
-    return probs
-
-
-def derived_architecture_from(probabilities: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """Quirk 4 again, from probabilities already taken: the most probable value of every label."""
-    return {label: _typed(max(p, key=p.get)) for label, p in probabilities.items()}
-
-
 def current_sample() -> dict:
     """Quirk 15: a ``FunctionalEvaluator`` receives the frozen model, not its sample.
 
@@ -374,56 +235,6 @@ def missing_enas_dependencies() -> str:
     return ""
 
 
-class TaggedBatches:
-    """Yields ``(batch, tag)`` for every batch of ``loader`` (see :func:`tagged_enas`)."""
-
-    def __init__(self, loader, tag: str):
-        self.loader, self.tag = loader, tag
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield batch, self.tag
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
-def tagged_enas(cost, max_flops, max_params, scale: float, **kwargs):
-    """Quirk 17: NNI's ENAS on pytorch-lightning 2.x takes every step for a validation step.
-
-    Its ``training_step`` reads a 2-item batch as the legacy ``(batch, mode)`` pair; Lightning
-    2.x hands it the bare batch, and an ``(x, y)`` or two-view batch has two items, so ``mode`` is a
-    tensor and every step goes to the reward branch (the weights never train). This ENAS tags
-    each batch with its loader's name, which is exactly the pair the legacy branch expects.
-    The budget is NNI's own reward penalty (``SampleProfilerPenalty``) on the worst ratio of cost
-    to budget.
-    """
-    from nni.nas.oneshot.pytorch._dataloader import ConcatLoader
-    from nni.nas.oneshot.pytorch.profiler import SampleProfilerPenalty
-    from nni.nas.profiler import Profiler
-    from nni.nas.strategy import ENAS
-
-    class BudgetRatio(Profiler):
-        def __init__(self):  # noqa: D401 - a profiler over the backbone cost
-            pass
-
-        def profile(self, sample) -> float:
-            c = cost({k: v for k, v in sample.items() if k in cost.labels})
-            ratios = [c.flops / max_flops] if max_flops else []
-            ratios += [c.params / max_params] if max_params else []
-            return max(ratios) if ratios else 0.0
-
-    class TaggedENAS(ENAS):
-        def train_dataloader(self, train_dataloader_fn, val_dataloader_fn):
-            return ConcatLoader({"train": TaggedBatches(train_dataloader_fn(), "train"),
-                                 "val": TaggedBatches(val_dataloader_fn(), "val")})
-
-    penalty = None
-    if (max_flops or max_params) and scale > 0:
-        penalty = SampleProfilerPenalty(BudgetRatio(), baseline=1.0, scale=-scale, nonlinear="positive")
-    return TaggedENAS(reward_metric_name="val/reward", penalty=penalty, **kwargs)
-
-
 def enas_probabilities(oneshot_module) -> dict[str, dict[str, float]]:
     """Quirk 18: ENAS ``export_probs()`` returns the controller's logits, not probabilities; softmax them."""
     out = {}
@@ -442,7 +253,7 @@ def pause_ddp_gradient_sync(trainer: Any) -> bool:
     waits for backbone gradients that never come and the weight step fails ("parameters
     that were not used in producing the loss"). Instead, the architecture backward runs
     without DDP's sync (nothing but the alphas' gradients is used from it) and
-    ``sync_architecture_gradients`` averages the alphas' gradients by hand. Returns True
+    the alphas' gradients are averaged by hand (``resume_ddp_gradient_sync``). Returns True
     when sync was paused (a DDP run), False otherwise.
     """
     model = getattr(getattr(trainer, "strategy", None), "model", None)
@@ -452,32 +263,11 @@ def pause_ddp_gradient_sync(trainer: Any) -> bool:
     return False
 
 
-def sync_architecture_gradients(trainer: Any, alphas: list) -> None:
-    """Quirk 20, second half: average the alphas' gradients over the ranks, then resume DDP's sync."""
-    average_gradients(alphas, missing_as_zero=True)
+def resume_ddp_gradient_sync(trainer: Any) -> None:
+    """Quirk 20, second half: after the architecture backward (and the alphas' gradients averaged by
+    hand, ``evaluators.distributed.average_gradients``), DDP syncs the weight step again."""
     trainer.strategy.model.require_backward_grad_sync = True
 
-
-def average_gradients(params: list, missing_as_zero: bool) -> None:
-    """Each parameter's gradient replaced by its mean over the ranks, in one all-reduce (DDP's averaging by hand).
-
-    ``missing_as_zero``: a parameter without a gradient counts as zeros (an alpha whose candidates a
-    rank did not reach); otherwise it is left without one, as the optimiser then skips it (a
-    weight off the sampled path, the same on every rank), and must be missing on every rank alike.
-    """
-    import torch.distributed as dist
-
-    if not missing_as_zero:
-        params = [p for p in params if p.grad is not None]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    if grads:
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        offset = 0
-        for param, grad in zip(params, grads):
-            param.grad = flat[offset:offset + grad.numel()].view_as(param).clone()
-            offset += grad.numel()
 
 def forward_checkpoint_hook(pl_module: Any, hook: str, checkpoint: dict) -> None:
     """Quirk 21: NNI's one-shot wrapper forwards the train hooks to our module, not the checkpoint ones.
@@ -492,65 +282,43 @@ def forward_checkpoint_hook(pl_module: Any, hook: str, checkpoint: dict) -> None
         getattr(inner, hook)(checkpoint)
 
 
-def stable_arch_parameter_order(strategy: Any) -> Any:
+def in_registration_order(module: torch.nn.Module, parameters: list) -> list:
     """Quirk 22: DARTS builds its architecture optimiser from ``list(set(alphas))``.
 
     The set's order follows object ids, so it differs from one process to the next. The
     optimiser's state (Adam's moments) is saved by position: resumed in a new process, it
-    lands on the wrong alphas (silently, when they share a shape). Give the one-shot
-    module an ``arch_parameters`` in registration order; returns the strategy.
+    lands on the wrong alphas (silently, when they share a shape). NNI lets a subclass of its
+    module override ``arch_parameters`` (``experiments.strategies.darts``): this is the order it
+    returns, that of ``module.parameters()``.
     """
-    configure = strategy.configure_oneshot_module
-
-    def configure_oneshot_module(training_module):
-        module = configure(training_module)
-        unordered = module.arch_parameters
-
-        def arch_parameters():
-            position = {id(p): i for i, p in enumerate(module.parameters())}
-            return sorted(unordered(), key=lambda p: position.get(id(p), len(position)))
-
-        module.arch_parameters = arch_parameters
-        return module
-
-    strategy.configure_oneshot_module = configure_oneshot_module
-    return strategy
+    position = {id(p): i for i, p in enumerate(module.parameters())}
+    return sorted(parameters, key=lambda p: position.get(id(p), len(position)))
 
 
-def architecture_step_every(strategy: Any, every: int) -> Any:
+class architecture_step_skipped:
     """Quirk 25: NNI's DARTS takes an architecture step on every batch after its warm-up.
 
     ``search.arch_every: k`` keeps it on every k-th batch of an epoch (batch indices 0, k,
-    2k, ...). On the other batches the one-shot module's ``training_step`` runs as it does
-    in warm-up (its own test ``warmup_epochs == 0 or current_epoch >= warmup_epochs``
+    2k, ...). NNI's ``DartsLightningModule.training_step`` (shared by DARTS, GumbelDARTS and
+    Proxyless) runs both steps in one body with no switch for the first, so a subclass cannot
+    skip it without copying that body: inside this context the module's ``training_step`` runs
+    as it does in warm-up (its own test ``warmup_epochs == 0 or current_epoch >= warmup_epochs``
     fails for that call): the held-out half of the batch is drawn by the loader but not
-    computed, the architecture optimiser neither zeroes nor steps (Adam's momentum and
-    weight decay would move the alphas on a zero gradient), the weights train as always.
-    DARTS, GumbelDARTS and Proxyless share that ``training_step``. Returns the strategy.
+    computed, the architecture optimiser neither zeroes nor steps (Adam's momentum and weight
+    decay would move the alphas on a zero gradient), the weights train as always.
     """
-    if every == 1:
-        return strategy
-    configure = strategy.configure_oneshot_module
 
-    def configure_oneshot_module(training_module):
-        module = configure(training_module)
-        step = module.training_step
+    def __init__(self, module: Any):
+        self.module = module
 
-        def training_step(batch, batch_idx):
-            if batch_idx % every == 0:
-                return step(batch, batch_idx)
-            warmup = module.warmup_epochs
-            module.warmup_epochs = module.trainer.current_epoch + 1  # "still warming up", for this call only
-            try:
-                return step(batch, batch_idx)
-            finally:
-                module.warmup_epochs = warmup
+    def __enter__(self):
+        self.warmup = self.module.warmup_epochs
+        self.module.warmup_epochs = self.module.trainer.current_epoch + 1  # "still warming up", this call only
+        return self
 
-        module.training_step = training_step
-        return module
-
-    strategy.configure_oneshot_module = configure_oneshot_module
-    return strategy
+    def __exit__(self, *exc):
+        self.module.warmup_epochs = self.warmup
+        return False
 
 
 def replay_epoch_start(pl_module: Any) -> None:
@@ -564,18 +332,6 @@ def replay_epoch_start(pl_module: Any) -> None:
     """
     if training_module_of(pl_module) is not pl_module:
         pl_module.on_train_epoch_start()
-
-
-def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """Quirk 19: NNI's shape inference (FLOPs profiler) fails on ``Tensor.contiguous(memory_format=...)``.
-
-    The macro spaces run channels-last because PyTorch's CPU depth-wise convolution is several
-    times faster in it; NNI profiles them with a tensor subclass (``ShapeTensor``) that has no
-    shape formula for the conversion, so only plain tensors are converted.
-    """
-    if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 _GLOBAL_RANDOM_STATE = "_seeded_choice_sampling"

@@ -22,7 +22,18 @@ import torch
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from torch import nn
 
-from experiments.nni_compat import to_channels_last
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Quirk 19 (docs/nni.md): NNI's shape inference (FLOPs profiler) fails on ``Tensor.contiguous(memory_format=...)``.
+
+    The macro spaces run channels-last because PyTorch's CPU depth-wise convolution is several
+    times faster in it; NNI profiles them with a tensor subclass (``ShapeTensor``) that has no
+    shape formula for the conversion, so only plain tensors are converted.
+    """
+    if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
 
 _MB = re.compile(r"^mb(\d+)_k(\d+)$")
 
@@ -160,5 +171,5 @@ class MacroBackboneSpace(ModelSpace):
         return self.pool(self.head(self.layers(self.stem(x))))
 
 
-__all__ = ["MacroBackboneSpace", "MACRO_OPS", "MACRO_PLANS", "MacroPlan", "macro_op",
+__all__ = ["MacroBackboneSpace", "to_channels_last", "MACRO_OPS", "MACRO_PLANS", "MacroPlan", "macro_op",
            "InvertedResidual", "Downsample"]

@@ -24,9 +24,8 @@ import torch
 from nni.nas.nn.pytorch import ModelSpace
 from torch import nn
 
-from experiments.nni_compat import to_channels_last
 from search_spaces.channels import WidthChoiceBlock
-from search_spaces.macro import _MB, MACRO_PLANS
+from search_spaces.macro import _MB, MACRO_PLANS, to_channels_last
 
 NAS_BENCH_MACRO_STAGES = (2, 3, 3)
 

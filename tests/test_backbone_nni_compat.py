@@ -11,6 +11,7 @@ import torch
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableConv2d
 
 from experiments import nni_compat
+from search_spaces.supernet import differentiable_probabilities
 
 
 class TinySpace(ModelSpace):
@@ -29,7 +30,7 @@ def test_quirk14_darts_export_probs_carry_no_gradient_but_ours_do():
     DARTS().mutate_model(space)
     exported = space.op.export_probs({})["backbone.op"]
     assert all(isinstance(p, float) for p in exported.values())  # what NNI's DARTS penalty receives
-    probs = nni_compat.differentiable_probabilities(space, {"backbone.op": ["b", "a"]})
+    probs = differentiable_probabilities(space, {"backbone.op": ["b", "a"]})
     assert probs["backbone.op"].requires_grad
     assert torch.allclose(probs["backbone.op"], torch.tensor([exported["b"], exported["a"]]))
 
@@ -52,12 +53,14 @@ def test_quirk16_enas_without_tianshou_is_one_clear_error(monkeypatch):
 def test_quirk17_enas_reads_a_two_item_batch_as_batch_and_mode_so_we_tag_batches():
     from nni.nas.oneshot.pytorch.sampling import EnasLightningModule
 
+    from experiments.strategies.enas import TaggedBatches
+
     source = inspect.getsource(EnasLightningModule.training_step)
     assert "len(batch_packed) == 2" in source and "batch, mode = batch_packed" in source
     views = (torch.zeros(2, 3), torch.ones(2, 3))
-    tagged = list(nni_compat.TaggedBatches([views, views], "train"))
+    tagged = list(TaggedBatches([views, views], "train"))
     assert len(tagged) == 2 and tagged[0][1] == "train" and tagged[0][0] is views
-    assert len(nni_compat.TaggedBatches([views] * 3, "val")) == 3
+    assert len(TaggedBatches([views] * 3, "val")) == 3
 
 
 def test_quirk18_enas_probabilities_are_a_softmax_of_the_controller_logits():
@@ -107,9 +110,11 @@ def test_quirk19_nni_shape_inference_cannot_follow_a_memory_format_change():
 
     with pytest.raises(TypeError):
         FlopsProfiler(ChannelsLast(), torch.zeros(1, 3, 8, 8))
+    from search_spaces.macro import to_channels_last
+
     x = torch.randn(2, 3, 4, 4)
-    assert nni_compat.to_channels_last(x).is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(nni_compat.to_channels_last(x), x)
+    assert to_channels_last(x).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(to_channels_last(x), x)
 
 
 def test_quirk24_sampled_choices_follow_the_global_numpy_seed():

@@ -39,7 +39,7 @@ def saved_weights(out) -> dict:
 def test_a_cell_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, strategy,
                                                                               cells, options):
     from experiments.core.errors import RunInterrupted
-    from experiments.jobs import backbone_search
+    from experiments.jobs import backbone_search, search  # the one search pipeline builds the trainer
 
     torch.set_num_threads(1)
     quiet = dict(log_fn=lambda line: None)
@@ -47,9 +47,9 @@ def test_a_cell_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp
                                                     tmp_path / "ref", **quiet)
 
     out = tmp_path / "stopped"
-    build_trainer = backbone_search.build_trainer
+    build_trainer = search.build_trainer
     signal_at = _SignalAt(epoch=0, batch=0, signum=signal.SIGINT)  # after the first of the epoch's two batches
-    monkeypatch.setattr(backbone_search, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
+    monkeypatch.setattr(search, "build_trainer", lambda c, e, o, callbacks, **kw: build_trainer(
         c, e, o, [*callbacks, signal_at.callback], **kw))
     with pytest.raises(RunInterrupted):
         backbone_search.run_backbone_search(cell_config(out, strategy, cells, options), out, **quiet)
@@ -58,7 +58,7 @@ def test_a_cell_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp
     assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
     assert not (out / "best_architecture.json").exists()
 
-    monkeypatch.setattr(backbone_search, "build_trainer", build_trainer)
+    monkeypatch.setattr(search, "build_trainer", build_trainer)
     resumed = backbone_search.run_backbone_search(cell_config(out, strategy, cells, options), out, **quiet)
     assert resumed["architecture"] == reference["architecture"]
     assert [r["ssl_loss"] for r in resumed["history"]] == pytest.approx(

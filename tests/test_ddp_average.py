@@ -1,4 +1,4 @@
-"""``sync_architecture_gradients`` (quirk 20) on a real two-process gloo group.
+"""The fast architecture step's gradient sync (quirk 20) on a real two-process gloo group.
 
 The fast architecture step runs its backward without DDP's sync and averages the alphas'
 gradients by hand. tests/test_ddp.py checks that the ranks end up agreeing, which a sum
@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from experiments.nni_compat import average_gradients, sync_architecture_gradients
+from evaluators.distributed import average_gradients
+from experiments.strategies.darts import sync_architecture_gradients
 from tests.conftest import free_port
 
 WORLD = 2

@@ -17,7 +17,7 @@ def _supernet_module(framework: str):
     space = SSLNetworkSpace(FRAMEWORKS[framework].heads, "nasiam", "resnet18", backbone_width=0.125, head_width=0.0625)
     supernet = DARTS().mutate_model(space)  # LayerChoices become DARTS mixed layers with alphas
     options = {"queue_size": 64} if framework == "moco" else {}
-    module = FRAMEWORKS[framework](interleaved=True, param_free_penalty=0.5, embedding_dim=8, **options)
+    module = FRAMEWORKS[framework](interleaved=True, embedding_dim=8, **options)
     module.set_model(supernet)
     module.train()
     return module

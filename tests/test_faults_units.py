@@ -267,11 +267,11 @@ def test_quirk21_oneshot_wrapper_does_not_forward_checkpoint_hooks(darts):
 def test_quirk22_darts_arch_optimizer_order_is_made_stable(darts):
     from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 
-    from experiments.nni_compat import stable_arch_parameter_order
+    from experiments.strategies.darts import DartsStrategy
 
     assert "set(" in inspect.getsource(DartsLightningModule.arch_parameters)  # the quirk: a set's order
-    strategy, supernet, module = darts
-    wrapper = stable_arch_parameter_order(strategy).configure_oneshot_module(module)
+    _, supernet, module = darts
+    wrapper = DartsStrategy(hooks={}).configure_oneshot_module(module)
     wrapper.set_model(supernet)
     alphas = wrapper.arch_parameters()
     in_order = [p for p in wrapper.parameters() if any(p is a for a in alphas)]
@@ -281,7 +281,7 @@ def test_quirk22_darts_arch_optimizer_order_is_made_stable(darts):
 
 
 def test_quirk4_probabilities_have_plain_string_keys(darts, tmp_path):
-    from experiments.nni_compat import architecture_probabilities
+    from search_spaces.supernet import architecture_probabilities
 
     _, supernet, _ = darts
     probs = architecture_probabilities(supernet)

@@ -7,6 +7,7 @@ from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from torch import nn
 
 from experiments import nni_compat
+from search_spaces.supernet import architecture_probabilities, derived_architecture
 from tests.conftest import ROOT
 
 
@@ -29,9 +30,12 @@ def test_importing_nni_compat_patches_nothing_until_apply_is_called():
 
 
 def test_quirk2_even_batch_indices_are_architecture_steps_only_when_interleaved():
-    assert nni_compat.is_architecture_step(0, True) and nni_compat.is_architecture_step(4, True)
-    assert not nni_compat.is_architecture_step(1, True)
-    assert not nni_compat.is_architecture_step(0, False)
+    from evaluators import FRAMEWORKS
+
+    interleaved, plain = FRAMEWORKS["simsiam"](interleaved=True), FRAMEWORKS["simsiam"](interleaved=False)
+    assert interleaved.is_architecture_step(0) and interleaved.is_architecture_step(4)
+    assert not interleaved.is_architecture_step(1)
+    assert not plain.is_architecture_step(0)
 
 
 def test_quirk3_callbacks_see_the_wrapper():
@@ -67,11 +71,11 @@ def test_quirk4_probabilities_are_the_plain_softmax_once_per_shared_label():
     from nni.nas.strategy import DARTS
 
     space, alpha = _supernet(DARTS(), [0.0, 1.0])
-    probs = nni_compat.architecture_probabilities(space)
+    probs = architecture_probabilities(space)
     assert list(probs) == ["head.layer1.op"]
     expected = torch.softmax(alpha.detach(), 0).tolist()
     assert [probs["head.layer1.op"]["x"], probs["head.layer1.op"]["y"]] == expected
-    assert nni_compat.derived_architecture(space) == {"head.layer1.op": "y"}
+    assert derived_architecture(space) == {"head.layer1.op": "y"}
 
 
 def test_quirk4_gumbel_export_probs_are_noisy_but_ours_are_not():
@@ -80,7 +84,7 @@ def test_quirk4_gumbel_export_probs_are_noisy_but_ours_are_not():
     space, _ = _supernet(GumbelDARTS(), [0.0, 1.0])
     draws = {tuple(space.a.export_probs({})["head.layer1.op"].values()) for _ in range(5)}
     assert len(draws) > 1  # NNI's export_probs under GumbelDARTS samples noise
-    ours = {tuple(nni_compat.architecture_probabilities(space)["head.layer1.op"].values()) for _ in range(5)}
+    ours = {tuple(architecture_probabilities(space)["head.layer1.op"].values()) for _ in range(5)}
     assert len(ours) == 1
 
 
@@ -103,7 +107,9 @@ def test_quirk6_exported_labels_become_plain_strings(tmp_path):
     torch.save({"architecture": exported}, tmp_path / "raw.pt")
     with pytest.raises(Exception, match="label"):  # the quirk: NNI's label objects fail safe loading
         torch.load(tmp_path / "raw.pt", weights_only=True)
-    plain = nni_compat.plain_architecture(exported)
+    from search_spaces.supernet import plain_architecture
+
+    plain = plain_architecture(exported)
     assert all(type(k) is str for k in plain) and plain == {"projector.layer1.op": "linear_relu"}
     torch.save({"architecture": plain}, tmp_path / "a.pt")
     assert torch.load(tmp_path / "a.pt", weights_only=True)["architecture"] == plain

@@ -44,10 +44,10 @@ def recording_trial():
 
 def test_quirk7_8_search_inside_trial_reports_through_the_trials_own_channel(recording_trial, tiny_config, tmp_path):
     from experiments.jobs.search import run_search
-    from experiments.jobs.trial import intermediate_metric
+    from experiments.jobs.trial import TrialChannel, intermediate_metric
 
     assert nni.get_next_parameter() == {"search.arch_lr": 0.002}
-    ours = nni_compat.TrialChannel()
+    ours = TrialChannel()
     naive_seen = []
 
     def naive(record):  # what a trial would do without the work-around

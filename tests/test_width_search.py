@@ -2,6 +2,8 @@
 one weight step's momentum and queue, and each strategy's CI-sized search on digits, rebuilt by retrain."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -89,7 +91,7 @@ def test_cafenet_free_channels_move_within_their_zone_only():
 
 def test_min_min_trains_only_the_lowest_loss_placement_and_remembers_it():
     from experiments.strategies.cafenet import LocallyFreeSampler
-    from experiments.strategies.width_sampling import WidthStep
+    from experiments.strategies.width_sampling import WidthSamplingModule, WidthStep
 
     label = "backbone.layer1.width"
     trained = []
@@ -169,7 +171,7 @@ def test_width_space_cost_equals_a_hook_count_of_its_frozen_networks():
 
 def test_two_sides_push_the_queue_and_update_the_momentum_encoder_once(monkeypatch):
     from evaluators.moco import MoCo
-    from experiments.strategies.width_sampling import WidthStep
+    from experiments.strategies.width_sampling import WidthSamplingModule, WidthStep
     from search_spaces.network import SSLNetworkSpace
 
     torch.manual_seed(0)
@@ -183,7 +185,8 @@ def test_two_sides_push_the_queue_and_update_the_momentum_encoder_once(monkeypat
     sides = [{label: [0, 1] for label in labels}, {label: [2, 3] for label in labels}]
     views = (torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8))
     step = WidthStep({label: 2 for label in labels}, sides)
-    loss = module.training_step(views, 0, paths=step)
+    sampler = SimpleNamespace(next_step=lambda: step, after_step=lambda finished: None)
+    loss = WidthSamplingModule(module, lambda: sampler).training_step(views, 0)
     assert updates == [1] and module.weight_steps == 1
     assert int(module.queue_ptr) == 8  # the two views' keys of one side: 2 x batch 4
     assert len(step.losses) == 2 and torch.isclose(loss, torch.tensor(sum(step.losses) / 2))

@@ -114,15 +114,14 @@ def build_module(cfg: Config, epochs: int, interleaved: bool, framework: Optiona
     """The framework's Lightning module.
 
     ``augment`` (``DataBundle.augment``) makes views from uint8 batches; ``strategy_options``
-    are what the search strategy needs of the module (``Strategy.module_options``: an
-    architecture-step penalty, a reward bank, no fast architecture step).
+    are what the search strategy needs of the module (``Strategy.module_options``: no fast
+    architecture step). What a strategy adds to a step lives in its own NNI Lightning module.
     """
     name = framework or cfg.framework
     o = cfg.optim
     options: dict[str, Any] = dict(
         lr=o.lr, sgd_momentum=o.momentum, weight_decay=o.weight_decay, optimizer=o.optimizer,
         warmup_epochs=o.warmup_epochs, batch_size=cfg.data.batch_size, max_epochs=epochs,
-        param_free_penalty=cfg.search.param_free_penalty if interleaved else 0.0,
         fast_arch_step=cfg.search.fast_arch_step, interleaved=interleaved,
         embedding_dim=FRAMEWORKS[name].heads.scaled(cfg.model.head_width).projector_out, batch_augment=augment,
         channels_last=cfg.trainer.channels_last, compile_backbone=cfg.trainer.compile)

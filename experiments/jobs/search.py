@@ -1,22 +1,29 @@
-"""The search job: a differentiable strategy (DARTS, GumbelDARTS) over the heads through NNI's ``NasExperiment``.
+"""The search job: one pipeline for the heads (``search``) and a backbone (``backbone-search``).
 
 config -> data -> space -> framework -> strategy -> evaluation -> ``best_architecture.json``.
+Both commands go through it: a strategy (``experiments.strategies``) trains the supernet through
+NNI's ``NasExperiment``, selects the architecture (``Strategy.select``) and derives the network
+with the supernet's weights for it (``Strategy.derive``); the job scores it, writes one record
+and prints its summary. It owns its output directory (``run.json``, ``status.json``,
+``checkpoints/last.ckpt``, resumed exactly after a kill, and a ``.lock``). What differs between
+the two targets (their checks, the backbone's cost, budget and scorer, the head search's
+collapse guard) is a ``SearchTarget``; the backbone's is in ``experiments/jobs/backbone_search.py``.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import pytorch_lightning as pl
-from nni.nas.evaluator.pytorch import Lightning
-from nni.nas.experiment import NasExperiment
+import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from experiments import nni_compat
 from experiments.core.assembly import build_data, build_module, build_monitor, build_space, build_trainer, \
-    downstream_metrics
-from experiments.core.checkpointing import claim_output_dir, claims_output_dir
+    check_split_size, downstream_metrics
+from experiments.core.checkpointing import Run, claim_output_dir, claims_output_dir
 from experiments.core.config import BACKBONE_SPACE_NAMES, Config
 from experiments.core.console import EpochPrinter
 from experiments.core.data import split_indices
@@ -24,7 +31,8 @@ from experiments.core.errors import ConfigError, RunFailed
 from experiments.core.guards import FailureGuard
 from experiments.core.records import dataset_record, new_record, space_record, write_results
 from experiments.jobs.command import add_config_arguments, run_search_job
-from experiments.strategies import STRATEGIES, SearchContext
+from experiments.strategies import STRATEGIES, SearchContext, Strategy
+from search_spaces.supernet import plain_architecture
 
 NAME = "search"
 HELP = "head search (DARTS, GumbelDARTS) through NNI, trained jointly with the backbone"
@@ -37,6 +45,47 @@ class SearchCollapsed(RunFailed):
     """The derived architecture's representation collapsed: the search failed (its record is written)."""
 
 
+@dataclass
+class SearchSetup:
+    """Everything a search needs before its strategy runs (the ranking studies reuse it)."""
+
+    cfg: Config
+    target: "SearchTarget"
+    data: Any
+    weight_idx: torch.Tensor
+    arch_idx: torch.Tensor
+    num_classes: int
+    space: Any
+    cost: Any = None  # a backbone's FLOPs/params model
+    smallest: Optional[dict] = None  # the backbone space's smallest network (its cost)
+    scorer: Any = None  # evaluators.subnet.SubnetScorer: a sub-network's held-out score
+
+    @property
+    def strategy(self) -> Strategy:
+        return STRATEGIES[self.target.strategy_name(self.cfg)]
+
+    def context(self, out: Optional[Path] = None, log_fn: Callable[[str], None] = print) -> SearchContext:
+        return SearchContext(self.cfg, self.target.name, cost=self.cost, scorer=self.scorer, out=out, log_fn=log_fn)
+
+
+@dataclass(frozen=True)
+class SearchTarget:
+    """What the heads' and a backbone's searches do differently; the rest is one pipeline (``search``)."""
+
+    name: str  # ``SearchContext.target``: heads or backbone
+    job: str  # the command, and the run's kind in run.json
+    record_kind: str  # best_architecture.json's ``kind``
+    strategy_name: Callable[[Config], str]
+    #: validate the config, load and split the data, build the space (and a backbone's cost, budget, scorer)
+    prepare: Callable[[Config, Callable[[str], None]], SearchSetup]
+    #: the derived network's own measures before the downstream ones, as (metrics, record fields)
+    measure: Callable[[SearchSetup, torch.nn.Module, dict], tuple] = lambda setup, derived, architecture: ({}, {})
+    #: why the finished search failed (its record is still written), or None
+    failure: Callable[[Config, dict, Path], Optional[str]] = lambda cfg, metrics, out: None
+    held_out_stream: int = 0  # the held-out loader's random stream
+    collapse_guard: bool = False  # stop the run when the representation collapses (search.collapse_threshold)
+
+
 def add_arguments(p) -> None:
     add_config_arguments(p)
 
@@ -45,13 +94,88 @@ def run(args) -> int:
     return run_search_job(args, RESULT_FILES, run_search)  # a collapsed head raises RunFailed: exit 3
 
 
-@claims_output_dir
-def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
-               log_fn: Callable[[str], None] = print, overwrite: bool = False) -> Optional[dict]:
-    """Run one search into ``out``; returns the architecture record written to ``best_architecture.json``.
+def load_split(cfg: Config) -> tuple:
+    """Seed, load the data and split its training part into weight and held-out images (checked for a batch)."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = build_data(cfg)
+    weight_idx, arch_idx = split_indices(len(data.train), cfg.data.search_split, cfg.seed)
+    for split in (weight_idx, arch_idx):  # before the output directory is claimed
+        check_split_size(cfg, len(split))
+    return data, weight_idx, arch_idx
 
-    Under DDP, ranks other than global rank zero write nothing and return None.
+
+def train_supernet(setup: SearchSetup, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
+                   log_fn: Callable[[str], None] = print, run: Optional[Run] = None):
+    """Run the strategy's one-shot training through NNI; returns (NNI strategy, monitor, seconds).
+
+    With ``run`` (a claimed output directory) the training checkpoints every epoch and resumes from
+    the last checkpoint.
     """
+    from nni.nas.evaluator.pytorch import Lightning
+    from nni.nas.experiment import NasExperiment
+
+    from experiments.strategies.spos import run_and_stop
+
+    cfg, data, target, strategy = setup.cfg, setup.data, setup.target, setup.strategy
+    epochs = cfg.search.epochs
+    ctx = setup.context(out, log_fn)
+    module = build_module(cfg, epochs, interleaved=strategy.interleaved, augment=data.augment,
+                          **strategy.module_options(ctx))
+    monitor = build_monitor(cfg, data, listeners)
+    monitor.listeners.insert(0, EpochPrinter(log_fn))
+    labelled = strategy.needs_labels or module.uses_labels
+    weight_loader = data.loader(setup.weight_idx, cfg)
+    arch_loader = data.loader(setup.arch_idx, cfg, labelled=labelled, stream=target.held_out_stream)
+    callbacks: list = [monitor]
+    if target.collapse_guard:
+        callbacks.append(FailureGuard(monitor, cfg, "search"))
+    if run is not None:
+        callbacks += run.callbacks(cfg, [weight_loader.sampler, arch_loader.sampler], cfg.data.batch_size)
+    trainer = build_trainer(cfg, epochs, out, callbacks, unused_parameters=strategy.trains_paths)
+    evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader,
+                          fit_kwargs=run.fit_kwargs() if run is not None else {})
+    nni_strategy = strategy.build(ctx)
+    experiment = NasExperiment(setup.space, evaluator, nni_strategy)
+    nni_compat.experiment_config_dir(experiment, out / "nni")
+    start = time.perf_counter()
+    run_and_stop(experiment)
+    return nni_strategy, monitor, time.perf_counter() - start
+
+
+def search(target: SearchTarget, cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
+           log_fn: Callable[[str], None] = print, overwrite: bool = False) -> Optional[dict]:
+    """Run one search of ``target`` into ``out``; returns the record written to ``best_architecture.json``.
+
+    Every rank of a DDP run trains and selects (their supernets are the same); global rank zero
+    alone measures, writes and returns the record, the others return None.
+    """
+    setup = target.prepare(cfg, log_fn)
+    run = claim_output_dir(out, cfg, target.job, RESULT_FILES, overwrite=overwrite, log_fn=log_fn)
+    nni_strategy, monitor, train_seconds = train_supernet(setup, out, listeners, log_fn, run)
+    start = time.perf_counter()
+    selection = setup.strategy.select(setup.context(out, log_fn), nni_strategy)
+    select_seconds = time.perf_counter() - start
+    if rank_zero_only.rank != 0:
+        return None
+    architecture = plain_architecture(selection.architecture)
+    derived = setup.strategy.derive(nni_strategy, architecture)  # the supernet's weights for it
+    own_metrics, fields = target.measure(setup, derived, architecture)
+    metrics = downstream_metrics(cfg, setup.data, derived)
+    metrics.update(search_seconds=train_seconds, select_seconds=select_seconds, **own_metrics)
+    failure = target.failure(cfg, metrics, out)
+    record = new_record(target.record_kind, cfg, space_record(cfg, num_classes=setup.num_classes), architecture,
+                        metrics, monitor.history, **fields, probabilities=selection.probabilities,
+                        evolution=selection.evolution, dataset=dataset_record(cfg, setup.data),
+                        strategy=target.strategy_name(cfg), status="collapsed" if failure else "ok")
+    write_results(out, record, ARCHITECTURE_FILE, derived, MODEL_FILE)
+    if failure:
+        raise SearchCollapsed(failure)
+    return record
+
+
+# --- the heads ------------------------------------------------------------------------------------------
+def prepare_heads(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
+    """Refuse what the head search cannot search, then load the data and build the space."""
     if cfg.model.backbone in BACKBONE_SPACE_NAMES:
         raise ConfigError(f"model.backbone: {cfg.model.backbone!r} is a backbone space; search it with the "
                           f"backbone-search job (python -m experiments backbone-search)")
@@ -60,51 +184,33 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
     if cfg.model.head_space == "fixed":
         raise ConfigError("model.head_space: 'fixed' has nothing to search; use nasiam or mlp "
                           "(or retrain the hand-made head with the retrain job)")
-    strategy = STRATEGIES[cfg.search.strategy]
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = build_data(cfg)
-    weight_idx, arch_idx = split_indices(len(data.train), cfg.data.search_split, cfg.seed)
-    weight_loader = data.loader(weight_idx, cfg)
-    arch_loader = data.loader(arch_idx, cfg, stream=1)
+    data, weight_idx, arch_idx = load_split(cfg)
     space = build_space(cfg)
     labels = list(space.simplify())
     log_fn(f"search space {cfg.model.head_space} for {cfg.framework}: {len(labels)} choices "
            f"({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''}); "
            f"{len(weight_idx)} weight / {len(arch_idx)} architecture images")
-    ctx = SearchContext(cfg, "heads", out=out, log_fn=log_fn)
-    module = build_module(cfg, cfg.search.epochs, interleaved=strategy.interleaved, augment=data.augment,
-                          **strategy.module_options(ctx))
-    monitor = build_monitor(cfg, data, listeners)
-    monitor.listeners.insert(0, EpochPrinter(log_fn))
-    run = claim_output_dir(out, cfg, "search", RESULT_FILES, overwrite=overwrite, log_fn=log_fn)
-    guard = FailureGuard(monitor, cfg, "search")
-    trainer = build_trainer(cfg, cfg.search.epochs, out, [monitor, guard, *run.callbacks(
-        cfg, [weight_loader.sampler, arch_loader.sampler], cfg.data.batch_size)])
-    evaluator = Lightning(module, trainer, train_dataloaders=weight_loader, val_dataloaders=arch_loader,
-                          fit_kwargs=run.fit_kwargs())
-    nni_strategy = strategy.build(ctx)
-    experiment = NasExperiment(space, evaluator, nni_strategy)
-    nni_compat.experiment_config_dir(experiment, out / "nni")
-    start = time.perf_counter()
-    experiment.run()
-    seconds = time.perf_counter() - start
-    if rank_zero_only.rank != 0:
-        # Under DDP every rank runs this job (``ddp`` relaunches the command): the others trained
-        # along and hold the same architecture weights; only global rank zero exports and writes.
+    return SearchSetup(cfg, HEADS, data, weight_idx, arch_idx, len(data.train.classes), space)
+
+
+def collapsed_head(cfg: Config, metrics: dict, out: Path) -> Optional[str]:
+    """A derived head whose representation collapsed failed the search."""
+    if metrics["collapse"] >= cfg.search.collapse_threshold:
         return None
-    probabilities = nni_compat.architecture_probabilities(nni_strategy.oneshot_module)
-    architecture = nni_compat.plain_architecture(experiment.export_top_models(formatter="dict")[0])
-    derived = experiment.export_top_models(formatter="instance")[0]
-    metrics = downstream_metrics(cfg, data, derived)
-    metrics["search_seconds"] = seconds
-    collapsed = metrics["collapse"] < cfg.search.collapse_threshold
-    record = new_record("ssl_head_search", cfg, space_record(cfg, num_classes=len(data.train.classes)),
-                        architecture, metrics, monitor.history, probabilities=probabilities,
-                        dataset=dataset_record(cfg, data), strategy=cfg.search.strategy,
-                        status="collapsed" if collapsed else "ok")
-    write_results(out, record, ARCHITECTURE_FILE, derived, MODEL_FILE)
-    if collapsed:
-        raise SearchCollapsed(f"the derived head collapsed: collapse score {metrics['collapse']:.3f} is below "
-                              f"search.collapse_threshold {cfg.search.collapse_threshold} (healthy is about 1); "
-                              f"see {out / ARCHITECTURE_FILE}")
-    return record
+    return (f"the derived head collapsed: collapse score {metrics['collapse']:.3f} is below "
+            f"search.collapse_threshold {cfg.search.collapse_threshold} (healthy is about 1); "
+            f"see {out / ARCHITECTURE_FILE}")
+
+
+HEADS = SearchTarget("heads", NAME, "ssl_head_search", lambda cfg: cfg.search.strategy, prepare_heads,
+                     failure=collapsed_head, held_out_stream=1, collapse_guard=True)
+
+
+@claims_output_dir
+def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None]] = (),
+               log_fn: Callable[[str], None] = print, overwrite: bool = False) -> Optional[dict]:
+    """Run one head search into ``out``; returns the architecture record written to ``best_architecture.json``.
+
+    Under DDP, ranks other than global rank zero write nothing and return None.
+    """
+    return search(HEADS, cfg, out, listeners, log_fn, overwrite)

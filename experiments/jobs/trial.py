@@ -11,7 +11,7 @@ nnictl runs HPO experiments only, so each trial is one whole job:
 Precedence: the YAML file, then ``--set`` on the trial command, then the tuner's parameters.
 Every epoch reports ``{'default': knn_top1, 'ssl_loss', 'collapse', 'epoch'}``; the end reports
 ``{'default': knn_top1, 'linear_top1', 'ssl_loss', 'collapse'}`` under the trial's own
-parameter id (``nni_compat.TrialChannel``). Results go to ``$NNI_OUTPUT_DIR``, which the
+parameter id (``TrialChannel``). Results go to ``$NNI_OUTPUT_DIR``, which the
 dashboard's trial detail and its TensorBoard button read. Outside NNI the same entry runs
 alone: no parameters, reports only printed.
 """
@@ -32,6 +32,47 @@ from experiments.core.config import load_config, parse_overrides
 
 
 PICTURE_FILE = "architecture_weights.png"
+
+
+class TrialChannel:
+    """The trial's own command channel and parameter record, kept across a nested NAS experiment
+    (quirks 7 and 8, docs/nni.md and ``experiments/nni_compat.py``).
+
+    Create it after ``nni.get_next_parameter()``; report through it, never through
+    ``nni.report_*``, while a search may be running; ``restore()`` puts NNI's globals back.
+    """
+
+    def __init__(self) -> None:
+        import nni
+        from nni.runtime.env_vars import trial_env_vars
+        from nni.runtime.trial_command_channel import get_default_trial_command_channel
+
+        self.channel = get_default_trial_command_channel()
+        self.record = nni.trial._params
+        self.trial_job_id = trial_env_vars.NNI_TRIAL_JOB_ID
+        self._sequence = 0
+
+    @property
+    def parameter_id(self):
+        return self.record["parameter_id"] if self.record else None
+
+    def report_intermediate(self, metric: dict) -> None:
+        self.channel.send_metric(type="PERIODICAL", parameter_id=self.parameter_id,
+                                 trial_job_id=self.trial_job_id, sequence=self._sequence, value=metric)
+        self._sequence += 1
+
+    def report_final(self, metric: dict) -> None:
+        self.channel.send_metric(type="FINAL", parameter_id=self.parameter_id,
+                                 trial_job_id=self.trial_job_id, sequence=0, value=metric)
+
+    def restore(self) -> None:
+        """Undo quirks 7 and 8 for any later ``nni.*`` call in this process."""
+        import nni
+        from nni.runtime.trial_command_channel import set_default_trial_command_channel
+
+        set_default_trial_command_channel(self.channel)
+        nni.trial._params = self.record
+        nni.trial._intermediate_seq = self._sequence
 
 
 def inside_nni() -> bool:
@@ -66,7 +107,7 @@ def final_metric(result: dict) -> dict:
 class Trial:
     """The parameters of this trial and the channel its results go back through."""
 
-    def __init__(self, parameters: dict, channel: Optional[nni_compat.TrialChannel],
+    def __init__(self, parameters: dict, channel: Optional[TrialChannel],
                  log_fn: Callable[[str], None] = print):
         self.parameters = dict(parameters)
         self.channel = channel
@@ -87,7 +128,7 @@ class Trial:
                 log_fn(f"NNI handed this trial parameter id {received['parameter_id']}, but the manager records "
                        f"{nni.trial._params['parameter_id']} for it: running the recorded one (nni_compat quirk 10)")
         parameters = (nni.trial._params or {}).get("parameters") or {}
-        channel = nni_compat.TrialChannel()  # before any search can replace NNI's globals
+        channel = TrialChannel()  # before any search can replace NNI's globals
         log_fn(f"nni trial {nni.get_trial_id()} of experiment {nni.get_experiment_id()}: parameter id "
                f"{channel.parameter_id}, parameters {parameters}")
         return cls(parameters, channel, log_fn)

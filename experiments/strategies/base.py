@@ -1,10 +1,10 @@
 """What a search strategy is: how it trains a supernet through NNI and how it picks the result.
 
 After the seed authors' split (algorithm, sampler, searcher; ``../shared/STYLE.md``): a
-strategy builds NNI's one-shot strategy (the sampler or relaxation that trains the supernet),
-says what the framework module needs for it (an architecture-step penalty, a reward), and
-selects the final architecture from the trained supernet (the searcher). The SSL framework
-stays the objective. One module per strategy, one entry in ``experiments.strategies.STRATEGIES``.
+strategy builds NNI's one-shot strategy (the sampler or relaxation that trains the supernet;
+what it adds to a step, a penalty, a reward or a step over sampled paths, lives in its own
+subclass of NNI's Lightning module) and selects the final architecture from the trained
+supernet (the searcher). The SSL framework stays the objective. One module per strategy, one entry in ``experiments.strategies.STRATEGIES``.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ class Strategy:
         raise NotImplementedError
 
     def select(self, ctx: SearchContext, nni_strategy: Any) -> Selection:
-        """The final architecture from the trained supernet (backbone search)."""
+        """The final architecture from the trained supernet (both search jobs: heads and backbones)."""
         raise NotImplementedError
 
     def derive(self, nni_strategy: Any, architecture: dict) -> Any:

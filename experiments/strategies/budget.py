@@ -10,9 +10,9 @@ from typing import Optional
 
 import torch
 
-from experiments import nni_compat
 from experiments.core.errors import ConfigError
 from search_spaces.cost import BackboneCost, Cost
+from search_spaces.supernet import derived_architecture_from, differentiable_probabilities
 
 
 def check_budget(max_flops: Optional[float], max_params: Optional[float], cost: BackboneCost, space: str) -> dict:
@@ -35,7 +35,7 @@ def check_budget(max_flops: Optional[float], max_params: Optional[float], cost: 
 def budget_penalty_fn(cost: BackboneCost, max_flops: Optional[float], max_params: Optional[float], scale: float):
     """``fn(module) -> scale * sum max(0, E[cost] / budget - 1)`` on the module's architecture weights."""
     def penalty(module) -> torch.Tensor:
-        probs = nni_compat.differentiable_probabilities(module.model, cost.labels)
+        probs = differentiable_probabilities(module.model, cost.labels)
         total = torch.zeros(())
         for quantity, limit in (("flops", max_flops), ("params", max_params)):
             if limit is not None:
@@ -55,6 +55,8 @@ def fit_to_budget(probabilities: dict[str, dict[str, float]], architecture: dict
     """
     arch = dict(architecture)
     limits = [(q, float(v)) for q, v in (("flops", max_flops), ("params", max_params)) if v is not None]
+    if not limits:  # no budget (the head search): nothing to fit
+        return arch
 
     def excess(c: Cost) -> float:  # relative cost above the budget, summed over the limits
         return sum(max(0.0, getattr(c, q) / v - 1.0) for q, v in limits)
@@ -91,7 +93,7 @@ def fit_to_budget(probabilities: dict[str, dict[str, float]], architecture: dict
 def most_probable_within_budget(probabilities: dict[str, dict[str, float]], cost: BackboneCost,
                                 max_flops: Optional[float], max_params: Optional[float], log_fn=print) -> dict:
     """The argmax of relaxed or learned choices, then, if over budget, the most probable network within it."""
-    architecture = nni_compat.derived_architecture_from(probabilities)
+    architecture = derived_architecture_from(probabilities)
     fitted = fit_to_budget(probabilities, architecture, cost, max_flops, max_params)
     if fitted != architecture:
         log_fn(f"argmax network {cost(architecture)} is over budget; derived the most probable one within it")

@@ -32,6 +32,7 @@ from torch import nn
 from experiments import nni_compat
 from experiments.strategies.base import SearchContext, Selection
 from experiments.strategies.budget import fit_to_budget
+from search_spaces.supernet import architecture_probabilities, derived_architecture_from
 
 Topology = dict[int, list[tuple[int, str]]]
 
@@ -266,8 +267,8 @@ def supernet_cells(model: nn.Module) -> list:
 
 def select_with_cells(ctx: SearchContext, supernet: nn.Module) -> Selection:
     """Each cell's derived choices, the argmax of every other relaxed choice, then fitted to the budget."""
-    probabilities = nni_compat.architecture_probabilities(supernet)
-    architecture = nni_compat.derived_architecture_from(probabilities)
+    probabilities = architecture_probabilities(supernet)
+    architecture = derived_architecture_from(probabilities)
     for cell in supernet_cells(supernet):
         with torch.no_grad():
             sample = cell.derived_sample()

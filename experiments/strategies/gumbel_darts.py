@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from experiments.strategies.base import SearchContext
-from experiments.strategies.darts import DARTS
+from experiments.strategies.darts import DARTS, GumbelDartsStrategy
 
 
 class GumbelDARTS(DARTS):
@@ -11,7 +11,5 @@ class GumbelDARTS(DARTS):
     config_fields = DARTS.config_fields + ("search.gumbel_temperature",)
 
     def nni_strategy(self, ctx: SearchContext):
-        from nni.nas.strategy import GumbelDARTS as NniGumbelDARTS
-
-        return NniGumbelDARTS(temperature=tuple(float(t) for t in ctx.cfg.search.gumbel_temperature),
-                              **self.nni_arguments(ctx))
+        return GumbelDartsStrategy(temperature=tuple(float(t) for t in ctx.cfg.search.gumbel_temperature),
+                                   hooks=self.hooks(ctx), **self.nni_arguments(ctx))

@@ -90,7 +90,7 @@ def sampling_module_class() -> type:
     """The Lightning module class, defined on first use: the config imports this registry, and NNI is slow to import."""
     from nni.nas.oneshot.pytorch.sampling import RandomSamplingLightningModule
 
-    from experiments.nni_compat import average_gradients
+    from evaluators.distributed import average_gradients
     from experiments.strategies.sampling import distributed, broadcast_from_rank_zero
     from experiments.strategies.kshot_weights import KShotWeights, SimplexNet
 

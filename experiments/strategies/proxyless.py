@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from experiments.strategies.base import SearchContext
-from experiments.strategies.darts import DARTS
+from experiments.strategies.darts import DARTS, ProxylessStrategy
 
 
 class Proxyless(DARTS):
@@ -16,6 +16,4 @@ class Proxyless(DARTS):
         return []
 
     def nni_strategy(self, ctx: SearchContext):
-        from nni.nas.strategy import Proxyless as NniProxyless
-
-        return NniProxyless(**self.nni_arguments(ctx))
+        return ProxylessStrategy(hooks=self.hooks(ctx), **self.nni_arguments(ctx))

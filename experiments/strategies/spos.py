@@ -15,6 +15,7 @@ from experiments import nni_compat
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
 from experiments.strategies.distinct import DISTINCT_OPTION, check_distinct
+from search_spaces.supernet import plain_architecture
 
 
 class SPOS(Strategy):
@@ -69,19 +70,19 @@ def evolve(ctx: SearchContext, supernet, network_of: Optional[Callable[[dict], A
 
     def in_budget(model) -> bool:
         if accept is not None:
-            return accept(nni_compat.plain_architecture(model.sample))
+            return accept(plain_architecture(model.sample))
         return cost(model.sample).within(b.max_flops, b.max_params)
 
     def evaluate(network):
         sample = nni_compat.current_sample()
         if score_of is not None:
-            accuracy = score_of(nni_compat.plain_architecture(sample))
+            accuracy = score_of(plain_architecture(sample))
         else:
             if network_of is not None:
-                network = network_of(nni_compat.plain_architecture(sample))
+                network = network_of(plain_architecture(sample))
             accuracy = scorer(network)
         c = cost(sample)
-        history.append({"architecture": nni_compat.plain_architecture(sample), "score": accuracy,
+        history.append({"architecture": plain_architecture(sample), "score": accuracy,
                         "flops": c.flops, "params": c.params})
         log_fn(f"[{len(history):3d}/{b.trials}] score {accuracy:.4f}  {c.flops:,} FLOPs  {c.params:,} params")
         nni.report_final_result(accuracy)

@@ -134,13 +134,13 @@ class TopoNAS(CellDARTS):
     def cell_hooks(self, ctx: SearchContext) -> list:
         return [TopoCell.mutate]
 
-    def module_options(self, ctx: SearchContext) -> dict:
-        options = super().module_options(ctx)
+    def penalties(self, ctx: SearchContext) -> dict:
+        penalties = super().penalties(ctx)
         s = self.settings(ctx.cfg)
         if s["topology_penalty"] > 0:
-            options["arch_penalties"] = {**options.get("arch_penalties", {}), "topology": partial(
-                topology_regulariser, scale=float(s["topology_penalty"]), margin=float(s["pa_margin"]))}
-        return options
+            penalties["topology"] = partial(topology_regulariser, scale=float(s["topology_penalty"]),
+                                            margin=float(s["pa_margin"]))
+        return penalties
 
 
 __all__ = ["TopoCell", "TopoNAS", "edge_marginals", "input_sets", "passive_aggressive", "topology_regulariser"]

@@ -10,9 +10,10 @@ rank zero's draw is broadcast) and says which channels that width trains, as one
 - ``cafenet``: a few placements of ``c - r`` base channels plus ``r`` free ones in the zone
   ``[c - r, c + r)``; each is probed without gradient and only the lowest-loss one is trained (min-min).
 
-The step's views, momentum update and queue push happen once (``SSLFramework.training_step``'s
-``paths``; a second side or a probe never pushes the queue, and a probe leaves BatchNorm's
-running statistics alone). The searched widths are those of ``search_spaces.channels``'
+The step's views, momentum update and queue push happen once (``WidthSamplingModule``, this
+strategy's own NNI Lightning module, takes the views and the step's bookkeeping from the
+framework and computes the loss over the placements; a second side or a probe never pushes the
+queue, and a probe leaves BatchNorm's running statistics alone). The searched widths are those of ``search_spaces.channels``'
 ``ChannelChoice`` modules (a macro layer, a ResNet stage and its stem, a head): every module with a label (online
 and momentum branches) gets the same channels.
 """
@@ -98,7 +99,7 @@ class WidthStep:
     chosen: int = 0  # the placement trained (min-min)
 
     def loss(self, module, views) -> torch.Tensor:
-        """The weight step's loss (``SSLFramework.training_step`` calls this with the step's views)."""
+        """The weight step's loss over the placements, from the step's views (``WidthSamplingModule``)."""
         model = module.model
         if self.combine == "min" and len(self.placements) > 1:
             with torch.no_grad(), module.queue_frozen(), batchnorm_statistics_kept(model):
@@ -147,7 +148,8 @@ class WidthSampler:
 
 
 class WidthSamplingModule(RandomSamplingLightningModule):
-    """NNI's single-path module whose weight step is the width sampler's ``WidthStep`` (same on every rank)."""
+    """NNI's single-path module whose weight step is the width sampler's ``WidthStep`` (same on every rank):
+    the framework makes the step's views and keeps its bookkeeping once, the step trains its placements."""
 
     def __init__(self, training_module, make_sampler: Callable[[], WidthSampler]):
         super().__init__(training_module)
@@ -155,7 +157,9 @@ class WidthSamplingModule(RandomSamplingLightningModule):
 
     def training_step(self, batch, batch_idx):
         step = broadcast_from_rank_zero(self.sampler.next_step())
-        loss = self.training_module.training_step(batch, batch_idx, paths=step)
+        framework = self.training_module
+        views = framework.step_views(batch, batch_idx, arch_step=False)
+        loss = framework.step_loss(step.loss(framework, views), arch_step=False)
         self.sampler.after_step(step)
         return loss
 

@@ -245,6 +245,7 @@ def train_and_rank(name: str, options: dict, objective: str, seed: int, budget: 
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.strategies import STRATEGIES
     from search_spaces.nas_bench_macro import arch_to_key, canonical_key, key_to_arch
+    from search_spaces.supernet import plain_architecture
 
     cfg = config_for(name, options, objective, seed, budget, cifar)
     out = workdir / run_file(workdir, strategy_label(name, options), objective, seed, budget).stem
@@ -262,7 +263,7 @@ def train_and_rank(name: str, options: dict, objective: str, seed: int, budget: 
     score_seconds = time.perf_counter() - start
     start = time.perf_counter()
     selection = strategy.select(setup.context(out, log), nni_strategy)
-    selected = arch_to_key(nni_compat.plain_architecture(selection.architecture))
+    selected = arch_to_key(plain_architecture(selection.architecture))
     return {"strategy": name, "strategy_options": options, "label": strategy_label(name, options),
             "objective": objective, "seed": seed, "budget": budget, "keys": keys, "scores": scores,
             "selected": {"key": selected, "canonical_key": canonical_key(selected),

@@ -81,6 +81,7 @@ def run_one(name: str, seed: int, epochs: int, out: Path, images: int) -> dict:
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.strategies import STRATEGIES as REGISTRY
     from experiments.strategies.cell_supernet import supernet_cells
+    from search_spaces.supernet import plain_architecture
 
     quiet = lambda line: None  # noqa: E731
     cfg = config(name, seed, epochs, out / f"{name}-seed{seed}", images)
@@ -90,7 +91,7 @@ def run_one(name: str, seed: int, epochs: int, out: Path, images: int) -> dict:
     nni_strategy, _, seconds = train_supernet(setup, Path(cfg.output_dir), log_fn=quiet)
     cpu_seconds = time.process_time() - cpu_start
     selection = strategy.select(setup.context(Path(cfg.output_dir), quiet), nni_strategy)
-    architecture = nni_compat.plain_architecture(selection.architecture)
+    architecture = plain_architecture(selection.architecture)
     supernet = nni_strategy.supernet
     derived = strategy.derive(nni_strategy, architecture)
     with torch.no_grad():
