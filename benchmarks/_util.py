@@ -80,7 +80,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 def make_config(args: argparse.Namespace, train_images: int, **overrides: Any):
     """The benchmark config (configs/bench_digits_simsiam.yml) with the benchmark's dataset, network size, batch and device."""
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     values: dict[str, Any] = {
         "seed": args.seed,

@@ -82,7 +82,7 @@ def epoch_costs(path: str) -> dict:
 
 
 def search(config: str, overrides: dict, seed: int, every: int) -> dict:
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.jobs.search import run_search
 
     out = Path(tempfile.mkdtemp(prefix="bench-arch-every-"))

@@ -27,7 +27,8 @@ CONFIG = ROOT / "configs" / "digits_backbone_vitas.yml"
 
 
 def main(argv=None) -> int:
-    from experiments.core.config import load_config, parse_overrides
+    from experiments.core.config import parse_overrides
+    from experiments.core.validation import load_config
     from experiments.core.records import read_architecture
     from experiments.jobs.backbone_search import run_backbone_search
     from experiments.jobs.retrain import run_retrain

@@ -21,7 +21,7 @@ nni_compat.apply()
 def main(out: str, strategy: str = "cafenet") -> None:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.strategies.width_sampling import WidthStep
 

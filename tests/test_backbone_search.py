@@ -28,7 +28,7 @@ def tiny_backbone_overrides(out, **extra) -> dict:
 
 
 def load(out, **extra):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     return load_config(CONFIG, tiny_backbone_overrides(out, **extra))
 

@@ -4,7 +4,8 @@ import pytest
 
 from experiments.core.assembly import build_data
 from experiments.core.batch_augment import BatchViewAugment
-from experiments.core.config import Config, load_config
+from experiments.core.config import Config
+from experiments.core.validation import load_config
 from tests.conftest import ROOT, tiny_overrides
 
 

@@ -66,7 +66,7 @@ def test_collapse_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cap
 @pytest.fixture(scope="module")
 def byol_arch(tmp_path_factory):
     from experiments.core.records import space_for
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     cfg = load_config(CONFIG, TINY)
     space = space_for({"space": {"framework": "byol", "head_space": "nasiam"}, "architecture": {}}, cfg)
@@ -101,7 +101,7 @@ def signal_retrain_at(monkeypatch, epoch: int, batch: int, signals: tuple, rank:
 def test_retrain_interrupted_mid_epoch_resumes_exactly(tmp_path, byol_arch, monkeypatch):
     from experiments.jobs import retrain
     from experiments.core.records import read_architecture
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.core.errors import RunInterrupted
 
     overrides = {**TINY, "train.epochs": 2, "framework": "byol", "train.collapse_threshold": 0.0}

@@ -56,8 +56,50 @@ def test_registry_says_what_each_strategy_takes():
                                           "autoslim", "bcnet", "cafenet", "toponas", "entrannas"]
     assert [n for n, s in STRATEGIES.items() if s.interleaved] == ["darts", "gdarts", "proxyless", "kshot",
                                                                      "toponas", "entrannas"]
-    assert "search.gumbel_temperature" in STRATEGIES["gdarts"].config_fields
-    assert "search.gumbel_temperature" not in STRATEGIES["darts"].config_fields
+    assert "temperature" in STRATEGIES["gdarts"].option_specs and "temperature" not in STRATEGIES["darts"].option_specs
+
+
+def test_the_schema_keeps_no_strategy_setting():
+    """Every setting one strategy reads is an Option of it; the schema's moved fields are gone."""
+    import dataclasses
+
+    from experiments.core.config import MOVED_TO_OPTIONS, Config
+    from experiments.strategies import STRATEGIES
+
+    sections = {f.name: {g.name for g in dataclasses.fields(f.type if isinstance(f.type, type) else
+                                                             getattr(Config(), f.name))}
+                for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(Config(), f.name))}
+    for (section, name), (option, _) in MOVED_TO_OPTIONS.items():
+        assert name not in sections[section]
+        assert any(option in s.option_specs for s in STRATEGIES.values())
+
+
+def test_a_head_strategy_option_reaches_nni():
+    from experiments.core.errors import ConfigError
+    from experiments.core.validation import load_config
+    from experiments.strategies import STRATEGIES, SearchContext
+
+    config = ROOT / "configs" / "bench_digits_simsiam.yml"
+    cfg = load_config(config, {"search.strategy": "gdarts", "search.strategy_options.temperature": [2.0, 0.5]})
+    assert STRATEGIES["gdarts"].nni_strategy(SearchContext(cfg, "heads")).temperature == (2.0, 0.5)
+    with pytest.raises(ConfigError, match=r"search.strategy_options.temperature: must be \[initial, final\]"):
+        load_config(config, {"search.strategy": "gdarts", "search.strategy_options.temperature": [0.5, 2.0]})
+    with pytest.raises(ConfigError, match=r"search.strategy_options.temperature: darts has no such option"):
+        load_config(config, {"search.strategy_options.temperature": [2.0, 0.5]})
+
+
+def test_an_old_config_s_strategy_fields_reach_the_strategy_that_reads_them():
+    from experiments.core.validation import load_config
+    from experiments.strategies import STRATEGIES
+
+    old = {"search.gumbel_temperature": [3.0, 1.0], "backbone_search.population": 5,
+           "backbone_search.enas_batches_per_update": 7}
+    cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", {**old, "search.strategy": "gdarts"})
+    assert STRATEGIES["gdarts"].settings(cfg, "heads")["temperature"] == [3.0, 1.0]
+    spos = load_config(ROOT / "configs" / "digits_backbone_spos.yml", old)
+    assert STRATEGIES["spos"].settings(spos)["population"] == 5 and "batches_per_update" not in spos.backbone_search.strategy_options
+    darts = load_config(ROOT / "configs" / "digits_backbone_spos.yml", {**old, "backbone_search.strategy": "darts"})
+    assert darts.backbone_search.strategy_options == {}  # darts never read them
 
 
 def test_a_darts_strategy_cannot_search_width_and_depth_choices(tmp_path):
@@ -77,7 +119,7 @@ def test_a_darts_strategy_cannot_search_width_and_depth_choices(tmp_path):
     ("student_temperature", 0.0, r"must be in \[0.001, 100\]"),
 ])
 def test_each_framework_option_has_its_own_range(option, value, message):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=rf"framework_options.{option}: {message}"):
@@ -85,7 +127,7 @@ def test_each_framework_option_has_its_own_range(option, value, message):
 
 
 def test_label_smoothing_zero_is_a_valid_option():
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     cfg = load_config(ROOT / "configs" / "digits_backbone_spos.yml",
                       {"framework": "supervised", "framework_options.label_smoothing": 0})

@@ -85,7 +85,7 @@ def test_the_identity_probability_puts_the_mean_draw_in_the_budget_band():
 
 
 def load(out, **extra):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     overrides = tiny_backbone_overrides(out, **{
         "model.backbone_width": 1.0, "backbone_search.max_flops": 3e5, "backbone_search.tournament": 2,

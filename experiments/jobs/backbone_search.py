@@ -33,7 +33,9 @@ from experiments.jobs.command import add_config_arguments, run_search_job
 from experiments.strategies import STRATEGIES, SearchContext
 from experiments.strategies.budget import check_budget
 from experiments.strategies.spos import run_and_stop
-from search_spaces.backbone_spaces import BACKBONE_SPACES, choice_kinds, is_backbone_space
+from search_spaces.backbone_spaces import BACKBONE_SPACES, benchmark_entry, choice_kinds, has_benchmark_table, \
+    is_backbone_space
+from search_spaces.head_spaces import HEAD_SPACES
 from search_spaces.cost import BackboneCost
 from search_spaces.head_widths import NetworkWidthCost, network_cost
 
@@ -59,13 +61,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.backbone: {m.backbone!r} is a fixed ResNet; the backbone search needs a backbone "
                           f"space ({', '.join(BACKBONE_SPACES)})")
     strategy = STRATEGIES[b.strategy]
-    kinds = choice_kinds(m.backbone) | ({"width"} if m.head_space == "width" else set())  # heads' widths searched
+    kinds = choice_kinds(m.backbone) | HEAD_SPACES[m.head_space].choice_kinds(m.mlp_widths)  # the heads' too
     if not kinds <= strategy.handles:
         able = [name for name, s in STRATEGIES.items() if "backbone" in s.targets and kinds <= s.handles]
         raise ConfigError(f"backbone_search.strategy: {b.strategy} cannot search space {m.backbone} (its "
                           f"{', '.join(sorted(kinds - strategy.handles))} choices; use {', '.join(able)})")
-    if strategy.interleaved and m.head_space == "mlp" and len(m.mlp_widths) > 1:
-        raise ConfigError("model.mlp_widths: DARTS-family strategies cannot relax a width choice; give one width")
 
 
 @dataclass
@@ -170,8 +170,8 @@ def run_backbone_search(cfg: Config, out: Path, listeners: Sequence[Callable[[di
         budget={"max_flops": b.max_flops, "max_params": b.max_params, "smallest": setup.smallest},
         probabilities=selection.probabilities, evolution=selection.evolution, dataset=dataset_record(cfg, data),
         strategy=b.strategy, status="ok")
-    if cfg.model.backbone == "nas_bench_macro":
-        record["benchmark"] = _benchmark_entry(architecture)
+    if has_benchmark_table(cfg.model.backbone):
+        record["benchmark"] = benchmark_entry(cfg.model.backbone, architecture)
     write_results(out, record, ARCHITECTURE_FILE, derived, MODEL_FILE)
     return record
 
@@ -184,16 +184,3 @@ def _scorer(cfg: Config, data, weight_idx, arch_idx, num_classes: int):
                                     limit=cfg.backbone_search.score_images, seed=cfg.seed,
                                     k=cfg.evaluation.knn_k, temperature=cfg.evaluation.knn_temperature,
                                     bn_batches=cfg.backbone_search.bn_batches, batch_size=cfg.data.batch_size)
-
-
-def _benchmark_entry(architecture: dict) -> Optional[dict]:
-    from search_spaces.nas_bench_macro import NasBenchMacro, arch_to_key, canonical_key
-
-    key = arch_to_key(architecture)
-    try:
-        table = NasBenchMacro()
-    except FileNotFoundError:
-        return {"key": key, "canonical_key": canonical_key(key)}
-    r = table.record(key)
-    return {"key": key, "canonical_key": canonical_key(key), "mean_acc": r["mean_acc"], "params": r["params"],
-            "flops": r["flops"]}

@@ -36,7 +36,7 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     a DDP rank other than zero, which prints nothing).
     """
     from experiments.core.checkpointing import refuse_finished
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.core.console import start_line, summary
 
     cfg = load_config(args.config, args.overrides)

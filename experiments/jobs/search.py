@@ -17,7 +17,7 @@ from experiments import nni_compat
 from experiments.core.assembly import build_data, build_module, build_monitor, build_space, build_trainer, \
     downstream_metrics
 from experiments.core.checkpointing import claim_output_dir, claims_output_dir
-from experiments.core.config import BACKBONE_SPACE_NAMES, Config
+from experiments.core.config import Config
 from experiments.core.console import EpochPrinter
 from experiments.core.data import split_indices
 from experiments.core.errors import ConfigError, RunFailed
@@ -25,6 +25,8 @@ from experiments.core.guards import FailureGuard
 from experiments.core.records import dataset_record, new_record, space_record, write_results
 from experiments.jobs.command import add_config_arguments, run_search_job
 from experiments.strategies import STRATEGIES, SearchContext
+from search_spaces.backbone_spaces import is_backbone_space
+from search_spaces.head_spaces import HEAD_SPACES
 
 NAME = "search"
 HELP = "head search (DARTS, GumbelDARTS) through NNI, trained jointly with the backbone"
@@ -52,14 +54,17 @@ def run_search(cfg: Config, out: Path, listeners: Sequence[Callable[[dict], None
 
     Under DDP, ranks other than global rank zero write nothing and return None.
     """
-    if cfg.model.backbone in BACKBONE_SPACE_NAMES:
+    if is_backbone_space(cfg.model.backbone):
         raise ConfigError(f"model.backbone: {cfg.model.backbone!r} is a backbone space; search it with the "
                           f"backbone-search job (python -m experiments backbone-search)")
-    if cfg.model.head_space == "width":
-        raise ConfigError("model.head_space: width is searched by the backbone-search job's width strategies")
-    if cfg.model.head_space == "fixed":
-        raise ConfigError("model.head_space: 'fixed' has nothing to search; use nasiam or mlp "
-                          "(or retrain the hand-made head with the retrain job)")
+    heads = HEAD_SPACES[cfg.model.head_space]
+    if not heads.choice_kinds(cfg.model.mlp_widths):
+        raise ConfigError(f"model.head_space: {cfg.model.head_space!r} has nothing to search; use "
+                          f"{' or '.join(n for n, s in HEAD_SPACES.items() if s.head_search)} "
+                          f"(or retrain the hand-made head with the retrain job)")
+    if not heads.head_search:
+        raise ConfigError(f"model.head_space: {cfg.model.head_space} is searched by the backbone-search job's "
+                          f"width strategies")
     strategy = STRATEGIES[cfg.search.strategy]
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
