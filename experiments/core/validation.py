@@ -23,11 +23,11 @@ from search_spaces.backbones import BACKBONE_LAYOUTS
 from search_spaces.head_spaces import HEAD_SPACES, fixed_head_spaces
 
 
-def _one_of(where: str, value: str, names, what: str) -> None:
+def _one_of(where: str, value: str, names, what: str, kinds: str = "") -> None:
     if value not in names:
         close = difflib.get_close_matches(str(value), list(names), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{where}: unknown {what} {_show(value)}; choose one of {', '.join(names)}{hint}")
+        raise ConfigError(f"{where}: unknown {what} {_show(value)}{kinds}; choose one of {', '.join(names)}{hint}")
 
 
 def check_options(where: str, owner: str, specs: Mapping[str, Option], values: dict) -> None:
@@ -57,8 +57,8 @@ def validate(cfg: Config) -> Config:
     _one_of("data.dataset", d.dataset, DATASETS, "dataset")
     if not DATASETS[d.dataset].embedded and not d.root:
         raise ConfigError(f"data.root: dataset {d.dataset!r} needs a path on disk")
-    _one_of("model.backbone", m.backbone, [*BACKBONE_LAYOUTS, *BACKBONE_SPACES], "backbone (a fixed ResNet or a "
-            "backbone space)")
+    _one_of("model.backbone", m.backbone, [*BACKBONE_LAYOUTS, *BACKBONE_SPACES], "backbone",
+            " (a fixed ResNet or a backbone space)")
     _one_of("model.head_space", m.head_space, HEAD_SPACES, "head space")
     head_space = HEAD_SPACES[m.head_space]
     if framework.heads.classifier and head_space.choice_kinds(m.mlp_widths):
