@@ -194,6 +194,17 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def field_intervals(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """``dotted field -> interval`` for every number of the schema (docs/config.md lists them)."""
+    hints, out = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_intervals(hints[f.name], f"{prefix}{f.name}."))
+        elif f.metadata.get("interval"):
+            out[f"{prefix}{f.name}"] = f.metadata["interval"]
+    return out
+
+
 def _shape(annotation: Any) -> tuple[bool, Optional[type], Optional[type]]:
     """(may be null, kind, item kind) of a field's annotation: ``Optional[int]`` -> (True, int, None)."""
     nullable = typing.get_origin(annotation) is Union and type(None) in typing.get_args(annotation)
