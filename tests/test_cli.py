@@ -66,6 +66,18 @@ def test_a_huge_number_is_refused_before_anything_is_written(tmp_path, capsys, j
     assert not out.exists()
 
 
+def test_a_number_beyond_python_s_own_limit_is_one_line_too(tmp_path, capsys):
+    out = tmp_path / "out"
+    huge = tmp_path / "huge.yml"
+    huge.write_text("search:\n  epochs: " + "9" * 5000 + "\n")
+    for args in (["--config", str(ROOT / "configs" / "bench_digits_simsiam.yml"), "--set", "search.epochs=" + "9" * 5000],
+                 ["--config", str(huge)]):
+        result = _run_in_process(["search", *args, "--output-dir", str(out)], capsys)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert not out.exists()
+
+
 def test_malformed_yaml(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("framework: simsiam\ndata: [unclosed\n")

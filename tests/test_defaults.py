@@ -74,8 +74,8 @@ def test_every_number_of_the_schema_has_the_interval_docs_config_md_lists():
     from experiments.core.config import field_intervals
 
     listed = {}
-    for interval, fields in re.findall(r"^\| `([\[(][^`]*[\])])` \| (.+) \|$", (ROOT / "docs" / "config.md").read_text(),
-                                       re.M):
+    table = (ROOT / "docs" / "config.md").read_text()
+    for interval, fields in re.findall(r"^\| `([\[(][^`]*[\])])` \| (.+) \|$", table, re.M):
         listed.update({name: interval for name in re.findall(r"`([a-z_.]+)`", fields)})
     intervals = field_intervals()
     assert "search.epochs" in intervals and "evaluation.linear_epochs" in intervals and "train.epochs" in intervals

@@ -50,8 +50,8 @@ def test_a_strategy_with_its_own_options_added_through_the_registry_alone_search
     monkeypatch.setitem(STRATEGIES, "one_op", make_toy_strategy())
     with pytest.raises(ConfigError, match="strategy_options.op: must be identity or mb3_k3"):
         load(tmp_path / "bad", **{"backbone_search.strategy": "one_op", "backbone_search.strategy_options.op": "x"})
-    cfg = load(tmp_path / "toy", **{"backbone_search.strategy": "one_op", "backbone_search.strategy_options.op": "mb3_k3",
-                                    "backbone_search.max_flops": None})
+    cfg = load(tmp_path / "toy", **{"backbone_search.strategy": "one_op",
+                                    "backbone_search.strategy_options.op": "mb3_k3", "backbone_search.max_flops": None})
     record = run_backbone_search(cfg, tmp_path / "toy", log_fn=lambda line: None)
     assert record["strategy"] == "one_op"
     backbone = {label: value for label, value in record["architecture"].items() if label.startswith("backbone.")}
@@ -235,7 +235,8 @@ def test_an_old_config_s_strategy_fields_reach_the_strategy_that_reads_them():
     cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", {**old, "search.strategy": "gdarts"})
     assert STRATEGIES["gdarts"].settings(cfg, "heads")["temperature"] == [3.0, 1.0]
     spos = load_config(ROOT / "configs" / "digits_backbone_spos.yml", old)
-    assert STRATEGIES["spos"].settings(spos)["population"] == 5 and "batches_per_update" not in spos.backbone_search.strategy_options
+    assert STRATEGIES["spos"].settings(spos)["population"] == 5
+    assert "batches_per_update" not in spos.backbone_search.strategy_options
     darts = load_config(ROOT / "configs" / "digits_backbone_spos.yml", {**old, "backbone_search.strategy": "darts"})
     assert darts.backbone_search.strategy_options == {}  # darts never read them
 

@@ -35,7 +35,7 @@ def _devices(v) -> bool:
     if isinstance(v, bool):
         return False
     if isinstance(v, int):
-        return v >= 1 or v == -1
+        return 1 <= v <= 1024 or v == -1
     return v == "auto" or (isinstance(v, list) and 0 < len(v) == len(set(v)) <= 1024
                            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1024 for x in v))
 
@@ -72,7 +72,8 @@ class DataConfig:
     # DataLoader worker processes; null: the thread policy's (core/machine.py)
     num_workers: Optional[int] = setting(None, "[0, 256]")
     # augment whole uint8 batches in the training step (on the GPU if any): 1.3-3x the images a second on CPU
-    # with channels-last (benchmarks/results/throughput-cpu.json); frameworks that make their own views fall back to per-image
+    # with channels-last (benchmarks/results/throughput-cpu.json); frameworks that make their own views fall
+    # back to per-image
     batched_augment: bool = True
 
 
@@ -163,7 +164,7 @@ class EvaluationConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = setting("auto", one_of=("auto", "cpu", "gpu", "cuda", "mps"))
-    devices: Any = setting(1, rule=(_devices, "must be a number of devices (>= 1, or -1 for all), auto, or a "
+    devices: Any = setting(1, rule=(_devices, "must be a number of devices (1 to 1024, or -1 for all), auto, or a "
                                               "list of device indices"))
     strategy: str = setting("auto", one_of=("auto", "ddp", "ddp_spawn"))
     precision: str = setting("32-true", one_of=("32-true", "bf16-mixed", "16-mixed"))
@@ -219,7 +220,12 @@ def _shape(annotation: Any) -> tuple[bool, Optional[type], Optional[type]]:
 
 def _show(value: Any, limit: int = 80) -> str:
     """A value for an error line: its repr, cut short (a 401-digit number too)."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 60 else f"a {len(str(abs(value)))}-digit number"
+    if isinstance(value, int) and abs(value) >= 10 ** 60:
+        try:
+            return f"a {len(str(abs(value)))}-digit number"
+        except ValueError:  # beyond Python's int-to-text limit (4300 digits)
+            return "a number of thousands of digits"
+    text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -317,7 +323,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: the key before '=' is empty, e.g. search.epochs=3")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, RecursionError, ValueError):  # ValueError: an integer beyond Python's 4300 digits
         parsed = value
     return key.strip().split("."), parsed
 
@@ -359,6 +365,8 @@ def read_config(path: str | Path | None, overrides: list[str] | dict | None = No
             raise ConfigError(f"{p}: cannot read the config as text ({type(err).__name__})") from None
         except RecursionError:
             raise ConfigError(f"{p}: the YAML is nested too deeply") from None
+        except ValueError as err:  # PyYAML's int() of a number beyond Python's 4300 digits
+            raise ConfigError(f"{p}: a value cannot be read ({str(err).split(':')[0]})") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

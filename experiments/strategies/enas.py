@@ -40,7 +40,8 @@ class ENAS(Strategy):
         b, s = ctx.cfg.backbone_search, ctx.cfg.search
         max_flops, max_params = ctx.budget
         return nni_compat.tagged_enas(ctx.cost, max_flops, max_params, b.budget_penalty,
-                                      batches_per_update=self.settings(ctx.cfg)["batches_per_update"], warmup_epochs=s.warmup_epochs)
+                                      batches_per_update=self.settings(ctx.cfg)["batches_per_update"],
+                                      warmup_epochs=s.warmup_epochs)
 
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         probabilities = nni_compat.enas_probabilities(nni_strategy.oneshot_module)

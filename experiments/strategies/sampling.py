@@ -78,7 +78,8 @@ class PresetPathOneShot(RandomOneShot):
 
 
 def distinct_spos(space: str) -> PresetPathOneShot:
-    """SPOS over the distinct networks of the backbone space ``space``: each step one of them, drawn uniformly by numpy's global generator.
+    """SPOS over the distinct networks of the backbone space ``space``: each step one of them, drawn uniformly
+    by numpy's global generator.
 
     numpy's global generator is the one NNI's own draw uses (quirk 24): ``seed_everything``
     seeds it and every checkpoint saves it, so the draws resume exactly.

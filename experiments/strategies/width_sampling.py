@@ -207,7 +207,8 @@ class WidthStrategy(Strategy):
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         from experiments.strategies.spos import evolve
 
-        architecture, history = evolve(ctx, nni_strategy.supernet, self.settings(ctx.cfg), seeds=self.seeds(ctx, nni_strategy),
+        architecture, history = evolve(ctx, nni_strategy.supernet, self.settings(ctx.cfg),
+                                       seeds=self.seeds(ctx, nni_strategy),
                                        score_of=lambda arch: self.score(ctx.scorer, nni_strategy, arch))
         reset_channels(nni_strategy.supernet)  # freeze (the export) then takes each width's first channels
         return Selection(architecture, evolution=history)
