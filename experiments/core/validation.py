@@ -31,7 +31,7 @@ def _one_of(where: str, value: str, names, what: str, kinds: str = "") -> None:
 
 
 def check_options(where: str, owner: str, specs: Mapping[str, Option], values: dict) -> None:
-    """Each value against its ``Option``; converted in place (``1e-3`` given as text becomes a number)."""
+    """Each value against its ``Option``; a number given as text (``--set ...=1e-3``) becomes the number."""
     for key, value in values.items():
         spec = specs.get(key)
         if spec is None:
@@ -39,9 +39,11 @@ def check_options(where: str, owner: str, specs: Mapping[str, Option], values: d
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(known) or 'none'}"
             raise ConfigError(f"{where}.{key}: {owner} has no such option{hint}")
-        wrong, values[key] = spec.parse(value)
+        wrong, parsed = spec.parse(value)
         if wrong:
             raise ConfigError(f"{where}.{key}: {wrong}, got {_show(value)}")
+        if isinstance(value, str):  # else kept as given: a run's record says what its config said
+            values[key] = parsed
 
 
 def validate(cfg: Config) -> Config:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from evaluators.options import Option
-from search_spaces.cost import BackboneCost
-
 from experiments.core.config import Config
+from search_spaces.cost import BackboneCost
 
 #: what a strategy can search: the head search job's heads, the backbone search job's backbones
 TARGETS = ("heads", "backbone")

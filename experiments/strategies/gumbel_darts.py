@@ -16,10 +16,10 @@ class GumbelDARTS(DARTS):
 
     def check(self, cfg, target: str) -> None:
         super().check(cfg, target)
-        initial, *final = self.settings(cfg, target)["temperature"]
-        if len(final) != 1 or initial < final[0]:
+        temperature = self.settings(cfg, target)["temperature"]
+        if len(temperature) != 2 or temperature[0] < temperature[1]:
             raise ConfigError(f"{SECTIONS[target]}.strategy_options.temperature: must be [initial, final] with "
-                              f"initial >= final, got {self.settings(cfg, target)['temperature']}")
+                              f"initial >= final, got {temperature}")
 
     def nni_strategy(self, ctx: SearchContext):
         from nni.nas.strategy import GumbelDARTS as NniGumbelDARTS
