@@ -48,11 +48,7 @@ def check_options(where: str, owner: str, specs: Mapping[str, Option], values: d
 
 def validate(cfg: Config) -> Config:
     """Raise ``ConfigError`` (one line) for a config no job can run; returns it, its options converted."""
-    if cfg.framework not in FRAMEWORKS:
-        close = difflib.get_close_matches(cfg.framework, list(FRAMEWORKS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"framework: unknown framework {_show(cfg.framework)}; choose one of "
-                          f"{', '.join(sorted(FRAMEWORKS))}{hint}")
+    _one_of("framework", cfg.framework, sorted(FRAMEWORKS), "framework")
     framework = FRAMEWORKS[cfg.framework]
     check_options("framework_options", cfg.framework, framework.option_specs, cfg.framework_options)
     d, m = cfg.data, cfg.model
