@@ -35,7 +35,7 @@ common_arguments, resolve = run_arguments, resolve_run_arguments  # the names ev
 
 def make_config(args: argparse.Namespace, train_images: int, **overrides: Any):
     """The benchmark config (configs/bench_digits_simsiam.yml) with the benchmark's dataset, network size, batch and device."""
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     values: dict[str, Any] = {
         "seed": args.seed,

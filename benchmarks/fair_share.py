@@ -105,7 +105,7 @@ def hidden_env(name: str, hide: bool):
 
 def measure(config: str, overrides: dict, policy: str, busy: int, args) -> dict:
     """One short search under ``policy`` beside ``busy`` neighbours: its epoch time, load, memory."""
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.core.machine import thread_policy
     from experiments.jobs.search import run_search
 

@@ -54,6 +54,8 @@ class SSLFramework(LightningModule):
     heads: Optional[HeadSpec] = None
     #: its batches carry labels
     uses_labels = False
+    #: the lowest value its loss can reach (a reward that divides by the loss shifts it above this)
+    loss_floor = 0.0
     #: its views can be made from uint8 batches in the training step (``data.batched_augment``)
     batched_views = True
 

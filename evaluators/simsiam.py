@@ -8,6 +8,7 @@ from search_spaces.heads import HeadDims, HeadSpec, NasiamLayout
 
 class SimSiam(SSLFramework):
     name = "simsiam"
+    loss_floor = -1.0  # a negative cosine similarity
     # The SSL libraries' CIFAR head: 2048-2048 projector (BN without affine at its output) and a
     # 2048-512-2048 predictor. NASiam: 6 projector layers at f, then Linear and BN without affine;
     # a 4-layer predictor.

@@ -53,7 +53,9 @@ class SubnetScorer:
     def __init__(self, framework: str, calibration: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
                  queries: torch.Tensor, query_labels: torch.Tensor, num_classes: int, *, k: int = 200,
                  temperature: float = 0.1, bn_batches: int = 4, batch_size: int = 128):
-        self.supervised = framework == "supervised"
+        from evaluators import FRAMEWORKS
+
+        self.supervised = FRAMEWORKS[framework].heads.classifier  # scored by its classifier, not by kNN
         self.calibration, self.bank, self.bank_labels = calibration, bank, bank_labels
         self.queries, self.query_labels, self.num_classes = queries, query_labels, num_classes
         self.k, self.temperature, self.bn_batches, self.batch_size = k, temperature, bn_batches, batch_size

@@ -23,7 +23,7 @@ from torch import nn
 
 from search_spaces.channels import ChannelChoice, batch_norm_on, copy_batch_norm
 from search_spaces.cost import BackboneCost, Cost
-from search_spaces.heads import HeadDims, build_mlp
+from search_spaces.heads import HeadDims, HeadSpace, build_mlp
 
 
 def head_widths(hidden: int, fractions: Sequence[float]) -> list[int]:
@@ -100,6 +100,23 @@ def width_projector(feature_dim: int, dims: HeadDims, fractions: Sequence[float]
 def width_predictor(dims: HeadDims, fractions: Sequence[float]):
     return WidthChoiceMlp(dims.projector_out, dims.projector_out, head_widths(dims.predictor_hidden, fractions),
                           "predictor.width")
+
+
+class WidthHeads(HeadSpace):
+    """The framework's hand-made heads with their hidden widths searched (factors ``model.mlp_widths``)."""
+
+    name = "width"
+    head_search = False  # searched by the backbone search's width strategies, beside the backbone's widths
+    width_factors = True
+
+    def choice_kinds(self, mlp_widths: Sequence[float]) -> frozenset:
+        return frozenset({"width"})
+
+    def projector(self, heads, feature_dim, head_width, mlp_widths, mlp_depths, prefix="projector"):
+        return width_projector(feature_dim, heads.scaled(head_width), mlp_widths, prefix)
+
+    def predictor(self, heads, head_width, mlp_widths, mlp_depths):
+        return width_predictor(heads.scaled(head_width), mlp_widths)
 
 
 def online_width_heads(network: nn.Module) -> list[WidthChoiceMlp]:

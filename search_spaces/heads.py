@@ -106,3 +106,53 @@ class HeadSpec:
 
     def scaled(self, width: float) -> HeadDims:
         return self.dims.scaled(width)
+
+
+class HeadSpace:
+    """A head space: how it builds a framework's projector and predictor, and what the jobs ask of it.
+
+    One module per space, one entry in ``search_spaces.head_spaces.HEAD_SPACES``. The framework's
+    ``HeadSpec`` says the sizes; the space says which choices sit in them.
+    """
+
+    name: str = ""
+    #: the head-search job searches it (the heads' widths are searched by the backbone search's width strategies)
+    head_search: bool = True
+    #: its hidden widths are factors of the framework's (``model.mlp_widths``; ``mlp_depths`` for depths)
+    width_factors: bool = False
+
+    def choice_kinds(self, mlp_widths: Sequence[float]) -> frozenset:
+        """The kinds of choice it holds (``layer``, ``width``): a strategy must handle them all; none: fixed."""
+        return frozenset({"layer"})
+
+    def problem(self, mlp_widths: Sequence[float], dims: HeadDims) -> Optional[tuple[str, str]]:
+        """``(field, what is wrong)`` for a config it cannot build, else None (checked at validation)."""
+        if self.width_factors and round(min(mlp_widths) * dims.projector_hidden) < 1:
+            return "model.mlp_widths", (f"{min(mlp_widths)} of a {dims.projector_hidden}-wide hidden layer is no "
+                                        f"unit at all; use a larger factor or model.head_width")
+        return None
+
+    def projector(self, heads: HeadSpec, feature_dim: int, head_width: float, mlp_widths: Sequence[float],
+                  mlp_depths: Sequence[int], prefix: str = "projector") -> nn.Module:
+        raise NotImplementedError
+
+    def predictor(self, heads: HeadSpec, head_width: float, mlp_widths: Sequence[float],
+                  mlp_depths: Sequence[int]) -> nn.Module:
+        """The predictor; called for frameworks that have one (``dims.predictor_hidden``)."""
+        raise NotImplementedError
+
+
+class FixedHeads(HeadSpace):
+    """The framework's hand-made heads: no choice at all (what ``retrain`` trains as the baseline)."""
+
+    name = "fixed"
+    head_search = False
+
+    def choice_kinds(self, mlp_widths: Sequence[float]) -> frozenset:
+        return frozenset()
+
+    def projector(self, heads, feature_dim, head_width, mlp_widths, mlp_depths, prefix="projector"):
+        return fixed_projector(feature_dim, heads.scaled(head_width))
+
+    def predictor(self, heads, head_width, mlp_widths, mlp_depths):
+        return fixed_predictor(heads.scaled(head_width))

@@ -14,6 +14,8 @@ import nni
 from torch import nn
 from nni.nas.nn.pytorch import LayerChoice, MutableBatchNorm1d, MutableLinear, Repeat
 
+from search_spaces.heads import HeadSpace
+
 MLP_ACTIVATIONS = OrderedDict([
     ("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU), ("elu", nn.ELU), ("gelu", nn.GELU),
     ("silu", nn.SiLU), ("mish", nn.Mish), ("hardswish", nn.Hardswish), ("tanh", nn.Tanh),
@@ -53,3 +55,29 @@ class MlpHead(nn.Module):
 
     def forward(self, x):
         return self.norm(self.output(self.hidden(x)))
+
+
+class MlpHeads(HeadSpace):
+    """``MlpHead`` for the projector and predictor, hidden widths as factors of the framework's."""
+
+    name = "mlp"
+    width_factors = True
+
+    def choice_kinds(self, mlp_widths: Sequence[float]) -> frozenset:
+        return frozenset({"layer", "width"} if len(mlp_widths) > 1 else {"layer"})
+
+    def problem(self, mlp_widths, dims):
+        if len(mlp_widths) > 1:
+            return "model.mlp_widths", ("DARTS cannot relax a width choice (NNI has no differentiable BatchNorm1d); "
+                                        "give one width, or search widths with the multi-trial head search")
+        return super().problem(mlp_widths, dims)
+
+    def projector(self, heads, feature_dim, head_width, mlp_widths, mlp_depths, prefix="projector"):
+        dims = heads.scaled(head_width)
+        return MlpHead(prefix, feature_dim, dims.projector_out, [round(w * dims.projector_hidden) for w in mlp_widths],
+                       mlp_depths, dims.projector_out_norm)
+
+    def predictor(self, heads, head_width, mlp_widths, mlp_depths):
+        dims = heads.scaled(head_width)
+        return MlpHead("predictor", dims.projector_out, dims.projector_out,
+                       [round(w * dims.predictor_hidden) for w in mlp_widths], mlp_depths)

@@ -38,6 +38,23 @@ class NasBenchMacroSpace(MacroBackboneSpace):
     def __init__(self, width: float = 1.0, in_channels: int = 3, prefix: str = "backbone"):
         super().__init__(NAS_BENCH_MACRO_OPS, "cifar", width, in_channels, prefix)
 
+    @classmethod
+    def benchmark_entry(cls, architecture: Mapping[str, Any]) -> dict:
+        """The network's benchmark key and, when the table is on disk, its CIFAR-10 accuracy and cost."""
+        key = arch_to_key(architecture)
+        try:
+            table = NasBenchMacro()
+        except FileNotFoundError:
+            return {"key": key, "canonical_key": canonical_key(key)}
+        r = table.record(key)
+        return {"key": key, "canonical_key": canonical_key(key), "mean_acc": r["mean_acc"], "params": r["params"],
+                "flops": r["flops"]}
+
+    @classmethod
+    def distinct_architectures(cls, prefix: str = "backbone") -> list[dict]:
+        """One architecture per distinct network (6561 keys, 3969 networks), in canonical-key order."""
+        return [key_to_arch(key, prefix) for key in distinct_keys()]
+
 
 def layer_labels(prefix: str = "backbone") -> list[str]:
     return [f"{prefix}.layer{i}.op" for i in range(1, NUM_LAYERS + 1)]

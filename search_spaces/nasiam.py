@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from nni.nas.nn.pytorch import LayerChoice
 
-from search_spaces.heads import NasiamLayout
+from search_spaces.heads import HeadSpace, NasiamLayout
 
 # Order matters only for display; the first three are NASiam's parameter-free candidates.
 NASIAM_OPS = ("maxpool_3x3", "avgpool_3x3", "identity",
@@ -102,3 +102,17 @@ def nasiam_predictor(layout: NasiamLayout, dim: int, width: float = 1.0) -> nn.M
     hidden = max(8, int(round(NASIAM_PREDICTOR_HIDDEN * width)))
     dims = [(dim, hidden)] + [(hidden, hidden)] * (layout.predictor - 2) + [(hidden, dim)]
     return NasiamCell("predictor", dims)
+
+
+class NasiamHeads(HeadSpace):
+    """NASiam's operations on every layer of the framework's declared layout (``HeadSpec.nasiam``)."""
+
+    name = "nasiam"
+
+    def projector(self, heads, feature_dim, head_width, mlp_widths, mlp_depths, prefix="projector"):
+        if heads.nasiam is None:
+            raise ValueError(f"the nasiam space has no layout for framework {heads.name!r}")
+        return nasiam_projector(heads.nasiam, feature_dim, heads.scaled(head_width).projector_out, prefix)
+
+    def predictor(self, heads, head_width, mlp_widths, mlp_depths):
+        return nasiam_predictor(heads.nasiam, heads.scaled(head_width).projector_out, head_width)

@@ -5,9 +5,10 @@ with the *same labels*: NNI then shares the architecture weights between the onl
 the momentum branch, and ``freeze`` gives both the same choices. WCL has a second
 projection head, ``projector2``, searched under its own labels (``projector2.layer1.op``).
 
-The backbone is a fixed ResNet (``resnet18``...) or a backbone space (``nas_bench_macro``,
-``macro``, ``resnet``: see ``search_spaces.backbone_spaces``), so a searched backbone pairs
-with a searched head. The ``supervised`` framework's "projector" is a linear classifier.
+The backbone is a fixed ResNet (``search_spaces.backbones``) or a backbone space
+(``search_spaces.backbone_spaces``), so a searched backbone pairs with a searched head; the
+heads come from a head space (``search_spaces.head_spaces``). A framework whose ``HeadSpec``
+declares ``classifier`` gets a linear classifier for its "projector".
 """
 from __future__ import annotations
 
@@ -20,12 +21,8 @@ from torch import nn
 from search_spaces.backbone_spaces import build_backbone_space, is_backbone_space
 from search_spaces.backbones import build_backbone
 from search_spaces.channels import ChannelChoice
-from search_spaces.head_widths import width_predictor, width_projector
-from search_spaces.heads import HeadSpec, fixed_predictor, fixed_projector
-from search_spaces.mlp import MlpHead
-from search_spaces.nasiam import nasiam_predictor, nasiam_projector
-
-HEAD_SPACES = ("fixed", "nasiam", "mlp", "width")  # width: search_spaces.head_widths
+from search_spaces.head_spaces import HEAD_SPACES, fixed_head_spaces
+from search_spaces.heads import HeadSpec
 #: (online, target) attribute pairs of a momentum framework: built here, followed by EMA in the framework
 MOMENTUM_PAIRS = (("backbone", "momentum_backbone"), ("projector", "momentum_projector"))
 
@@ -39,46 +36,19 @@ def make_backbone(name: str, width: float, in_channels: int, options: dict | Non
     return build_backbone(name, width, in_channels)
 
 
-def _projector(heads: HeadSpec, head_space: str, feature_dim: int, head_width: float,
-               mlp_widths: Sequence[float], mlp_depths: Sequence[int], prefix: str = "projector"):
-    """A projection head; ``prefix`` names its labels (``projector2`` for a second head)."""
-    dims = heads.scaled(head_width)
-    if head_space == "fixed":
-        return fixed_projector(feature_dim, dims)
-    if head_space == "nasiam":
-        if heads.nasiam is None:
-            raise ValueError(f"the nasiam space has no layout for framework {heads.name!r}")
-        return nasiam_projector(heads.nasiam, feature_dim, dims.projector_out, prefix)
-    if head_space == "width":
-        return width_projector(feature_dim, dims, mlp_widths, prefix)
-    if head_space == "mlp":
-        return MlpHead(prefix, feature_dim, dims.projector_out,
-                       [round(w * dims.projector_hidden) for w in mlp_widths], mlp_depths, dims.projector_out_norm)
-    raise ValueError(f"unknown head space {head_space!r}; choose one of {HEAD_SPACES}")
-
-
 def _heads(heads: HeadSpec, head_space: str, feature_dim: int, head_width: float,
            mlp_widths: Sequence[float], mlp_depths: Sequence[int], num_classes: int = 10):
+    """(projector, predictor or None) of the framework's ``heads`` in the head space ``head_space``."""
+    space = HEAD_SPACES.get(head_space)
+    if space is None:
+        raise ValueError(f"unknown head space {head_space!r}; choose one of {', '.join(HEAD_SPACES)}")
     if heads.classifier:
-        if head_space != "fixed":
-            raise ValueError(f"framework {heads.name} trains a linear classifier: use head_space fixed, "
-                             f"got {head_space!r}")
+        if space.choice_kinds(mlp_widths):
+            raise ValueError(f"framework {heads.name} trains a linear classifier: use a head space without "
+                             f"choices ({', '.join(fixed_head_spaces())}), got {head_space!r}")
         return nn.Linear(feature_dim, num_classes), None
-    dims = heads.scaled(head_width)
-    projector = _projector(heads, head_space, feature_dim, head_width, mlp_widths, mlp_depths)
-    if head_space == "fixed":
-        predictor = fixed_predictor(dims) if dims.predictor_hidden else None
-    elif head_space == "nasiam":
-        predictor = nasiam_predictor(heads.nasiam, dims.projector_out, head_width) if dims.predictor_hidden else None
-    elif head_space == "width":
-        predictor = width_predictor(dims, mlp_widths) if dims.predictor_hidden else None
-    elif head_space == "mlp":
-        predictor = None
-        if dims.predictor_hidden:
-            predictor = MlpHead("predictor", dims.projector_out, dims.projector_out,
-                                [round(w * dims.predictor_hidden) for w in mlp_widths], mlp_depths)
-    else:
-        raise ValueError(f"unknown head space {head_space!r}; choose one of {HEAD_SPACES}")
+    projector = space.projector(heads, feature_dim, head_width, mlp_widths, mlp_depths)
+    predictor = space.predictor(heads, head_width, mlp_widths, mlp_depths) if heads.dims.predictor_hidden else None
     return projector, predictor
 
 
@@ -105,8 +75,8 @@ class SSLNetworkSpace(ModelSpace):
         self.has_predictor = predictor is not None
         self.has_momentum = heads.momentum
         if heads.second_projector:  # WCL: a second head with its own labels (projector2.*)
-            self.projector2 = _projector(heads, head_space, feature_dim, head_width, mlp_widths, mlp_depths,
-                                         prefix="projector2")
+            self.projector2 = HEAD_SPACES[head_space].projector(heads, feature_dim, head_width, mlp_widths,
+                                                                mlp_depths, prefix="projector2")
         if self.has_momentum:
             self.momentum_backbone = make_backbone(backbone, backbone_width, in_channels, backbone_options)
             self.momentum_projector, _ = _heads(heads, head_space, feature_dim, head_width, mlp_widths, mlp_depths,

@@ -65,7 +65,7 @@ def tiny_overrides(out: Path, **extra) -> dict:
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     def make(**extra):
         return load_config(ROOT / "configs" / "bench_digits_simsiam.yml", tiny_overrides(tmp_path / "run", **extra))

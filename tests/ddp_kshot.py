@@ -20,7 +20,7 @@ def main(out: str) -> None:
     import torch
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.jobs.backbone_search import prepare, train_supernet
 
     cfg = load_config(ROOT / "configs" / "digits_backbone_kshot.yml", {

@@ -20,7 +20,7 @@ nni_compat.apply()
 
 
 def main(out: str, strategy: str) -> None:
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.jobs.search import run_search
 
     cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", {

@@ -21,7 +21,7 @@ nni_compat.apply()
 def main(out: str, strategy: str = "cafenet") -> None:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.strategies.width_sampling import WidthStep
 
@@ -38,8 +38,9 @@ def main(out: str, strategy: str = "cafenet") -> None:
         "backbone_search.strategy": strategy, "data.batch_size": 32, "data.train_subset": 256,
         "data.test_subset": 64, "model.backbone_width": 0.125, "model.head_width": 0.0625,
         "model.backbone_options": {"stages": [1, 1, 1]}, "backbone_search.max_flops": None,
-        "search.epochs": 1, "backbone_search.trials": 2, "backbone_search.population": 2,
-        "backbone_search.tournament": 1, "backbone_search.score_images": 64, "backbone_search.bn_batches": 1,
+        "search.epochs": 1, "backbone_search.trials": 2, "backbone_search.strategy_options.population": 2,
+        "backbone_search.strategy_options.tournament": 1, "backbone_search.score_images": 64,
+        "backbone_search.bn_batches": 1,
         "evaluation.knn_k": 10, "evaluation.linear_epochs": 2, "trainer.progress_bar": False,
         "trainer.accelerator": "cpu", "trainer.strategy": "ddp", "trainer.devices": 2,
     })

@@ -19,8 +19,9 @@ EPOCHS = 4
 TINY = {
     "search.epochs": EPOCHS, "data.batch_size": 32, "data.train_subset": 256, "data.test_subset": 100,
     "model.backbone_width": 0.125, "model.head_width": 0.0625, "evaluation.knn_k": 10,
-    "evaluation.linear_epochs": 5, "backbone_search.trials": 6, "backbone_search.population": 4,
-    "backbone_search.tournament": 2, "backbone_search.score_images": 64, "backbone_search.bn_batches": 2,
+    "evaluation.linear_epochs": 5, "backbone_search.trials": 6, "backbone_search.strategy_options.population": 4,
+    "backbone_search.strategy_options.tournament": 2, "backbone_search.score_images": 64,
+    "backbone_search.bn_batches": 2,
     "backbone_search.max_flops": 60000, "trainer.progress_bar": False, "trainer.accelerator": "cpu",
 }
 

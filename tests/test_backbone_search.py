@@ -19,6 +19,7 @@ def tiny_backbone_overrides(out, **extra) -> dict:
         "data.batch_size": 32, "data.train_subset": 128, "data.test_subset": 64,
         "model.backbone_width": 0.125, "model.head_width": 0.0625,
         "search.epochs": 1, "train.epochs": 1, "evaluation.knn_k": 10, "evaluation.linear_epochs": 5,
+        # an old config's strategy fields (core/config.py MOVED_TO_OPTIONS): each strategy takes those it reads
         "backbone_search.trials": 4, "backbone_search.population": 3, "backbone_search.tournament": 2,
         "backbone_search.score_images": 64, "backbone_search.bn_batches": 2,
         "backbone_search.enas_batches_per_update": 2,
@@ -28,7 +29,7 @@ def tiny_backbone_overrides(out, **extra) -> dict:
 
 
 def load(out, **extra):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     return load_config(CONFIG, tiny_backbone_overrides(out, **extra))
 

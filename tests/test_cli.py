@@ -28,7 +28,7 @@ def _run(args, cwd):
 
 @pytest.mark.parametrize("setting,message", [
     (["--set", "framework=simsam"], "unknown framework 'simsam'"),
-    (["--set", "search.epochs=-1"], "search.epochs: must be >= 1"),
+    (["--set", "search.epochs=-1"], "search.epochs: must be in [1, 100000], got -1"),
     (["--set", "data.dataset=imagefolder", "--set", "data.root=/nonexistent/cifar"], "does not exist"),
     (["--set", "data.batchsize=4"], "did you mean 'batch_size'"),
     (["--set", "optim.lr=fast"], "optim.lr: must be a finite number"),
@@ -40,6 +40,41 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, s
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not out.exists()
+
+
+HUGE = "9" * 401  # beyond any float: the OverflowError a range used to let through
+
+
+@pytest.mark.parametrize("job,config,field", [
+    ("search", "bench_digits_simsiam.yml", "search.epochs"),
+    ("search", "bench_digits_simsiam.yml", "train.epochs"),
+    ("search", "bench_digits_simsiam.yml", "evaluation.linear_epochs"),
+    ("search", "bench_digits_simsiam.yml", "data.batch_size"),
+    ("backbone-search", "digits_backbone_spos.yml", "backbone_search.trials"),
+    ("backbone-search", "digits_backbone_spos.yml", "backbone_search.strategy_options.population"),
+    ("backbone-search", "digits_backbone_spos.yml", "backbone_search.max_flops"),
+])
+def test_a_huge_number_is_refused_before_anything_is_written(tmp_path, capsys, job, config, field):
+    out = tmp_path / "out"
+    result = _run_in_process([job, "--config", str(ROOT / "configs" / config), "--output-dir", str(out),
+                              "--set", f"{field}={HUGE}"], capsys)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}: must be"), result.stderr
+    assert "401-digit" in lines[0] or "finite" in lines[0]
+    assert not out.exists()
+
+
+def test_a_number_beyond_python_s_own_limit_is_one_line_too(tmp_path, capsys):
+    out = tmp_path / "out"
+    huge = tmp_path / "huge.yml"
+    huge.write_text("search:\n  epochs: " + "9" * 5000 + "\n")
+    for args in (["--config", str(ROOT / "configs" / "bench_digits_simsiam.yml"), "--set", "search.epochs=" + "9" * 5000],
+                 ["--config", str(huge)]):
+        result = _run_in_process(["search", *args, "--output-dir", str(out)], capsys)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert not out.exists()
 
 

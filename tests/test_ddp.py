@@ -91,7 +91,7 @@ def test_path_sampling_backbone_search_under_ddp_on_two_cpu_processes(tmp_path):
 
 def test_trainer_finds_unused_parameters_only_when_asked_and_under_ddp(tmp_path):
     from experiments.core.assembly import build_trainer
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     def ddp_flag(strategy, unused):
         cfg = load_config(ROOT / "configs" / "digits_backbone_mctnas.yml",

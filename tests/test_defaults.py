@@ -4,7 +4,8 @@ import pytest
 
 from experiments.core.assembly import build_data
 from experiments.core.batch_augment import BatchViewAugment
-from experiments.core.config import Config, load_config
+from experiments.core.config import Config
+from experiments.core.validation import load_config
 from tests.conftest import ROOT, tiny_overrides
 
 
@@ -65,3 +66,17 @@ def test_batched_views_follow_from_epoch_and_position_so_a_resume_makes_the_same
     assert torch.equal(views(1, 3, first), views(1, 3))  # a fresh module (a resumed run) draws the same
     assert not torch.equal(views(0, 3, first), views(1, 3, first))  # another epoch, other views
     assert not torch.equal(views(1, 2, first), views(1, 3, first))  # another position, other views
+
+
+def test_every_number_of_the_schema_has_the_interval_docs_config_md_lists():
+    import re
+
+    from experiments.core.config import field_intervals
+
+    listed = {}
+    table = (ROOT / "docs" / "config.md").read_text()
+    for interval, fields in re.findall(r"^\| `([\[(][^`]*[\])])` \| (.+) \|$", table, re.M):
+        listed.update({name: interval for name in re.findall(r"`([a-z_.]+)`", fields)})
+    intervals = field_intervals()
+    assert "search.epochs" in intervals and "evaluation.linear_epochs" in intervals and "train.epochs" in intervals
+    assert listed == intervals

@@ -17,7 +17,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from experiments.core.config import Config, config_from_dict, load_config
+from experiments.core.config import Config
+from experiments.core.validation import config_from_dict, load_config
 from experiments.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

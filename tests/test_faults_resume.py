@@ -96,7 +96,7 @@ def claim_while_running(out: Path, pid: int) -> dict:
     """Claim ``out`` here, as a second run would (same config), while process ``pid`` holds it."""
     from experiments.core.checkpointing import open_run
     from experiments.core.errors import ConfigError
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", {**TINY, "output_dir": str(out)})
     os.kill(pid, signal.SIGSTOP)  # paused, it keeps its lock however long this takes
@@ -202,7 +202,7 @@ def test_sigint_mid_epoch_checkpoint_resumes_exactly_under_gumbel_darts(tmp_path
     """GumbelDARTS draws noise from the global RNG every step and anneals its temperature per
     epoch: a mid-epoch resume must restore both (see nni_compat quirk 23)."""
     from experiments.jobs import search
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.core.errors import RunInterrupted
 
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ TINY = {"model.backbone_width": 0.0625, "model.head_width": 0.0625}
 
 @pytest.fixture
 def cfg():
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     return load_config(CONFIG, TINY)
 
@@ -115,7 +115,7 @@ def test_claim_records_failures_and_cleans_stale_temporaries(tmp_path, cfg):
 def test_overwrite_starts_over(tmp_path, cfg):
     from experiments.core.checkpointing import open_run
     from experiments.core.errors import ConfigError
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     out = tmp_path / "out"
     with open_run(out, cfg, "search", (), log_fn=lambda line: None):
@@ -135,7 +135,7 @@ def test_overwrite_starts_over(tmp_path, cfg):
 
 def test_volatile_fields_do_not_change_the_run(cfg):
     from experiments.core.checkpointing import run_record
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     same = load_config(CONFIG, {**TINY, "trainer.progress_bar": False, "data.num_workers": 2, "output_dir": "x"})
     other = load_config(CONFIG, {**TINY, "search.arch_lr": 0.01})

@@ -37,7 +37,7 @@ def shared_tree(uniform_steps=0, first_update=0, seed=0, distinct=False, loss_sh
     from experiments.strategies.mcts import MonteCarloTree, WarmupSchedule
 
     tree = MonteCarloTree([3] * 8, seed=seed, warmup=WarmupSchedule(uniform_steps, first_update))
-    return SharedTree(tree, space(), loss_shift, distinct_architectures() if distinct else None)
+    return SharedTree(tree, space(), loss_shift, distinct_architectures("nas_bench_macro") if distinct else None)
 
 
 def network_counts(architectures) -> Counter:
@@ -78,7 +78,7 @@ def test_distinct_spos_draws_every_network_equally_often_where_key_sampling_does
 
     from experiments.strategies.sampling import distinct_spos
 
-    module = distinct_spos().configure_oneshot_module(pl.LightningModule())
+    module = distinct_spos("nas_bench_macro").configure_oneshot_module(pl.LightningModule())
     np.random.seed(0)
     distinct = network_counts(module.draw() for _ in range(DRAWS))
     assert set(distinct) <= set(_distinct_keys())
@@ -268,7 +268,7 @@ def test_spos_refuses_distinct_outside_nas_bench_macro(tmp_path):
 
 # --- on digits -----------------------------------------------------------------------------------
 def mctnas_config(out, **extra):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     overrides = tiny_backbone_overrides(out, **{
         "search.epochs": 2, "backbone_search.max_flops": 40_000,

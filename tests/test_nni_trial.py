@@ -112,7 +112,7 @@ def as_nni_trial(job, config: str, overrides: dict, parameters: dict, tmp_path, 
 
 def test_head_trial_trains_the_head_its_parameters_spell(tmp_path, monkeypatch, optimised_weights):
     from experiments.core.assembly import build_space
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.jobs.trial import run_head_trial
 
     overrides = tiny_overrides(tmp_path / "unused", **{"data.train_subset": 256, "data.test_subset": 100,
@@ -254,7 +254,7 @@ def test_export_says_why_it_cannot(tmp_path):
 # ---------------------------------------------------------------- the generated head space
 
 def test_committed_head_search_space_is_what_the_space_generates(tmp_path):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.jobs.export_space import head_search_space, render
 
     (tmp_path / "train" / "a").mkdir(parents=True)

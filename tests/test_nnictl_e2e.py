@@ -195,7 +195,7 @@ def test_export_after_stop_writes_an_architecture_retrain_accepts(experiment, tm
     from conftest import tiny_overrides
     from experiments.core.records import build_fixed, read_architecture
     from experiments.cli import main
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     experiment.stop()  # export reads NNI's stored data, no manager needed
     output = tmp_path / "best.json"

@@ -8,7 +8,7 @@ import sys
 import warnings
 
 from experiments.core import run_log
-from experiments.core.config import load_config
+from experiments.core.validation import load_config
 from experiments.core.machine import thread_policy
 from tests.conftest import ROOT, tiny_overrides
 

@@ -12,13 +12,20 @@ from tests.test_backbone_search import load
 
 
 def make_toy_strategy():
-    """A toy backbone strategy, registered alone: uniform SPOS training, then the smallest network."""
+    """A toy backbone strategy with an option of its own: SPOS training, then every layer set to ``op``."""
+    from evaluators.options import Option
+    from experiments.core.errors import ConfigError
     from experiments.strategies import Selection, Strategy
 
-    class SmallestNetwork(Strategy):
-        name = "smallest"
-        summary = "SPOS supernet training, then the network with the fewest FLOPs"
+    class OneOperation(Strategy):
+        name = "one_op"
+        summary = "SPOS supernet training, then the network whose every layer is the option's operation"
         handles = frozenset({"layer", "width", "depth"})
+        option_specs = {"op": Option("identity", why="the operation every layer takes")}
+
+        def check(self, cfg, target):
+            if cfg.backbone_search.strategy == self.name and self.settings(cfg)["op"] not in ("identity", "mb3_k3"):
+                raise ConfigError("backbone_search.strategy_options.op: must be identity or mb3_k3")
 
         def build(self, ctx):
             from nni.nas.strategy import RandomOneShot
@@ -26,26 +33,157 @@ def make_toy_strategy():
             return RandomOneShot()
 
         def select(self, ctx, nni_strategy):
-            return Selection(ctx.cost.smallest("flops")[0])
+            return Selection({label: self.settings(ctx.cfg)["op"] for label in ctx.cost.labels})
 
-    return SmallestNetwork()
+    return OneOperation()
 
 
-def test_a_strategy_added_through_the_registry_alone_searches_and_exports(tmp_path, monkeypatch):
+def test_a_strategy_with_its_own_options_added_through_the_registry_alone_searches_and_exports(tmp_path,
+                                                                                                monkeypatch):
     from experiments.core.errors import ConfigError
     from experiments.core.records import build_fixed, read_architecture
     from experiments.jobs.backbone_search import run_backbone_search
     from experiments.strategies import STRATEGIES
 
     with pytest.raises(ConfigError, match="backbone_search.strategy"):
-        load(tmp_path / "before", **{"backbone_search.strategy": "smallest"})
-    monkeypatch.setitem(STRATEGIES, "smallest", make_toy_strategy())
-    cfg = load(tmp_path / "toy", **{"backbone_search.strategy": "smallest"})
+        load(tmp_path / "before", **{"backbone_search.strategy": "one_op"})
+    monkeypatch.setitem(STRATEGIES, "one_op", make_toy_strategy())
+    with pytest.raises(ConfigError, match="strategy_options.op: must be identity or mb3_k3"):
+        load(tmp_path / "bad", **{"backbone_search.strategy": "one_op", "backbone_search.strategy_options.op": "x"})
+    cfg = load(tmp_path / "toy", **{"backbone_search.strategy": "one_op",
+                                    "backbone_search.strategy_options.op": "mb3_k3", "backbone_search.max_flops": None})
     record = run_backbone_search(cfg, tmp_path / "toy", log_fn=lambda line: None)
-    assert record["strategy"] == "smallest"
-    assert all(value == "identity" for label, value in record["architecture"].items() if label.startswith("backbone."))
+    assert record["strategy"] == "one_op"
+    backbone = {label: value for label, value in record["architecture"].items() if label.startswith("backbone.")}
+    assert len(backbone) == 8 and set(backbone.values()) == {"mb3_k3"}  # the option reached select
     network, architecture = build_fixed(read_architecture(tmp_path / "toy" / "best_architecture.json"), cfg)
     assert architecture == record["architecture"]
+
+
+def make_toy_framework():
+    """A toy framework: a cosine loss between two views' projections, scaled by its own option."""
+    import torch.nn.functional as F
+
+    from evaluators.base import SSLFramework
+    from evaluators.options import Option
+    from search_spaces.heads import HeadDims, HeadSpec
+
+    class Toy(SSLFramework):
+        name = "toy"
+        option_specs = {"scale": Option(1.0, "(0, 10]", "the loss's scale")}
+        heads = HeadSpec("toy", HeadDims(projector_hidden=64, projector_out=32))
+        loss_floor = -10.0
+        losses: list = []
+
+        def ssl_loss(self, views, arch_step):
+            z1, z2 = self.embed(views[0], arch_step), self.embed(views[1], arch_step)
+            loss = -self.options["scale"] * F.cosine_similarity(z1, z2).mean()
+            Toy.losses.append(float(loss.detach()))
+            return loss
+
+    return Toy
+
+
+def test_a_framework_added_through_the_registry_alone_trains_a_backbone_search(tmp_path, monkeypatch):
+    from evaluators import FRAMEWORKS
+    from experiments.core.errors import ConfigError
+    from experiments.jobs.backbone_search import run_backbone_search
+
+    with pytest.raises(ConfigError, match="unknown framework 'toy'"):
+        load(tmp_path / "before", framework="toy")
+    toy = make_toy_framework()
+    monkeypatch.setitem(FRAMEWORKS, "toy", toy)
+    with pytest.raises(ConfigError, match=r"framework_options.scale: must be in \(0, 10\]"):
+        load(tmp_path / "bad", framework="toy", **{"framework_options.scale": 0})
+    cfg = load(tmp_path / "toy", framework="toy", **{"framework_options.scale": 3.0})
+    record = run_backbone_search(cfg, tmp_path / "toy", log_fn=lambda line: None)
+    assert record["space"]["framework"] == "toy"
+    assert toy.losses and min(toy.losses) >= -3.0 - 1e-5 and min(toy.losses) < -1.0  # its loss, at its scale
+
+
+def make_toy_backbone_space():
+    """A toy backbone space: a stem and one layer that is a 3x3 convolution or an identity; it has a table."""
+    from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+    from torch import nn
+
+    class ToySpace(ModelSpace):
+        space_name = "toy"
+        choice_kinds = frozenset({"layer"})
+
+        def __init__(self, width: float = 1.0, in_channels: int = 3, prefix: str = "backbone", channels: int = 8):
+            super().__init__()
+            self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
+            self.layer = LayerChoice({"conv": nn.Conv2d(channels, channels, 3, padding=1), "identity": nn.Identity()},
+                                     label=f"{prefix}.layer1.op")
+            self.feature_dim = channels
+
+        def forward(self, x):
+            return self.layer(self.stem(x).relu()).mean((2, 3))
+
+        @classmethod
+        def benchmark_entry(cls, architecture):
+            return {"toy_table": architecture["backbone.layer1.op"]}
+
+    return ToySpace
+
+
+def test_a_backbone_space_added_through_the_registry_alone_is_searched_with_its_properties(tmp_path, monkeypatch):
+    from experiments.core.errors import ConfigError
+    from experiments.jobs.backbone_search import run_backbone_search
+    from search_spaces.backbone_spaces import BACKBONE_SPACES
+
+    with pytest.raises(ConfigError, match="model.backbone: unknown backbone 'toy'"):
+        load(tmp_path / "before", **{"model.backbone": "toy"})
+    monkeypatch.setitem(BACKBONE_SPACES, "toy", make_toy_backbone_space())
+    with pytest.raises(ConfigError, match="model.backbone_options.chanels: .*did you mean 'channels'"):
+        load(tmp_path / "bad", **{"model.backbone": "toy", "model.backbone_options": {"chanels": 4}})
+    cfg = load(tmp_path / "toy", **{"model.backbone": "toy", "model.backbone_options": {"channels": 6},
+                                    "backbone_search.max_flops": None})
+    record = run_backbone_search(cfg, tmp_path / "toy", log_fn=lambda line: None)
+    assert record["architecture"]["backbone.layer1.op"] in ("conv", "identity")
+    assert record["benchmark"] == {"toy_table": record["architecture"]["backbone.layer1.op"]}  # its table's entry
+
+
+def make_toy_head_space():
+    """A toy head space: the projector is one Linear or two (a bottleneck of 4); the predictor the fixed one."""
+    from nni.nas.nn.pytorch import LayerChoice
+    from torch import nn
+
+    from search_spaces.heads import HeadSpace, fixed_predictor
+
+    class ToyHeads(HeadSpace):
+        name = "toy_heads"
+
+        def projector(self, heads, feature_dim, head_width, mlp_widths, mlp_depths, prefix="projector"):
+            out = heads.scaled(head_width).projector_out
+            return LayerChoice({"one": nn.Linear(feature_dim, out),
+                                "bottleneck": nn.Sequential(nn.Linear(feature_dim, 4), nn.Linear(4, out))},
+                               label=f"{prefix}.toy")
+
+        def predictor(self, heads, head_width, mlp_widths, mlp_depths):
+            return fixed_predictor(heads.scaled(head_width))
+
+    return ToyHeads()
+
+
+def test_a_head_space_added_through_the_registry_alone_is_searched_by_darts(tmp_path, monkeypatch):
+    from experiments.core.errors import ConfigError
+    from experiments.core.validation import load_config
+    from experiments.jobs.search import run_search
+    from search_spaces.head_spaces import HEAD_SPACES
+    from tests.conftest import tiny_overrides
+
+    def config(out, **extra):
+        return load_config(ROOT / "configs" / "bench_digits_simsiam.yml", tiny_overrides(out, **{
+            "model.head_space": "toy_heads", "search.epochs": 1, "data.train_subset": 128, "data.test_subset": 64,
+            "evaluation.linear_epochs": 2, **extra}))
+
+    with pytest.raises(ConfigError, match="model.head_space: unknown head space 'toy_heads'"):
+        config(tmp_path / "before")
+    monkeypatch.setitem(HEAD_SPACES, "toy_heads", make_toy_head_space())
+    record = run_search(config(tmp_path / "toy"), tmp_path / "toy", log_fn=lambda line: None)
+    assert record["space"]["head_space"] == "toy_heads"
+    assert record["architecture"]["projector.toy"] in ("one", "bottleneck")
 
 
 def test_registry_says_what_each_strategy_takes():
@@ -56,8 +194,51 @@ def test_registry_says_what_each_strategy_takes():
                                           "autoslim", "bcnet", "cafenet", "toponas", "entrannas"]
     assert [n for n, s in STRATEGIES.items() if s.interleaved] == ["darts", "gdarts", "proxyless", "kshot",
                                                                      "toponas", "entrannas"]
-    assert "search.gumbel_temperature" in STRATEGIES["gdarts"].config_fields
-    assert "search.gumbel_temperature" not in STRATEGIES["darts"].config_fields
+    assert "temperature" in STRATEGIES["gdarts"].option_specs and "temperature" not in STRATEGIES["darts"].option_specs
+
+
+def test_the_schema_keeps_no_strategy_setting():
+    """Every setting one strategy reads is an Option of it; the schema's moved fields are gone."""
+    import dataclasses
+
+    from experiments.core.config import MOVED_TO_OPTIONS, Config
+    from experiments.strategies import STRATEGIES
+
+    sections = {f.name: {g.name for g in dataclasses.fields(f.type if isinstance(f.type, type) else
+                                                             getattr(Config(), f.name))}
+                for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(Config(), f.name))}
+    for (section, name), (option, _) in MOVED_TO_OPTIONS.items():
+        assert name not in sections[section]
+        assert any(option in s.option_specs for s in STRATEGIES.values())
+
+
+def test_a_head_strategy_option_reaches_nni():
+    from experiments.core.errors import ConfigError
+    from experiments.core.validation import load_config
+    from experiments.strategies import STRATEGIES, SearchContext
+
+    config = ROOT / "configs" / "bench_digits_simsiam.yml"
+    cfg = load_config(config, {"search.strategy": "gdarts", "search.strategy_options.temperature": [2.0, 0.5]})
+    assert STRATEGIES["gdarts"].nni_strategy(SearchContext(cfg, "heads")).temperature == (2.0, 0.5)
+    with pytest.raises(ConfigError, match=r"search.strategy_options.temperature: must be \[initial, final\]"):
+        load_config(config, {"search.strategy": "gdarts", "search.strategy_options.temperature": [0.5, 2.0]})
+    with pytest.raises(ConfigError, match=r"search.strategy_options.temperature: darts has no such option"):
+        load_config(config, {"search.strategy_options.temperature": [2.0, 0.5]})
+
+
+def test_an_old_config_s_strategy_fields_reach_the_strategy_that_reads_them():
+    from experiments.core.validation import load_config
+    from experiments.strategies import STRATEGIES
+
+    old = {"search.gumbel_temperature": [3.0, 1.0], "backbone_search.population": 5,
+           "backbone_search.enas_batches_per_update": 7}
+    cfg = load_config(ROOT / "configs" / "bench_digits_simsiam.yml", {**old, "search.strategy": "gdarts"})
+    assert STRATEGIES["gdarts"].settings(cfg, "heads")["temperature"] == [3.0, 1.0]
+    spos = load_config(ROOT / "configs" / "digits_backbone_spos.yml", old)
+    assert STRATEGIES["spos"].settings(spos)["population"] == 5
+    assert "batches_per_update" not in spos.backbone_search.strategy_options
+    darts = load_config(ROOT / "configs" / "digits_backbone_spos.yml", {**old, "backbone_search.strategy": "darts"})
+    assert darts.backbone_search.strategy_options == {}  # darts never read them
 
 
 def test_a_darts_strategy_cannot_search_width_and_depth_choices(tmp_path):
@@ -77,7 +258,7 @@ def test_a_darts_strategy_cannot_search_width_and_depth_choices(tmp_path):
     ("student_temperature", 0.0, r"must be in \[0.001, 100\]"),
 ])
 def test_each_framework_option_has_its_own_range(option, value, message):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=rf"framework_options.{option}: {message}"):
@@ -85,7 +266,7 @@ def test_each_framework_option_has_its_own_range(option, value, message):
 
 
 def test_label_smoothing_zero_is_a_valid_option():
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     cfg = load_config(ROOT / "configs" / "digits_backbone_spos.yml",
                       {"framework": "supervised", "framework_options.label_smoothing": 0})

@@ -8,7 +8,7 @@ from torch import nn
 
 import evaluators.base as base
 from experiments.core.records import build_fixed, read_architecture
-from experiments.core.config import load_config
+from experiments.core.validation import load_config
 from experiments.jobs.evaluate import run_evaluate
 from experiments.jobs.retrain import run_retrain
 from experiments.jobs.search import run_search

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from experiments.core.config import load_config
+from experiments.core.validation import load_config
 from experiments.core.errors import ConfigError
 from experiments.core.machine import apply_thread_policy, choose_thread_policy, thread_policy
 from tests.conftest import ROOT

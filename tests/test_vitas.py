@@ -86,12 +86,12 @@ def test_the_identity_probability_puts_the_mean_draw_in_the_budget_band():
 
 
 def load(out, **extra):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     overrides = tiny_backbone_overrides(out, **{
-        "model.backbone_width": 1.0, "backbone_search.max_flops": 3e5, "backbone_search.tournament": 2,
-        "backbone_search.bn_batches": 0,
-        "backbone_search.strategy_options": {"population": 3, "generations": 2, "tuning_samples": 200}})
+        "model.backbone_width": 1.0, "backbone_search.max_flops": 3e5, "backbone_search.bn_batches": 0,
+        "backbone_search.strategy_options": {"population": 3, "generations": 2, "tuning_samples": 200,
+                                             "tournament": 2}})
     overrides.update(extra)
     return load_config(CONFIG, overrides)
 
@@ -132,10 +132,11 @@ def test_a_ci_sized_vitas_search_stays_in_the_band_and_exports_what_retrain_rebu
 
 @pytest.mark.parametrize("override,message", [
     ({"backbone_search.strategy_options": {"sharing": "both"}}, "sharing: must be one of cyclic, prefix"),
-    ({"model.backbone": "resnet", "model.backbone_options": {}}, "vitas searches the vit space"),
+    ({"model.backbone": "resnet", "model.backbone_options": {}},
+     r"vitas searches a space whose layers shift to identities \(vit\), got resnet"),
     ({"model.head_space": "nasiam"}, "vitas searches the backbone only"),
-    ({"backbone_search.strategy_options": {"population": 2}, "backbone_search.tournament": 4},
-     r"tournament: must be <= strategy_options.population \(2\)"),
+    ({"backbone_search.strategy_options": {"population": 2, "tournament": 4}},
+     r"strategy_options.tournament: must be <= backbone_search.strategy_options.population \(2\)"),
 ])
 def test_bad_vitas_settings_are_refused_before_anything_runs(tmp_path, override, message):
     from experiments.core.errors import ConfigError

@@ -231,7 +231,8 @@ def test_width_strategies_refuse_other_spaces_and_searched_heads(tmp_path):
 
     with pytest.raises(ConfigError, match=r"bcnet cannot search space nas_bench_macro \(its layer choices"):
         validate(load(tmp_path / "a", **{"backbone_search.strategy": "bcnet"}))
-    with pytest.raises(ConfigError, match="model.head_space: cafenet searches widths: use fixed heads or the heads. widths"):
+    with pytest.raises(ConfigError, match=r"model.head_space: cafenet searches widths: use heads whose choices "
+                                          r"are widths or none \(fixed, width\), got nasiam"):
         load(tmp_path / "b", **WIDTH_SPACE, **{"backbone_search.strategy": "cafenet", "model.head_space": "nasiam"})
     with pytest.raises(ConfigError, match=r"strategy_options.placements: must be in \[1, 64\]"):
         load(tmp_path / "c", **WIDTH_SPACE, **{"backbone_search.strategy": "cafenet",

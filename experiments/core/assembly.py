@@ -16,8 +16,8 @@ from experiments.core.config import Config
 from experiments.core.errors import ConfigError
 from experiments.core.machine import ddp_processes, thread_policy
 from evaluators.views import AugmentSettings
-from experiments.core.data import (DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats, load_images,
-                                   normalized)
+from experiments.core.data import (DATASETS, DataError, ImageSet, MultiViewDataset, SeededSampler, channel_stats,
+                                   load_images, normalized)
 from search_spaces import SSLNetworkSpace
 
 @dataclass
@@ -65,7 +65,7 @@ def check_split_size(cfg: Config, images: int) -> None:
 def augment_settings(cfg: Config, image_size: int) -> AugmentSettings:
     """The config's augmentation with dataset-aware defaults for the fields left null."""
     a = cfg.augment
-    tiny = cfg.data.dataset == "digits"
+    tiny = DATASETS[cfg.data.dataset].glyphs
     return AugmentSettings(
         crop_min_scale=a.crop_min_scale if a.crop_min_scale is not None else (0.5 if tiny else 0.2),
         hflip_p=a.hflip_p if a.hflip_p is not None else (0.0 if tiny else 0.5),

@@ -1,282 +1,186 @@
-"""The YAML config schema: dataclasses, validated field by field before anything runs.
+"""The YAML config schema: dataclasses, checked field by field before anything runs.
 
-Every error is one line that names the field (``data.batch_size: must be >= 1, got 0``);
-an unknown key gets the closest valid name. ``--set a.b=value`` overrides use the same
-checks, so do the parameters an NNI tuner sends to a trial.
+Each field's annotation says its type and ``setting(...)`` what it may take, in the range
+language that frameworks' and strategies' options use too (``experiments/ranges.py``):
+every number has an interval. Every error is one line that names the field
+(``data.batch_size: must be in [2, 1048576], got 0``); an unknown key gets the closest valid
+name. ``--set a.b=value`` overrides use the same checks, so do the parameters an NNI tuner
+sends to a trial. This module imports no registry: the names a registry holds (frameworks,
+strategies, spaces, datasets) and their options are checked by ``experiments.core.validation``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
+from experiments import ranges
 from experiments.core.errors import ConfigError, existing_file
-
-
-def _positive(x):
-    return x > 0
-
-
-def _non_negative(x):
-    return x >= 0
-
-
-def _probability(x):
-    return 0.0 <= x <= 1.0
-
-
-def _number(x) -> bool:
-    """A real, finite number (not a bool)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _numbers(v, low: float, high: float, integer: bool = False) -> bool:
-    """A non-empty list of numbers in (low, high] (integers in [low, high] when ``integer``)."""
-    if not isinstance(v, list) or not v:
-        return False
-    if integer:
-        return all(isinstance(x, int) and not isinstance(x, bool) and low <= x <= high for x in v)
-    return all(_number(x) and low < x <= high for x in v)
-
-
-def _path_text(v) -> bool:
-    return v is None or (bool(v.strip()) and "\x00" not in v)
-
 
 MAX_WIDTH = 16.0  # width multipliers above this do not fit any machine this package targets
 MAX_SEED = 2 ** 32 - 1  # numpy's (and so Lightning's seed_everything) range
 
 
+def _path_text(v) -> bool:
+    return bool(v.strip()) and "\x00" not in v
+
+
+def _devices(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return 1 <= v <= 1024 or v == -1
+    return v == "auto" or (isinstance(v, list) and 0 < len(v) == len(set(v)) <= 1024
+                           and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1024 for x in v))
+
+
+def setting(default: Any, interval: Optional[str] = None, why: str = "", *, one_of: Optional[tuple] = None,
+            rule: Optional[tuple[Callable[[Any], bool], str]] = None):
+    """A schema field: its default and what it may take (the field's type comes from its annotation).
+
+    ``interval``: where a number (or each number of a list) must lie, in ``Option``'s range language
+    (``experiments/ranges.py``); ``one_of``: the words a string may be; ``rule``: (test, words)
+    for a shape no interval says (a list of four, a device list).
+    """
+    meta = {"interval": interval, "why": why, "one_of": one_of, "rule": rule}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+EPOCHS = "[1, 100000]"  # more epochs than any run of this package will see, far below an overflow
+WIDTH = f"(0, {MAX_WIDTH:g}]"
+PROBABILITY = "[0, 1]"
+LEARNING_RATE = "(0, 1000]"
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "digits"
-    root: Optional[str] = None
-    image_size: Optional[int] = None
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    search_split: float = 0.5
-    batch_size: int = 128
-    num_workers: Optional[int] = None  # DataLoader worker processes; null: the thread policy's (core/machine.py)
+    dataset: str = "digits"  # experiments.core.data.DATASETS (checked at validation)
+    root: Optional[str] = setting(None, rule=(_path_text, "must be a path (not empty, no NUL character)"))
+    image_size: Optional[int] = setting(None, "[8, 1024]")
+    train_subset: Optional[int] = setting(None, "[2, 100000000]")
+    test_subset: Optional[int] = setting(None, "[1, 100000000]")
+    search_split: float = setting(0.5, "(0, 1)")
+    batch_size: int = setting(128, "[2, 1048576]")
+    # DataLoader worker processes; null: the thread policy's (core/machine.py)
+    num_workers: Optional[int] = setting(None, "[0, 256]")
     # augment whole uint8 batches in the training step (on the GPU if any): 1.3-3x the images a second on CPU
-    # with channels-last (benchmarks/results/throughput-cpu.json); frameworks that make their own views fall back to per-image
+    # with channels-last (benchmarks/results/throughput-cpu.json); frameworks that make their own views fall
+    # back to per-image
     batched_augment: bool = True
-
-    _checks = {
-        "dataset": (lambda v: v in ("digits", "cifar10", "cifar100", "stl10", "imagefolder"),
-                    "must be one of digits, cifar10, cifar100, stl10, imagefolder"),
-        "root": (_path_text, "must be a path (not empty, no NUL character)"),
-        "image_size": (lambda v: v is None or 8 <= v <= 1024, "must be between 8 and 1024"),
-        "train_subset": (lambda v: v is None or v >= 2, "must be >= 2"),
-        "test_subset": (lambda v: v is None or v >= 1, "must be >= 1"),
-        "search_split": (lambda v: 0.0 < v < 1.0, "must be between 0 and 1 (exclusive)"),
-        "batch_size": (lambda v: v >= 2, "must be >= 2"),
-        "num_workers": (lambda v: v is None or 0 <= v <= 256, "must be between 0 and 256 or null"),
-    }
 
 
 @dataclass
 class AugmentConfig:
-    crop_min_scale: Optional[float] = None  # default: 0.2, or 0.5 for 8x8 digits
-    hflip_p: Optional[float] = None  # default: 0.5, or 0 for digits (not mirror-symmetric)
-    jitter: list = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: Optional[float] = None  # default: 0.5 for images of 64 px and more, else 0
-    solarize_p: float = 0.0
-
-    _checks = {
-        "crop_min_scale": (lambda v: v is None or 0.0 < v <= 1.0, "must be in (0, 1]"),
-        "hflip_p": (lambda v: v is None or _probability(v), "must be a probability in [0, 1]"),
-        "jitter": (lambda v: len(v) == 4 and all(_number(x) and x >= 0 for x in v) and v[3] <= 0.5,
-                   "must be four non-negative numbers (brightness, contrast, saturation, hue <= 0.5)"),
-        "jitter_p": (_probability, "must be a probability in [0, 1]"),
-        "grayscale_p": (_probability, "must be a probability in [0, 1]"),
-        "blur_p": (lambda v: v is None or _probability(v), "must be a probability in [0, 1]"),
-        "solarize_p": (_probability, "must be a probability in [0, 1]"),
-    }
-
-
-BACKBONES = ("resnet18", "resnet34", "resnet50")  # fixed ResNets
-BACKBONE_SPACE_NAMES = ("nas_bench_macro", "macro", "resnet", "vit", "nas_bench_macro_width", "cells",
-                        "resnet_width")  # search_spaces.backbone_spaces
+    crop_min_scale: Optional[float] = setting(None, "(0, 1]")  # default: 0.2, or 0.5 for 8x8 digits
+    hflip_p: Optional[float] = setting(None, PROBABILITY)  # default: 0.5, or 0 for digits (not mirror-symmetric)
+    jitter: list[float] = setting([0.4, 0.4, 0.4, 0.1], "[0, 100]", rule=(
+        lambda v: len(v) == 4 and v[3] <= 0.5, "must be four numbers (brightness, contrast, saturation, hue <= 0.5)"))
+    jitter_p: float = setting(0.8, PROBABILITY)
+    grayscale_p: float = setting(0.2, PROBABILITY)
+    blur_p: Optional[float] = setting(None, PROBABILITY)  # default: 0.5 for images of 64 px and more, else 0
+    solarize_p: float = setting(0.0, PROBABILITY)
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"
-    backbone_width: float = 1.0
+    backbone: str = "resnet18"  # a fixed ResNet or a backbone space (checked at validation)
+    backbone_width: float = setting(1.0, WIDTH)
     backbone_options: dict = field(default_factory=dict)  # a backbone space's own options (e.g. plan)
-    head_space: str = "nasiam"
-    head_width: float = 1.0
-    mlp_widths: list = field(default_factory=lambda: [1.0])
-    mlp_depths: list = field(default_factory=lambda: [1, 2, 3])
-
-    _checks = {
-        "backbone": (lambda v: v in BACKBONES + BACKBONE_SPACE_NAMES,
-                     "must be a fixed ResNet (resnet18, resnet34, resnet50) or a backbone space "
-                     f"({', '.join(BACKBONE_SPACE_NAMES)})"),
-        "backbone_width": (lambda v: 0 < v <= MAX_WIDTH, f"must be in (0, {MAX_WIDTH:g}]"),
-        "head_space": (lambda v: v in ("fixed", "nasiam", "mlp", "width"), "must be one of fixed, nasiam, mlp, width"),
-        "head_width": (lambda v: 0 < v <= MAX_WIDTH, f"must be in (0, {MAX_WIDTH:g}]"),
-        "mlp_widths": (lambda v: _numbers(v, 0, MAX_WIDTH),
-                       f"must be a non-empty list of width factors in (0, {MAX_WIDTH:g}]"),
-        "mlp_depths": (lambda v: _numbers(v, 1, 16, integer=True),
-                       "must be a non-empty list of integers between 1 and 16"),
-    }
+    head_space: str = "nasiam"  # search_spaces.head_spaces.HEAD_SPACES (checked at validation)
+    head_width: float = setting(1.0, WIDTH)
+    mlp_widths: list[float] = setting([1.0], WIDTH, rule=(bool, "must not be empty"))
+    mlp_depths: list[int] = setting([1, 2, 3], "[1, 16]", rule=(bool, "must not be empty"))
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"
-    lr: float = 0.06
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 0
-
-    _checks = {
-        "optimizer": (lambda v: v in ("sgd", "adamw"), "must be sgd or adamw"),
-        "lr": (_positive, "must be > 0"),
-        "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-        "weight_decay": (_non_negative, "must be >= 0"),
-        "warmup_epochs": (_non_negative, "must be >= 0"),
-    }
-
-
-def _strategy_check(target: str) -> tuple:
-    """A strategy name that the registry lists for ``target``, read when a config is checked."""
-    def names() -> list[str]:
-        from experiments.strategies import strategy_names  # the registry is the truth for strategy names
-
-        return strategy_names(target)
-
-    return (lambda v: v in names(), lambda: "must be one of " + ", ".join(names()))
+    optimizer: str = setting("sgd", one_of=("sgd", "adamw"))
+    lr: float = setting(0.06, LEARNING_RATE)
+    momentum: float = setting(0.9, "[0, 1)")
+    weight_decay: float = setting(5e-4, "[0, 10]")
+    warmup_epochs: int = setting(0, "[0, 100000]")
 
 
 @dataclass
 class SearchConfig:
-    strategy: str = "darts"
-    epochs: int = 100
-    warmup_epochs: int = 10
-    arch_lr: float = 1e-3
-    arch_every: int = 1  # DARTS family: an architecture step on every k-th batch only (the others train weights)
-    param_free_penalty: float = 0.5
-    gradient_clip: Optional[float] = 5.0
-    fast_arch_step: bool = True
-    gumbel_temperature: list = field(default_factory=lambda: [1.0, 0.33])
-    collapse_threshold: float = 0.05
+    """The search jobs' shared settings; a strategy's own are its ``strategy_options`` (its option_specs)."""
 
-    _checks = {
-        "strategy": _strategy_check("heads"),
-        "epochs": (lambda v: v >= 1, "must be >= 1"),
-        "warmup_epochs": (_non_negative, "must be >= 0"),
-        "arch_lr": (_positive, "must be > 0"),
-        "arch_every": (lambda v: v >= 1, "must be >= 1"),
-        "param_free_penalty": (_non_negative, "must be >= 0"),
-        "gradient_clip": (lambda v: v is None or v > 0, "must be > 0 or null"),
-        "gumbel_temperature": (lambda v: len(v) == 2 and all(_number(x) for x in v) and v[0] >= v[1] > 0,
-                               "must be [initial, final] with initial >= final > 0"),
-        "collapse_threshold": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    }
+    strategy: str = "darts"  # a head strategy of experiments.strategies (checked at validation)
+    epochs: int = setting(100, EPOCHS)
+    warmup_epochs: int = setting(10, "[0, 100000]")
+    arch_lr: float = setting(1e-3, LEARNING_RATE)
+    # DARTS family: an architecture step on every k-th batch only (the others train weights)
+    arch_every: int = setting(1, "[1, 100000]")
+    param_free_penalty: float = setting(0.5, "[0, 1000000]")
+    gradient_clip: Optional[float] = setting(5.0, "(0, 1000000000]")
+    fast_arch_step: bool = True
+    collapse_threshold: float = setting(0.05, "[0, 1)")
+    strategy_options: dict = field(default_factory=dict)  # the head strategy's own options (its option_specs)
 
 
 @dataclass
 class BackboneSearchConfig:
-    """The backbone-search job (experiments/backbone_search.py); epochs and arch_lr come from ``search``."""
+    """The backbone-search job; epochs and arch_lr come from ``search``, a strategy's own settings from
+    ``strategy_options`` (its option_specs: SPOS's population, GumbelDARTS's temperature, ...)."""
 
-    strategy: str = "spos"
-    max_flops: Optional[float] = None  # multiply-accumulates of the backbone at the data's image size
-    max_params: Optional[float] = None  # parameters of the backbone
-    budget_penalty: float = 2.0  # DARTS family: weight of max(0, E[cost] / budget - 1) in the architecture loss
-    population: int = 16  # SPOS evolution (NNI RegularizedEvolution): population size
-    tournament: int = 4  # ... individuals per tournament
-    mutation_prob: float = 0.25  # ... per-label mutation probability
-    trials: int = 64  # ... sub-networks scored in all
-    bn_batches: int = 4  # BatchNorm recalibration batches before a sub-network is scored
-    score_images: Optional[int] = 1000  # held-out images a sub-network is scored on (null: all)
-    enas_batches_per_update: int = 10  # ENAS: rewards per controller update
+    strategy: str = "spos"  # a backbone strategy of experiments.strategies (checked at validation)
+    # multiply-accumulates of the backbone at the data's image size
+    max_flops: Optional[float] = setting(None, "(0, 1000000000000000000]")
+    max_params: Optional[float] = setting(None, "(0, 1000000000000000000]")  # parameters of the backbone
+    # a budget's penalty weight (DARTS family: max(0, E[cost] / budget - 1) in the architecture loss; ENAS: reward)
+    budget_penalty: float = setting(2.0, "[0, 1000000]")
+    trials: int = setting(64, "[1, 10000000]")  # sub-networks scored in all (the sampling strategies' evolution)
+    bn_batches: int = setting(4, "[0, 100000]")  # BatchNorm recalibration batches before a sub-network is scored
+    score_images: Optional[int] = setting(1000, "[1, 100000000]")  # held-out images a sub-network is scored on
     strategy_options: dict = field(default_factory=dict)  # the strategy's own options (its option_specs)
-
-    _checks = {
-        "strategy": _strategy_check("backbone"),
-        "max_flops": (lambda v: v is None or v > 0, "must be > 0 or null"),
-        "max_params": (lambda v: v is None or v > 0, "must be > 0 or null"),
-        "budget_penalty": (_non_negative, "must be >= 0"),
-        "population": (lambda v: v >= 2, "must be >= 2"),
-        "tournament": (lambda v: v >= 1, "must be >= 1"),
-        "mutation_prob": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-        "trials": (lambda v: v >= 1, "must be >= 1"),
-        "bn_batches": (_non_negative, "must be >= 0"),
-        "score_images": (lambda v: v is None or v >= 1, "must be >= 1 or null"),
-        "enas_batches_per_update": (lambda v: v >= 1, "must be >= 1"),
-    }
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
-    collapse_threshold: float = 0.05
-
-    _checks = {"epochs": (lambda v: v >= 1, "must be >= 1"),
-               "collapse_threshold": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
+    epochs: int = setting(200, EPOCHS)
+    collapse_threshold: float = setting(0.05, "[0, 1)")
 
 
 @dataclass
 class EvaluationConfig:
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    linear_epochs: int = 100
-    linear_lr: float = 0.1
-    monitor_every_n_epochs: int = 1
-    bank_subset: Optional[int] = None
-    collapse_patience: int = 3  # monitored epochs in a row below the collapse threshold that stop a run
-
-    _checks = {
-        "collapse_patience": (lambda v: v >= 1, "must be >= 1"),
-        "knn_k": (lambda v: v >= 1, "must be >= 1"),
-        "knn_temperature": (_positive, "must be > 0"),
-        "linear_epochs": (lambda v: v >= 1, "must be >= 1"),
-        "linear_lr": (_positive, "must be > 0"),
-        "monitor_every_n_epochs": (lambda v: v >= 1, "must be >= 1"),
-        "bank_subset": (lambda v: v is None or v >= 1, "must be >= 1"),
-    }
+    knn_k: int = setting(200, "[1, 100000]")
+    knn_temperature: float = setting(0.1, "(0, 1000]")
+    linear_epochs: int = setting(100, EPOCHS)
+    linear_lr: float = setting(0.1, LEARNING_RATE)
+    monitor_every_n_epochs: int = setting(1, "[1, 100000]")
+    bank_subset: Optional[int] = setting(None, "[1, 100000000]")
+    # monitored epochs in a row below the collapse threshold that stop a run
+    collapse_patience: int = setting(3, "[1, 100000]")
 
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
+    accelerator: str = setting("auto", one_of=("auto", "cpu", "gpu", "cuda", "mps"))
+    devices: Any = setting(1, rule=(_devices, "must be a number of devices (1 to 1024, or -1 for all), auto, or a "
+                                              "list of device indices"))
+    strategy: str = setting("auto", one_of=("auto", "ddp", "ddp_spawn"))
+    precision: str = setting("32-true", one_of=("32-true", "bf16-mixed", "16-mixed"))
     progress_bar: bool = True
     channels_last: bool = True  # backbone and views in NHWC memory layout (faster convolutions on CPU and GPU)
     compile: bool = False  # torch.compile the backbone (pays on long GPU runs; first steps compile)
     # torch's CPU threads; null: the thread policy's (OMP_NUM_THREADS if set, else one core left free; machine.py)
-    threads: Optional[int] = None
-
-    _checks = {
-        "accelerator": (lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps"), "must be auto, cpu, gpu, cuda or mps"),
-        "devices": (lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1))
-                    or (isinstance(v, list) and 0 < len(v) == len(set(v))
-                        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)),
-                    "must be a number of devices (>= 1, or -1 for all), auto, or a list of device indices"),
-        "strategy": (lambda v: v in ("auto", "ddp", "ddp_spawn"), "must be auto, ddp or ddp_spawn"),
-        "precision": (lambda v: v in ("32-true", "bf16-mixed", "16-mixed"), "must be 32-true, bf16-mixed or 16-mixed"),
-        "threads": (lambda v: v is None or 1 <= v <= 1024, "must be between 1 and 1024 or null"),
-    }
+    threads: Optional[int] = setting(None, "[1, 1024]")
 
 
 @dataclass
 class Config:
-    framework: str = "simsiam"
+    framework: str = "simsiam"  # evaluators.FRAMEWORKS (checked at validation)
     framework_options: dict = field(default_factory=dict)
-    seed: int = 0
-    output_dir: str = "runs/search"
+    seed: int = setting(0, f"[0, {MAX_SEED}]", "numpy's seed range")
+    output_dir: str = setting("runs/search", rule=(_path_text, "must be a path (not empty, no NUL character)"))
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -287,70 +191,58 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
-    _checks = {
-        "seed": (lambda v: 0 <= v <= MAX_SEED, f"must be between 0 and {MAX_SEED}"),
-        "output_dir": (_path_text, "must be a path (not empty, no NUL character)"),
-    }
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
-    """Check ``value`` against a field annotation; ints are accepted (and converted) for floats."""
-    origin = typing.get_origin(annotation)
+def field_intervals(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """``dotted field -> interval`` for every number of the schema (docs/config.md lists them)."""
+    hints, out = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_intervals(hints[f.name], f"{prefix}{f.name}."))
+        elif f.metadata.get("interval"):
+            out[f"{prefix}{f.name}"] = f.metadata["interval"]
+    return out
+
+
+def _shape(annotation: Any) -> tuple[bool, Optional[type], Optional[type]]:
+    """(may be null, kind, item kind) of a field's annotation: ``Optional[int]`` -> (True, int, None)."""
+    nullable = typing.get_origin(annotation) is Union and type(None) in typing.get_args(annotation)
+    if nullable:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if annotation is Any:
-        return True, value
-    if origin is Union:
-        args = typing.get_args(annotation)
-        if value is None and type(None) in args:
-            return True, None
-        for arg in args:
-            if arg is type(None):
-                continue
-            ok, converted = _type_ok(value, arg)
-            if ok:
-                return True, converted
-        return False, value
-    if annotation is bool:
-        return isinstance(value, bool), value
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                converted = float(value)
-            except OverflowError:  # an integer beyond any float
-                return False, value
-            return math.isfinite(converted), converted
-        if isinstance(value, str):  # PyYAML reads 2e6 and 1e-3 (no dot) as strings
-            try:
-                converted = float(value)
-            except ValueError:
-                return False, value
-            return math.isfinite(converted), converted
-        return False, value
-    if annotation is str:
-        return isinstance(value, str), value
-    if annotation is list or origin is list:
-        return isinstance(value, list), value
-    if annotation is dict or origin is dict:
-        return isinstance(value, dict), value
-    return True, value
-
-
-def _type_name(annotation: Any) -> str:
-    if typing.get_origin(annotation) is Union:
-        names = [_type_name(a) for a in typing.get_args(annotation) if a is not type(None)]
-        return " or ".join(names) + " or null"
-    return {bool: "true/false", int: "an integer", float: "a finite number", str: "a string",
-            list: "a list", dict: "a mapping"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+        return nullable, None, None
+    origin = typing.get_origin(annotation) or annotation
+    item = typing.get_args(annotation)[0] if origin is list and typing.get_args(annotation) else None
+    return nullable, origin, item
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    """A value for an error line: its repr, cut short."""
+    """A value for an error line: its repr, cut short (a 401-digit number too)."""
+    if isinstance(value, int) and abs(value) >= 10 ** 60:
+        try:
+            return f"a {len(str(abs(value)))}-digit number"
+        except ValueError:  # beyond Python's int-to-text limit (4300 digits)
+            return "a number of thousands of digits"
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _checked(f: dataclasses.Field, annotation: Any, value: Any, where: str) -> Any:
+    """``value`` converted to the field's type once it passes the field's rules; else ConfigError."""
+    nullable, kind, item = _shape(annotation)
+    if value is None and nullable:
+        return None
+    rules = f.metadata
+    wrong, converted = ranges.problem(value, kind, rules.get("interval"), rules.get("why", ""), item)
+    if wrong is None and rules.get("one_of") and converted not in rules["one_of"]:
+        wrong = "must be one of " + ", ".join(rules["one_of"])
+    if wrong is None and rules.get("rule") and not rules["rule"][0](converted):
+        wrong = rules["rule"][1]
+    if wrong is not None:
+        raise ConfigError(f"{where}: {wrong}{' or null' if nullable else ''}, got {_show(value)}")
+    return converted
 
 
 def _build(cls, raw: Any, path: str):
@@ -370,67 +262,50 @@ def _build(cls, raw: Any, path: str):
     values = {}
     for name, f in fields.items():
         where = f"{path}.{name}" if path else name
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            values[name] = _build(annotation, raw.get(name), where)
-            continue
-        if name not in raw:
-            continue
-        ok, value = _type_ok(raw[name], annotation)
-        if not ok:
-            raise ConfigError(f"{where}: must be {_type_name(annotation)}, got {_show(raw[name])}")
-        check = getattr(cls, "_checks", {}).get(name)
-        if check is not None:
-            try:
-                valid = value is None and typing.get_origin(annotation) is Union or check[0](value)
-            except (TypeError, ValueError, OverflowError):  # e.g. a string compared with a number
-                valid = False
-            if not valid:
-                rule = check[1]() if callable(check[1]) else check[1]  # a registry's names, read when needed
-                raise ConfigError(f"{where}: {rule}, got {_show(value)}")
-        values[name] = value
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], raw.get(name), where)
+        elif name in raw:
+            values[name] = _checked(f, hints[name], raw[name], where)
     return cls(**values)
 
 
-def config_from_dict(raw: Any) -> Config:
+#: schema fields that became strategy options: (section, field) -> (the option, the sections whose strategy reads it)
+MOVED_TO_OPTIONS = {
+    ("search", "gumbel_temperature"): ("temperature", ("search", "backbone_search")),
+    ("backbone_search", "population"): ("population", ("backbone_search",)),
+    ("backbone_search", "tournament"): ("tournament", ("backbone_search",)),
+    ("backbone_search", "mutation_prob"): ("mutation_prob", ("backbone_search",)),
+    ("backbone_search", "enas_batches_per_update"): ("batches_per_update", ("backbone_search",)),
+}
+
+
+def _moved_out(raw: Any) -> tuple[Any, list[tuple[tuple[str, ...], str, Any]]]:
+    """``raw`` without the fields that moved to strategy options, and those as (sections, option, value).
+
+    An old config keeps running: validation gives each value to the strategy that takes the option
+    (and drops it where the strategy never read it).
+    """
+    if not isinstance(raw, dict):
+        return raw, []
+    raw, moved = dict(raw), []
+    for (section, name), (option, sections) in MOVED_TO_OPTIONS.items():
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            moved.append((sections, option, raw[section][name]))
+            raw[section] = {k: v for k, v in raw[section].items() if k != name}
+    return raw, moved
+
+
+def parse_config(raw: Any) -> Config:
+    """The schema's checks alone (types, ranges, the rules that need no registry); ``validation`` adds the rest."""
+    raw, moved = _moved_out(raw)
     config = _build(Config, raw, "")
-    _cross_checks(config)
-    return config
-
-
-def _cross_checks(config: Config) -> None:
-    from evaluators import FRAMEWORKS  # the registry is the truth for framework names
-
-    if config.framework not in FRAMEWORKS:
-        close = difflib.get_close_matches(config.framework, list(FRAMEWORKS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"framework: unknown framework {_show(config.framework)}; choose one of "
-                          f"{', '.join(sorted(FRAMEWORKS))}{hint}")
-    framework = FRAMEWORKS[config.framework]
-    for key, problem in framework.option_problems(config.framework_options):
-        if problem == "unknown":
-            options = list(framework.option_specs)
-            close = difflib.get_close_matches(str(key), options, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else (
-                f"; it takes {', '.join(options)}" if options else "; it takes none")
-            raise ConfigError(f"framework_options.{key}: {config.framework} has no such option{hint}")
-        raise ConfigError(f"framework_options.{key}: {problem}, got {_show(config.framework_options[key])}")
+    config.moved = moved  # for validation, which knows the strategies' options
     if config.search.warmup_epochs >= config.search.epochs:
         raise ConfigError(f"search.warmup_epochs: must be below search.epochs ({config.search.epochs}), "
                           f"got {config.search.warmup_epochs}: the architecture would never move")
-    if config.model.head_space == "mlp" and len(config.model.mlp_widths) > 1:
-        raise ConfigError("model.mlp_widths: DARTS cannot relax a width choice (NNI has no differentiable "
-                          "BatchNorm1d); give one width, or search widths with the multi-trial head search")
-    _backbone_checks(config)
-    if config.data.dataset != "digits" and not config.data.root:
-        raise ConfigError(f"data.root: dataset {config.data.dataset!r} needs a path on disk")
-    if config.model.head_space in ("mlp", "width"):
-        hidden = framework.heads.scaled(config.model.head_width).projector_hidden
-        if round(min(config.model.mlp_widths) * hidden) < 1:
-            raise ConfigError(f"model.mlp_widths: {min(config.model.mlp_widths)} of a {hidden}-wide hidden layer "
-                              f"is no unit at all; use a larger factor or model.head_width")
     if config.data.root and not _path_exists(config.data.root):
         raise ConfigError(f"data.root: dataset path {_show(config.data.root)} does not exist")
+    return config
 
 
 def _path_exists(text: str) -> bool:
@@ -438,37 +313,6 @@ def _path_exists(text: str) -> bool:
         return Path(text).expanduser().exists()
     except (OSError, RuntimeError, ValueError):  # "~nobody/x": no such home directory
         return False
-
-
-def _backbone_checks(config: Config) -> None:
-    m, b = config.model, config.backbone_search
-    if config.framework == "supervised" and m.head_space != "fixed":
-        raise ConfigError(f"model.head_space: the supervised framework trains a linear classifier; set it to "
-                          f"fixed, got {m.head_space!r}")
-    if m.backbone_options:
-        if m.backbone not in BACKBONE_SPACE_NAMES:
-            raise ConfigError(f"model.backbone_options: backbone {m.backbone} is a fixed ResNet and takes none")
-        from search_spaces.backbone_spaces import space_options
-
-        allowed = space_options(m.backbone)
-        for key in m.backbone_options:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(allowed) or 'none'}"
-                raise ConfigError(f"model.backbone_options.{key}: backbone space {m.backbone} has no such option{hint}")
-    from evaluators.options import option_problems
-    from experiments.strategies import STRATEGIES  # each strategy's own rules (SPOS: tournament <= population)
-
-    strategy = STRATEGIES[b.strategy]
-    for key, problem in option_problems(strategy.option_specs, b.strategy_options):
-        if problem == "unknown":
-            known = list(strategy.option_specs)
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(known) or 'none'}"
-            raise ConfigError(f"backbone_search.strategy_options.{key}: {b.strategy} has no such option{hint}")
-        raise ConfigError(f"backbone_search.strategy_options.{key}: {problem}, got {_show(b.strategy_options[key])}")
-    STRATEGIES[config.search.strategy].check(config, "heads")
-    strategy.check(config, "backbone")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -479,7 +323,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: the key before '=' is empty, e.g. search.epochs=3")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, RecursionError, ValueError):  # ValueError: an integer beyond Python's 4300 digits
         parsed = value
     return key.strip().split("."), parsed
 
@@ -507,8 +351,11 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> Config:
-    """Read, override and validate a YAML config; raises ConfigError with one clear line."""
+def read_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> Config:
+    """Read and override a YAML config, checked against the schema; raises ConfigError with one clear line.
+
+    ``experiments.core.validation.load_config`` adds the checks that need the registries: use that one.
+    """
     raw: Any = {}
     if path is not None:
         p = existing_file(path, "config file")
@@ -518,6 +365,8 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
             raise ConfigError(f"{p}: cannot read the config as text ({type(err).__name__})") from None
         except RecursionError:
             raise ConfigError(f"{p}: the YAML is nested too deeply") from None
+        except ValueError as err:  # PyYAML's int() of a number beyond Python's 4300 digits
+            raise ConfigError(f"{p}: a value cannot be read ({str(err).split(':')[0]})") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -531,4 +380,4 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
         for text in overrides or []:
             keys, value = parse_override(text)
             apply_overrides(raw, {".".join(keys): value})
-    return config_from_dict(raw)
+    return parse_config(raw)

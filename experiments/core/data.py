@@ -15,7 +15,21 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """What the jobs ask of a dataset: where its images come from and which augmentation defaults suit it."""
+
+    name: str
+    embedded: bool = False  # bundled with a library: no data.root
+    folder: bool = False  # an ImageFolder layout under data.root (train/ and test/ with class folders)
+    glyphs: bool = False  # tiny images of glyphs: a larger crop and no mirroring by default
+
+
+#: the one list of datasets a config may name (``data.dataset``)
+DATASETS = {d.name: d for d in (DatasetKind("digits", embedded=True, glyphs=True), DatasetKind("cifar10"),
+                                DatasetKind("cifar100"), DatasetKind("stl10"), DatasetKind("imagefolder", folder=True))}
 
 
 class DataError(ValueError):
@@ -126,14 +140,14 @@ def load_images(dataset: str, split: str, root: Optional[str] = None, limit: Opt
     """Decode one split (``train`` or ``test``) of a dataset into memory, at most ``limit`` images."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if dataset == "digits":
+    if DATASETS[dataset].embedded:
         data = _take(_digits(split), limit, seed)
     else:
         if not root:
             raise DataError(f"dataset {dataset!r} needs data.root (a path on disk)")
         if not Path(root).exists():
             raise DataError(f"dataset path {root!r} does not exist")
-        if dataset == "imagefolder":
+        if DATASETS[dataset].folder:
             return _imagefolder(root, split, limit, seed, image_size)
         data = _take(_torchvision(dataset, root, split), limit, seed)
     if image_size and tuple(data.images.shape[-2:]) != (image_size, image_size):

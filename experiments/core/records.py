@@ -19,14 +19,16 @@ from typing import Any, Optional
 
 import torch
 
-from experiments.core.config import MAX_WIDTH, Config, config_from_dict
+from experiments.core.config import MAX_WIDTH, Config
+from experiments.core.validation import config_from_dict
 from experiments.core.errors import ConfigError, existing_file
 from experiments.core.files import atomic_torch_save, write_json_atomic
 from evaluators import FRAMEWORKS
 from search_spaces.backbone_spaces import is_backbone_space
 from search_spaces.cost import exported_values
 from experiments.pruning.filter_groups import shrink_to
-from search_spaces.network import HEAD_SPACES, SSLNetworkSpace
+from search_spaces.head_spaces import HEAD_SPACES
+from search_spaces.network import SSLNetworkSpace
 
 #: the record's format; a reader refuses a newer one
 FORMAT_VERSION = 1
@@ -117,7 +119,7 @@ def space_for(record: dict, cfg: Config, source: str = "architecture") -> SSLNet
     m = cfg.model
     widths = space.get("mlp_widths", m.mlp_widths)
     depths = space.get("mlp_depths", m.mlp_depths)
-    if space["head_space"] == "mlp" and (max(widths) > 16 or max(depths) > 16):
+    if HEAD_SPACES[space["head_space"]].width_factors and (max(widths) > 16 or max(depths) > 16):
         raise ConfigError(f"architecture space: mlp_widths {_show(widths)} / mlp_depths {_show(depths)} are beyond "
                           f"what this package builds (16)")
     backbone, backbone_width, head_width, options = m.backbone, m.backbone_width, m.head_width, {}

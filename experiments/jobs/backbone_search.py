@@ -27,7 +27,9 @@ from experiments.jobs.search import (ARCHITECTURE_FILE, MODEL_FILE, RESULT_FILES
                                      search, train_supernet)
 from experiments.strategies import STRATEGIES
 from experiments.strategies.budget import check_budget
-from search_spaces.backbone_spaces import BACKBONE_SPACES, choice_kinds, is_backbone_space
+from search_spaces.backbone_spaces import BACKBONE_SPACES, benchmark_entry, choice_kinds, has_benchmark_table, \
+    is_backbone_space
+from search_spaces.head_spaces import HEAD_SPACES
 from search_spaces.head_widths import network_cost
 
 NAME = "backbone-search"
@@ -51,13 +53,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.backbone: {m.backbone!r} is a fixed ResNet; the backbone search needs a backbone "
                           f"space ({', '.join(BACKBONE_SPACES)})")
     strategy = STRATEGIES[b.strategy]
-    kinds = choice_kinds(m.backbone) | ({"width"} if m.head_space == "width" else set())  # heads' widths searched
+    kinds = choice_kinds(m.backbone) | HEAD_SPACES[m.head_space].choice_kinds(m.mlp_widths)  # the heads' too
     if not kinds <= strategy.handles:
         able = [name for name, s in STRATEGIES.items() if "backbone" in s.targets and kinds <= s.handles]
         raise ConfigError(f"backbone_search.strategy: {b.strategy} cannot search space {m.backbone} (its "
                           f"{', '.join(sorted(kinds - strategy.handles))} choices; use {', '.join(able)})")
-    if strategy.interleaved and m.head_space == "mlp" and len(m.mlp_widths) > 1:
-        raise ConfigError("model.mlp_widths: DARTS-family strategies cannot relax a width choice; give one width")
 
 
 def prepare(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
@@ -90,8 +90,8 @@ def measure(setup: SearchSetup, derived, architecture: dict) -> tuple[dict, dict
     fields = {"cost": {"flops": backbone_cost.flops, "params": backbone_cost.params,
                        "input_size": setup.data.image_size},
               "budget": {"max_flops": b.max_flops, "max_params": b.max_params, "smallest": setup.smallest}}
-    if cfg.model.backbone == "nas_bench_macro":
-        fields["benchmark"] = _benchmark_entry(architecture)
+    if has_benchmark_table(cfg.model.backbone):
+        fields["benchmark"] = benchmark_entry(cfg.model.backbone, architecture)
     return {"held_out_score": score}, fields
 
 
@@ -114,16 +114,3 @@ def _scorer(cfg: Config, data, weight_idx, arch_idx, num_classes: int):
                                     limit=cfg.backbone_search.score_images, seed=cfg.seed,
                                     k=cfg.evaluation.knn_k, temperature=cfg.evaluation.knn_temperature,
                                     bn_batches=cfg.backbone_search.bn_batches, batch_size=cfg.data.batch_size)
-
-
-def _benchmark_entry(architecture: dict) -> Optional[dict]:
-    from search_spaces.nas_bench_macro import NasBenchMacro, arch_to_key, canonical_key
-
-    key = arch_to_key(architecture)
-    try:
-        table = NasBenchMacro()
-    except FileNotFoundError:
-        return {"key": key, "canonical_key": canonical_key(key)}
-    r = table.record(key)
-    return {"key": key, "canonical_key": canonical_key(key), "mean_acc": r["mean_acc"], "params": r["params"],
-            "flops": r["flops"]}

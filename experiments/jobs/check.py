@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from experiments.core.errors import ConfigError, existing_file
-from experiments.core.config import load_config
+from experiments.core.validation import load_config
 
 DEFAULT_PORT = 8080
 # Training services whose manager also listens on port + 1 (NNI 3.0 launcher).
@@ -173,8 +173,10 @@ def check_port(port: int, platform: str) -> None:
 
 
 def check_dataset(cfg) -> None:
+    from experiments.core.data import DATASETS
+
     d = cfg.data
-    if d.dataset != "imagefolder":
+    if not DATASETS[d.dataset].folder:
         return
     for split in ("train", "test"):
         folder = Path(d.root) / split

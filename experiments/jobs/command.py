@@ -37,7 +37,7 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     """
     from experiments.core.architecture_picture import write_run_picture
     from experiments.core.checkpointing import refuse_finished
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.core.console import start_line, summary
 
     cfg = load_config(args.config, args.overrides)

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from experiments.core.assembly import build_data, downstream_metrics
-from experiments.core.config import Config, load_config
+from experiments.core.config import Config
+from experiments.core.validation import load_config
 from experiments.core.records import load_saved_model
 from experiments.jobs.command import add_config_arguments
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from experiments.core.errors import ConfigError
-from experiments.core.config import load_config
+from experiments.core.validation import load_config
 
 NAME = "export-space"
 HELP = "write a head space's choices as an nnictl search space (multi-trial head search)"

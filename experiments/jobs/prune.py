@@ -20,7 +20,8 @@ import torch
 
 from experiments.core.assembly import build_data, build_module, downstream_metrics
 from experiments.core.checkpointing import claim_output_dir, claims_output_dir, refuse_finished
-from experiments.core.config import Config, load_config
+from experiments.core.config import Config
+from experiments.core.validation import load_config
 from experiments.core.errors import ConfigError
 from experiments.core.records import load_saved_model, new_record, write_results
 from experiments.jobs.command import add_config_arguments

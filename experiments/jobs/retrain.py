@@ -9,7 +9,8 @@ import pytorch_lightning as pl
 
 from experiments.core.assembly import build_data, build_module, build_monitor, build_trainer, downstream_metrics
 from experiments.core.checkpointing import claim_output_dir, claims_output_dir, global_rank, refuse_finished
-from experiments.core.config import Config, load_config
+from experiments.core.config import Config
+from experiments.core.validation import load_config
 from experiments.core.console import EpochPrinter, start_line, summary
 from experiments.core.errors import ConfigError
 from experiments.core.guards import FailureGuard

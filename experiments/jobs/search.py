@@ -24,7 +24,7 @@ from experiments import nni_compat
 from experiments.core.assembly import build_data, build_module, build_monitor, build_space, build_trainer, \
     check_split_size, downstream_metrics
 from experiments.core.checkpointing import Run, claim_output_dir, claims_output_dir
-from experiments.core.config import BACKBONE_SPACE_NAMES, Config
+from experiments.core.config import Config
 from experiments.core.console import EpochPrinter
 from experiments.core.data import split_indices
 from experiments.core.errors import ConfigError, RunFailed
@@ -33,6 +33,8 @@ from experiments.core.records import dataset_record, new_record, space_record, w
 from experiments.jobs.command import add_config_arguments, run_search_job
 from experiments.strategies import STRATEGIES, SearchContext, Strategy
 from search_spaces.supernet import plain_architecture
+from search_spaces.backbone_spaces import is_backbone_space
+from search_spaces.head_spaces import HEAD_SPACES
 
 NAME = "search"
 HELP = "head search (DARTS, GumbelDARTS) through NNI, trained jointly with the backbone"
@@ -176,14 +178,17 @@ def search(target: SearchTarget, cfg: Config, out: Path, listeners: Sequence[Cal
 # --- the heads ------------------------------------------------------------------------------------------
 def prepare_heads(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
     """Refuse what the head search cannot search, then load the data and build the space."""
-    if cfg.model.backbone in BACKBONE_SPACE_NAMES:
+    if is_backbone_space(cfg.model.backbone):
         raise ConfigError(f"model.backbone: {cfg.model.backbone!r} is a backbone space; search it with the "
                           f"backbone-search job (python -m experiments backbone-search)")
-    if cfg.model.head_space == "width":
-        raise ConfigError("model.head_space: width is searched by the backbone-search job's width strategies")
-    if cfg.model.head_space == "fixed":
-        raise ConfigError("model.head_space: 'fixed' has nothing to search; use nasiam or mlp "
-                          "(or retrain the hand-made head with the retrain job)")
+    heads = HEAD_SPACES[cfg.model.head_space]
+    if not heads.choice_kinds(cfg.model.mlp_widths):
+        raise ConfigError(f"model.head_space: {cfg.model.head_space!r} has nothing to search; use "
+                          f"{' or '.join(n for n, s in HEAD_SPACES.items() if s.head_search)} "
+                          f"(or retrain the hand-made head with the retrain job)")
+    if not heads.head_search:
+        raise ConfigError(f"model.head_space: {cfg.model.head_space} is searched by the backbone-search job's "
+                          f"width strategies")
     data, weight_idx, arch_idx = load_split(cfg)
     space = build_space(cfg)
     labels = list(space.simplify())

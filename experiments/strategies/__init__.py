@@ -6,7 +6,7 @@ and one entry in ``STRATEGIES`` below.
 from __future__ import annotations
 
 from experiments.strategies.autoslim import AutoSlim
-from experiments.strategies.base import TARGETS, SearchContext, Selection, Strategy
+from experiments.strategies.base import SECTIONS, TARGETS, SearchContext, Selection, Strategy
 from experiments.strategies.bcnet import BCNet
 from experiments.strategies.cafenet import CafeNet
 from experiments.strategies.darts import DARTS
@@ -30,4 +30,4 @@ def strategy_names(target: str) -> list[str]:
     return [name for name, s in STRATEGIES.items() if target in s.targets]
 
 
-__all__ = ["STRATEGIES", "TARGETS", "SearchContext", "Selection", "Strategy", "strategy_names"]
+__all__ = ["SECTIONS", "STRATEGIES", "TARGETS", "SearchContext", "Selection", "Strategy", "strategy_names"]

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from evaluators.options import Option
+from experiments.core.config import Config
 from search_spaces.cost import BackboneCost
-
-# The config (``experiments.core.config.Config``) imports this registry to validate strategy
-# names, so strategies take it without importing its module.
-Config = Any
 
 #: what a strategy can search: the head search job's heads, the backbone search job's backbones
 TARGETS = ("heads", "backbone")
+#: the config section that names a target's strategy and holds its ``strategy_options``
+SECTIONS = {"heads": "search", "backbone": "backbone_search"}
 
 
 @dataclass
@@ -63,7 +62,8 @@ class Strategy:
     objectives: Optional[tuple[str, ...]] = None
     #: the config fields it reads (beyond ``search.epochs``), for ``check`` and the README
     config_fields: tuple[str, ...] = ()
-    #: its own options (``backbone_search.strategy_options``): name -> Option (default and range)
+    #: its own options (``search.strategy_options`` for heads, ``backbone_search.strategy_options`` for backbones):
+    #: name -> Option (default and range); every setting only this strategy reads is one
     option_specs: dict[str, Option] = {}
     #: its architecture loader carries labels (a reward computed against them)
     needs_labels: bool = False
@@ -74,9 +74,11 @@ class Strategy:
     def check(self, cfg: Config, target: str) -> None:
         """Refuse a config this strategy cannot run (raise ``ConfigError``); called at validation."""
 
-    def settings(self, cfg: Config) -> dict:
-        """Its options: the defaults of ``option_specs`` with ``backbone_search.strategy_options`` over them."""
-        return {**{k: o.default for k, o in self.option_specs.items()}, **cfg.backbone_search.strategy_options}
+    def settings(self, cfg: Config, target: str = "backbone") -> dict:
+        """Its options: the defaults of ``option_specs`` with the target's ``strategy_options`` over them."""
+        section = getattr(cfg, SECTIONS[target])
+        given = section.strategy_options if section.strategy == self.name else {}
+        return {**{k: o.default for k, o in self.option_specs.items()}, **given}
 
     def module_options(self, ctx: SearchContext) -> dict:
         """Keyword arguments of the framework module this strategy needs (``build_module(**...)``)."""

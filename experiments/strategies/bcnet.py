@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from evaluators.options import Option
 from experiments.strategies.base import SearchContext
+from experiments.strategies.spos import EVOLUTION_OPTIONS
 from experiments.strategies.width_sampling import (LowestLosses, WidthSampler, WidthStep, WidthStrategy,
                                                    complementary, frozen_at, prefix, right_side)
 
@@ -68,6 +69,7 @@ class BCNet(WidthStrategy):
     name = "bcnet"
     summary = "bilateral (left and right) channels per width, complementary widths, evolution seeded by lowest losses"
     option_specs = {
+        **EVOLUTION_OPTIONS,
         "loss_records": Option(LOSS_RECORDS, "[1, 100000]", "lowest-loss widths kept to seed the evolution"),
         "complementary": Option(True, None, "train each drawn width's complement on the next step"),
     }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from evaluators.options import Option
+from experiments.strategies.spos import EVOLUTION_OPTIONS
 from experiments.strategies.width_sampling import WidthSampler, WidthStep, WidthStrategy, free_placement, frozen_at
 
 
@@ -62,6 +63,7 @@ class CafeNet(WidthStrategy):
     name = "cafenet"
     summary = "locally free channels per width, min-min placement (lowest loss trains and scores), evolution"
     option_specs = {
+        **EVOLUTION_OPTIONS,
         "free_bins": Option(1, "[1, 64]", "free channels r, in width steps of the layer"),
         "placements": Option(3, "[1, 64]", "placements of the free channels probed per step (min-min)"),
     }

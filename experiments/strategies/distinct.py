@@ -4,7 +4,7 @@ NAS-Bench-Macro's 6561 keys are 3969 networks: an identity after a stage's first
 moves (``canonical_key``), so drawing keys uniformly trains the networks with identities more
 often than others (``10110110``'s network is 4 keys, ``11111111``'s 1). With
 ``distinct`` a strategy draws one canonical key uniformly: every network as often as every other.
-Kept free of NNI and torch: the config imports it to validate the option.
+A backbone space offers it by declaring ``distinct_architectures`` (``search_spaces/backbone_spaces.py``).
 """
 from __future__ import annotations
 
@@ -14,21 +14,22 @@ from evaluators.options import Option
 from experiments.core.errors import ConfigError
 
 DISTINCT_OPTION = Option(False, why="draw each distinct network (NAS-Bench-Macro canonical key) equally often")
-DISTINCT_SPACES = ("nas_bench_macro",)
 
 
 def check_distinct(cfg, strategy: str, settings: Mapping[str, Any]) -> None:
-    """Distinct networks are known for NAS-Bench-Macro only (its identity rule)."""
-    if settings.get("distinct") and cfg.model.backbone not in DISTINCT_SPACES:
+    """Distinct networks are known for the spaces that declare them (NAS-Bench-Macro: its identity rule)."""
+    from search_spaces.backbone_spaces import has_distinct_networks, spaces_where
+
+    if settings.get("distinct") and not has_distinct_networks(cfg.model.backbone):
         raise ConfigError(f"backbone_search.strategy_options.distinct: {strategy} samples distinct networks of "
-                          f"{', '.join(DISTINCT_SPACES)} only, not of {cfg.model.backbone}")
+                          f"{', '.join(spaces_where(has_distinct_networks))} only, not of {cfg.model.backbone}")
 
 
-def distinct_architectures(prefix: str = "backbone") -> list[dict]:
-    """One architecture per distinct NAS-Bench-Macro network, in canonical-key order."""
-    from search_spaces.nas_bench_macro import distinct_keys, key_to_arch
+def distinct_architectures(space: str, prefix: str = "backbone") -> list[dict]:
+    """One architecture per distinct network of the backbone space ``space``."""
+    from search_spaces.backbone_spaces import BACKBONE_SPACES
 
-    return [key_to_arch(key, prefix) for key in distinct_keys()]
+    return BACKBONE_SPACES[space].distinct_architectures(prefix)
 
 
 def canonical_architecture(architecture: Mapping[str, Any], prefix: str = "backbone") -> dict:

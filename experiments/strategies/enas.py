@@ -18,6 +18,7 @@ from nni.nas.oneshot.pytorch._dataloader import ConcatLoader
 from nni.nas.oneshot.pytorch.sampling import EnasLightningModule
 from nni.nas.strategy import ENAS as NniENAS
 
+from evaluators.options import Option
 from experiments import nni_compat
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
@@ -128,7 +129,8 @@ class ENAS(Strategy):
     name = "enas"
     summary = "an RL controller (PPO) samples paths, rewarded by held-out kNN or accuracy (NNI ENAS)"
     handles = frozenset({"layer", "width", "depth"})
-    config_fields = ("search.warmup_epochs", "backbone_search.enas_batches_per_update", "backbone_search.budget_penalty")
+    config_fields = ("search.warmup_epochs", "backbone_search.budget_penalty")
+    option_specs = {"batches_per_update": Option(10, "[1, 100000]", "rewards per controller update")}
     needs_labels = True
     trains_paths = True
 
@@ -148,7 +150,8 @@ class ENAS(Strategy):
         max_flops, max_params = ctx.budget
         return TaggedENAS(reward_bank=self.reward_bank(ctx),
                           penalty=budget_penalty(ctx.cost, max_flops, max_params, b.budget_penalty),
-                          batches_per_update=b.enas_batches_per_update, warmup_epochs=s.warmup_epochs)
+                          batches_per_update=self.settings(ctx.cfg)["batches_per_update"],
+                          warmup_epochs=s.warmup_epochs)
 
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         probabilities = nni_compat.enas_probabilities(nni_strategy.oneshot_module)

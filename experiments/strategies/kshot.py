@@ -22,7 +22,7 @@ import torch
 from evaluators.options import Option
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
-from experiments.strategies.spos import evolve
+from experiments.strategies.spos import EVOLUTION_OPTIONS, check_evolution, evolve
 
 CHECKPOINT_KEY = "kshot"
 
@@ -33,9 +33,9 @@ class KShot(Strategy):
     interleaved = True  # the training module sees a held-out (even) and a training (odd) step per batch
     trains_paths = True
     handles = frozenset({"layer"})  # K-shot copies the weights inside LayerChoices; a searched width has none
-    config_fields = ("backbone_search.population", "backbone_search.tournament", "backbone_search.mutation_prob",
-                     "backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
+    config_fields = ("backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
     option_specs = {
+        **EVOLUTION_OPTIONS,
         "k": Option(4, "[1, 16]", "the number of weight copies (the paper's K; 1 is SPOS)"),
         "spos_epochs": Option(5, "[0, 10000]", "plain SPOS epochs before the copies are made from its weights"),
         "simplex_hidden": Option(64, "[1, 4096]", "the simplex-net's hidden width"),
@@ -45,6 +45,7 @@ class KShot(Strategy):
     def check(self, cfg, target: str) -> None:
         if cfg.backbone_search.strategy != self.name:
             return
+        check_evolution(target, self.settings(cfg))
         spos_epochs = self.settings(cfg)["spos_epochs"]
         if spos_epochs >= cfg.search.epochs:
             raise ConfigError(f"backbone_search.strategy_options.spos_epochs: must be below search.epochs "
@@ -59,7 +60,8 @@ class KShot(Strategy):
 
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         oneshot = nni_strategy.oneshot_module
-        architecture, history = evolve(ctx, nni_strategy.supernet, network_of=oneshot.materialize)
+        architecture, history = evolve(ctx, nni_strategy.supernet, self.settings(ctx.cfg),
+                                       network_of=oneshot.materialize)
         return Selection(architecture, evolution=history)
 
     def derive(self, nni_strategy, architecture: dict) -> torch.nn.Module:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from evaluators import FRAMEWORKS
 from evaluators.options import Option
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
@@ -48,6 +49,7 @@ from experiments.strategies.distinct import DISTINCT_OPTION, canonical_architect
     distinct_architectures
 from experiments.strategies.mcts import COMMUNICATION_WEIGHT, EXPLORATION_WEIGHT, MIN_VISITS, MOMENTUM, NUM_LEAVES, \
     TEMPERATURE, MonteCarloTree, Path, WarmupSchedule, choice_from_path, path_from_choice
+from search_spaces.head_spaces import HEAD_SPACES, fixed_head_spaces
 
 SAMPLING_PATIENCE = 10_000  # draws from the tree before a step gives up finding a path within budget
 
@@ -129,12 +131,15 @@ class MCTNAS(Strategy):
     def check(self, cfg, target: str) -> None:
         settings = self.settings(cfg)
         check_distinct(cfg, self.name, settings)
-        if cfg.model.head_space != "fixed":
+        if HEAD_SPACES[cfg.model.head_space].choice_kinds(cfg.model.mlp_widths):
             raise ConfigError(f"model.head_space: mctnas searches the backbone only (its tree holds the backbone's "
-                              f"layers); use fixed heads, got {cfg.model.head_space}")
-        if cfg.framework == "simsiam" and settings["loss_shift"] < 1:
-            raise ConfigError(f"backbone_search.strategy_options.loss_shift: SimSiam's loss reaches -1, so mctnas "
-                              f"needs loss_shift >= 1 for a positive reward, got {settings['loss_shift']}")
+                              f"layers); use heads without choices ({', '.join(fixed_head_spaces())}), got "
+                              f"{cfg.model.head_space}")
+        floor = FRAMEWORKS[cfg.framework].loss_floor
+        if settings["loss_shift"] < -floor:
+            raise ConfigError(f"backbone_search.strategy_options.loss_shift: {cfg.framework}'s loss reaches {floor:g}, "
+                              f"so mctnas needs loss_shift >= {-floor:g} for a positive reward, got "
+                              f"{settings['loss_shift']}")
 
     def tree_factory(self, ctx: SearchContext) -> Callable[[int, Optional[dict]], SharedTree]:
         """``make(steps_per_epoch, saved_state)``: the run's tree, new or restored from a checkpoint."""
@@ -142,7 +147,7 @@ class MCTNAS(Strategy):
 
         settings, cfg = self.settings(ctx.cfg), ctx.cfg
         space = list(ctx.cost.labels.items())
-        distinct = distinct_architectures() if settings["distinct"] else None
+        distinct = distinct_architectures(cfg.model.backbone) if settings["distinct"] else None
 
         def within(architecture: dict) -> bool:
             return ctx.cost(architecture).within(*ctx.budget)

@@ -77,15 +77,16 @@ class PresetPathOneShot(RandomOneShot):
         return self.make_module(training_module)
 
 
-def distinct_spos() -> PresetPathOneShot:
-    """SPOS over distinct networks: each step one of them, drawn uniformly by numpy's global generator.
+def distinct_spos(space: str) -> PresetPathOneShot:
+    """SPOS over the distinct networks of the backbone space ``space``: each step one of them, drawn uniformly
+    by numpy's global generator.
 
     numpy's global generator is the one NNI's own draw uses (quirk 24): ``seed_everything``
     seeds it and every checkpoint saves it, so the draws resume exactly.
     """
     import numpy as np
 
-    architectures = distinct_architectures()
+    architectures = distinct_architectures(space)
 
     def draw() -> dict:
         return architectures[int(np.random.randint(len(architectures)))]

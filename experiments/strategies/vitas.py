@@ -31,12 +31,14 @@ Rules taken from the paper and its released code (``xiusu/ViTAS``: no licence, s
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 from evaluators.options import Option
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
+from experiments.strategies.spos import EVOLUTION_OPTIONS, check_evolution
+from search_spaces.backbone_spaces import shifts_identities, spaces_where
+from search_spaces.head_spaces import HEAD_SPACES, fixed_head_spaces
 
 SHARING = ("cyclic", "prefix")
 TUNING_TOLERANCE = 1e-4  # bisection stops when the identity probability is known to this
@@ -111,9 +113,10 @@ class ViTAS(Strategy):
                "FLOPs budget")
     handles = frozenset({"layer", "width", "depth"})
     trains_paths = True
-    config_fields = ("backbone_search.max_flops", "backbone_search.tournament", "backbone_search.mutation_prob",
-                     "backbone_search.bn_batches", "backbone_search.score_images")
+    config_fields = ("backbone_search.max_flops", "backbone_search.bn_batches", "backbone_search.score_images")
     option_specs = {
+        "tournament": EVOLUTION_OPTIONS["tournament"],
+        "mutation_prob": EVOLUTION_OPTIONS["mutation_prob"],
         "sharing": Option("cyclic", why="cyclic (left and right slices alternate) or prefix (left only)"),
         "identity_prob": Option(0.5, "[0, 1)", "a layer's chance to be an identity, when not tuned"),
         "tune_identity": Option(True, why="tune identity_prob to the FLOPs budget"),
@@ -130,15 +133,13 @@ class ViTAS(Strategy):
         if settings["sharing"] not in SHARING:
             raise ConfigError(f"backbone_search.strategy_options.sharing: must be one of {', '.join(SHARING)}, "
                               f"got {settings['sharing']!r}")
-        if cfg.model.backbone != "vit":
-            raise ConfigError(f"model.backbone: vitas searches the vit space (its layers and widths), got "
-                              f"{cfg.model.backbone}")
-        if cfg.model.head_space != "fixed":
-            raise ConfigError(f"model.head_space: vitas searches the backbone only; use fixed heads, got "
-                              f"{cfg.model.head_space}")
-        if cfg.backbone_search.tournament > settings["population"]:
-            raise ConfigError(f"backbone_search.tournament: must be <= strategy_options.population "
-                              f"({settings['population']}), got {cfg.backbone_search.tournament}")
+        if not shifts_identities(cfg.model.backbone):
+            raise ConfigError(f"model.backbone: vitas searches a space whose layers shift to identities "
+                              f"({', '.join(spaces_where(shifts_identities))}), got {cfg.model.backbone}")
+        if HEAD_SPACES[cfg.model.head_space].choice_kinds(cfg.model.mlp_widths):
+            raise ConfigError(f"model.head_space: vitas searches the backbone only; use heads without choices "
+                              f"({', '.join(fixed_head_spaces())}), got {cfg.model.head_space}")
+        check_evolution(target, settings)
 
     def identity_prob(self, ctx: SearchContext, space) -> float:
         """ViTAS's identity probability for this run: tuned to max_flops, or the option as given."""
@@ -207,12 +208,8 @@ class ViTAS(Strategy):
             c = ctx.cost(architecture)
             return c.within(max_flops, max_params) and (floor is None or c.flops >= floor)
 
-        b = cfg.backbone_search
-        population = settings["population"]
-        evolution_cfg = dataclasses.replace(cfg, backbone_search=dataclasses.replace(
-            b, population=population, trials=population * settings["generations"]))
-        architecture, history = evolve(dataclasses.replace(ctx, cfg=evolution_cfg), supernet,
-                                       score_of=score_of, accept=accept)
+        evolution = {**settings, "trials": settings["population"] * settings["generations"]}
+        architecture, history = evolve(ctx, supernet, evolution, score_of=score_of, accept=accept)
         set_channel_side(supernet, "left")  # the derived network is the left slice
         return Selection(space.canonical(architecture), evolution=history)
 

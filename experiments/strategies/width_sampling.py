@@ -33,6 +33,7 @@ from torch import nn
 from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
 from experiments.strategies.sampling import broadcast_from_rank_zero, mean_over_ranks
+from experiments.strategies.spos import EVOLUTION_OPTIONS, check_evolution
 from search_spaces.channels import use_channels, width_blocks
 
 CHECKPOINT_KEY = "width_sampler"
@@ -175,13 +176,20 @@ class WidthStrategy(Strategy):
     regularized evolution within the FLOPs/parameter budget (the framework's heads fixed)."""
 
     handles = frozenset({"width"})
-    config_fields = ("backbone_search.population", "backbone_search.tournament", "backbone_search.mutation_prob",
-                     "backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
+    config_fields = ("backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
+    option_specs = EVOLUTION_OPTIONS
 
     def check(self, cfg, target: str) -> None:
-        if cfg.backbone_search.strategy == self.name and cfg.model.head_space not in ("fixed", "width"):
-            raise ConfigError(f"model.head_space: {self.name} searches widths: use fixed heads or the heads' widths "
-                              f"(width), got {cfg.model.head_space}")
+        from search_spaces.head_spaces import HEAD_SPACES
+
+        if cfg.backbone_search.strategy != self.name:
+            return
+        check_evolution(target, self.settings(cfg))
+        heads = HEAD_SPACES[cfg.model.head_space]
+        if not heads.choice_kinds(cfg.model.mlp_widths) <= self.handles:
+            able = [name for name, s in HEAD_SPACES.items() if s.choice_kinds(cfg.model.mlp_widths) <= self.handles]
+            raise ConfigError(f"model.head_space: {self.name} searches widths: use heads whose choices are widths "
+                              f"or none ({', '.join(able)}), got {cfg.model.head_space}")
 
     def sampler(self, settings: dict, space: dict[str, list[int]]) -> WidthSampler:
         return WidthSampler(space)
@@ -203,7 +211,8 @@ class WidthStrategy(Strategy):
     def select(self, ctx: SearchContext, nni_strategy) -> Selection:
         from experiments.strategies.spos import evolve
 
-        architecture, history = evolve(ctx, nni_strategy.supernet, seeds=self.seeds(ctx, nni_strategy),
+        architecture, history = evolve(ctx, nni_strategy.supernet, self.settings(ctx.cfg),
+                                       seeds=self.seeds(ctx, nni_strategy),
                                        score_of=lambda arch: self.score(ctx.scorer, nni_strategy, arch))
         reset_channels(nni_strategy.supernet)  # freeze (the export) then takes each width's first channels
         return Selection(architecture, evolution=history)

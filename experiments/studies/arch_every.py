@@ -77,7 +77,7 @@ def epoch_costs(path: str) -> dict:
 
 
 def search(config: str, overrides: dict, seed: int, every: int) -> dict:
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.core.memory import PeakMemory
     from experiments.jobs.search import run_search
 

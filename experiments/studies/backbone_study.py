@@ -101,7 +101,7 @@ def train_and_evaluate(cfg, record: dict, out: Path) -> dict:
 
 def study(name: str, args, cifar: Path | None, log) -> dict:
     from experiments.jobs.backbone_search import run_backbone_search
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from search_spaces.cost import BackboneCost
     from search_spaces.nas_bench_macro import NasBenchMacroSpace, arch_to_key, key_to_arch
 

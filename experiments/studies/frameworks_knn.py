@@ -31,7 +31,7 @@ UNTRAINED = "untrained"  # the floor: SimSiam's network at initialisation, evalu
 
 def framework_config(args: argparse.Namespace, framework: str, out: Path):
     """The framework's CIFAR-10 recipe at the benchmark's budget."""
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     values = {
         "seed": args.seed, "output_dir": str(out),

@@ -76,7 +76,7 @@ OP_SHORT = {"maxpool_3x3": "max", "avgpool_3x3": "avg", "identity": "id", "linea
 # --- configs ---------------------------------------------------------------------------------
 def arm_config(base: Path, user: dict, framework: str, seed: int, arm: Arm, run_dir: Path):
     """One arm's config: the base file, the user's --set, then the arm's own overrides."""
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     overrides = {**user, "framework": framework, "seed": seed, "model.head_space": arm.head_space,
                  "output_dir": str(run_dir), **arm.overrides}

@@ -111,7 +111,7 @@ def dataset_overrides(args) -> list[str]:
 
 
 def config(args, seed: int, out: Path, **extra):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     values = [*([] if args.arch else ["model.head_space=fixed"]), *dataset_overrides(args),
               *([f"model.backbone={args.backbone}"] if args.backbone != "resnet18" else []), *args.overrides, f"seed={seed}", f"output_dir={out}", f"evaluation.linear_epochs={args.linear_epochs}",

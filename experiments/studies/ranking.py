@@ -215,7 +215,7 @@ def run_file(cache: Path, label: str, objective: str, seed: int, budget: dict) -
 
 # --- one run ---------------------------------------------------------------------------------------
 def config_for(name: str, options: dict, objective: str, seed: int, budget: dict, cifar: Path):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     data = ({"data.dataset": "digits"} if budget.get("dataset") == "digits"
             else {"data.dataset": "imagefolder", "data.root": str(cifar)})

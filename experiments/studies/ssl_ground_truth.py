@@ -118,7 +118,7 @@ def sample_networks(table, n: int, seed: int) -> list[str]:
 def config_for(objective: str, seed: int, budget: dict, cifar: Path | None, output_dir: Path,
                model: dict | None = None):
     """The retrain config of one run; ``model`` overrides the backbone settings (another space, its options)."""
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     overrides = {
         "framework": objective, "seed": seed, "output_dir": str(output_dir),

@@ -51,7 +51,7 @@ DST_OPS = ["sep_conv_3x3", "dil_conv_3x3", "max_pool_3x3", "avg_pool_3x3", "skip
 
 def config(name: str, seed: int, epochs: int, out: Path, images: Optional[int], **overrides):
     """The search config of ``name``; ``overrides`` (dotted keys) change it, e.g. into a retrain's."""
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     strategy, options = STRATEGIES[name]
     cells = {"channels": 8, "num_cells": 5, "num_nodes": 4, "inputs_per_node": 2}

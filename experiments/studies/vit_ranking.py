@@ -85,7 +85,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from experiments.core.config import load_config, parse_overrides
+    from experiments.core.config import parse_overrides
+    from experiments.core.validation import load_config
     from experiments.core.records import space_record
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.jobs.retrain import run_retrain

@@ -57,7 +57,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from experiments.core.config import load_config, parse_overrides
+    from experiments.core.config import parse_overrides
+    from experiments.core.validation import load_config
     from experiments.core.records import read_architecture
     from experiments.jobs.backbone_search import run_backbone_search
     from search_spaces.vit import ViTSpace, deit_shaped

@@ -61,7 +61,7 @@ def add_arguments(p) -> None:
 
 
 def config(args, seed: int, out: Path, bins: int, head_space: str = "fixed", **extra):
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
 
     values = [f"seed={seed}", f"output_dir={out}", "model.backbone=resnet_width",
               f"model.backbone_options={json.dumps({'bins': bins})}", f"model.head_space={head_space}",

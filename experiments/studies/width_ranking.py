@@ -172,7 +172,7 @@ def rank_with(strategy: str, objective: str, seed: int, epochs: int, widths: lis
     """Train the strategy's supernet, score every width as the strategy does."""
     import tempfile
 
-    from experiments.core.config import load_config
+    from experiments.core.validation import load_config
     from experiments.jobs.backbone_search import prepare, train_supernet
     from experiments.strategies import STRATEGIES
 
