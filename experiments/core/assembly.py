@@ -139,16 +139,11 @@ def build_trainer(cfg: Config, epochs: int, out: Path, callbacks: list, gradient
     """Lightning's trainer for a job; ``unused_parameters``: a step may leave parameters without gradient
     (a path-sampling strategy), which DDP must be told or it fails at the second step."""
     from pytorch_lightning.callbacks import Checkpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
     from experiments.core.checkpointing import AtomicCheckpointIO
+    from experiments.core.loggers import run_loggers
 
     t = cfg.trainer
-    loggers = [CSVLogger(str(out), name="logs", version="")]
-    try:
-        loggers.append(TensorBoardLogger(str(out), name="tensorboard", version=""))
-    except ModuleNotFoundError:  # tensorboard is optional
-        pass
+    loggers = run_loggers(t.logger, t.logger_options, out)
     extra = []
     # A live bar only in a terminal: in a captured log its redraws are stray lines, and the
     # epoch printer already writes one plain line per epoch.

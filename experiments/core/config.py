@@ -169,6 +169,10 @@ class TrainerConfig:
     strategy: str = setting("auto", one_of=("auto", "ddp", "ddp_spawn"))
     precision: str = setting("32-true", one_of=("32-true", "bf16-mixed", "16-mixed"))
     progress_bar: bool = True
+    # the metrics logger beside logs/metrics.csv (experiments/core/loggers.py); its constructor's options
+    logger: str = setting("tensorboard", one_of=("tensorboard", "csv", "wandb", "mlflow"))
+    logger_options: dict = setting({}, rule=(lambda v: all(isinstance(k, str) for k in v),
+                                             "must map option names to values"))
     channels_last: bool = True  # backbone and views in NHWC memory layout (faster convolutions on CPU and GPU)
     compile: bool = False  # torch.compile the backbone (pays on long GPU runs; first steps compile)
     # torch's CPU threads; null: the thread policy's (OMP_NUM_THREADS if set, else one core left free; machine.py)

@@ -17,6 +17,7 @@ from evaluators.options import Option
 from experiments.core.config import Config, _show, parse_config, read_config
 from experiments.core.data import DATASETS
 from experiments.core.errors import ConfigError
+from experiments.core.loggers import LOGGERS
 from experiments.strategies import SECTIONS, STRATEGIES, strategy_names
 from search_spaces.backbone_spaces import BACKBONE_SPACES, is_backbone_space, space_options
 from search_spaces.backbones import BACKBONE_LAYOUTS
@@ -85,6 +86,9 @@ def validate(cfg: Config) -> Config:
                 settings.strategy_options.setdefault(option, value)
         check_options(f"{section}.strategy_options", settings.strategy, strategy.option_specs,
                       settings.strategy_options)
+    missing = LOGGERS[cfg.trainer.logger].missing()
+    if missing and cfg.trainer.logger != "tensorboard":  # the default falls back to CSV alone
+        raise ConfigError(f"trainer.logger: {cfg.trainer.logger} {missing}")
     STRATEGIES[cfg.search.strategy].check(cfg, "heads")
     STRATEGIES[cfg.backbone_search.strategy].check(cfg, "backbone")
     return cfg
