@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.jobs import trial
 
         args.run = trial.run
-    from experiments.core.checkpointing import global_rank
+    from experiments.core.run_dir import global_rank
     from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, OutputUnwritable, RunFailed,
                                          RunInterrupted, one_line)
 

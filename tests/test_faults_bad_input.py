@@ -208,7 +208,7 @@ def test_model_file_from_another_architecture(tmp_path, capsys, tiny_cfg):
 
 def _claimed_dir(out: Path, cfg, job: str, extra=None) -> None:
     """An output directory as a run of ``cfg`` leaves it (run.json), without training."""
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
 
     with open_run(out, cfg, job, (), extra, log_fn=lambda line: None):
         pass
@@ -287,7 +287,7 @@ def test_cli_subprocesses_exit_2_with_one_error_line(tmp_path):
 
 
 def test_directory_in_use_by_another_run(tmp_path, capsys, tiny_cfg):
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
 
     out = tmp_path / "out"
     with open_run(out, tiny_cfg(), "search", ("best_architecture.json",), log_fn=lambda line: None):

@@ -352,7 +352,7 @@ def test_generated_output_directories_are_claimed_or_refused_in_one_line(tmp_pat
     or one line, and a finished run elsewhere (or there, but for --overwrite of its own job) is unchanged."""
     import os
 
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
 
     root = tmp_path_factory.mktemp("dirs")
     cfg = load_config(ROOT / "configs" / "digits_simsiam.yml", {"trainer.accelerator": "cpu"})

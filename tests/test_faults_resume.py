@@ -91,7 +91,7 @@ def interrupt_mid_epoch(out: Path, signum: int, epochs_done: int = 2) -> tuple[i
 
 def claim_while_running(out: Path, pid: int) -> dict:
     """Claim ``out`` here, as a second run would (same config), while process ``pid`` holds it."""
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
     from experiments.core.errors import ConfigError
     from experiments.core.config import load_config
 

@@ -35,7 +35,7 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     ``search(cfg, out, overwrite=...)`` returns the record written to ``result_files[0]`` (None on
     a DDP rank other than zero, which prints nothing).
     """
-    from experiments.core.checkpointing import refuse_finished
+    from experiments.core.run_dir import refuse_finished
     from experiments.core.config import load_config
     from experiments.core.console import start_line, summary
 

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from experiments.core.assembly import build_data, build_module, downstream_metrics
-from experiments.core.checkpointing import claim_output_dir, claims_output_dir, refuse_finished
+from experiments.core.run_dir import claim_output_dir, claims_output_dir, refuse_finished
 from experiments.core.config import Config, load_config
 from experiments.core.errors import ConfigError
 from experiments.core.records import load_saved_model, new_record, write_results

@@ -8,12 +8,12 @@ from typing import Callable, Optional, Sequence
 import pytorch_lightning as pl
 
 from experiments.core.assembly import build_data, build_module, build_monitor, build_trainer, downstream_metrics
-from experiments.core.checkpointing import claim_output_dir, claims_output_dir, global_rank, refuse_finished
 from experiments.core.config import Config, load_config
 from experiments.core.console import EpochPrinter, start_line, summary
 from experiments.core.errors import ConfigError
 from experiments.core.guards import FailureGuard
 from experiments.core.records import build_fixed, new_record, read_architecture, write_results
+from experiments.core.run_dir import claim_output_dir, claims_output_dir, global_rank, refuse_finished
 from experiments.jobs.command import add_config_arguments
 from search_spaces.backbone_spaces import is_backbone_space
 

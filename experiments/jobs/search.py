@@ -16,7 +16,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from experiments import nni_compat
 from experiments.core.assembly import build_data, build_module, build_monitor, build_space, build_trainer, \
     downstream_metrics
-from experiments.core.checkpointing import claim_output_dir, claims_output_dir
+from experiments.core.run_dir import claim_output_dir, claims_output_dir
 from experiments.core.config import BACKBONE_SPACE_NAMES, Config
 from experiments.core.console import EpochPrinter
 from experiments.core.data import split_indices
