@@ -511,6 +511,34 @@ def test_overwrite_refuses_the_directory_of_another_job(tmp_path, capsys, tiny_c
                                                              "choose another --output-dir"])
 
 
+def test_a_refused_overwrite_leaves_the_other_runs_lock_as_it_was(tmp_path, capsys, tiny_cfg):
+    """The lock names the pid of the run that made the directory; a refused claim does not sign it."""
+    out = tmp_path / "search-run"
+    _claimed_dir(out, tiny_cfg(), "search")
+    (out / ".lock").write_text("424242")  # the search's own process, not this one
+    assert_refused(["retrain", "--overwrite", "--config", CONFIG, *sets(), "--arch", str(SHIPPED),
+                    "--output-dir", str(out)], capsys, out, ["holds a search run, not a retrain run"])
+    assert_refused(["search", "--config", CONFIG, *sets(**{"search.epochs": 3}), "--output-dir", str(out)],
+                   capsys, out, ["holds a search run with another config"])
+    assert (out / ".lock").read_text() == "424242"
+
+
+@pytest.mark.parametrize("record", ["{not json", '{"config": {}}', ""])
+def test_an_unreadable_run_record_is_a_foreign_claim_that_overwrite_does_not_clear(tmp_path, capsys, record):
+    out = tmp_path / "out"
+    for name in ("checkpoints", "logs"):
+        (out / name).mkdir(parents=True)
+        (out / name / "kept").write_text(name)
+    (out / "run.json").write_text(record)
+    (out / ".lock").write_text("424242")
+    for job in (["search"], ["retrain", "--arch", str(SHIPPED)]):
+        for overwrite in ([], ["--overwrite"]):
+            assert_refused([*job, *overwrite, "--config", CONFIG, *sets(), "--output-dir", str(out)], capsys, out,
+                           ["run.json is unreadable, so what made", "choose another --output-dir"])
+            _, lines = run_main([*job, *overwrite, "--config", CONFIG, *sets(), "--output-dir", str(out)], capsys)
+            assert "--overwrite" not in lines[0], lines  # it would not help: the claim stays foreign
+
+
 def test_a_difference_of_configs_lists_real_differences_only(tmp_path, capsys, tiny_cfg):
     out = tmp_path / "out"
     _claimed_dir(out, tiny_cfg(), "search")

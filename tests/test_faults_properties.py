@@ -393,7 +393,7 @@ def test_generated_output_directories_are_claimed_or_refused_in_one_line(tmp_pat
     finally:
         monkeypatch_session.undo()
     event(f"claimed {kind}")
-    assert kind not in ("file", "under_file", "not_writable", "finished_other_job")
+    assert kind not in ("file", "under_file", "not_writable", "finished_other_job", "unreadable_record")
     assert kind != "finished_run" or overwrite
     assert json.loads((out / "status.json").read_text())["state"] == "finished"
     assert {k: v for k, v in _files(root).items() if k.startswith("elsewhere")} == \

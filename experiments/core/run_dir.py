@@ -167,6 +167,8 @@ class Run:
 
 
 def _acquire_lock(out: Path) -> int:
+    """The directory's lock, held but not yet signed: the pid is written only once the claim is accepted
+    (``_sign_lock``), so a refused claim leaves the pid of the run that made the directory."""
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -175,9 +177,12 @@ def _acquire_lock(out: Path) -> int:
         os.close(fd)
         raise ConfigError(f"{out} is in use by another run (pid {holder}); wait for it to finish or choose "
                           f"another --output-dir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def _sign_lock(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -216,8 +221,9 @@ def _stored_record(out: Path) -> dict:
         stored = json.loads(path.read_text())
         stored["job"], stored["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path} is unreadable, so what made {out} is unknown; pass --overwrite to start "
-                          f"over there or choose another --output-dir") from None
+        # Another job's claim as much as this one's: --overwrite would clear files whose owner is unknown.
+        raise ConfigError(f"{path} is unreadable, so what made {out} is unknown; remove that directory yourself if "
+                          f"its run is yours, or choose another --output-dir") from None
     return stored
 
 
@@ -285,12 +291,8 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
     try:
         _remove_stale_temporaries(out)
         if overwrite:
-            try:
-                stored = _stored_record(out) if (out / RUN_RECORD).exists() else None
-            except ConfigError:  # unreadable: starting over is what --overwrite asks for
-                stored = None
-            if stored is not None:
-                _refuse_other_job(out, stored, job)  # before a file is removed
+            if (out / RUN_RECORD).exists():  # before a file is removed: an unreadable claim counts as another job's
+                _refuse_other_job(out, _stored_record(out), job)
             _clear_outputs(out, result_files)
         last = out / CHECKPOINT_DIR / LAST
         if (out / RUN_RECORD).exists():
@@ -307,6 +309,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
             log_fn(f"resuming the {job} from {last} ({resume_note(state)})")
         else:
             write_json_atomic(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        _sign_lock(fd)
         run.set_status("running")
         open_run_log(out)
         log_thread_policy(policy)
