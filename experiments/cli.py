@@ -23,10 +23,12 @@ def job_modules() -> list:
 
 
 def build_parser(modules: list, prog: str = "python -m experiments") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="job", required=True, metavar="JOB")
+    from experiments.jobs.command import OneLineParser
+
+    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="job", required=True, metavar="JOB")  # subparsers are OneLineParsers too
     for module in modules:
-        job = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        job = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, job=module.NAME)
         module.add_arguments(job)
         job.set_defaults(run=module.run)
     return p
@@ -41,17 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     capture_chatter()  # NNI's and Lightning's chatter waits for the run's logs/run.log
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "ssl-nas" if Path(sys.argv[0]).name == "ssl-nas" else "python -m experiments"  # the installed command
-    args = build_parser(job_modules(), prog).parse_args(argv)
-    args.argv = argv[1:]  # the job's own arguments, for studies that record the command that made them
-    if getattr(args, "nni", False):  # a run job as the trial of an nnictl experiment
-        from experiments.jobs import trial
-
-        args.run = trial.run
     from experiments.core.run_dir import global_rank
     from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, OutputUnwritable, RunFailed,
                                          RunInterrupted, one_line)
 
     try:
+        args = build_parser(job_modules(), prog).parse_args(argv)
+        args.argv = argv[1:]  # the job's own arguments, for studies that record the command that made them
+        if getattr(args, "nni", False):  # a run job as the trial of an nnictl experiment
+            from experiments.jobs import trial
+
+            args.run = trial.run
         return args.run(args)
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

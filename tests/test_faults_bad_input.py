@@ -424,18 +424,43 @@ def test_output_dir_that_cannot_be_one(tmp_path, capsys, monkeypatch, finished_r
 
 def test_empty_output_dir_is_refused_not_read_as_the_configs(tmp_path, capsys, monkeypatch, finished_run):
     """``--output-dir "$OUT"`` with OUT unset: argparse's one line and 2, not a run in the config's directory."""
-    from experiments.cli import main
-
     monkeypatch.chdir(tmp_path)  # where the config's relative output_dir would be made
     before = snapshot(tmp_path)
     for argv in (["search", "--config", CONFIG, *sets()], ["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED)]):
-        with pytest.raises(SystemExit) as stop:
-            main([*argv, "--output-dir", " "])
-        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-        assert stop.value.code == 2 and lines == [
-            f"python -m experiments {argv[0]}: error: argument --output-dir: must be a path (not empty, no NUL "
-            f"character)"], lines
+        rc, lines = run_main([*argv, "--output-dir", " "], capsys)
+        assert rc == 2 and lines == [
+            f"error: {argv[0]}: argument --output-dir: must be a path (not empty, no NUL character) "
+            f"(see python -m experiments {argv[0]} --help)"], lines
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "error: the following arguments are required: JOB (see python -m experiments --help)"),
+    (["serch"], "error: argument JOB: invalid choice: 'serch' (choose from 'search', "),
+    (["retrain", "--arch"], "error: retrain: argument --arch: expected one argument (see python -m experiments "
+                            "retrain --help)"),
+    (["check", "x.yml", "--port", "http"], "error: check: argument --port: invalid int value: 'http'"),
+    (["check"], "error: check: the following arguments are required: nni_config"),
+    (["search", "--no-such-flag"], "error: unrecognized arguments: --no-such-flag"),
+])
+def test_argparse_errors_are_one_line_and_exit_2_without_a_usage_block(tmp_path, capsys, monkeypatch, argv,
+                                                                       expected):
+    from experiments.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(expected), err
+    assert "usage:" not in err[0] and not list(tmp_path.iterdir())
+
+
+def test_an_nnictl_trial_command_that_argparse_refuses_is_one_line_naming_the_trial_command(tmp_path):
+    from experiments.core.errors import ConfigError
+    from experiments.jobs.check import trial_arguments
+
+    with pytest.raises(ConfigError) as refused:
+        trial_arguments("python -m experiments search --nni --epochs 3", {})
+    assert str(refused.value) == "trialCommand: unrecognized arguments: --epochs 3 (see python -m experiments --help)"
 
 
 @pytest.mark.parametrize("flag", ["--config", "--arch", "--checkpoint"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Any, Iterator, Optional
 
 from experiments.core.errors import ConfigError, existing_file
 from experiments.core.config import load_config
+from experiments.jobs.command import OneLineParser
 
 DEFAULT_PORT = 8080
 # Training services whose manager also listens on port + 1 (NNI 3.0 launcher).
@@ -48,10 +48,10 @@ def trial_parser() -> argparse.ArgumentParser:
     """The command line of the jobs a trial runs, exactly as ``python -m experiments`` reads it."""
     from experiments.jobs import backbone_search, retrain, search
 
-    p = argparse.ArgumentParser(prog="python -m experiments")
+    p = OneLineParser(prog="python -m experiments")
     sub = p.add_subparsers(dest="job", required=True)
     for module in (search, backbone_search, retrain):
-        module.add_arguments(sub.add_parser(module.NAME))
+        module.add_arguments(sub.add_parser(module.NAME, job=module.NAME))
     return p
 
 
@@ -123,13 +123,10 @@ def trial_arguments(command: str, env: dict) -> tuple[list[str], Optional[Any]]:
         raise ConfigError(f"trialCommand: cannot split {expanded!r}: {err}") from None
     if len(tokens) < 4 or tokens[1:3] != ["-m", "experiments"] or tokens[3] not in JOBS:
         return tokens, None
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stderr(captured):
-            args = trial_parser().parse_args(tokens[3:])
-    except SystemExit:
-        last = (captured.getvalue().strip().splitlines() or ["cannot parse it"])[-1]
-        raise ConfigError(f"trialCommand: {last}") from None
+        args = trial_parser().parse_args(tokens[3:])
+    except ConfigError as err:
+        raise ConfigError(f"trialCommand: {err}") from None
     return tokens, args
 
 

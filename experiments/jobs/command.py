@@ -8,6 +8,19 @@ import argparse
 from pathlib import Path
 from typing import Callable, Sequence
 
+from experiments.core.errors import ConfigError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors end like any other bad input: one ``error:`` line (no usage block), exit status 2."""
+
+    def __init__(self, *args, job: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.job = job
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.job + ': ' if self.job else ''}{message} (see {self.prog} --help)")
+
 
 def output_dir_argument(text: str) -> str:
     """``--output-dir`` as given; an empty one (an unset shell variable) would silently mean the config's."""
