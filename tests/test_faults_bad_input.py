@@ -51,19 +51,26 @@ def arch_file(path: Path, change=None) -> Path:
     return path
 
 
-def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
+def run_printed(argv: list[str], capsys) -> tuple[int, str, list[str]]:
+    """The exit status, what went to stdout, and the ``error:`` lines of stderr."""
     from experiments.cli import main
 
     rc = main(argv)
-    err = capsys.readouterr().err
-    return rc, [line for line in err.splitlines() if line.startswith("error:")]
+    printed = capsys.readouterr()
+    return rc, printed.out, [line for line in printed.err.splitlines() if line.startswith("error:")]
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
+    rc, _, lines = run_printed(argv, capsys)
+    return rc, lines
 
 
 def assert_refused(argv, capsys, watched: Path, expected: list[str]):
     before = snapshot(watched)
-    rc, lines = run_main(argv, capsys)
+    rc, printed, lines = run_printed(argv, capsys)
     assert rc == 2, lines
     assert len(lines) == 1, lines
+    assert printed == "", printed  # a refused job says nothing else: no start line, no notes before its refusal
     for text in expected:
         assert text in lines[0], lines[0]
     assert snapshot(watched) == before, "a refused run changed its directory"
@@ -610,3 +617,24 @@ def test_backbone_search_split_without_a_full_batch_is_refused_before_anything_i
         argv += ["--set", f"{key}={value}"]
     assert_refused(argv, capsys, tmp_path, expected)
     assert not out.exists()
+
+
+def test_prunes_start_line_states_the_finetune_epochs_it_was_given(tmp_path, capsys, monkeypatch):
+    """``--finetune-epochs 3`` with a config of 1 training epoch: the start line says 3 (printed at the claim)."""
+    from experiments.core import run_dir
+    from experiments.jobs import prune
+
+    seen = {}
+
+    def claimed_then_stopped(cfg, checkpoint, out, method, target, quantity, finetune_epochs, **kwargs):
+        seen["epochs"] = finetune_epochs
+        run_dir._announce()  # what the claim does once every check passed
+        raise run_dir.ConfigError("stopped after the claim")
+
+    monkeypatch.setattr(prune, "run_prune", claimed_then_stopped)
+    for given, said in (([], 1), (["--finetune-epochs", "3"], 3)):
+        rc, printed, lines = run_printed(["prune", "--config", CONFIG, *sets(), "--checkpoint", "model.pt",
+                                          "--flops", "0.5", *given, "--output-dir", str(tmp_path / "out")], capsys)
+        assert rc == 2 and seen["epochs"] == said, lines
+        assert printed.startswith("prune: simsiam on digits, architecture model.pt, ") and \
+            f", {said} epochs, " in printed, printed

@@ -16,9 +16,11 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -281,6 +283,7 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
         last = out / CHECKPOINT_DIR / LAST
         open_run_log(out, global_rank())  # rank zero made the directory before it started this rank
         log_thread_policy(policy)
+        _announce()
         return _register(Run(out, job, record, last if last.is_file() else None))
     refuse_finished(out, result_files, overwrite)  # before anything is written, the lock included
     try:
@@ -301,8 +304,9 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
             raise ConfigError(f"{last} has no {RUN_RECORD} beside it, so what made it is unknown; pass --overwrite "
                               f"to start over or choose another --output-dir")
         run = Run(out, job, record, lock_fd=fd)
-        if last.is_file():
-            state = check_resumable(last, record)
+        state = check_resumable(last, record) if last.is_file() else None
+        _announce()  # every check passed: the job starts
+        if state is not None:
             run.resumed_epoch = int(state.get("epoch", 0))
             run.resume_from = last
             _keep_csv_log(out)
@@ -324,6 +328,37 @@ def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[st
 
 
 _claims: list[list[Run]] = []
+_held: list[tuple[str, io.StringIO, Any]] = []  # (start line, what the job printed so far, the real stdout)
+
+
+@contextlib.contextmanager
+def announce_on_claim(line: str) -> Iterator[None]:
+    """Print ``line`` (a job's start line), then what the job printed meanwhile, when the job inside claims
+    its output directory: a job refused before then for bad input prints its one ``error:`` line and
+    nothing else. Other errors before the claim print what was held, then go on."""
+    entry = (line, io.StringIO(), sys.stdout)
+    _held.append(entry)
+    try:
+        with contextlib.redirect_stdout(entry[1]):
+            yield
+    except ConfigError:
+        raise
+    except BaseException:
+        _announce()
+        raise
+    finally:
+        with contextlib.suppress(ValueError):
+            _held.remove(entry)
+
+
+def _announce() -> None:
+    """The held start line and output go to the real stdout, which the job prints to from now on."""
+    while _held:
+        line, held, stdout = _held.pop()
+        sys.stdout = stdout
+        print(line, flush=True)
+        stdout.write(held.getvalue())
+        stdout.flush()
 
 
 def _register(run: Run) -> Run:

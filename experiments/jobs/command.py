@@ -48,15 +48,15 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     ``search(cfg, out, overwrite=...)`` returns the record written to ``result_files[0]`` (None on
     a DDP rank other than zero, which prints nothing).
     """
-    from experiments.core.run_dir import refuse_finished
     from experiments.core.config import load_config
     from experiments.core.console import start_line, summary
+    from experiments.core.run_dir import announce_on_claim, refuse_finished
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.output_dir or cfg.output_dir)
     refuse_finished(out, result_files, args.overwrite)
-    print(start_line(args.job, cfg, out), flush=True)
-    record = search(cfg, out, overwrite=args.overwrite)
+    with announce_on_claim(start_line(args.job, cfg, out)):
+        record = search(cfg, out, overwrite=args.overwrite)
     if record is not None:
         summary(record, out / result_files[0])
     return 0
