@@ -638,3 +638,36 @@ def test_prunes_start_line_states_the_finetune_epochs_it_was_given(tmp_path, cap
         assert rc == 2 and seen["epochs"] == said, lines
         assert printed.startswith("prune: simsiam on digits, architecture model.pt, ") and \
             f", {said} epochs, " in printed, printed
+
+
+def _vit_record() -> dict:
+    from experiments.core.assembly import build_space
+    from experiments.core.config import load_config
+    from experiments.core.records import space_record
+    from search_spaces.cost import exported_values
+
+    cfg = load_config(ROOT / "configs" / "digits_backbone_vitas.yml", {})
+    architecture = {label: exported_values(m)[0] for label, m in build_space(cfg).simplify().items()}
+    return json.loads(json.dumps({"format_version": 1, "kind": "backbone_search", "space": space_record(cfg),
+                                  "architecture": architecture}))  # plain JSON values, as a record file holds
+
+
+def test_an_architecture_of_another_backbone_space_is_refused_naming_both(tmp_path, capsys, finished_run):
+    """A ViT architecture with a nas_bench_macro config: retrain and evaluate refuse, naming both spaces."""
+    macro = str(ROOT / "configs" / "digits_backbone_mctnas.yml")
+    record = _vit_record()
+    arch = tmp_path / "vit.json"
+    arch.write_text(json.dumps(record))
+    out = tmp_path / "out"
+    expected = ["is an architecture of the vit backbone space, but the config is for the nas_bench_macro backbone "
+                "space", "use a config for the vit space"]
+    assert_refused(["retrain", "--config", macro, "--arch", str(arch), "--output-dir", str(out)], capsys, tmp_path,
+                   [str(arch), *expected])
+    assert not out.exists()
+    model = tmp_path / "vit.pt"
+    torch.save({"space": record["space"], "architecture": record["architecture"], "state_dict": {}}, model)
+    assert_refused(["evaluate", "--config", macro, "--checkpoint", str(model)], capsys, tmp_path,
+                   [str(model), *expected])
+    # heads on a fixed ResNet under a backbone space's config: both named too, not a missing label
+    assert_refused(["retrain", "--config", macro, "--arch", str(SHIPPED), "--output-dir", str(out)], capsys,
+                   tmp_path, ["'nasiam' heads on a fixed ResNet backbone", "nas_bench_macro backbone space"])
