@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "bench_digits_simsiam.yml")
@@ -371,8 +372,6 @@ def test_backbone_options_of_the_wrong_type(tmp_path, capsys, finished_run, opti
 
 
 def _nni_config(tmp_path: Path, **changes) -> Path:
-    import yaml
-
     raw = yaml.safe_load((ROOT / "nni_configs" / "darts_simsiam.yml").read_text())
     raw["trialCodeDirectory"] = str(ROOT)
     raw["trialCommand"] = "python -m experiments search --nni --config configs/digits_simsiam.yml"
@@ -671,3 +670,24 @@ def test_an_architecture_of_another_backbone_space_is_refused_naming_both(tmp_pa
     # heads on a fixed ResNet under a backbone space's config: both named too, not a missing label
     assert_refused(["retrain", "--config", macro, "--arch", str(SHIPPED), "--output-dir", str(out)], capsys,
                    tmp_path, ["'nasiam' heads on a fixed ResNet backbone", "nas_bench_macro backbone space"])
+
+
+def test_check_applies_the_jobs_budget_check_to_every_max_flops_choice(tmp_path, capsys, trial_python, finished_run):
+    """A max_flops choice below the smallest network would make that trial exit 2: check refuses it (and passes
+    the choices above it)."""
+    raw = yaml.safe_load((ROOT / "nni_configs" / "spos_backbone_simsiam.yml").read_text())
+    raw["trialCodeDirectory"] = str(ROOT)
+    raw["trialCommand"] = ("python -m experiments backbone-search --nni --config configs/digits_backbone_spos.yml "
+                           "--set trainer.progress_bar=false")
+    path = tmp_path / "exp.yml"
+    for choices, refused in (([2.5e5, 4e5], False), ([1000, 2.5e5], True)):
+        raw["searchSpace"]["backbone_search.max_flops"] = {"_type": "choice", "_value": choices}
+        path.write_text(yaml.safe_dump(raw))
+        if refused:
+            assert_refused(["check", str(path), "--port", "8080"], capsys, tmp_path,
+                           ["searchSpace.backbone_search.max_flops = 1000: backbone_search.max_flops: 1000 is below "
+                            "the smallest network of space nas_bench_macro (40,448 FLOPs at 8x8)"])
+        else:
+            from experiments.jobs.check import check
+
+            assert any("every choice and range end accepted" in note for note in check(path, None))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
@@ -180,6 +181,34 @@ def check_dataset(cfg) -> None:
                               f"layout with train/ and test/ splits is needed)")
 
 
+def check_budget_of(cfg, costs: dict) -> None:
+    """A backbone search's own budget check (``check_budget``, which the job runs before it claims its
+    directory): a ``max_flops`` or ``max_params`` below the space's smallest network would make the trial
+    exit 2. ``costs`` keeps each space's cost model, so choices of the budget alone build it once."""
+    b = cfg.backbone_search
+    if b.max_flops is None and b.max_params is None:
+        return
+    from experiments.core.assembly import build_space
+    from experiments.core.data import DataError, load_images
+    from experiments.strategies.budget import check_budget
+    from search_spaces.head_widths import network_cost
+
+    d = cfg.data
+    key = json.dumps([cfg.to_dict()["framework"], cfg.to_dict()["model"], d.dataset, d.root, d.image_size],
+                     sort_keys=True, default=str)
+    if key not in costs:
+        try:
+            train = load_images(d.dataset, "train", d.root, 1, cfg.seed, d.image_size)  # one image: its size
+        except DataError as err:
+            raise ConfigError(f"data: {err}") from None
+        try:
+            space = build_space(cfg, num_classes=len(train.classes))
+            costs[key] = network_cost(space, int(train.images.shape[-1]))
+        except (ValueError, TypeError) as err:  # as the job says it: a backbone option of the wrong type
+            raise ConfigError(f"model: {' '.join(str(err).split())}") from None
+    check_budget(b.max_flops, b.max_params, costs[key], cfg.model.backbone)
+
+
 def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[dict] = None) -> list[str]:
     """All checks; returns what was found, raises ConfigError on the first problem."""
     from experiments.core.config import parse_overrides
@@ -216,6 +245,10 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
                 if missing:
                     raise ConfigError(f"searchSpace: a head trial needs every label of the space; missing "
                                       f"{', '.join(missing)} (regenerate it with python -m experiments.jobs.export_space)")
+            costs: dict = {}
+            budgeted = args.job == "backbone-search"  # the job checks its budget against the space before it starts
+            if budgeted:
+                check_budget_of(cfg, costs)
             for key, spec in (exp.search_space or {}).items():
                 for value in representative_values(spec, key):
                     if key in labels:
@@ -223,7 +256,9 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
                             raise ConfigError(f"searchSpace.{key}: {value!r} is not one of its choices {labels[key]}")
                         continue
                     try:
-                        load_config(args.config, {**overrides, key: value})
+                        trial_cfg = load_config(args.config, {**overrides, key: value})
+                        if budgeted:
+                            check_budget_of(trial_cfg, costs)
                     except ConfigError as err:
                         raise ConfigError(f"searchSpace.{key} = {value!r}: {err}") from None
             notes.append(f"searchSpace: {len(exp.search_space or {})} keys, every choice and range end accepted")
