@@ -138,6 +138,14 @@ def test_dataset_empty(tmp_path, capsys, layout, expected):
                     "--output-dir", str(out)], capsys, tmp_path, [expected, str(root / "train")])
 
 
+def test_a_one_class_imagefolder_is_refused_for_a_labelled_evaluation(tmp_path, capsys):
+    root = imagefolder(tmp_path / "data", {f"cat/{i}.png": None for i in range(4)}, {"cat/0.png": None})
+    assert_refused(["search", "--config", CONFIG, *sets(**{"data.dataset": "imagefolder", "data.root": str(root),
+                                                           "data.train_subset": "null", "data.batch_size": 2}),
+                    "--output-dir", str(tmp_path / "out")], capsys, tmp_path,
+                   [f"{root / 'train'} has 1 class folder (cat)", "need at least two classes"])
+
+
 def test_dataset_unreadable_image_names_the_first_bad_file(tmp_path, capsys):
     train = {f"a/{i}.png": None for i in range(3)}
     train.update({"a/3.png": b"\x89PNG but not really", "b/0.png": b"", "b/1.png": None})
