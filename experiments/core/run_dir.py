@@ -13,6 +13,7 @@ A search or retrain owns its output directory while it runs:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -34,7 +35,7 @@ from experiments.core.checkpointing import (CHECKPOINT_DIR, LAST, RunState, chec
 from experiments.core.config import Config
 from experiments.core.errors import (ConfigError, OutputUnwritable, RunFailed, RunInterrupted, describe_os_error,
                                      is_filesystem_error, one_line)
-from experiments.core.files import write_json_atomic
+from experiments.core.files import write_json_atomic, write_text_in_place
 from experiments.core.machine import apply_thread_policy, check_trainer, log_thread_policy
 from experiments.core.run_log import open_run_log
 
@@ -122,9 +123,16 @@ class Run:
         return {"ckpt_path": str(self.resume_from)} if self.resume_from else {}
 
     def set_status(self, state: str, **extra: Any) -> None:
-        if self.lock_fd is not None:
-            write_json_atomic(self.out / STATUS, {"state": state, "job": self.job, "pid": os.getpid(),
-                                            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+        if self.lock_fd is None:
+            return
+        status = {"state": state, "job": self.job, "pid": os.getpid(), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  **extra}
+        try:
+            write_json_atomic(self.out / STATUS, status)
+        except OSError as err:  # a full disk has no room for a temporary file: the old status's block will do
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not (self.out / STATUS).is_file():
+                raise
+            write_text_in_place(self.out / STATUS, json.dumps(status, indent=2) + "\n")
 
     def release(self, error: Optional[BaseException] = None) -> None:
         """Record how the run ended in ``status.json`` (where it can still be written) and release the lock."""
