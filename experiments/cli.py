@@ -23,19 +23,21 @@ def job_modules() -> list:
 
 
 def build_parser(modules: list, prog: str = "python -m experiments") -> argparse.ArgumentParser:
+    from experiments.jobs.command import OneLineParser
     from experiments.studies import STUDIES
 
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="job", required=True, metavar="JOB")
+    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="job", required=True, metavar="JOB")  # subparsers are OneLineParsers too
     for module in modules:
-        job = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        job = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, job=module.NAME)
         module.add_arguments(job)
         job.set_defaults(run=module.run)
     study = sub.add_parser("study", help="run a study (experiments/studies/): " + ", ".join(STUDIES),
-                           description="A study: arms x seeds, each run cached, its tables rebuilt from the cache.")
+                           description="A study: arms x seeds, each run cached, its tables rebuilt from the cache.",
+                           job="study")
     studies = study.add_subparsers(dest="study", required=True, metavar="NAME")
     for name, module in STUDIES.items():
-        one = studies.add_parser(name, help=module.HELP, description=module.HELP)
+        one = studies.add_parser(name, help=module.HELP, description=module.HELP, job=f"study {name}")
         module.add_arguments(one)
         one.set_defaults(run=module.run)
     return p
@@ -50,18 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     capture_chatter()  # NNI's and Lightning's chatter waits for the run's logs/run.log
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "ssl-nas" if Path(sys.argv[0]).name == "ssl-nas" else "python -m experiments"  # the installed command
-    args = build_parser(job_modules(), prog).parse_args(argv)
-    args.argv = argv[2:] if args.job == "study" else argv[1:]  # the job's own arguments, for studies that record
-    # the command that made them
-    if getattr(args, "nni", False):  # a run job as the trial of an nnictl experiment
-        from experiments.jobs import trial
-
-        args.run = trial.run
-    from experiments.core.checkpointing import global_rank
+    from experiments.core.run_dir import global_rank
     from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, OutputUnwritable, RunFailed,
                                          RunInterrupted, one_line)
 
     try:
+        args = build_parser(job_modules(), prog).parse_args(argv)
+        # the job's own arguments, for studies that record the command that made them
+        args.argv = argv[2:] if args.job == "study" else argv[1:]
+        if getattr(args, "nni", False):  # a run job as the trial of an nnictl experiment
+            from experiments.jobs import trial
+
+            args.run = trial.run
         return args.run(args)
     except ConfigError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "bench_digits_simsiam.yml")
@@ -51,19 +52,26 @@ def arch_file(path: Path, change=None) -> Path:
     return path
 
 
-def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
+def run_printed(argv: list[str], capsys) -> tuple[int, str, list[str]]:
+    """The exit status, what went to stdout, and the ``error:`` lines of stderr."""
     from experiments.cli import main
 
     rc = main(argv)
-    err = capsys.readouterr().err
-    return rc, [line for line in err.splitlines() if line.startswith("error:")]
+    printed = capsys.readouterr()
+    return rc, printed.out, [line for line in printed.err.splitlines() if line.startswith("error:")]
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
+    rc, _, lines = run_printed(argv, capsys)
+    return rc, lines
 
 
 def assert_refused(argv, capsys, watched: Path, expected: list[str]):
     before = snapshot(watched)
-    rc, lines = run_main(argv, capsys)
+    rc, printed, lines = run_printed(argv, capsys)
     assert rc == 2, lines
     assert len(lines) == 1, lines
+    assert printed == "", printed  # a refused job says nothing else: no start line, no notes before its refusal
     for text in expected:
         assert text in lines[0], lines[0]
     assert snapshot(watched) == before, "a refused run changed its directory"
@@ -128,6 +136,14 @@ def test_dataset_empty(tmp_path, capsys, layout, expected):
     assert_refused(["search", "--config", CONFIG, *sets(**{"data.dataset": "imagefolder", "data.root": str(root),
                                                            "data.train_subset": "null"}),
                     "--output-dir", str(out)], capsys, tmp_path, [expected, str(root / "train")])
+
+
+def test_a_one_class_imagefolder_is_refused_for_a_labelled_evaluation(tmp_path, capsys):
+    root = imagefolder(tmp_path / "data", {f"cat/{i}.png": None for i in range(4)}, {"cat/0.png": None})
+    assert_refused(["search", "--config", CONFIG, *sets(**{"data.dataset": "imagefolder", "data.root": str(root),
+                                                           "data.train_subset": "null", "data.batch_size": 2}),
+                    "--output-dir", str(tmp_path / "out")], capsys, tmp_path,
+                   [f"{root / 'train'} has 1 class folder (cat)", "need at least two classes"])
 
 
 def test_dataset_unreadable_image_names_the_first_bad_file(tmp_path, capsys):
@@ -208,7 +224,7 @@ def test_model_file_from_another_architecture(tmp_path, capsys, tiny_cfg):
 
 def _claimed_dir(out: Path, cfg, job: str, extra=None) -> None:
     """An output directory as a run of ``cfg`` leaves it (run.json), without training."""
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
 
     with open_run(out, cfg, job, (), extra, log_fn=lambda line: None):
         pass
@@ -287,7 +303,7 @@ def test_cli_subprocesses_exit_2_with_one_error_line(tmp_path):
 
 
 def test_directory_in_use_by_another_run(tmp_path, capsys, tiny_cfg):
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
 
     out = tmp_path / "out"
     with open_run(out, tiny_cfg(), "search", ("best_architecture.json",), log_fn=lambda line: None):
@@ -364,8 +380,6 @@ def test_backbone_options_of_the_wrong_type(tmp_path, capsys, finished_run, opti
 
 
 def _nni_config(tmp_path: Path, **changes) -> Path:
-    import yaml
-
     raw = yaml.safe_load((ROOT / "nni_configs" / "darts_simsiam.yml").read_text())
     raw["trialCodeDirectory"] = str(ROOT)
     raw["trialCommand"] = "python -m experiments search --nni --config configs/digits_simsiam.yml"
@@ -424,18 +438,43 @@ def test_output_dir_that_cannot_be_one(tmp_path, capsys, monkeypatch, finished_r
 
 def test_empty_output_dir_is_refused_not_read_as_the_configs(tmp_path, capsys, monkeypatch, finished_run):
     """``--output-dir "$OUT"`` with OUT unset: argparse's one line and 2, not a run in the config's directory."""
-    from experiments.cli import main
-
     monkeypatch.chdir(tmp_path)  # where the config's relative output_dir would be made
     before = snapshot(tmp_path)
     for argv in (["search", "--config", CONFIG, *sets()], ["retrain", "--config", CONFIG, *sets(), "--arch", str(SHIPPED)]):
-        with pytest.raises(SystemExit) as stop:
-            main([*argv, "--output-dir", " "])
-        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-        assert stop.value.code == 2 and lines == [
-            f"python -m experiments {argv[0]}: error: argument --output-dir: must be a path (not empty, no NUL "
-            f"character)"], lines
+        rc, lines = run_main([*argv, "--output-dir", " "], capsys)
+        assert rc == 2 and lines == [
+            f"error: {argv[0]}: argument --output-dir: must be a path (not empty, no NUL character) "
+            f"(see python -m experiments {argv[0]} --help)"], lines
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "error: the following arguments are required: JOB (see python -m experiments --help)"),
+    (["serch"], "error: argument JOB: invalid choice: 'serch' (choose from 'search', "),
+    (["retrain", "--arch"], "error: retrain: argument --arch: expected one argument (see python -m experiments "
+                            "retrain --help)"),
+    (["check", "x.yml", "--port", "http"], "error: check: argument --port: invalid int value: 'http'"),
+    (["check"], "error: check: the following arguments are required: nni_config"),
+    (["search", "--no-such-flag"], "error: unrecognized arguments: --no-such-flag"),
+])
+def test_argparse_errors_are_one_line_and_exit_2_without_a_usage_block(tmp_path, capsys, monkeypatch, argv,
+                                                                       expected):
+    from experiments.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(expected), err
+    assert "usage:" not in err[0] and not list(tmp_path.iterdir())
+
+
+def test_an_nnictl_trial_command_that_argparse_refuses_is_one_line_naming_the_trial_command(tmp_path):
+    from experiments.core.errors import ConfigError
+    from experiments.jobs.check import trial_arguments
+
+    with pytest.raises(ConfigError) as refused:
+        trial_arguments("python -m experiments search --nni --epochs 3", {})
+    assert str(refused.value) == "trialCommand: unrecognized arguments: --epochs 3 (see python -m experiments --help)"
 
 
 @pytest.mark.parametrize("flag", ["--config", "--arch", "--checkpoint"])
@@ -511,6 +550,34 @@ def test_overwrite_refuses_the_directory_of_another_job(tmp_path, capsys, tiny_c
                                                              "choose another --output-dir"])
 
 
+def test_a_refused_overwrite_leaves_the_other_runs_lock_as_it_was(tmp_path, capsys, tiny_cfg):
+    """The lock names the pid of the run that made the directory; a refused claim does not sign it."""
+    out = tmp_path / "search-run"
+    _claimed_dir(out, tiny_cfg(), "search")
+    (out / ".lock").write_text("424242")  # the search's own process, not this one
+    assert_refused(["retrain", "--overwrite", "--config", CONFIG, *sets(), "--arch", str(SHIPPED),
+                    "--output-dir", str(out)], capsys, out, ["holds a search run, not a retrain run"])
+    assert_refused(["search", "--config", CONFIG, *sets(**{"search.epochs": 3}), "--output-dir", str(out)],
+                   capsys, out, ["holds a search run with another config"])
+    assert (out / ".lock").read_text() == "424242"
+
+
+@pytest.mark.parametrize("record", ["{not json", '{"config": {}}', ""])
+def test_an_unreadable_run_record_is_a_foreign_claim_that_overwrite_does_not_clear(tmp_path, capsys, record):
+    out = tmp_path / "out"
+    for name in ("checkpoints", "logs"):
+        (out / name).mkdir(parents=True)
+        (out / name / "kept").write_text(name)
+    (out / "run.json").write_text(record)
+    (out / ".lock").write_text("424242")
+    for job in (["search"], ["retrain", "--arch", str(SHIPPED)]):
+        for overwrite in ([], ["--overwrite"]):
+            assert_refused([*job, *overwrite, "--config", CONFIG, *sets(), "--output-dir", str(out)], capsys, out,
+                           ["run.json is unreadable, so what made", "choose another --output-dir"])
+            _, lines = run_main([*job, *overwrite, "--config", CONFIG, *sets(), "--output-dir", str(out)], capsys)
+            assert "--overwrite" not in lines[0], lines  # it would not help: the claim stays foreign
+
+
 def test_a_difference_of_configs_lists_real_differences_only(tmp_path, capsys, tiny_cfg):
     out = tmp_path / "out"
     _claimed_dir(out, tiny_cfg(), "search")
@@ -557,3 +624,78 @@ def test_backbone_search_split_without_a_full_batch_is_refused_before_anything_i
         argv += ["--set", f"{key}={value}"]
     assert_refused(argv, capsys, tmp_path, expected)
     assert not out.exists()
+
+
+def test_prunes_start_line_states_the_finetune_epochs_it_was_given(tmp_path, capsys, monkeypatch):
+    """``--finetune-epochs 3`` with a config of 1 training epoch: the start line says 3 (printed at the claim)."""
+    from experiments.core import run_dir
+    from experiments.jobs import prune
+
+    seen = {}
+
+    def claimed_then_stopped(cfg, checkpoint, out, method, target, quantity, finetune_epochs, **kwargs):
+        seen["epochs"] = finetune_epochs
+        run_dir._announce()  # what the claim does once every check passed
+        raise run_dir.ConfigError("stopped after the claim")
+
+    monkeypatch.setattr(prune, "run_prune", claimed_then_stopped)
+    for given, said in (([], 1), (["--finetune-epochs", "3"], 3)):
+        rc, printed, lines = run_printed(["prune", "--config", CONFIG, *sets(), "--checkpoint", "model.pt",
+                                          "--flops", "0.5", *given, "--output-dir", str(tmp_path / "out")], capsys)
+        assert rc == 2 and seen["epochs"] == said, lines
+        assert printed.startswith("prune: simsiam on digits, architecture model.pt, ") and \
+            f", {said} epochs, " in printed, printed
+
+
+def _vit_record() -> dict:
+    from experiments.core.assembly import build_space
+    from experiments.core.validation import load_config
+    from experiments.core.records import space_record
+    from search_spaces.cost import exported_values
+
+    cfg = load_config(ROOT / "configs" / "digits_backbone_vitas.yml", {})
+    architecture = {label: exported_values(m)[0] for label, m in build_space(cfg).simplify().items()}
+    return json.loads(json.dumps({"format_version": 1, "kind": "backbone_search", "space": space_record(cfg),
+                                  "architecture": architecture}))  # plain JSON values, as a record file holds
+
+
+def test_an_architecture_of_another_backbone_space_is_refused_naming_both(tmp_path, capsys, finished_run):
+    """A ViT architecture with a nas_bench_macro config: retrain and evaluate refuse, naming both spaces."""
+    macro = str(ROOT / "configs" / "digits_backbone_mctnas.yml")
+    record = _vit_record()
+    arch = tmp_path / "vit.json"
+    arch.write_text(json.dumps(record))
+    out = tmp_path / "out"
+    expected = ["is an architecture of the vit backbone space, but the config is for the nas_bench_macro backbone "
+                "space", "use a config for the vit space"]
+    assert_refused(["retrain", "--config", macro, "--arch", str(arch), "--output-dir", str(out)], capsys, tmp_path,
+                   [str(arch), *expected])
+    assert not out.exists()
+    model = tmp_path / "vit.pt"
+    torch.save({"space": record["space"], "architecture": record["architecture"], "state_dict": {}}, model)
+    assert_refused(["evaluate", "--config", macro, "--checkpoint", str(model)], capsys, tmp_path,
+                   [str(model), *expected])
+    # heads on a fixed ResNet under a backbone space's config: both named too, not a missing label
+    assert_refused(["retrain", "--config", macro, "--arch", str(SHIPPED), "--output-dir", str(out)], capsys,
+                   tmp_path, ["'nasiam' heads on a fixed ResNet backbone", "nas_bench_macro backbone space"])
+
+
+def test_check_applies_the_jobs_budget_check_to_every_max_flops_choice(tmp_path, capsys, trial_python, finished_run):
+    """A max_flops choice below the smallest network would make that trial exit 2: check refuses it (and passes
+    the choices above it)."""
+    raw = yaml.safe_load((ROOT / "nni_configs" / "spos_backbone_simsiam.yml").read_text())
+    raw["trialCodeDirectory"] = str(ROOT)
+    raw["trialCommand"] = ("python -m experiments backbone-search --nni --config configs/digits_backbone_spos.yml "
+                           "--set trainer.progress_bar=false")
+    path = tmp_path / "exp.yml"
+    for choices, refused in (([2.5e5, 4e5], False), ([1000, 2.5e5], True)):
+        raw["searchSpace"]["backbone_search.max_flops"] = {"_type": "choice", "_value": choices}
+        path.write_text(yaml.safe_dump(raw))
+        if refused:
+            assert_refused(["check", str(path), "--port", "8080"], capsys, tmp_path,
+                           ["searchSpace.backbone_search.max_flops = 1000: backbone_search.max_flops: 1000 is below "
+                            "the smallest network of space nas_bench_macro (40,448 FLOPs at 8x8)"])
+        else:
+            from experiments.jobs.check import check
+
+            assert any("every choice and range end accepted" in note for note in check(path, None))

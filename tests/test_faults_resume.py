@@ -94,7 +94,7 @@ def interrupt_mid_epoch(out: Path, signum: int, epochs_done: int = 2, batch: int
 
 def claim_while_running(out: Path, pid: int) -> dict:
     """Claim ``out`` here, as a second run would (same config), while process ``pid`` holds it."""
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
     from experiments.core.errors import ConfigError
     from experiments.core.validation import load_config
 

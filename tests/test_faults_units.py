@@ -82,7 +82,7 @@ def test_bad_checkpoint_is_one_line(tmp_path):
 
 # --- the output directory ------------------------------------------------------------------------
 def test_a_second_claim_on_the_same_directory_is_refused(tmp_path, cfg):
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
     from experiments.core.errors import ConfigError
 
     out = tmp_path / "out"
@@ -97,7 +97,7 @@ def test_a_second_claim_on_the_same_directory_is_refused(tmp_path, cfg):
 
 
 def test_claim_records_failures_and_cleans_stale_temporaries(tmp_path, cfg):
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
     from experiments.core.errors import NonFiniteLoss
 
     out = tmp_path / "out"
@@ -113,7 +113,7 @@ def test_claim_records_failures_and_cleans_stale_temporaries(tmp_path, cfg):
 
 
 def test_overwrite_starts_over(tmp_path, cfg):
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
     from experiments.core.errors import ConfigError
     from experiments.core.validation import load_config
 
@@ -134,7 +134,7 @@ def test_overwrite_starts_over(tmp_path, cfg):
 
 
 def test_volatile_fields_do_not_change_the_run(cfg):
-    from experiments.core.checkpointing import run_record
+    from experiments.core.run_dir import run_record
     from experiments.core.validation import load_config
 
     same = load_config(CONFIG, {**TINY, "trainer.progress_bar": False, "data.num_workers": 2, "output_dir": "x"})
@@ -329,7 +329,7 @@ def test_a_closed_manager_channel_costs_an_epoch_metric_not_the_run(tmp_path, cf
     ConnectionError, which failed the run as "connectionerror under <dir>"."""
     import requests
 
-    from experiments.core.checkpointing import claim_output_dir, claims_output_dir
+    from experiments.core.run_dir import claim_output_dir, claims_output_dir
     from experiments.jobs.trial import Trial
 
     class Closed:

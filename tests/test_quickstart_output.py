@@ -80,7 +80,8 @@ def test_run_log_holds_records_until_a_run_opens_its_file(tmp_path):
     assert text.index("before the claim") < text.index("after the claim")
 
 
-def test_only_the_listed_warnings_leave_the_terminal():
+def routed(warn) -> tuple[list[str], list[str]]:
+    """What ``warn()`` shows on the terminal and what goes to the run log, with the package's routing."""
     handler = run_log.RunLog()
     saved, shown = warnings.showwarning, []
     try:
@@ -88,14 +89,39 @@ def test_only_the_listed_warnings_leave_the_terminal():
         run_log._route_warnings(handler)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
-            warnings.warn("a warning the user can act on", UserWarning)
+            warn()
     finally:
         warnings.showwarning = saved
         logging.getLogger("ssl_nas.warnings").removeHandler(handler)
+    return shown, [record.getMessage() for record in handler.pending]
+
+
+def test_only_the_listed_warnings_leave_the_terminal():
+    def warn():
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+        warnings.warn("a warning the user can act on", UserWarning)
+
+    shown, logged = routed(warn)
     assert shown == ["a warning the user can act on"]
-    assert len(handler.pending) == 1
-    assert handler.pending[0].getMessage().endswith("`isinstance(treespec, LeafSpec)` is deprecated, use ...")
+    assert len(logged) == 1 and logged[0].endswith("`isinstance(treespec, LeafSpec)` is deprecated, use ...")
+
+
+def test_nni_and_lightning_warnings_raised_in_their_own_code_go_to_the_run_log():
+    """NNI's Filter middleware (K-shot, BCNet) and Lightning's configuration validator warn from inside
+    their code; a warning raised in this package's (or the user's) code still shows."""
+    import nni.nas.strategy.middleware as nni_middleware
+    import pytorch_lightning.trainer.configuration_validator as lightning_validator
+
+    def warn():
+        warnings.warn_explicit("Filter middleware currently does not list models", UserWarning,
+                               nni_middleware.__file__, 323)
+        warnings.warn_explicit("You defined a `validation_step` but have no `val_dataloader`", UserWarning,
+                               lightning_validator.__file__, 70)
+        warnings.warn("a warning of this package", UserWarning)
+
+    shown, logged = routed(warn)
+    assert shown == ["a warning of this package"]
+    assert len(logged) == 2 and "Filter middleware" in logged[0] and "val_dataloader" in logged[1], logged
 
 
 def test_a_retrain_start_line_names_the_architecture_and_the_retrain_epochs(tiny_config, tmp_path):

@@ -74,7 +74,7 @@ def test_head_study_reuses_a_run_only_when_every_result_changing_field_is_the_sa
 
 
 def test_run_fingerprint_holds_every_result_changing_field_and_the_architecture(tiny_config):
-    from experiments.core.checkpointing import VOLATILE_FIELDS, run_record
+    from experiments.core.run_dir import VOLATILE_FIELDS, run_record
 
     cfg = tiny_config()
     base = run_record(cfg, "retrain", {"architecture": {"a": 1}})["fingerprint"]

@@ -1,36 +1,25 @@
-"""Checkpoint and resume, and the safety of a run's output directory.
+"""Checkpoint and resume I/O: the checkpoint file, the random state, and the callback that makes a resume exact.
 
-A search or retrain owns its output directory while it runs:
-
-- ``.lock``: an exclusive ``flock`` held for the whole run, so a second run on the same
-  directory (another nnictl trial, a second terminal) is refused; the kernel releases it
-  when the process ends, even by SIGKILL.
-- ``run.json``: what the run is (job, config, architecture). Running the same command
-  again resumes; a different config on that directory is refused, never overwritten.
 - ``checkpoints/last.ckpt``: Lightning's checkpoint at every epoch end (network and
   architecture weights, both optimisers, schedulers, momentum encoders and queues, loop
   progress, the monitor's history) plus ``RunState``: RNG states, the data seed, the
   sampler position and the run's fingerprint. Written to a temporary file that is renamed
   into place, so the last good checkpoint survives any crash; loaded with
-  ``torch.load(weights_only=True)``. SIGINT and SIGTERM stop the run after the current
-  batch and save a checkpoint there first.
-- ``status.json``: running, interrupted, failed (with the reason) or finished.
+  ``torch.load(weights_only=True)``.
+- ``RunState`` also stops a run on SIGINT and SIGTERM after the current batch and saves a
+  checkpoint there first (its signal handlers and its saved state are one mechanism: the
+  stop is exact because the state says which batches are done).
+
+Which directory a run owns, and whether it resumes or starts, is ``experiments.core.run_dir``.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
-import hashlib
-import json
-import os
 import random
 import signal
-import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from experiments import nni_compat
 
@@ -41,33 +30,17 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from experiments.core.config import Config
-from experiments.core.errors import ConfigError
-from experiments.core.errors import (OutputUnwritable, RunFailed, RunInterrupted, RunStoppedAtOnce,
-                                     describe_os_error, is_filesystem_error, one_line)
-from experiments.core.files import atomic_torch_save, write_json_atomic
-from experiments.core.machine import apply_thread_policy, check_trainer, log_thread_policy
-from experiments.core.run_log import open_run_log
+from experiments.core.errors import ConfigError, RunInterrupted, RunStoppedAtOnce, one_line
+from experiments.core.files import atomic_torch_save
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
-RUN_RECORD = "run.json"
-STATUS = "status.json"
-LOCK = ".lock"
-#: what a job writes into its output directory; ``--overwrite`` clears exactly these
-JOB_OUTPUTS = (CHECKPOINT_DIR, RUN_RECORD, STATUS, "logs", "tensorboard", "nni")
-#: what run.json holds beside the record, which no config difference is about
-RECORD_NOTES = ("fingerprint", "created")
-#: config fields that do not change a run's results (a resume may differ in them)
-VOLATILE_FIELDS = ("output_dir", "trainer.progress_bar", "data.num_workers", "trainer.threads")
 STATE_FORMAT = 1
 
 # We restore the sampler's position ourselves (RunState), so a mid-epoch checkpoint resumes
 # exactly; Lightning cannot see that and warns that the loader is not resumable.
 warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
-# A resumed run finds its own logs and checkpoints: the earlier metrics.csv was moved aside
-# (_keep_csv_log), TensorBoard adds an event file, and ModelCheckpoint replaces last.ckpt.
-warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+# A resumed run finds its own checkpoint: ModelCheckpoint replaces last.ckpt.
 warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
@@ -135,196 +108,20 @@ def restore_rng(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
-# --- the run record ------------------------------------------------------------------------------
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: node}
+# --- a run's checkpoint ------------------------------------------------------------------------------
+def checkpoint_callbacks(fingerprint: str, seed: int, checkpoint_dir: Path, samplers: Sequence[Any] = (),
+                         batch_size: int = 1) -> tuple["RunState", ModelCheckpoint]:
+    """Our RunState and Lightning's ModelCheckpoint writing ``checkpoint_dir/last.ckpt`` at every epoch end."""
+    state = RunState(fingerprint, seed, samplers, batch_size, checkpoint_dir / LAST)
+    # One file, replaced at every epoch end. (``save_last=True`` with ``save_top_k=0`` would
+    # write only when training ends: Lightning saves "last" only after a top-k save.)
+    checkpoint = ModelCheckpoint(dirpath=str(checkpoint_dir), filename=LAST.removesuffix(".ckpt"),
+                                 monitor=None, save_top_k=1, save_last=False, every_n_epochs=1,
+                                 save_on_train_epoch_end=True, enable_version_counter=False)
+    return state, checkpoint
 
 
-def run_record(cfg: Config, job: str, extra: Optional[dict] = None) -> dict:
-    """What identifies a run: the job, the config less its volatile fields, and ``extra`` (the architecture)."""
-    config = json.loads(json.dumps(cfg.to_dict()))
-    for dotted in VOLATILE_FIELDS:
-        *parents, leaf = dotted.split(".")
-        node = config
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
-    record = {"job": job, "config": config, **(json.loads(json.dumps(extra)) if extra else {})}
-    record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-    return record
-
-
-def _differences(old: dict, new: dict, limit: int = 3) -> str:
-    a, b = _flatten({k: v for k, v in old.items() if k not in RECORD_NOTES}), \
-        _flatten({k: v for k, v in new.items() if k not in RECORD_NOTES})
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
-    parts = [f"{k.removeprefix('config.')} {b.get(k, '<unset>')!r} here, {a.get(k, '<unset>')!r} there"
-             for k in keys[:limit]]
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return "; ".join(parts) + more
-
-
-def global_rank() -> int:
-    """This process's rank under DDP (0 without it), as Lightning set it."""
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
-
-
-@dataclass
-class Run:
-    """A claimed output directory: what to add to the trainer, and where to resume from."""
-
-    out: Path
-    job: str
-    record: dict
-    resume_from: Optional[Path] = None
-    resumed_epoch: Optional[int] = None
-    state: Optional["RunState"] = field(default=None, repr=False)
-    lock_fd: Optional[int] = field(default=None, repr=False)
-    previous_handlers: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.out / CHECKPOINT_DIR
-
-    def callbacks(self, cfg: Config, samplers: Sequence[Any] = (), batch_size: int = 1) -> list:
-        """Lightning's ModelCheckpoint (``last.ckpt`` at every epoch end) and our RunState."""
-        self.state = RunState(self.record["fingerprint"], cfg.seed, samplers, batch_size, self.checkpoint_dir / LAST)
-        # One file, replaced at every epoch end. (``save_last=True`` with ``save_top_k=0`` would
-        # write only when training ends: Lightning saves "last" only after a top-k save.)
-        checkpoint = ModelCheckpoint(dirpath=str(self.checkpoint_dir), filename=LAST.removesuffix(".ckpt"),
-                                     monitor=None, save_top_k=1, save_last=False, every_n_epochs=1,
-                                     save_on_train_epoch_end=True, enable_version_counter=False)
-        return [self.state, checkpoint]
-
-    def fit_kwargs(self) -> dict:
-        """``trainer.fit`` arguments (also for NNI's ``Lightning(fit_kwargs=...)``): resume if possible."""
-        return {"ckpt_path": str(self.resume_from)} if self.resume_from else {}
-
-    def set_status(self, state: str, **extra: Any) -> None:
-        if self.lock_fd is not None:
-            write_json_atomic(self.out / STATUS, {"state": state, "job": self.job, "pid": os.getpid(),
-                                            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
-
-    def release(self, error: Optional[BaseException] = None) -> None:
-        """Record how the run ended in ``status.json`` (where it can still be written) and release the lock."""
-        if self.lock_fd is None:
-            return
-        try:
-            last = self.checkpoint_dir / LAST
-            checkpoint = str(last) if last.is_file() else None
-            if error is None:
-                self.set_status("finished")
-            elif isinstance(error, (RunInterrupted, SIGTERMException, KeyboardInterrupt, SystemExit)):
-                # SystemExit: Lightning turns a KeyboardInterrupt (a second Ctrl-C) into sys.exit(1)
-                reason = str(error) if isinstance(error, RunInterrupted) else \
-                    "interrupted by SIGTERM" if isinstance(error, SIGTERMException) else "stopped at once, not saved"
-                self.set_status("interrupted", reason=reason, checkpoint=checkpoint)
-            else:
-                reason = str(error) if isinstance(error, (RunFailed, ConfigError, OutputUnwritable)) else \
-                    f"{type(error).__name__}: {error}"
-                self.set_status("failed", reason=one_line(reason), checkpoint=checkpoint)
-        except OSError:  # the disk that failed the run cannot take its status either; the error line says why
-            pass
-        finally:
-            self._restore_handlers()
-            os.close(self.lock_fd)
-            self.lock_fd = None
-
-    def hold_signals(self) -> None:
-        """SIGINT and SIGTERM outside training (building, the final evaluation, writing results) end the
-        run with an ``interrupted`` status and 128 + the signal, not a silent kill; training has RunState's."""
-        def stop(signum, frame):
-            raise RunInterrupted(signum)
-
-        with contextlib.suppress(ValueError):  # only the main thread may set handlers
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous_handlers[signum] = signal.signal(signum, stop)
-
-    def _restore_handlers(self) -> None:
-        for signum, previous in self.previous_handlers.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(signum, previous)
-        self.previous_handlers = {}
-
-
-def _acquire_lock(out: Path) -> int:
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ConfigError(f"{out} is in use by another run (pid {holder}); wait for it to finish or choose "
-                          f"another --output-dir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Temporary files of writers that died (SIGKILL mid-write); safe to remove under the lock."""
-    for folder in (out, out / CHECKPOINT_DIR):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
-
-
-def _keep_csv_log(out: Path) -> None:
-    """Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts: on resume, keep
-    the earlier part as ``metrics.1.csv`` (``.2`` after a second resume, ...)."""
-    current = out / "logs" / "metrics.csv"
-    if current.is_file():
-        n = 1
-        while (kept := current.with_name(f"metrics.{n}.csv")).exists():
-            n += 1
-        os.replace(current, kept)
-
-
-def _clear_outputs(out: Path, result_files: Sequence[str]) -> None:
-    import shutil
-
-    for name in (*JOB_OUTPUTS, *result_files):
-        target = out / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-
-
-def _stored_record(out: Path) -> dict:
-    path = out / RUN_RECORD
-    try:
-        stored = json.loads(path.read_text())
-        stored["job"], stored["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path} is unreadable, so what made {out} is unknown; pass --overwrite to start "
-                          f"over there or choose another --output-dir") from None
-    return stored
-
-
-def _refuse_other_job(out: Path, stored: dict, job: str) -> None:
-    if stored["job"] != job:  # --overwrite does not help: it would remove another job's files
-        raise ConfigError(f"{out} holds a {one_line(stored['job'])} run, not a {job} run; choose another "
-                          f"--output-dir")
-
-
-def _check_record(out: Path, record: dict, job: str) -> None:
-    stored = _stored_record(out)
-    stored_fingerprint = stored["fingerprint"]
-    _refuse_other_job(out, stored, job)
-    if stored_fingerprint != record["fingerprint"]:
-        raise ConfigError(f"{out} holds a {job} run with another config ({_differences(stored, record)}); run its "
-                          f"own command to resume it, or pass --overwrite (discards it) or another --output-dir")
-
-
-def _check_checkpoint(path: Path, record: dict) -> dict:
+def check_resumable(path: Path, record: dict) -> dict:
     """The resumable checkpoint must load safely and come from this very run; returns its RunState."""
     try:
         payload = load_checkpoint(path)
@@ -348,145 +145,6 @@ def resume_note(state: dict) -> str:
     if state.get("mid_epoch"):
         return f"in epoch {epoch}, after its batch {int(state.get('batches_done', 0))}"
     return f"epoch {epoch} done"
-
-
-def check_output_dir(out: Path) -> None:
-    """``out`` is, or can become, a directory this process can write; one line if not."""
-    existing = next((p for p in (out, *out.parents) if p.exists() or p.is_symlink()), None)
-    if existing is None:
-        return
-    if not existing.is_dir():
-        where = "is a file" if existing == out else f"lies under {existing}, which is a file"
-        raise ConfigError(f"--output-dir {out} {where}, not a directory; choose another --output-dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output-dir {out}: {existing} is not writable (permission denied or a read-only file "
-                          f"system); choose another --output-dir")
-
-
-def refuse_finished(out: Path, result_files: Sequence[str], overwrite: bool) -> None:
-    """A finished run (one of its result files exists) is never overwritten unless ``overwrite``."""
-    check_output_dir(Path(out))
-    finished = [name for name in result_files if (Path(out) / name).exists()]
-    if finished and not overwrite:
-        raise ConfigError(f"{Path(out) / finished[0]} exists: this run is finished; pass --overwrite to replace it "
-                          f"or choose another --output-dir")
-
-
-def claim_output_dir(out: Path, cfg: Config, job: str, result_files: Sequence[str], extra: Optional[dict] = None,
-                     overwrite: bool = False, log_fn=print) -> Run:
-    """Claim ``out`` for one run: lock it, check what is there, and resume or start.
-
-    Call it once the inputs are validated: nothing is written before it. It refuses, with one
-    line: a directory in use by another run, a finished run (unless ``overwrite``), a run
-    with another config or architecture (unless ``overwrite``), a foreign checkpoint. The
-    claim ends with ``run.release(error)``, done for you by ``@claims_output_dir`` or ``open_run``.
-    """
-    out = Path(out)
-    record = run_record(cfg, job, extra)
-    check_trainer(cfg)
-    policy = apply_thread_policy(cfg, log=False)
-    if global_rank() != 0:  # DDP ranks > 0: rank zero owns the directory; all resume from the same file
-        last = out / CHECKPOINT_DIR / LAST
-        open_run_log(out, global_rank())  # rank zero made the directory before it started this rank
-        log_thread_policy(policy)
-        return _register(Run(out, job, record, last if last.is_file() else None))
-    refuse_finished(out, result_files, overwrite)  # before anything is written, the lock included
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = _acquire_lock(out)
-    except OSError as err:
-        raise ConfigError(f"--output-dir: cannot claim it: {describe_os_error(err, out)}") from None
-    try:
-        _remove_stale_temporaries(out)
-        if overwrite:
-            try:
-                stored = _stored_record(out) if (out / RUN_RECORD).exists() else None
-            except ConfigError:  # unreadable: starting over is what --overwrite asks for
-                stored = None
-            if stored is not None:
-                _refuse_other_job(out, stored, job)  # before a file is removed
-            _clear_outputs(out, result_files)
-        last = out / CHECKPOINT_DIR / LAST
-        if (out / RUN_RECORD).exists():
-            _check_record(out, record, job)
-        elif last.exists():
-            raise ConfigError(f"{last} has no {RUN_RECORD} beside it, so what made it is unknown; pass --overwrite "
-                              f"to start over or choose another --output-dir")
-        run = Run(out, job, record, lock_fd=fd)
-        if last.is_file():
-            state = _check_checkpoint(last, record)
-            run.resumed_epoch = int(state.get("epoch", 0))
-            run.resume_from = last
-            _keep_csv_log(out)
-            log_fn(f"resuming the {job} from {last} ({resume_note(state)})")
-        else:
-            write_json_atomic(out / RUN_RECORD, {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        run.set_status("running")
-        open_run_log(out)
-        log_thread_policy(policy)
-    except OSError as err:
-        os.close(fd)
-        raise ConfigError(f"--output-dir: cannot claim it: {describe_os_error(err, out)}") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    run.hold_signals()
-    return _register(run)
-
-
-_claims: list[list[Run]] = []
-
-
-def _register(run: Run) -> Run:
-    if _claims:
-        _claims[-1].append(run)
-    return run
-
-
-def claims_output_dir(fn):
-    """Decorate a job function that calls ``claim_output_dir``: when it returns or raises, each claim
-    made inside records the outcome in ``status.json`` and releases its lock."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        _claims.append([])
-        error: Optional[BaseException] = None
-        try:
-            return fn(*args, **kwargs)
-        except OSError as err:
-            claimed = _claims[-1]
-            if not claimed or not is_filesystem_error(err):
-                error = err
-                raise
-            error = OutputUnwritable(describe_os_error(err, claimed[-1].out))
-            raise error from None
-        except BaseException as err:
-            error = err
-            raise
-        finally:
-            for run in _claims.pop():
-                run.release(error)
-    return wrapper
-
-
-@contextlib.contextmanager
-def open_run(out: Path, cfg: Config, job: str, result_files: Sequence[str], extra: Optional[dict] = None,
-             overwrite: bool = False, log_fn=print) -> Iterator[Run]:
-    """``claim_output_dir`` as a context manager."""
-    run = claim_output_dir(out, cfg, job, result_files, extra, overwrite, log_fn)
-    error: Optional[BaseException] = None
-    try:
-        yield run
-    except OSError as err:
-        if not is_filesystem_error(err):
-            error = err
-            raise
-        error = OutputUnwritable(describe_os_error(err, run.out))
-        raise error from None
-    except BaseException as err:
-        error = err
-        raise
-    finally:
-        run.release(error)
 
 
 # --- the callback ---------------------------------------------------------------------------------

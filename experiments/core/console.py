@@ -18,17 +18,18 @@ def epoch_line(r: dict) -> str:
             f"collapse {r['collapse']:.3f}{moved}{seconds}")
 
 
-def start_line(job: str, cfg, out: Path, architecture: str | None = None) -> str:
+def start_line(job: str, cfg, out: Path, architecture: str | None = None, epochs: int | None = None) -> str:
     """What a job will do, in one line: framework, space and strategy (or the architecture a
-    retrain rebuilds), data, device and its thread policy, epochs."""
+    retrain rebuilds), data, device and its thread policy, epochs (``epochs`` where the job's own
+    option sets them, e.g. prune's ``--finetune-epochs``)."""
     import torch
 
     from evaluators import FRAMEWORKS
     from experiments.core.machine import thread_policy
 
-    epochs = cfg.search.epochs
+    default_epochs = cfg.search.epochs
     if architecture is not None:
-        space, epochs = f"architecture {architecture}", cfg.train.epochs
+        space, default_epochs = f"architecture {architecture}", cfg.train.epochs
     elif job == "backbone-search":
         space = f"{cfg.model.backbone} backbone space, {cfg.backbone_search.strategy}"
     else:
@@ -41,6 +42,7 @@ def start_line(job: str, cfg, out: Path, architecture: str | None = None) -> str
     device = cfg.trainer.accelerator
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    epochs = epochs if epochs is not None else default_epochs
     return (f"{job}: {cfg.framework} on {data}, {space}, {device} ({thread_policy(cfg).short()}), {epochs} epochs, "
             f"{views} -> {out}")
 

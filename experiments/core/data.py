@@ -115,6 +115,9 @@ def _imagefolder(root: str, split: str, limit: Optional[int], seed: int, image_s
         listing = ImageFolder(str(folder), loader=lambda p: p)
     except (FileNotFoundError, RuntimeError) as err:  # no class folders, or none holds an image file
         raise DataError(f"no images under {folder}: {_one_line(err)}") from None
+    if split == "train" and len(listing.classes) < 2:  # every network would score 1.000
+        raise DataError(f"{folder} has {len(listing.classes)} class folder ({', '.join(listing.classes)}); the kNN "
+                        f"and linear evaluations need at least two classes (one folder per class)")
     samples = listing.samples
     if limit is not None and limit < len(samples):
         samples = [samples[i] for i in torch.randperm(len(samples), generator=_generator(seed))[:limit].tolist()]

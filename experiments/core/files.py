@@ -58,9 +58,26 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+def write_text_in_place(path: Path, text: str) -> None:
+    """Rewrite an existing small file over its own blocks (not atomic): where the disk is full, a temporary
+    file beside it gets no space, but a status of a few hundred bytes fits in the block the file holds."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` atomically and durably."""
+    """``torch.save`` atomically and durably. Serialised in memory first: torch's zip writer reports a full
+    disk as a RuntimeError (``unexpected pos``), a plain write as the OSError it is (ENOSPC, EDQUOT, EIO)."""
+    import io
+
     import torch
 
-    atomic_write(Path(path), lambda fh: torch.save(obj, fh), binary=True, durable=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(Path(path), lambda fh: fh.write(buffer.getbuffer()), binary=True, durable=True)
 

@@ -102,6 +102,23 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def check_backbone_space(space: dict, cfg: Config, source: str = "architecture") -> None:
+    """A config for a backbone space takes architectures of that space only: another space's (a ViT under a
+    ``nas_bench_macro`` config) would train under the other space's settings, and its record would name the
+    wrong backbone. (A searched backbone under a config of a fixed ResNet is rebuilt as it was searched.)"""
+    theirs, ours = str(space.get("backbone") or ""), cfg.model.backbone
+    if not is_backbone_space(ours) or theirs == ours:
+        return
+    if is_backbone_space(theirs):
+        what, use = f"an architecture of the {theirs} backbone space", f"a config for the {theirs} space"
+    else:
+        what = f"an architecture of {_show(space.get('head_space'))} heads on a fixed " \
+               f"{_show(theirs) if theirs else 'ResNet'} backbone, not of a backbone space"
+        use = "a config with a fixed backbone"
+    raise ConfigError(f"{source} is {what}, but the config is for the {ours} backbone space (model.backbone); "
+                      f"use {use} (the one that made it)")
+
+
 def space_for(record: dict, cfg: Config, source: str = "architecture") -> SSLNetworkSpace:
     """The record's space (its framework and head space) at the config's backbone and widths.
 
@@ -110,6 +127,7 @@ def space_for(record: dict, cfg: Config, source: str = "architecture") -> SSLNet
     """
     check_record(record, source)
     space = record["space"]
+    check_backbone_space(space, cfg, source)
     if space["framework"] not in FRAMEWORKS:
         raise ConfigError(f"architecture was made for framework {_show(space['framework'])}, which this package "
                           f"lacks (it has {', '.join(sorted(FRAMEWORKS))})")
@@ -245,6 +263,7 @@ def load_saved_model(path: str | Path, cfg: Config):
     space = payload["space"]
     if not isinstance(space, dict):
         raise ConfigError(f"{p}: not a model file of this package (its space is not a mapping)")
+    check_backbone_space(space, cfg, str(p))
     saved = {key: space[key] for key in ("backbone", "backbone_width", "head_width") if key in space}
     try:  # the saved sizes pass the same checks as a config's
         checked = config_from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], **saved}}).model

@@ -20,10 +20,13 @@ from typing import Optional, TextIO
 LOG_FILE = Path("logs") / "run.log"
 #: The Python loggers whose records go to the run log (NNI's own handler is quirk 26; ``ssl_nas``: the package's notes).
 CHATTER_LOGGERS = ("nni", "pytorch_lightning", "lightning_fabric", "lightning", "ssl_nas")
-#: Warnings raised inside NNI, Lightning or torch that a user of this package cannot act on.
+#: Warnings raised inside torch that a user of this package cannot act on.
 CHATTER_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6's _pytree on torch 2.13
 )
+#: Libraries whose own warnings (raised in their code: NNI's Filter middleware, Lightning's "no val_dataloader")
+#: go to the run log: the package decides how it calls them, so the user cannot act on them.
+CHATTER_PACKAGES = ("nni", "pytorch_lightning", "lightning_fabric", "lightning")
 
 
 class RunLog(logging.Handler):
@@ -43,6 +46,8 @@ class RunLog(logging.Handler):
         try:
             self.stream.write(self.format(record) + "\n")
             self.stream.flush()
+        except OSError:  # a full or read-only disk: the job's own error line says so, not a logging traceback
+            pass
         except Exception:  # noqa: BLE001 - logging must never end a run
             self.handleError(record)
 
@@ -92,17 +97,32 @@ def _route_warnings(handler: RunLog) -> None:
     """The warnings in :data:`CHATTER_WARNINGS` go to the run log; every other warning shows as usual."""
     show = warnings.showwarning
     pattern = re.compile("|".join(CHATTER_WARNINGS))
+    libraries = _package_folders(CHATTER_PACKAGES)
     chatter = logging.getLogger("ssl_nas.warnings")
     chatter.addHandler(handler)
     chatter.propagate = False
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
-        if pattern.search(str(message)):
+        if pattern.search(str(message)) or str(filename).startswith(libraries):
             chatter.warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
         else:
             show(message, category, filename, lineno, file, line)
 
     warnings.showwarning = showwarning
+
+
+def _package_folders(names) -> tuple[str, ...]:
+    """Where the installed packages ``names`` live (each folder with its trailing separator)."""
+    import importlib.util
+    import os
+
+    folders = []
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+            folders.append(os.path.join(os.path.realpath(folder), ""))
+            folders.append(os.path.join(folder, ""))
+    return tuple(dict.fromkeys(folders))
 
 
 def open_run_log(out: Path, rank: int = 0) -> Optional[Path]:

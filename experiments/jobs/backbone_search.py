@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from experiments.core.assembly import build_space
-from experiments.core.checkpointing import claims_output_dir
+from experiments.core.run_dir import claims_output_dir
 from experiments.core.config import Config
 from experiments.core.data import normalized
 from experiments.core.errors import ConfigError

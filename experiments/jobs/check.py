@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import json
 import math
 import os
 import re
@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 
 from experiments.core.errors import ConfigError, existing_file
 from experiments.core.validation import load_config
+from experiments.jobs.command import OneLineParser
 
 DEFAULT_PORT = 8080
 # Training services whose manager also listens on port + 1 (NNI 3.0 launcher).
@@ -48,10 +49,10 @@ def trial_parser() -> argparse.ArgumentParser:
     """The command line of the jobs a trial runs, exactly as ``python -m experiments`` reads it."""
     from experiments.jobs import backbone_search, retrain, search
 
-    p = argparse.ArgumentParser(prog="python -m experiments")
+    p = OneLineParser(prog="python -m experiments")
     sub = p.add_subparsers(dest="job", required=True)
     for module in (search, backbone_search, retrain):
-        module.add_arguments(sub.add_parser(module.NAME))
+        module.add_arguments(sub.add_parser(module.NAME, job=module.NAME))
     return p
 
 
@@ -123,13 +124,10 @@ def trial_arguments(command: str, env: dict) -> tuple[list[str], Optional[Any]]:
         raise ConfigError(f"trialCommand: cannot split {expanded!r}: {err}") from None
     if len(tokens) < 4 or tokens[1:3] != ["-m", "experiments"] or tokens[3] not in JOBS:
         return tokens, None
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stderr(captured):
-            args = trial_parser().parse_args(tokens[3:])
-    except SystemExit:
-        last = (captured.getvalue().strip().splitlines() or ["cannot parse it"])[-1]
-        raise ConfigError(f"trialCommand: {last}") from None
+        args = trial_parser().parse_args(tokens[3:])
+    except ConfigError as err:
+        raise ConfigError(f"trialCommand: {err}") from None
     return tokens, args
 
 
@@ -185,6 +183,34 @@ def check_dataset(cfg) -> None:
                               f"layout with train/ and test/ splits is needed)")
 
 
+def check_budget_of(cfg, costs: dict) -> None:
+    """A backbone search's own budget check (``check_budget``, which the job runs before it claims its
+    directory): a ``max_flops`` or ``max_params`` below the space's smallest network would make the trial
+    exit 2. ``costs`` keeps each space's cost model, so choices of the budget alone build it once."""
+    b = cfg.backbone_search
+    if b.max_flops is None and b.max_params is None:
+        return
+    from experiments.core.assembly import build_space
+    from experiments.core.data import DataError, load_images
+    from experiments.strategies.budget import check_budget
+    from search_spaces.head_widths import network_cost
+
+    d = cfg.data
+    key = json.dumps([cfg.to_dict()["framework"], cfg.to_dict()["model"], d.dataset, d.root, d.image_size],
+                     sort_keys=True, default=str)
+    if key not in costs:
+        try:
+            train = load_images(d.dataset, "train", d.root, 1, cfg.seed, d.image_size)  # one image: its size
+        except DataError as err:
+            raise ConfigError(f"data: {err}") from None
+        try:
+            space = build_space(cfg, num_classes=len(train.classes))
+            costs[key] = network_cost(space, int(train.images.shape[-1]))
+        except (ValueError, TypeError) as err:  # as the job says it: a backbone option of the wrong type
+            raise ConfigError(f"model: {' '.join(str(err).split())}") from None
+    check_budget(b.max_flops, b.max_params, costs[key], cfg.model.backbone)
+
+
 def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[dict] = None) -> list[str]:
     """All checks; returns what was found, raises ConfigError on the first problem."""
     from experiments.core.config import parse_overrides
@@ -228,6 +254,10 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
                 if missing:
                     raise ConfigError(f"searchSpace: a head trial needs every label of the space; missing "
                                       f"{', '.join(missing)} (regenerate it with python -m experiments export-space)")
+            costs: dict = {}
+            budgeted = args.job == "backbone-search"  # the job checks its budget against the space before it starts
+            if budgeted:
+                check_budget_of(cfg, costs)
             for key, spec in (exp.search_space or {}).items():
                 for value in representative_values(spec, key):
                     if key in labels:
@@ -235,7 +265,9 @@ def check(path: str | Path, port: Optional[int] = DEFAULT_PORT, env: Optional[di
                             raise ConfigError(f"searchSpace.{key}: {value!r} is not one of its choices {labels[key]}")
                         continue
                     try:
-                        load_config(args.config, {**overrides, key: value})
+                        trial_cfg = load_config(args.config, {**overrides, key: value})
+                        if budgeted:
+                            check_budget_of(trial_cfg, costs)
                     except ConfigError as err:
                         raise ConfigError(f"searchSpace.{key} = {value!r}: {err}") from None
             notes.append(f"searchSpace: {len(exp.search_space or {})} keys, every choice and range end accepted")

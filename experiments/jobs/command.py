@@ -8,6 +8,19 @@ import argparse
 from pathlib import Path
 from typing import Callable, Sequence
 
+from experiments.core.errors import ConfigError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors end like any other bad input: one ``error:`` line (no usage block), exit status 2."""
+
+    def __init__(self, *args, job: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.job = job
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.job + ': ' if self.job else ''}{message} (see {self.prog} --help)")
+
 
 def output_dir_argument(text: str) -> str:
     """``--output-dir`` as given; an empty one (an unset shell variable) would silently mean the config's."""
@@ -36,15 +49,15 @@ def run_search_job(args, result_files: Sequence[str], search: Callable) -> int:
     a DDP rank other than zero, which prints nothing).
     """
     from experiments.core.architecture_picture import write_run_picture
-    from experiments.core.checkpointing import refuse_finished
     from experiments.core.validation import load_config
     from experiments.core.console import start_line, summary
+    from experiments.core.run_dir import announce_on_claim, refuse_finished
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.output_dir or cfg.output_dir)
     refuse_finished(out, result_files, args.overwrite)
-    print(start_line(args.job, cfg, out), flush=True)
-    record = search(cfg, out, overwrite=args.overwrite)
+    with announce_on_claim(start_line(args.job, cfg, out)):
+        record = search(cfg, out, overwrite=args.overwrite)
     if record is not None:
         summary(record, out / result_files[0])
         picture, why_not = write_run_picture(record, out)

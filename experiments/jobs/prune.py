@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from experiments.core.assembly import build_data, build_module, downstream_metrics
-from experiments.core.checkpointing import claim_output_dir, claims_output_dir, refuse_finished
+from experiments.core.run_dir import announce_on_claim, claim_output_dir, claims_output_dir, refuse_finished
 from experiments.core.config import Config
 from experiments.core.validation import load_config
 from experiments.core.errors import ConfigError
@@ -86,10 +86,10 @@ def run(args) -> int:
     quantity, target, epochs = check_arguments(args, cfg)
     out = Path(args.output_dir or Path(cfg.output_dir) / f"prune-{args.method}-{quantity}{target:g}")
     refuse_finished(out, (RESULTS_FILE, MODEL_FILE), args.overwrite)
-    print(start_line("prune", cfg, out, architecture=args.checkpoint), flush=True)
-    result = run_prune(cfg, args.checkpoint, out, args.method, target, quantity, epochs, gate_epochs=args.gate_epochs,
-                       penalty=args.penalty, gate_lr=args.gate_lr, min_keep=args.min_keep,
-                       overwrite=args.overwrite)
+    with announce_on_claim(start_line("prune", cfg, out, architecture=args.checkpoint, epochs=epochs)):
+        result = run_prune(cfg, args.checkpoint, out, args.method, target, quantity, epochs,
+                           gate_epochs=args.gate_epochs, penalty=args.penalty, gate_lr=args.gate_lr,
+                           min_keep=args.min_keep, overwrite=args.overwrite)
     summary(result, out / RESULTS_FILE)
     return 0
 

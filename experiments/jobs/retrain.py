@@ -8,13 +8,13 @@ from typing import Callable, Optional, Sequence
 import pytorch_lightning as pl
 
 from experiments.core.assembly import build_data, build_module, build_monitor, build_trainer, downstream_metrics
-from experiments.core.checkpointing import claim_output_dir, claims_output_dir, global_rank, refuse_finished
 from experiments.core.config import Config
 from experiments.core.validation import load_config
 from experiments.core.console import EpochPrinter, start_line, summary
 from experiments.core.errors import ConfigError
 from experiments.core.guards import FailureGuard
 from experiments.core.records import build_fixed, new_record, read_architecture, write_results
+from experiments.core.run_dir import announce_on_claim, claim_output_dir, claims_output_dir, global_rank, refuse_finished
 from experiments.jobs.command import add_config_arguments
 from search_spaces.backbone_spaces import is_backbone_space
 
@@ -37,8 +37,8 @@ def run(args) -> int:
     out = Path(args.output_dir or cfg.output_dir)
     refuse_finished(out, (RESULTS_FILE, MODEL_FILE), args.overwrite)
     record = read_architecture(args.arch)
-    print(start_line("retrain", cfg, out, architecture=args.arch), flush=True)
-    result = run_retrain(cfg, record, out, source=args.arch, overwrite=args.overwrite)
+    with announce_on_claim(start_line("retrain", cfg, out, architecture=args.arch)):
+        result = run_retrain(cfg, record, out, source=args.arch, overwrite=args.overwrite)
     if result is not None:  # None: a DDP rank other than zero
         summary(result, out / RESULTS_FILE)
     return 0

@@ -23,7 +23,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from experiments import nni_compat
 from experiments.core.assembly import build_data, build_module, build_monitor, build_space, build_trainer, \
     check_split_size, downstream_metrics
-from experiments.core.checkpointing import Run, claim_output_dir, claims_output_dir
+from experiments.core.run_dir import Run, claim_output_dir, claims_output_dir
 from experiments.core.config import Config
 from experiments.core.console import EpochPrinter
 from experiments.core.data import split_indices

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 from experiments import nni_compat
 from experiments.core.errors import (EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_FAILED, ConfigError, OutputUnwritable,
                                      RunFailed, RunInterrupted, one_line)
-from experiments.core.checkpointing import refuse_finished
+from experiments.core.run_dir import refuse_finished
 from experiments.core.config import parse_overrides
 from experiments.core.validation import load_config
 

@@ -163,7 +163,7 @@ def uniform_width(args, cfg, target: float, image_size: int) -> tuple[float, flo
 def finetune_unpruned(args, seed: int, base: Path, out: Path) -> dict:
     """The pretrained network fine-tuned ``--finetune-epochs`` more, unpruned: the control every pruned row needs."""
     from experiments.core.assembly import build_data, downstream_metrics
-    from experiments.core.checkpointing import open_run
+    from experiments.core.run_dir import open_run
     from experiments.core.records import load_saved_model
     from experiments.jobs.retrain import fit_ssl
 
