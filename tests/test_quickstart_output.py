@@ -2,6 +2,7 @@
 
 The chatter is not lost: it is in the run's ``logs/run.log``.
 """
+import json
 import logging
 import subprocess
 import sys
@@ -39,6 +40,10 @@ def test_quickstart_job_prints_its_start_and_end_and_no_chatter(tmp_path):
                         f"batched views -> {out}")
     assert any(line.startswith(f"results: {out / 'best_architecture.json'}") for line in lines), printed[-2000:]
     assert f"picture of the architecture: {out / 'architecture.png'}" in lines  # every search draws its pick
+    metrics = json.loads((out / "best_architecture.json").read_text())["metrics"]
+    assert any(line.startswith(f"kNN top-1 {metrics['knn_top1']:.3f} (untrained {metrics['untrained_knn_top1']:.3f})")
+               for line in lines)  # the trained figure beside the same architecture's untrained one
+    assert any(line.startswith("how decided: mean probability of the chosen values ") for line in lines)
     assert (out / "architecture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(line.startswith("epoch ") for line in lines) == 2  # one plain line per epoch, no bar leftovers
     assert not any(line.startswith("Epoch ") or "it/s" in line for line in lines)  # the bar's leftovers
@@ -130,3 +135,32 @@ def test_a_retrain_start_line_names_the_architecture_and_the_retrain_epochs(tiny
     cfg = tiny_config(**{"train.epochs": 3, "search.epochs": 2, "trainer.threads": 2, "data.num_workers": 0})
     line = start_line("retrain", cfg, tmp_path, architecture="a.json")
     assert line.startswith("retrain: simsiam on digits, architecture a.json, cpu (2 threads), 3 epochs, ")
+
+
+def test_untrained_baseline_is_the_chosen_architecture_with_fresh_seeded_weights(tiny_config):
+    """The untrained figure: the same architecture, fresh weights drawn from the run's seed (the same
+    on every call, the global generator untouched), BatchNorm's statistics measured, no weight changed."""
+    import types
+
+    import torch
+
+    from experiments.core.assembly import build_data, untrained_knn
+    from experiments.jobs.search import fresh_network
+
+    cfg = tiny_config()
+    architecture = {f"projector.layer{i}.op": "linear_relu" for i in range(1, 7)}
+    architecture.update({f"predictor.layer{i}.op": "linear_relu" for i in range(1, 5)})
+    setup = types.SimpleNamespace(num_classes=10)
+    before = torch.random.get_rng_state()
+    first, second = fresh_network(cfg, setup, architecture), fresh_network(cfg, setup, architecture)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    weights = {k: v.clone() for k, v in first.state_dict().items() if "running" not in k and "tracked" not in k}
+    assert all(torch.equal(v, second.state_dict()[k]) for k, v in weights.items())
+    data = build_data(cfg)
+    knn = untrained_knn(cfg, data, first)
+    assert 0.0 <= knn <= 1.0 and knn == untrained_knn(cfg, data, second)
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in weights.items())  # no weight moved
+    with torch.no_grad():  # other weights give another figure: it is computed from this network's features
+        for p in second.backbone.parameters():
+            p.normal_()
+    assert untrained_knn(cfg, data, second) != knn

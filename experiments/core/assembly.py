@@ -183,3 +183,26 @@ def downstream_metrics(cfg: Config, data: DataBundle, network: torch.nn.Module) 
         "collapse": collapse_score(z),
         "chance": 1.0 / ev.num_classes,
     }
+
+
+def untrained_knn(cfg: Config, data: DataBundle, network: torch.nn.Module) -> float:
+    """kNN top-1 of ``network``'s backbone as built, before any training: the baseline a trained network must beat.
+
+    BatchNorm's running statistics are first taken from the bank images (no gradient, no weight
+    changed), so the figure is that of the architecture's random features, not of statistics that
+    were never measured.
+    """
+    from evaluators.downstream import extract_features, knn_accuracy
+
+    e, ev = cfg.evaluation, data.evaluation
+    backbone = network.backbone
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches below
+    backbone.train()
+    with torch.no_grad():
+        for i in range(0, len(ev.bank), cfg.data.batch_size):
+            backbone(ev.bank[i:i + cfg.data.batch_size])
+    bank, test = extract_features(backbone, ev.bank), extract_features(backbone, ev.test)
+    return knn_accuracy(bank, ev.bank_labels, test, ev.test_labels, ev.num_classes, e.knn_k, e.knn_temperature)

@@ -80,8 +80,14 @@ def summary(record: dict, path: Path) -> None:
             p = probabilities.get(label, {}).get(str(value))
             row.append(f"{p:.3f}" if p is not None else "")
         table.add_row(*row)
-    console = Console()
+    console = Console(soft_wrap=True)  # a result line stays one line in a captured log
     console.print(table)
+    chosen = [probabilities[label].get(str(value)) for label, value in record["architecture"].items()
+              if isinstance(probabilities.get(label), dict) and probabilities[label]]
+    if chosen and all(p is not None for p in chosen):
+        uniform = sum(1 / len(probabilities[label]) for label in record["architecture"] if probabilities.get(label))
+        console.print(f"how decided: mean probability of the chosen values {sum(chosen) / len(chosen):.2f} "
+                      f"(lowest {min(chosen):.2f}; uniform {uniform / len(chosen):.2f})")
     if record.get("cost"):
         c, b = record["cost"], record["budget"]
         console.print(f"backbone {c['flops']:,} FLOPs (budget {b['max_flops']}), {c['params']:,} params "
@@ -92,6 +98,7 @@ def summary(record: dict, path: Path) -> None:
         console.print(f"benchmark key {bm['key']}{acc}")
     m = record["metrics"]
     held_out = f"  held-out score {m['held_out_score']:.3f}" if "held_out_score" in m else ""
-    console.print(f"kNN top-1 {m['knn_top1']:.3f}  linear top-1 {m['linear_top1']:.3f}  "
+    untrained = f" (untrained {m['untrained_knn_top1']:.3f})" if "untrained_knn_top1" in m else ""
+    console.print(f"kNN top-1 {m['knn_top1']:.3f}{untrained}  linear top-1 {m['linear_top1']:.3f}  "
                   f"collapse {m['collapse']:.3f} (healthy ~1){held_out}  chance {m['chance']:.3f}")
     print(f"results: {path}  (NNI and Lightning messages: {path.parent / 'logs' / 'run.log'})")  # never wrapped

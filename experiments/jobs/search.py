@@ -22,7 +22,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from experiments import nni_compat
 from experiments.core.assembly import build_data, build_module, build_monitor, build_space, build_trainer, \
-    check_split_size, downstream_metrics
+    check_split_size, downstream_metrics, untrained_knn
 from experiments.core.run_dir import Run, claim_output_dir, claims_output_dir
 from experiments.core.config import Config
 from experiments.core.console import EpochPrinter
@@ -163,7 +163,8 @@ def search(target: SearchTarget, cfg: Config, out: Path, listeners: Sequence[Cal
     derived = setup.strategy.derive(nni_strategy, architecture)  # the supernet's weights for it
     own_metrics, fields = target.measure(setup, derived, architecture)
     metrics = downstream_metrics(cfg, setup.data, derived)
-    metrics.update(search_seconds=train_seconds, select_seconds=select_seconds, **own_metrics)
+    metrics.update(search_seconds=train_seconds, select_seconds=select_seconds, **own_metrics,
+                   untrained_knn_top1=untrained_knn(cfg, setup.data, fresh_network(cfg, setup, architecture)))
     failure = target.failure(cfg, metrics, out)
     record = new_record(target.record_kind, cfg, space_record(cfg, num_classes=setup.num_classes), architecture,
                         metrics, monitor.history, **fields, probabilities=selection.probabilities,
@@ -173,6 +174,13 @@ def search(target: SearchTarget, cfg: Config, out: Path, listeners: Sequence[Cal
     if failure:
         raise SearchCollapsed(failure)
     return record
+
+
+def fresh_network(cfg: Config, setup: SearchSetup, architecture: dict) -> torch.nn.Module:
+    """The chosen architecture with fresh weights (drawn from the run's seed, the global generators untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_space(cfg, num_classes=setup.num_classes).freeze(architecture)
 
 
 # --- the heads ------------------------------------------------------------------------------------------
