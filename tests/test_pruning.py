@@ -278,7 +278,7 @@ def test_bad_prune_study_options_are_one_error_line_and_exit_2(tmp_path, capsys,
     assert not out.exists()
 
 
-def test_the_readme_pruning_table_means_each_method_and_target_and_counts_collapses(tmp_path):
+def test_the_results_page_pruning_table_means_each_method_and_target_and_counts_collapses(tmp_path):
     from experiments.studies import prune as prune_study
     from experiments.studies import run_study
 
@@ -295,8 +295,8 @@ def test_the_readme_pruning_table_means_each_method_and_target_and_counts_collap
     assert rows["unpruned"] == ["0.600", "0.900"]
     assert rows["l1"] == ["0.300", "0.800 / 0.100"]
     assert rows["dagger"] == ["0.300 (1 collapsed)", "-"]  # the collapsed seed is left out of the mean
-    readme = tmp_path / "README.md"
-    readme.write_text(f"x\n{prune_study.README_BEGIN}\nold\n{prune_study.README_END}\ny\n")
-    assert run_study("prune", ["--readme", str(readme)]) == 0  # the committed studies; nothing is trained
-    text = readme.read_text()
+    page = tmp_path / "results.md"
+    page.write_text(f"x\n{prune_study.SUMMARY_BEGIN}\nold\n{prune_study.SUMMARY_END}\ny\n")
+    assert run_study("prune", ["--page", str(page)]) == 0  # the committed studies; nothing is trained
+    text = page.read_text()
     assert text.startswith("x\n") and text.endswith("\ny\n") and "old" not in text and "| dagger | 0." in text

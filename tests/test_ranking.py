@@ -118,13 +118,13 @@ def test_main_reuses_a_cached_run_and_builds_the_table_from_it(tmp_path, monkeyp
     monkeypatch.setattr(ranking, "train_and_rank", must_not_train)
     if not any((d / "cifar10" / "train").is_dir() for d in shared_data_candidates()):
         argv.append("--table-only")  # without CIFAR-10 only the table is built (the cache is still read)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\nbefore\n{ranking.README_BEGIN}\nold summary\n{ranking.README_END}\nafter\n")
-    argv += ["--readme", str(readme)]
+    results_page = tmp_path / "results.md"
+    results_page.write_text(f"# Title\n\nbefore\n{ranking.SUMMARY_BEGIN}\nold summary\n{ranking.SUMMARY_END}\nafter\n")
+    argv += ["--page", str(results_page)]
     assert run_study("ranking", argv) == 0
     page = (tmp_path / "r.md").read_text()
     assert "| spos | supervised | 0 | +1.000 | [+1.00, +1.00] |" in page
-    short = readme.read_text()  # the README's short form: the hand text kept, one row per strategy
+    short = results_page.read_text()  # the results page's short form: the hand text kept, one row per strategy
     assert short.startswith("# Title\n\nbefore\n") and short.rstrip().endswith("after")
     assert "old summary" not in short and "| spos | +1.000 (+1.00) |" in short and "| layer count |" in short
     assert "| layer count |" in page and "| noise ceiling (seed 0 vs seed 1) |" in page

@@ -124,6 +124,30 @@ def test_the_table_replaces_only_its_own_part_of_the_page(tmp_path):
     assert other.read_text() == "no markers\n<!-- b -->\nt\n<!-- e -->\n"
 
 
+#: the studies that write a short table onto the results page
+PAGE_STUDIES = ("ranking", "width-ranking", "width", "topology", "prune")
+
+
+@pytest.mark.parametrize("name", PAGE_STUDIES)
+def test_page_without_a_path_is_the_results_page_and_readme_is_its_former_name(name, tmp_path):
+    assert parse_arguments(name, []).page is None  # no page written unless asked
+    assert parse_arguments(name, ["--page"]).page == kit.ROOT / "docs" / "results.md"
+    assert parse_arguments(name, ["--page", str(tmp_path / "p.md")]).page == tmp_path / "p.md"
+    assert parse_arguments(name, ["--readme"]).page == kit.ROOT / "docs" / "results.md"
+    assert parse_arguments(name, ["--readme", "README.md"]).page.name == "README.md"
+
+
+def test_every_study_table_is_on_the_results_page_between_its_markers_and_none_in_the_readme():
+    results = (kit.ROOT / "docs" / "results.md").read_text()
+    readme = (kit.ROOT / "README.md").read_text()
+    for name in PAGE_STUDIES:
+        module = STUDIES[name]
+        assert results.count(module.SUMMARY_BEGIN) == 1 and results.count(module.SUMMARY_END) == 1, name
+        assert results.index(module.SUMMARY_BEGIN) < results.index(module.SUMMARY_END), name
+        assert module.SUMMARY_BEGIN not in readme and module.SUMMARY_END not in readme, name
+    assert "<!--" not in readme  # no table written by a study is left on the front page
+
+
 def test_a_recorded_command_is_printed_as_it_is_typed_today():
     assert kit.current_command("python -m benchmarks.ranking_nas_bench_macro --seeds 0") == \
         "python -m experiments study ranking --seeds 0"

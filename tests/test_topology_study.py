@@ -31,17 +31,17 @@ def test_the_random_cell_is_a_valid_draw_with_distinct_inputs_per_node_and_unifo
     assert sorted(ops) == sorted(CELL_OPS) and min(ops.values()) > 300 / len(CELL_OPS) / 2
 
 
-def test_the_readme_tables_come_from_the_committed_results_and_train_nothing(tmp_path):
+def test_the_results_page_tables_come_from_the_committed_results_and_train_nothing(tmp_path):
     import json
     import statistics
 
     from experiments.studies import topology as topology_search
     from experiments.studies import run_study
 
-    readme = tmp_path / "README.md"
-    readme.write_text(f"a\n{topology_search.README_BEGIN}\nold\n{topology_search.README_END}\nb\n")
-    assert run_study("topology", ["--readme", str(readme), "--out", str(tmp_path / "runs")]) == 0
-    text = readme.read_text()
+    page = tmp_path / "results.md"
+    page.write_text(f"a\n{topology_search.SUMMARY_BEGIN}\nold\n{topology_search.SUMMARY_END}\nb\n")
+    assert run_study("topology", ["--page", str(page), "--out", str(tmp_path / "runs")]) == 0
+    text = page.read_text()
     assert text.startswith("a\n") and text.endswith("\nb\n") and "old" not in text
     assert not (tmp_path / "runs").exists()  # nothing searched or retrained
     for committed in topology_search.RESULTS.glob("topology_*.json"):  # and the results it read are untouched

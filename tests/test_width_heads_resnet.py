@@ -219,7 +219,7 @@ def test_head_widths_are_refused_where_they_cannot_be_searched(tmp_path):
         prepare(load(tmp_path / "c", **{**RESNET_WIDTH, "model.backbone_options": {"bins": 0}}))
 
 
-def test_the_width_study_readme_table_is_the_mean_over_seeds_of_each_network(tmp_path):
+def test_the_width_study_results_page_table_is_the_mean_over_seeds_of_each_network(tmp_path):
     import json
 
     from experiments.studies import width as width_study
@@ -234,12 +234,12 @@ def test_the_width_study_readme_table_is_the_mean_over_seeds_of_each_network(tmp
                                              run("uniform", 1, 0.7, 0.8, 90)]).splitlines()}
     assert rows["uniform"] == ["2", "90; 100", "0.600 ± 0.141 (0.500 / 0.700)", "0.700 ± 0.141"]
     assert rows["bcnet"] == ["1", "80; 100", "0.200 (0.200)", "0.300"]
-    # the script writes it from cached runs only (--table-only trains nothing), between the README's markers
+    # the script writes it from cached runs only (--table-only trains nothing), between the results page's markers
     out = tmp_path / "runs"
     out.mkdir()
     (out / "uniform_seed3.json").write_text(json.dumps({**run("uniform", 3, 0.5, 0.6, 90), "architecture": {}}))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"a\n{width_study.README_BEGIN}\nold\n{width_study.README_END}\nb\n")
-    assert run_study("width", ["--seeds", "3", "--table-only", "--out", str(out), "--readme", str(readme)]) == 0
-    text = readme.read_text()
+    page = tmp_path / "results.md"
+    page.write_text(f"a\n{width_study.SUMMARY_BEGIN}\nold\n{width_study.SUMMARY_END}\nb\n")
+    assert run_study("width", ["--seeds", "3", "--table-only", "--out", str(out), "--page", str(page)]) == 0
+    text = page.read_text()
     assert "old" not in text and "| uniform | 1 | 90; 100 | 0.500 (0.500) | 0.600 |" in text and text.endswith("\nb\n")

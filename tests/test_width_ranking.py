@@ -55,7 +55,7 @@ def test_the_table_on_hand_made_numbers():
 
 
 
-def test_the_readme_summary_puts_each_objectives_supernets_against_its_own_truth(tmp_path):
+def test_the_results_page_summary_puts_each_objectives_supernets_against_its_own_truth(tmp_path):
     # as above: tau-b of [1, 2, 3, 4] against the truth's mean [1, 2, 3.5, 3.5] is 5 / sqrt(30)
     tau = 5 / math.sqrt(30)
     hand = wr.Truth("hand", "simsiam", [0, 1, 2, 3], [[1, 2, 3, 4], [1, 2, 4, 3]], [10, 20, 30, 40], [4, 3, 2, 1])
@@ -71,11 +71,11 @@ def test_the_readme_summary_puts_each_objectives_supernets_against_its_own_truth
     assert rows["FLOPs (label-free)"][0].startswith(f"+{tau:.3f} [")
     assert rows["parameters (label-free)"][1].startswith("+1.000 [")
     assert rows["noise ceiling"] == [f"+{4 / 6:.3f} [" + rows["noise ceiling"][0].split("[")[1], "-"]
-    readme = tmp_path / "README.md"
-    readme.write_text("# r\n\n" + wr.README_BEGIN + "\nold\n" + wr.README_END + "\n\n## More\n")
+    page = tmp_path / "results.md"
+    page.write_text("# r\n\n" + wr.SUMMARY_BEGIN + "\nold\n" + wr.SUMMARY_END + "\n\n## More\n")
     assert run_study("width-ranking", ["--table-only", "--seeds", "0", "--objectives", "supervised", "--bootstrap", "5",
-                    "--readme", str(readme)]) == 0
-    text = readme.read_text()
+                    "--page", str(page)]) == 0
+    text = page.read_text()
     assert "old" not in text and text.endswith("\n\n## More\n") and "| autoslim supernet | +" in text
 
 

@@ -21,6 +21,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[2]
 #: the one root of the studies' committed results (caches, assembled JSON, per-study pages)
 RESULTS = ROOT / "docs" / "results"
+#: the results page: each study's short table between its markers (the README links to it, so the front page
+#: stays short)
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 
 
 def quiet() -> None:
@@ -242,6 +245,14 @@ def write_between_markers(path: Path, text: str, begin: str, end: str, title: st
     else:
         before, after = (page + "\n" if page else (f"{title}\n\n" if title else "")), "\n"
     write_text_atomic(path, f"{before}{begin}\n{text}\n{end}{after}")
+
+
+def page_argument(parser, what: str) -> None:
+    """``--page [PATH]``: also write the study's short table (``what``) between its markers in PATH, the results
+    page when PATH is left out. ``--readme`` is its former name (the tables were in the README then)."""
+    parser.add_argument("--page", "--readme", dest="page", type=Path, nargs="?", const=RESULTS_PAGE, default=None,
+                        metavar="PATH", help=f"{what} into PATH between its markers (PATH left out: "
+                                             f"{RESULTS_PAGE.relative_to(ROOT)})")
 
 
 def report(name: str, title: str, columns: list[str], rows: list[dict], path: Path, command_line: str,

@@ -15,8 +15,8 @@ is one JSON under ``--out`` (a killed study resumes where it stopped); the table
     python -m experiments study prune --dataset cifar10 --train-images 2000   # a CIFAR-10 subset (../shared/data)
     python -m experiments study prune --backbone nas_bench_macro --targets 0.5  # NAS-Bench-Macro's best network
 
-``--readme README.md`` runs nothing: it writes the README's short table (kNN top-1 per method and target, one
-column per committed study in ``docs/results/prune_study_*.json``) between the README's markers.
+``--page`` runs nothing: it writes the short table (kNN top-1 per method and target, one column per committed
+study in ``docs/results/prune_study_*.json``) between its markers on the results page (``docs/results.md``).
 
 ``--backbone nas_bench_macro`` puts a NAS-Bench-Macro network (``--nbm-key``, by default the
 table's best) in ResNet-18's place at the config's backbone width: the same pretraining, methods
@@ -29,7 +29,8 @@ import platform
 import time
 from pathlib import Path
 
-from experiments.studies.kit import RESULTS, ROOT, cached, command, mean_sd_text, quiet, write_between_markers
+from experiments.studies.kit import (RESULTS, ROOT, cached, command, mean_sd_text, page_argument, quiet,
+                                     write_between_markers)
 
 NAME = "prune"
 HELP = "DAGGER against NNI's L1, FPGM and Taylor pruners and a narrower network from scratch, at 3 FLOPs targets"
@@ -70,8 +71,7 @@ def add_arguments(p) -> None:
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=None, help="run cache (default runs/prune-study[-<dataset>][-<backbone>])")
-    p.add_argument("--readme", default=None, metavar="PATH",
-                   help="run nothing: write the short table of every committed study into PATH (README.md)")
+    page_argument(p, "run nothing: write the short table of every committed study")
     p.add_argument("--table", default=None, help="default docs/results/prune_study_<dataset>[_<backbone>].md")
     p.add_argument("--table-only", action="store_true",
                    help="train nothing: rewrite --table from the runs committed beside it (its .json), given the "
@@ -214,8 +214,8 @@ def run(args) -> int:
     quiet()
     try:  # bad options: one error line and status 2, before anything is written
         args = resolve(args)
-        if args.readme is not None:
-            return write_readme(Path(args.readme))
+        if args.page is not None:
+            return write_summary(args.page)
         if args.table_only:
             rows = Path(args.table).with_suffix(".json")
             if not rows.is_file():
@@ -288,8 +288,8 @@ def cached_run(path: Path, train) -> dict:
     return cached(path, timed, log=lambda line: None)
 
 
-README_BEGIN = f"<!-- pruning summary: written by {command(NAME, '--readme')} -->"
-README_END = "<!-- end of the pruning summary -->"
+SUMMARY_BEGIN = f"<!-- pruning summary: written by {command(NAME, '--readme')} -->"
+SUMMARY_END = "<!-- end of the pruning summary -->"
 #: each committed study's column heading (file stem under docs/results/)
 STUDIES = {"prune_study_digits": "digits, ResNet-18 x0.25", "prune_study_cifar10": "CIFAR-10 subset, ResNet-18 x0.125",
            "prune_study_digits_nas_bench_macro": "digits, NAS-Bench-Macro 22212220"}
@@ -323,15 +323,15 @@ def summary(studies: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(path: Path) -> int:
-    """The README's pruning table from the committed studies' JSONs (every run of each)."""
+def write_summary(path: Path) -> int:
+    """The results page's pruning table from the committed studies' JSONs (every run of each)."""
     studies = {label: json.loads((RESULTS / f"{stem}.json").read_text())
                for stem, label in STUDIES.items() if (RESULTS / f"{stem}.json").is_file()}
     intro = ("kNN top-1 after fine-tuning, mean over seeds, at 75 / 50 / 25% of the FLOPs (pretrained and unpruned: "
              "the full network). SimSiam; budgets, machine and every run in each study's page under docs/results/ "
              "(the command that reruns it is at its top). Rebuild this table: "
-             f"`{command(NAME, '--readme', 'README.md')}`.")
-    write_between_markers(path, intro + "\n\n" + summary(studies), README_BEGIN, README_END)
+             f"`{command(NAME, '--page')}`.")
+    write_between_markers(path, intro + "\n\n" + summary(studies), SUMMARY_BEGIN, SUMMARY_END)
     return 0
 
 

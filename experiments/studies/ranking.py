@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, cached, command, current_command, kendall, machine,
-                                     quiet, write_between_markers)
+                                     page_argument, quiet, write_between_markers)
 
 NAME = "ranking"
 HELP = "how well each sampling strategy's supernet ranks NAS-Bench-Macro's networks, under each objective"
@@ -372,7 +372,7 @@ def build_table(runs: list[dict], keys: list[str], table, label_free: dict, roun
 
 
 def summary(figures: dict, budgets: dict[str, list[dict]], command: str) -> str:
-    """The README's short form: strategy x objective at the budget run most, the label-free rankers beside."""
+    """The results page's short form: strategy x objective at the budget run most, the label-free rankers beside."""
     if not budgets:
         return "No supernet run is cached yet."
     tag, group = max(budgets.items(), key=lambda item: len(item[1]))
@@ -388,7 +388,7 @@ def summary(figures: dict, budgets: dict[str, list[dict]], command: str) -> str:
              f"{b['epochs']} epochs on {b['train_images']} CIFAR-10 images, width {b['width']}, seeds "
              f"{', '.join(map(str, seeds))}; mean over the seeds run (each seed's tau in brackets). Machine: "
              f"{machine_info.get('cpu', '?')}, {machine_info.get('cpu_count')} CPUs, no GPU. "
-             f"Rebuild: `{command} --readme README.md`; every run, interval and budget: docs/ranking.md.", "",
+             f"Rebuild: `{command} --page`; every run, interval and budget: docs/ranking.md.", "",
              "| supernet | " + " | ".join(objectives) + " |", "|---|" + "---|" * len(objectives)]
     for label, by_objective in taus.items():
         cells = [f"{sum(v) / len(v):+.3f} ({' / '.join(f'{t:+.2f}' for t in v)})" if v else ""
@@ -404,8 +404,8 @@ def summary(figures: dict, budgets: dict[str, list[dict]], command: str) -> str:
 
 BEGIN_MARK = f"<!-- ranking table: written by {command(NAME)}; edits here are lost -->"
 END_MARK = "<!-- end of the ranking table -->"
-README_BEGIN = f"<!-- ranking summary: written by {command(NAME, '--readme')} -->"
-README_END = "<!-- end of the ranking summary -->"
+SUMMARY_BEGIN = f"<!-- ranking summary: written by {command(NAME, '--readme')} -->"
+SUMMARY_END = "<!-- end of the ranking summary -->"
 
 
 def write_table(path: Path, table_text: str, begin: str = BEGIN_MARK, end: str = END_MARK,
@@ -460,8 +460,7 @@ def add_arguments(p) -> None:
     p.add_argument("--docs", type=Path, default=None,
                    help=f"the Markdown table written (default: {DEFAULT_DOCS.relative_to(ROOT)}, or "
                         "docs/ranking-ssl-OBJECTIVE-DATASET.md for an SSL reference)")
-    p.add_argument("--readme", type=Path, default=None,
-                   help="also write the short strategy x objective table between this page's ranking-summary markers")
+    page_argument(p, "also write the short strategy x objective table")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ranking_nas_bench_macro")
     p.add_argument("--table-only", action="store_true", help="train nothing: build the table from the cache")
     p.add_argument("--compare", type=Path, nargs=2, metavar="RUN",
@@ -523,8 +522,8 @@ def run(args) -> int:
                + (f" --cache {args.cache}" if args.cache != DEFAULT_CACHE else ""))
     page, figures = build_table(runs, keys, table, label_free, args.bootstrap, args.arch_seed, rerun, reference)
     write_table(args.docs, page)
-    if args.readme is not None:
-        write_table(args.readme, figures["summary"], README_BEGIN, README_END)
+    if args.page is not None:
+        write_table(args.page, figures["summary"], SUMMARY_BEGIN, SUMMARY_END)
     for name, j in figures["label_free"].items():
         log(f"  {name:34s} tau {j['tau']:+.3f}  [{j['ci95'][0]:+.3f}, {j['ci95'][1]:+.3f}]")
     for r in figures["runs"]:

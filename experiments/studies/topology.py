@@ -19,8 +19,9 @@ architectures from a committed results file (``docs/results/topology_search.json
 searching again.
 
 Each run is cached as one JSON file under ``--out`` (a killed study resumes); the table is printed and
-written to ``--table``. ``--readme README.md`` runs nothing: it writes the README's tables of (a)-(d) from the
-committed results (``docs/results/topology_search{,_12ep}.json``, ``topology_retrain.json``). Rerun::
+written to ``--table``. ``--page`` runs nothing: it writes the tables of (a)-(d) on the results page
+(``docs/results.md``) from the committed results (``docs/results/topology_search{,_12ep}.json``,
+``topology_retrain.json``). Rerun::
 
     OMP_NUM_THREADS=1 python -m experiments study topology --epochs 4 --seeds 0 1 --images 768
 
@@ -38,8 +39,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from experiments.studies.kit import (RESULTS, ROOT, cached, command, current_command, machine, mean_sd_text, quiet,
-                                     write_between_markers)
+from experiments.studies.kit import (RESULTS, ROOT, cached, command, current_command, machine, mean_sd_text,
+                                     page_argument, quiet, write_between_markers)
 
 NAME = "topology"
 HELP = "what TopoNAS and EnTranNAS claim, measured small: consistency, search cost, top-2 against learned topology"
@@ -130,12 +131,12 @@ def table(records: list[dict]) -> str:
 
 
 RANDOM = "random"  # the control of (c): a cell drawn uniformly from the space
-README_BEGIN = f"<!-- topology summary: written by {command(NAME, '--readme')} -->"
-README_END = "<!-- end of the topology summary -->"
+SUMMARY_BEGIN = f"<!-- topology summary: written by {command(NAME, '--readme')} -->"
+SUMMARY_END = "<!-- end of the topology summary -->"
 
 
-def write_readme(path: Path) -> int:
-    """The README's tables from the committed results: (a), (b), (d) per search budget, (c) per cell over all its
+def write_summary(path: Path) -> int:
+    """The results page's tables from the committed results: (a), (b), (d) per search budget, (c) per cell over all its
     retrains (each file's own command reruns it)."""
     parts = []
     for stem in ("topology_search", "topology_search_12ep"):
@@ -156,7 +157,7 @@ def write_readme(path: Path) -> int:
                       f"{len(result['runs'])} retrains (mean ± sd over every search and retraining seed of a cell); "
                       f"{result['machine']}. Rerun: `{current_command(result['command'])}`",
                   "", *rows[:2], *(row for row in rows[2:] if row.split(" | ")[1] == "all")]
-    write_between_markers(path, "\n".join(parts), README_BEGIN, README_END)
+    write_between_markers(path, "\n".join(parts), SUMMARY_BEGIN, SUMMARY_END)
     return 0
 
 
@@ -249,14 +250,13 @@ def add_arguments(p) -> None:
     p.add_argument("--retrain-epochs", type=int, default=0, help="(c): retrain each derived cell and a random one "
                                                                  "from scratch for this many SimSiam epochs (0: not)")
     p.add_argument("--retrain-seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--readme", default=None, metavar="PATH",
-                   help="run nothing: write the committed results' tables into PATH (README.md) between its markers")
+    page_argument(p, "run nothing: write the committed results' tables")
 
 
 def run(args) -> int:
     quiet()
-    if args.readme is not None:
-        return write_readme(Path(args.readme))
+    if args.page is not None:
+        return write_summary(args.page)
     if args.retrain_epochs < 0:
         print("error: --retrain-epochs must be >= 0", file=sys.stderr)
         return 2

@@ -18,8 +18,9 @@ Issue 19, item 4, as one command. Everything is a point of ``resnet_width`` (Res
   collapse score recorded) and scored by kNN and linear top-1 on the test split.
 
 One JSON per run under ``--out`` (default ``docs/results/width_study/``): a killed study resumes, and a
-finished one prints its tables from the cache. ``--readme README.md`` also writes the short table (mean ± sd over the
-seeds per network) between the README's markers. CPU seconds are the process's own (``time.process_time``).
+finished one prints its tables from the cache. ``--page`` also writes the short table (mean ± sd over the seeds per
+network) between its markers on the results page (``docs/results.md``). CPU seconds are the process's own
+(``time.process_time``).
 
     python -m experiments study width                       # digits (8x8), seed 0, the budget below
     python -m experiments study width --seeds 0 1 2 --search-epochs 60 --epochs 100
@@ -35,7 +36,8 @@ import time
 from pathlib import Path
 
 from experiments.studies.kit import RESULTS as STUDY_RESULTS
-from experiments.studies.kit import ROOT, cached, command, machine, mean_sd_text, quiet, write_between_markers
+from experiments.studies.kit import (ROOT, cached, command, machine, mean_sd_text, page_argument, quiet,
+                                     write_between_markers)
 
 NAME = "width"
 HELP = "width search at half of ResNet-18's FLOPs: searched backbones and heads against the narrowed and hand-made"
@@ -56,8 +58,7 @@ def add_arguments(p) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--table-only", action="store_true", help="print the tables from the cached runs")
-    p.add_argument("--readme", default=None, metavar="PATH",
-                   help="also write the short table (mean over seeds per network) into PATH (README.md)")
+    page_argument(p, "also write the short table (mean over seeds per network)")
 
 
 def config(args, seed: int, out: Path, bins: int, head_space: str = "fixed", **extra):
@@ -158,8 +159,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-README_BEGIN = f"<!-- width study summary: written by {command(NAME, '--readme')} -->"
-README_END = "<!-- end of the width study summary -->"
+SUMMARY_BEGIN = f"<!-- width study summary: written by {command(NAME, '--readme')} -->"
+SUMMARY_END = "<!-- end of the width study summary -->"
 
 
 def summary(rows: list[dict]) -> str:
@@ -196,7 +197,7 @@ def run(args) -> int:
     print(table([r for r in rows if not (r["name"].startswith("heads-") or r["name"] == "hand-made")]))
     print()
     print(table([r for r in rows if r["name"].startswith("heads-") or r["name"] == "hand-made"]))
-    if args.readme and rows:
+    if args.page is not None and rows:
         seeds = sorted({r["seed"] for r in rows})
         intro = (f"SimSiam on digits (8x8), ResNet-18 at backbone width 0.25 (CIFAR stem), `resnet_width` with "
                  f"`bins: {args.bins}`: backbones within half of ResNet-18's FLOPs (`uniform`: every stage narrowed "
@@ -205,8 +206,8 @@ def run(args) -> int:
                  f"within the hand-made heads' FLOPs); every chosen network retrained {args.epochs} epochs, kNN (k 20) "
                  f"and linear top-1 on the test split; seeds {', '.join(map(str, seeds))}; "
                  f"{machine().get('cpu', platform.machine())}, 2 shared cores, no GPU. Rerun: "
-                 f"`{command(NAME, '--seeds', *map(str, seeds), '--readme', 'README.md')}` "
+                 f"`{command(NAME, '--seeds', *map(str, seeds), '--page')}` "
                  f"(cached runs are read back); the widths of every run: docs/width-heads-resnet.md.")
-        write_between_markers(Path(args.readme), intro + "\n\n" + summary(rows), README_BEGIN, README_END)
+        write_between_markers(args.page, intro + "\n\n" + summary(rows), SUMMARY_BEGIN, SUMMARY_END)
     return 0
 

@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from experiments.studies.kit import (RESULTS, ROOT, cached, command, invoked, kendall, machine, quiet,
-                                     resampled_interval, write_between_markers)
+from experiments.studies.kit import (RESULTS, ROOT, cached, command, invoked, kendall, machine, page_argument,
+                                     quiet, resampled_interval, write_between_markers)
 
 NAME = "width-ranking"
 HELP = "a width ground truth small enough to train here, and how well each width strategy's supernet ranks it"
@@ -59,8 +59,8 @@ RANK_DIR = RESULTS / "width_ranking"
 DOCS = ROOT / "docs" / "width-search.md"
 DOCS_BEGIN = f"<!-- width ranking tables: written by {command(NAME, '--docs')}; edits here are lost -->"
 DOCS_END = "<!-- end of the width ranking tables -->"
-README_BEGIN = f"<!-- width ranking summary: written by {command(NAME, '--readme')} -->"
-README_END = "<!-- end of the width ranking summary -->"
+SUMMARY_BEGIN = f"<!-- width ranking summary: written by {command(NAME, '--readme')} -->"
+SUMMARY_END = "<!-- end of the width ranking summary -->"
 SPACE = {"stages": [1, 1, 1], "bins": 4}
 WIDTH = 0.25
 
@@ -297,7 +297,7 @@ def table(truth: Truth, runs: list[dict], rounds: int = 1000, baseline: str = "a
 
 
 def summary(truths: list[Truth], runs: list[dict], rounds: int = 1000) -> str:
-    """The README's short table: strategy x objective (mean tau over supernet seeds, each seed's in brackets), each
+    """The results page's table: strategy x objective (mean tau over supernet seeds, each seed's in brackets), each
     objective's supernets against its own truth, then the label-free rankers and the noise ceiling per objective,
     each with its 95% bootstrap interval over the networks."""
     import numpy as np
@@ -429,8 +429,7 @@ def add_arguments(p) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds of the 95%% intervals")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "width_ground_truth")
     p.add_argument("--docs", action="store_true", help=f"also write the tables into {DOCS.relative_to(ROOT)}")
-    p.add_argument("--readme", type=Path, default=None, metavar="PATH",
-                   help="also write the short strategy x objective table into PATH (README.md) between its markers")
+    page_argument(p, "also write the short strategy x objective table")
     p.add_argument("--table-only", action="store_true", help="print the table from the cached runs only")
 
 
@@ -472,17 +471,18 @@ def run(args) -> int:
     print(text)
     if args.docs:
         write_between_markers(DOCS, text, DOCS_BEGIN, DOCS_END)
-    if args.readme is not None:
+    if args.page is not None:
         seeds = sorted({run["seed"] for run in runs})
         intro = (f"Kendall's tau against each objective's width ground truth (64 networks of `nas_bench_macro_width`, "
                  f"3 layers x 4 widths, each trained alone on digits: supervised 4 epochs, SimSiam 20 epochs, kNN), "
                  f"each objective's supernets against its own truth; supernets {args.search_epochs} epochs, seeds "
                  f"{', '.join(map(str, seeds))} (mean, each seed's tau in brackets); label-free rankers and the noise "
                  f"ceiling with a 95% bootstrap interval over the networks. Machine: {machine().get('cpu', 'CPU')}, "
-                 f"{os.cpu_count()} cores, no GPU. Rebuild: `{command(NAME, '--table-only', '--seeds', *map(str, seeds))} "
-                 f"--readme README.md`; every interval, pick and cost: "
+                 f"{os.cpu_count()} cores, no GPU. Rebuild: "
+                 f"`{command(NAME, '--table-only', '--seeds', *map(str, seeds), '--page')}`; every interval, pick and "
+                 f"cost: "
                  f"docs/width-search.md.")
-        write_between_markers(args.readme, intro + "\n\n" + summary(truths, runs, args.bootstrap),
-                              README_BEGIN, README_END)
+        write_between_markers(args.page, intro + "\n\n" + summary(truths, runs, args.bootstrap),
+                              SUMMARY_BEGIN, SUMMARY_END)
     return 0
 
