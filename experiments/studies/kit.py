@@ -336,3 +336,9 @@ def invoked() -> str:
     import sys
 
     return " ".join(["python -m experiments", *sys.argv[1:]])
+
+
+def budget_tag(budget: dict) -> str:
+    """A short, readable name of a budget: epochs, images, width and a hash of all of it."""
+    digest = hashlib.sha1(json.dumps(budget, sort_keys=True).encode()).hexdigest()[:8]
+    return f"e{budget['epochs']}-n{budget['train_images']}-w{budget['width']}-{digest}"

@@ -26,7 +26,6 @@ Needs ``../shared/data/cifar10`` (ImageFolder) and the NAS-Bench-Macro table; ex
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -36,18 +35,18 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, cached, command, current_command, kendall, machine,
-                                     page_argument, quiet, write_between_markers)
+from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, budget_tag, cached, command, current_command,
+                                     kendall, machine, page_argument, quiet, write_between_markers)
+from experiments.studies.networks_alone import (LEARNING_RATES, ZERO_COST_BATCH, label_free_scores,  # noqa: F401
+                                                layer_count)  # (layer_count: read by the tests as ranking's)
 
 NAME = "ranking"
 HELP = "how well each sampling strategy's supernet ranks NAS-Bench-Macro's networks, under each objective"
 DEFAULT_CACHE = RESULTS / "ranking_cache"
 DEFAULT_DOCS = ROOT / "docs" / "ranking.md"
 GROUND_TRUTH = RESULTS / "ssl_ground_truth.json"  # the ssl-ground-truth study writes it
-LEARNING_RATES = {"supervised": 0.1, "simsiam": 0.06, "simclr": 0.3, "byol": 0.06, "moco": 0.06}
 TOP_FRACTION = 0.10  # "tau within the top 10% of the benchmark"
 LAYER_COUNT_TARGET = 0.69  # the issue's bar: layer count's tau against mean_acc over all 6561 keys (0.68 distinct)
-ZERO_COST_BATCH = 16  # NASWOT's images per network
 
 
 def sample_keys(table, n: int, seed: int) -> list[str]:
@@ -101,10 +100,6 @@ def strategy_label(name: str, options: dict) -> str:
     return name + "".join(f"-{k}={json.dumps(v)}" for k, v in sorted(options.items()))
 
 
-def layer_count(key: str) -> int:
-    """Non-identity layers of a NAS-Bench-Macro key (digit 0 is identity)."""
-    return sum(digit != "0" for digit in key)
-
 
 def percentile_in_benchmark(table, key: str) -> float:
     """Percent of the benchmark's keys whose ``mean_acc`` is at most this key's (100 = the best)."""
@@ -126,27 +121,6 @@ def judge(scores, truth, top_mask, rounds: int, seed: int) -> dict:
     return {"tau": kendall(scores, truth), "ci95": bootstrap(scores, truth, rounds, seed),
             "top_tau": kendall(top_scores, top_truth) if len(top_scores) > 1 else None, "top_n": len(top_scores)}
 
-
-def label_free_scores(keys: list[str], table, width: float, seed: int) -> dict[str, list[float]]:
-    """Rankers that see no label and train nothing: layer count, FLOPs, params, SynFlow, NASWOT."""
-    import torch
-
-    from evaluators.zero_cost import score_architectures
-    from search_spaces.nas_bench_macro import NasBenchMacroSpace, key_to_arch
-
-    space = NasBenchMacroSpace(width=width)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny single networks: threads only spin on a shared CPU
-    try:
-        zero_cost = score_architectures(lambda k: space.freeze(key_to_arch(k)), keys, (3, 32, 32),
-                                        ZERO_COST_BATCH, seed=seed)
-    finally:
-        torch.set_num_threads(threads)
-    return {"layer count": [layer_count(k) for k in keys],
-            "FLOPs": [table.record(k)["flops"] for k in keys],
-            "params": [table.record(k)["params"] for k in keys],
-            "synflow": [s["synflow"] for s in zero_cost],
-            "naswot": [s["naswot"] for s in zero_cost]}
 
 
 # --- what a ranking is judged against ---------------------------------------------------------------
@@ -202,11 +176,6 @@ def parse_reference(spec: str, table, path: Path = GROUND_TRUTH) -> Reference:
 
 
 # --- the cache -------------------------------------------------------------------------------------
-def budget_tag(budget: dict) -> str:
-    """A short, readable name of a budget: epochs, images, width and a hash of all of it."""
-    digest = hashlib.sha1(json.dumps(budget, sort_keys=True).encode()).hexdigest()[:8]
-    return f"e{budget['epochs']}-n{budget['train_images']}-w{budget['width']}-{digest}"
-
 
 def run_file(cache: Path, label: str, objective: str, seed: int, budget: dict) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.=-]", "_", label)

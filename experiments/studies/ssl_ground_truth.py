@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
-from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, cached, command, kendall, machine, quiet,
+from experiments.studies.kit import (RESULTS, ROOT, bootstrap_tau, budget_tag, cached, command, kendall, machine, quiet,
                                      write_between_markers)
-from experiments.studies.ranking import LEARNING_RATES, budget_tag, label_free_scores, layer_count
+from experiments.studies.networks_alone import (BUDGETS, LEARNING_RATES, config_for, label_free_scores, layer_count,
+                                                retrain_alone)
 
 command_of = command  # markdown() takes the rebuild line as its own ``command``
 NAME = "ssl-ground-truth"
@@ -54,16 +53,6 @@ OBJECTIVES = ("simsiam", "supervised", "simclr")  # the order of the long run: S
 SSL_OBJECTIVES = ("simsiam", "simclr", "byol", "moco")
 LABEL_FREE_WIDTH = 0.25
 
-# One budget per dataset, the same for every network, objective and seed. digits: scikit-learn's
-# 8x8 digits in full (1,442 train / 355 test), about 8 CPU-seconds a run on one thread.
-BUDGETS = {
-    "digits": {"dataset": "digits", "train_images": 1442, "test_images": 355, "image_size": 8, "epochs": 5,
-               "width": 0.25, "head_width": 0.25, "batch_size": 128, "knn_k": 20, "linear_epochs": 100},
-    "cifar10": {"dataset": "cifar10", "train_images": 2000, "test_images": 500, "image_size": 32, "epochs": 3,
-                "width": 0.25, "head_width": 0.25, "batch_size": 128, "knn_k": 20, "linear_epochs": 100},
-}
-# Grey digits: saturation, hue and greyscale do nothing but cost time (configs/study_digits.yml).
-DIGITS_AUGMENT = {"augment.jitter": [0.4, 0.4, 0.0, 0.0], "augment.grayscale_p": 0.0}
 
 
 # --- which networks ----------------------------------------------------------------------------------
@@ -115,47 +104,6 @@ def sample_networks(table, n: int, seed: int) -> list[str]:
 
 
 # --- one run -----------------------------------------------------------------------------------------
-def config_for(objective: str, seed: int, budget: dict, cifar: Path | None, output_dir: Path,
-               model: dict | None = None):
-    """The retrain config of one run; ``model`` overrides the backbone settings (another space, its options)."""
-    from experiments.core.validation import load_config
-
-    overrides = {
-        "framework": objective, "seed": seed, "output_dir": str(output_dir),
-        "data.batch_size": budget["batch_size"], "data.train_subset": budget["train_images"],
-        "data.test_subset": budget["test_images"],
-        "model.backbone": "nas_bench_macro", "model.backbone_width": budget["width"], "model.head_space": "fixed",
-        "model.head_width": budget["head_width"], "optim.lr": LEARNING_RATES.get(objective, 0.06),
-        "train.epochs": budget["epochs"], "evaluation.knn_k": budget["knn_k"],
-        "evaluation.linear_epochs": budget["linear_epochs"], "evaluation.monitor_every_n_epochs": budget["epochs"],
-        "trainer.progress_bar": False, "trainer.accelerator": "cpu",
-    }
-    if budget["dataset"] == "digits":
-        overrides.update({"data.dataset": "digits", **DIGITS_AUGMENT})
-    else:
-        overrides.update({"data.dataset": "imagefolder", "data.root": str(cifar)})
-    return load_config(None, {**overrides, **(model or {})})
-
-
-def retrain_alone(cfg, architecture: dict, out: Path) -> tuple[dict, float, float]:
-    """The retrain job on one thread in a fresh ``out`` (removed after): its record, wall and CPU seconds."""
-    import torch
-
-    from experiments.core.records import space_record
-    from experiments.jobs.retrain import run_retrain
-
-    shutil.rmtree(out, ignore_errors=True)  # a run killed before it cached starts again from scratch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same numbers on every rerun, and fair times on a shared CPU
-    try:
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = run_retrain(cfg, {"space": space_record(cfg), "architecture": architecture}, out,
-                             log_fn=lambda line: None)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    finally:
-        torch.set_num_threads(threads)
-    shutil.rmtree(out, ignore_errors=True)
-    return result, wall, cpu
 
 
 def train_network(key: str, objective: str, seed: int, budget: dict, cifar: Path | None, workdir: Path,

@@ -151,7 +151,7 @@ def train_alone(architecture: dict, seed: int, epochs: int) -> dict:
 def train_alone_ssl(architecture: dict, objective: str, seed: int, epochs: int, workdir: Path) -> dict:
     """One network of the space trained from scratch under an SSL objective (the retrain job, one thread, the
     digits budget of the ssl-ground-truth study at ``epochs``): kNN and linear top-1 of its backbone."""
-    from experiments.studies.ssl_ground_truth import BUDGETS, config_for, retrain_alone
+    from experiments.studies.networks_alone import BUDGETS, config_for, retrain_alone
     from search_spaces.cost import BackboneCost
     from search_spaces.macro_width import MacroWidthSpace
 
