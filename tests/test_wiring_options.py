@@ -108,16 +108,18 @@ def test_vitas_sharing_option_decides_the_cyclic_layers(tmp_path):
     from experiments.strategies.vitas_slicing import CYCLIC_HOOKS, CyclicLinear
 
     built = {}
-    for sharing in ("cyclic", "prefix"):
-        job = search_objects(tmp_path / sharing, **{
+    for sharing, sides in (("cyclic", "both"), ("prefix", "both"), ("cyclic", "alternate")):
+        job = search_objects(tmp_path / f"{sharing}-{sides}", **{
             "model.backbone": "vit", "model.backbone_options": {"image_size": 8, "patch_sizes": [4],
                                                                 "embed_dims": [8, 16], "max_depth": 2,
                                                                 "heads": [1, 2], "mlp_ratios": [1, 2]},
             "backbone_search.strategy": "vitas", "backbone_search.max_flops": None,
-            "backbone_search.strategy_options": {"sharing": sharing, "tune_identity": False,
+            "backbone_search.strategy_options": {"sharing": sharing, "sides_per_step": sides, "tune_identity": False,
                                                  "identity_prob": 0.25, "population": 3}})
-        built[sharing] = (job.nni_strategy, job.oneshot)
-    cyclic, prefix = built["cyclic"], built["prefix"]
+        built[sharing, sides] = (job.nni_strategy, job.oneshot)
+    cyclic, prefix = built["cyclic", "both"], built["prefix", "both"]
+    # sides_per_step reaches the training module: both sides a step (default), one a step, the left under prefix
+    assert (cyclic[1].sides, built["cyclic", "alternate"][1].sides, prefix[1].sides) == ("both", "alternate", "left")
     assert list(getattr(cyclic[0], "extra_mutation_hooks", [])) == CYCLIC_HOOKS
     assert not getattr(prefix[0], "extra_mutation_hooks", [])
     assert any(isinstance(m, CyclicLinear) for m in cyclic[1].model.modules())
