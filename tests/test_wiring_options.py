@@ -127,6 +127,24 @@ def test_vitas_sharing_option_decides_the_cyclic_layers(tmp_path):
     assert cyclic[0].identity_prob == 0.25  # not tuned: the option as given
 
 
+def test_entrannas_dst_rule_and_temperature_reach_the_cells(tmp_path):
+    from experiments.strategies.cell_supernet import supernet_cells
+    from experiments.strategies.entrannas import EnTranDSTCell, EnTranPairCell
+
+    cells = {"channels": 4, "num_cells": 3, "num_nodes": 2, "inputs_per_node": 3,
+             "ops": ["sep_conv_3x3", "max_pool_3x3", "skip_connect", "none"]}
+    built = {}
+    for rule in ("pairs", "edges"):
+        job = search_objects(tmp_path / rule, **{
+            "model.backbone": "cells", "model.backbone_options": cells, "backbone_search.strategy": "entrannas",
+            "backbone_search.max_flops": None,
+            "backbone_search.strategy_options": {"dst": True, "dst_rule": rule, "dst_temperature": 2.5}})
+        built[rule] = supernet_cells(job.oneshot.model)
+    assert built["pairs"] and built["edges"]
+    assert all(type(c) is EnTranPairCell and c.temperature == 2.5 for c in built["pairs"])
+    assert all(type(c) is EnTranDSTCell for c in built["edges"])
+
+
 # --- frameworks -------------------------------------------------------------------------------------
 
 def framework_module(tiny_config, framework: str, options: dict):
