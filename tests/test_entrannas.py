@@ -120,7 +120,9 @@ def pair_supernet(temperature: float = 1.0, slots: int = 6):
     torch.manual_seed(0)
     space = CellBackboneSpace(ops=["sep_conv_3x3", "max_pool_3x3", "skip_connect", "none"], channels=4, num_cells=2,
                               num_nodes=1, inputs_per_node=slots)
-    engine = DARTS(mutation_hooks=[hook]).mutate_model(space).eval().cells[0]
+    supernet = DARTS(mutation_hooks=[hook]).mutate_model(space).eval()
+    engine = supernet.cells[0]
+    engine.supernet = [supernet]  # (a list: not a submodule) for the tests that need the whole network
     # p over the pairs (0, sep) (0, max) (0, skip) (1, sep) (1, max) (1, skip): softmax of log p at temperature 1
     set_alpha(engine, "backbone.normal/2_0", [math.log(v) for v in (0.4, 0.1, 0.05)])
     set_alpha(engine, "backbone.normal/2_1", [math.log(v) for v in (0.2, 0.15, 0.1)])
@@ -175,6 +177,15 @@ def test_a_transit_cell_carries_the_pairs_the_export_has_room_for():
     set_alpha(engine, "backbone.normal/2/threshold", [math.log(0.25)])
     assert engine.transit_topology()[2] == [(0, "sep_conv_3x3"), (1, "sep_conv_3x3")]
     assert len(engine.derived_topology()[2]) == 5
+    from experiments.strategies.entrannas import cut_pairs
+
+    assert cut_pairs(engine.supernet[0]) == [  # the search says so, once per cell type and node
+        "entrannas: backbone.normal node 2 keeps 5 (edge, operation) pairs and the space has 2 slots "
+        "(model.backbone_options.inputs_per_node): the strongest are exported",
+        # the reduction cell's weights are untouched: p is near uniform, so t = sigmoid(~0) keeps all six
+        "entrannas: backbone.reduce node 2 keeps 6 (edge, operation) pairs and the space has 2 slots "
+        "(model.backbone_options.inputs_per_node): the strongest are exported"]
+    assert cut_pairs(pair_supernet().supernet[0]) == []  # six slots: room for every pair of every cell
 
 
 def test_the_picture_draws_every_kept_pair_and_no_pad(tmp_path):

@@ -215,6 +215,19 @@ def sparsify_pairs(p: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return q / q.sum()
 
 
+def cut_pairs(supernet) -> list[str]:
+    """One line per node that keeps more (edge, operation) pairs than the space has slots for (the export cuts)."""
+    lines = []
+    for cell in supernet_cells(supernet):
+        if isinstance(cell, EnTranPairCell):
+            for node, pairs in cell.derived_topology().items():
+                if len(pairs) > cell.num_ops_per_node:
+                    lines.append(f"entrannas: {cell.label} node {node} keeps {len(pairs)} (edge, operation) pairs "
+                                 f"and the space has {cell.num_ops_per_node} slots "
+                                 f"(model.backbone_options.inputs_per_node): the strongest are exported")
+    return lines
+
+
 class EnTranNAS(CellDARTS):
     name = "entrannas"
     summary = "EnTranNAS: engine cells search, transit cells carry the derived cell (DST: sparsified inputs)"
@@ -238,13 +251,8 @@ class EnTranNAS(CellDARTS):
                               "node that keeps fewer inputs than inputs_per_node)")
 
     def select(self, ctx: SearchContext, nni_strategy):
-        for cell in supernet_cells(nni_strategy.supernet):
-            if isinstance(cell, EnTranPairCell):
-                for node, pairs in cell.derived_topology().items():
-                    if len(pairs) > cell.num_ops_per_node:
-                        ctx.log_fn(f"entrannas: {cell.label} node {node} keeps {len(pairs)} (edge, operation) pairs "
-                                   f"and the space has {cell.num_ops_per_node} slots "
-                                   f"(model.backbone_options.inputs_per_node): the strongest are exported")
+        for line in cut_pairs(nni_strategy.supernet):
+            ctx.log_fn(line)
         return super().select(ctx, nni_strategy)
 
     def cell_hooks(self, ctx: SearchContext) -> list:
@@ -256,4 +264,4 @@ class EnTranNAS(CellDARTS):
         return [hook]
 
 
-__all__ = ["DST_RULES", "EnTranCell", "EnTranDSTCell", "EnTranNAS", "EnTranPairCell", "sparsify", "sparsify_pairs"]
+__all__ = ["DST_RULES", "EnTranCell", "EnTranDSTCell", "EnTranNAS", "EnTranPairCell", "cut_pairs", "sparsify", "sparsify_pairs"]
