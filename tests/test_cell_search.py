@@ -13,7 +13,8 @@ DST_CELLS = {**CELLS, "inputs_per_node": 3, "ops": ["sep_conv_3x3", "max_pool_3x
     ("darts", "simsiam", CELLS, {}, None),
     ("darts", "supervised", CELLS, {}, None),
     ("toponas", "simsiam", CELLS, {}, 55_000),  # this space spans 43k to 100k FLOPs at 8x8
-    ("entrannas", "byol", DST_CELLS, {"dst": True}, None),
+    ("entrannas", "byol", DST_CELLS, {"dst": True}, None),  # the survey's rule: every non-zero pair, slots allowing
+    ("entrannas", "simsiam", DST_CELLS, {"dst": True, "dst_rule": "edges"}, None),  # the earlier rule
 ])
 def test_a_cell_search_exports_what_retrain_rebuilds(tmp_path, strategy, framework, cells, options, max_flops):
     from experiments.core.records import build_fixed, read_architecture
@@ -32,6 +33,12 @@ def test_a_cell_search_exports_what_retrain_rebuilds(tmp_path, strategy, framewo
     assert rebuilt == arch
     rebuilt_cost = count_fixed(network.backbone, 8)  # the hook count of the rebuilt network, as recorded
     assert (rebuilt_cost.flops, rebuilt_cost.params) == (record["cost"]["flops"], record["cost"]["params"])
+    if options.get("dst"):  # a node's inputs vary (pairs, pads): the retrain builds and trains the export
+        from experiments.jobs.retrain import run_retrain
+
+        result = run_retrain(cfg, read_architecture(tmp_path / "run" / "best_architecture.json"), tmp_path / "retrain",
+                             log_fn=lambda line: None)
+        assert result["architecture"] == arch
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -42,6 +49,8 @@ def test_a_cell_search_exports_what_retrain_rebuilds(tmp_path, strategy, framewo
       "backbone_search.strategy_options": {"dst": True}}, r"entrannas with dst needs 'none' among the ops"),
     ({"model.backbone": "cells", "backbone_search.strategy": "entrannas",
       "backbone_search.strategy_options": {"dst_threshold": 1.0}}, r"dst_threshold: must be in \[0, 1\)"),
+    ({"model.backbone": "cells", "backbone_search.strategy": "entrannas",
+      "backbone_search.strategy_options": {"dst_rule": "nodes"}}, r"dst_rule: must be one of pairs, edges, got 'nodes'"),
 ])
 def test_a_config_the_cell_strategies_cannot_run_is_refused(tmp_path, overrides, message):
     from experiments.core.errors import ConfigError

@@ -59,6 +59,66 @@ def test_cyclic_sharing_trains_every_channel_equally_where_prefix_sharing_is_ske
         assert torch.equal(counted, cyclic), name
 
 
+def one_step_of_a_hand_made_net(sides: str, global_step: int = 0):
+    """One ``CyclicPathModule`` training step of a net whose backbone is one cyclic linear layer (3 -> D of 3,
+    weights 1..9, D = 1: the left slice is row [1, 2, 3], the right row [7, 8, 9]) on x = [1, 1, 1], loss the
+    sum of the backbone's output. Returns (the losses the framework returned, framework calls, the weight's grad)."""
+    import nni
+    from nni.nas.evaluator.pytorch import LightningModule
+    from nni.nas.nn.pytorch import ModelSpace, MutableLinear
+    from nni.nas.strategy import RandomOneShot
+
+    from experiments.strategies.sampling import CyclicPathModule
+    from experiments.strategies.vitas_slicing import CYCLIC_HOOKS
+
+    class Net(ModelSpace):
+        def __init__(self):
+            super().__init__()
+            self.backbone = MutableLinear(3, nni.choice("width", [1, 3]), bias=False)
+
+    class Framework(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def training_step(self, batch, batch_idx):
+            self.calls += 1
+            return self.model.backbone(batch).sum()
+
+    strategy = RandomOneShot()
+    strategy.extra_mutation_hooks = list(CYCLIC_HOOKS)
+    supernet = strategy.mutate_model(Net())
+    with torch.no_grad():
+        supernet.backbone.weight.copy_(torch.arange(1.0, 10.0).view(3, 3))
+    framework = Framework()
+    framework.model = supernet
+    module = CyclicPathModule(framework, lambda: {"width": 1}, sides)
+    module.set_model(supernet)
+    type(module).global_step = property(lambda self: global_step)
+    try:
+        loss = module.training_step(torch.ones(1, 3), 0)
+    finally:
+        del type(module).global_step
+    loss.backward()  # what Lightning does with the one loss the step returns
+    assert "forward" not in vars(supernet.backbone)  # the summing forward is gone after the step
+    return loss.item(), framework.calls, supernet.backbone.weight.grad
+
+
+def test_both_sides_run_in_one_step_and_their_outputs_are_summed_before_the_one_loss():
+    loss, calls, grad = one_step_of_a_hand_made_net("both")
+    assert loss == 6 + 24 and calls == 1  # left row . x + right row . x, one framework step, one loss
+    assert torch.equal(grad, torch.tensor([[1.0, 1, 1], [0, 0, 0], [1, 1, 1]]))  # one backward reaches both rows
+
+
+def test_alternating_sides_train_the_left_on_even_steps_and_the_right_on_odd_ones():
+    for step, expected_loss, row in ((0, 6, 0), (1, 24, 2)):
+        loss, calls, grad = one_step_of_a_hand_made_net("alternate", global_step=step)
+        assert loss == expected_loss and calls == 1
+        expected = torch.zeros(3, 3)
+        expected[row] = 1
+        assert torch.equal(grad, expected)
+
+
 def test_the_identity_probability_puts_the_mean_draw_in_the_budget_band():
     import numpy as np
 
@@ -132,6 +192,8 @@ def test_a_ci_sized_vitas_search_stays_in_the_band_and_exports_what_retrain_rebu
 
 @pytest.mark.parametrize("override,message", [
     ({"backbone_search.strategy_options": {"sharing": "both"}}, "sharing: must be one of cyclic, prefix"),
+    ({"backbone_search.strategy_options": {"sides_per_step": "left"}},
+     "sides_per_step: must be one of both, alternate, got 'left'"),
     ({"model.backbone": "resnet", "model.backbone_options": {}},
      r"vitas searches a space whose layers shift to identities \(vit\), got resnet"),
     ({"model.head_space": "nasiam"}, "vitas searches the backbone only"),

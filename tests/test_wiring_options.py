@@ -108,21 +108,41 @@ def test_vitas_sharing_option_decides_the_cyclic_layers(tmp_path):
     from experiments.strategies.vitas_slicing import CYCLIC_HOOKS, CyclicLinear
 
     built = {}
-    for sharing in ("cyclic", "prefix"):
-        job = search_objects(tmp_path / sharing, **{
+    for sharing, sides in (("cyclic", "both"), ("prefix", "both"), ("cyclic", "alternate")):
+        job = search_objects(tmp_path / f"{sharing}-{sides}", **{
             "model.backbone": "vit", "model.backbone_options": {"image_size": 8, "patch_sizes": [4],
                                                                 "embed_dims": [8, 16], "max_depth": 2,
                                                                 "heads": [1, 2], "mlp_ratios": [1, 2]},
             "backbone_search.strategy": "vitas", "backbone_search.max_flops": None,
-            "backbone_search.strategy_options": {"sharing": sharing, "tune_identity": False,
+            "backbone_search.strategy_options": {"sharing": sharing, "sides_per_step": sides, "tune_identity": False,
                                                  "identity_prob": 0.25, "population": 3}})
-        built[sharing] = (job.nni_strategy, job.oneshot)
-    cyclic, prefix = built["cyclic"], built["prefix"]
+        built[sharing, sides] = (job.nni_strategy, job.oneshot)
+    cyclic, prefix = built["cyclic", "both"], built["prefix", "both"]
+    # sides_per_step reaches the training module: both sides a step (default), one a step, the left under prefix
+    assert (cyclic[1].sides, built["cyclic", "alternate"][1].sides, prefix[1].sides) == ("both", "alternate", "left")
     assert list(getattr(cyclic[0], "extra_mutation_hooks", [])) == CYCLIC_HOOKS
     assert not getattr(prefix[0], "extra_mutation_hooks", [])
     assert any(isinstance(m, CyclicLinear) for m in cyclic[1].model.modules())
     assert not any(isinstance(m, CyclicLinear) for m in prefix[1].model.modules())
     assert cyclic[0].identity_prob == 0.25  # not tuned: the option as given
+
+
+def test_entrannas_dst_rule_and_temperature_reach_the_cells(tmp_path):
+    from experiments.strategies.cell_supernet import supernet_cells
+    from experiments.strategies.entrannas import EnTranDSTCell, EnTranPairCell
+
+    cells = {"channels": 4, "num_cells": 3, "num_nodes": 2, "inputs_per_node": 3,
+             "ops": ["sep_conv_3x3", "max_pool_3x3", "skip_connect", "none"]}
+    built = {}
+    for rule in ("pairs", "edges"):
+        job = search_objects(tmp_path / rule, **{
+            "model.backbone": "cells", "model.backbone_options": cells, "backbone_search.strategy": "entrannas",
+            "backbone_search.max_flops": None,
+            "backbone_search.strategy_options": {"dst": True, "dst_rule": rule, "dst_temperature": 2.5}})
+        built[rule] = supernet_cells(job.oneshot.model)
+    assert built["pairs"] and built["edges"]
+    assert all(type(c) is EnTranPairCell and c.temperature == 2.5 for c in built["pairs"])
+    assert all(type(c) is EnTranDSTCell for c in built["edges"])
 
 
 # --- frameworks -------------------------------------------------------------------------------------

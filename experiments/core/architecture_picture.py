@@ -31,7 +31,8 @@ def _probability(probabilities: dict, label: str, value: Any) -> Optional[float]
 
 
 def cell_graphs(architecture: dict) -> dict[str, dict[int, list[tuple[int, str]]]]:
-    """``{cell type: {node: [(input node, operation), ...]}}`` from a cell space's labels."""
+    """``{cell type: {node: [(input node, operation), ...]}}`` from a cell space's labels, any number of slots
+    per node, ``none`` pads left out."""
     ops: dict[tuple[str, int, int], str] = {}
     inputs: dict[tuple[str, int, int], list] = {}
     for label, value in architecture.items():
@@ -45,6 +46,8 @@ def cell_graphs(architecture: dict) -> dict[str, dict[int, list[tuple[int, str]]
             inputs[key] = list(value) if isinstance(value, (list, tuple)) else [value]
     graphs: dict[str, dict[int, list[tuple[int, str]]]] = {}
     for (cell, node, slot), op in sorted(ops.items()):
+        if op == "none":  # a free slot's pad (a node keeping fewer inputs than slots): no input to draw
+            continue
         for source in inputs.get((cell, node, slot), []):
             graphs.setdefault(cell, {}).setdefault(node, []).append((int(source), op))
     return graphs

@@ -95,23 +95,34 @@ def distinct_spos(space: str) -> PresetPathOneShot:
 
 
 class CyclicPathModule(PresetPathModule):
-    """ViTAS's module: ``draw()``'s path, its weights sliced from the left on even global steps and from
-    the right on odd ones (``cyclic``; else always the left: prefix sharing). Validation takes the left."""
+    """ViTAS's module: ``draw()``'s path, its weights sliced as ``sides`` says. Validation takes the left.
 
-    def __init__(self, training_module, draw: Callable[[], dict], cyclic: bool):
+    ``both`` (the released trainer's BCNet side scheme): the left and the right slices of the path run
+    in the same step, their outputs summed before the one loss; ``alternate``: the left on even global
+    steps, the right on odd ones; ``left``: the left always (prefix sharing).
+    """
+
+    SIDE_RULES = ("both", "alternate", "left")
+
+    def __init__(self, training_module, draw: Callable[[], dict], sides: str):
         super().__init__(training_module, draw)
-        self.cyclic = cyclic
+        if sides not in self.SIDE_RULES:
+            raise ValueError(f"sides must be one of {self.SIDE_RULES}, got {sides!r}")
+        self.sides = sides
 
     def side(self) -> str:
         from experiments.strategies.vitas_slicing import SIDES
 
-        return SIDES[int(self.global_step) % 2] if self.cyclic else SIDES[0]
+        return SIDES[int(self.global_step) % 2] if self.sides == "alternate" else SIDES[0]
 
     def training_step(self, batch, batch_idx):
-        from experiments.strategies.vitas_slicing import set_channel_side
+        from experiments.strategies.vitas_slicing import both_sides_summed, set_channel_side
 
-        set_channel_side(self.model, self.side())
-        return super().training_step(batch, batch_idx)
+        if self.sides != "both":
+            set_channel_side(self.model, self.side())
+            return super().training_step(batch, batch_idx)
+        with both_sides_summed(self.model):
+            return super().training_step(batch, batch_idx)
 
     def validation_step(self, *args: Any, **kwargs: Any):
         from experiments.strategies.vitas_slicing import set_channel_side

@@ -3,14 +3,17 @@ then evolution within a FLOPs budget. Searches the ``vit`` backbone space (``sea
 
 Rules taken from the paper and its released code (``xiusu/ViTAS``: no licence, so none of its code):
 
-* *Cyclic weight sharing.* A sampled width D takes the first channels [0, D) of every sliced
-  weight (patch projection, class token, position embedding, norms, linear layers) on one step and
-  the last channels [E - D, E) on the next (``channel_side`` left/right, alternating with the
-  global step), so every channel of the embedding is trained about equally often. NNI's mixed
-  layers are replaced by the cyclic ones of ``vitas_slicing`` (``CYCLIC_HOOKS``).
-  ``sharing: prefix`` keeps the left side always (NNI's own slicing, the baseline).
-  The released trainer runs both sides in one step and sums the outputs; alternating steps gives
-  each side the same share of updates at half the cost a step.
+* *Cyclic weight sharing* (the paper's name for it, in its abstract: "a cyclic weight-sharing
+  mechanism for token embeddings"). A sampled width D takes the first channels [0, D) of every
+  sliced weight (patch projection, class token, position embedding, norms, linear layers) and the
+  last channels [E - D, E), so every channel of the embedding is trained about equally often. NNI's
+  mixed layers are replaced by the left/right ones of ``vitas_slicing`` (``CYCLIC_HOOKS``).
+  ``sides_per_step: both`` (default) is the released trainer's step (``tools/trainer/imagenet/
+  trainer.py``, ``side_scheme: BCNet``): the path runs on its left and on its right slices in the
+  same step, the two outputs (here the backbone's features) are summed, one loss, one backward.
+  ``sides_per_step: alternate`` takes the left on even steps and the right on odd ones (half the
+  cost a step; the package's earlier rule, kept to compare). ``sharing: prefix`` keeps the left
+  side always (NNI's own slicing, the baseline).
 * *Private class tokens; V shared, Q/K private.* Both live in the space: each patch size's
   embedding is its own ``LayerChoice`` candidate (its own class token and position embedding),
   and Q/K are a ``LayerChoice`` keyed by the head count while V is one ``MutableLinear``.
@@ -41,6 +44,7 @@ from search_spaces.backbone_spaces import shifts_identities, spaces_where
 from search_spaces.head_spaces import HEAD_SPACES, fixed_head_spaces
 
 SHARING = ("cyclic", "prefix")
+SIDES_PER_STEP = ("both", "alternate")
 TUNING_TOLERANCE = 1e-4  # bisection stops when the identity probability is known to this
 
 
@@ -117,7 +121,9 @@ class ViTAS(Strategy):
     option_specs = {
         "tournament": EVOLUTION_OPTIONS["tournament"],
         "mutation_prob": EVOLUTION_OPTIONS["mutation_prob"],
-        "sharing": Option("cyclic", why="cyclic (left and right slices alternate) or prefix (left only)"),
+        "sharing": Option("cyclic", why="cyclic (left and right slices) or prefix (left only)"),
+        "sides_per_step": Option("both", why="cyclic sharing: both (left and right outputs summed in one step, "
+                                             "the released trainer) or alternate (one side a step)"),
         "identity_prob": Option(0.5, "[0, 1)", "a layer's chance to be an identity, when not tuned"),
         "tune_identity": Option(True, why="tune identity_prob to the FLOPs budget"),
         "min_flops_ratio": Option(0.9, "[0, 1]", "the budget band's floor, a fraction of max_flops"),
@@ -133,6 +139,9 @@ class ViTAS(Strategy):
         if settings["sharing"] not in SHARING:
             raise ConfigError(f"backbone_search.strategy_options.sharing: must be one of {', '.join(SHARING)}, "
                               f"got {settings['sharing']!r}")
+        if settings["sides_per_step"] not in SIDES_PER_STEP:
+            raise ConfigError(f"backbone_search.strategy_options.sides_per_step: must be one of "
+                              f"{', '.join(SIDES_PER_STEP)}, got {settings['sides_per_step']!r}")
         if not shifts_identities(cfg.model.backbone):
             raise ConfigError(f"model.backbone: vitas searches a space whose layers shift to identities "
                               f"({', '.join(spaces_where(shifts_identities))}), got {cfg.model.backbone}")
@@ -160,14 +169,16 @@ class ViTAS(Strategy):
 
         space = ctx.cost.space
         probability = self.identity_prob(ctx, space)
-        cyclic = self.settings(ctx.cfg)["sharing"] == "cyclic"
+        settings = self.settings(ctx.cfg)
+        cyclic = settings["sharing"] == "cyclic"
+        sides = settings["sides_per_step"] if cyclic else "left"
 
         def draw() -> dict:
             import numpy as np  # numpy's global generator: seeded by seed_everything, saved in checkpoints
 
             return shifted_sample(space, identity_draws(space, 1, np.random.mtrand._rand)[0], probability)
 
-        strategy = PresetPathOneShot(lambda training_module: CyclicPathModule(training_module, draw, cyclic))
+        strategy = PresetPathOneShot(lambda training_module: CyclicPathModule(training_module, draw, sides))
         if cyclic:
             strategy.extra_mutation_hooks = list(CYCLIC_HOOKS)  # before NNI's own mixed layers
         strategy.identity_prob = probability

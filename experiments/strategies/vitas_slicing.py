@@ -5,8 +5,14 @@ The ``vitas`` strategy registers ``CYCLIC_HOOKS`` ahead of NNI's own mutation ho
 space's ``MutableLinear``, ``MutableConv2d`` and ``MutableLayerNorm`` become these layers, and turns
 the whole supernet to one side with :func:`set_channel_side` (the space's tokens and feature pad
 have the same attribute). Prefix sharing (NNI's own layers) is the left side always.
+
+:func:`both_sides_summed` is the released trainer's step (``xiusu/ViTAS``,
+``tools/trainer/imagenet/trainer.py``, ``side_scheme: BCNet``): the same path runs on its left and
+its right slices and the two outputs are summed before the one loss and the one backward.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from nni.nas.oneshot.pytorch.supermodule.operation import MixedConv2d, MixedLayerNorm, MixedLinear
 from torch import nn
@@ -23,6 +29,39 @@ def set_channel_side(model: nn.Module, side: str) -> None:
     for m in model.modules():
         if hasattr(m, "channel_side"):
             m.channel_side = side
+
+
+def sliced_parts(model: nn.Module) -> list[nn.Module]:
+    """The top-level parts of ``model`` that slice by side (the backbone, a momentum copy of it)."""
+    return [part for part in model.children() if any(hasattr(m, "channel_side") for m in part.modules())]
+
+
+@contextmanager
+def both_sides_summed(model: nn.Module):
+    """Within: each sliced part of ``model`` returns its left slice's output plus its right slice's.
+
+    The heads and the loss then run once on the sum, so one backward trains both sides together.
+    """
+    patched = []
+    for part in sliced_parts(model):
+        def summed(*args, _part=part, _forward=part.forward, **kwargs):
+            set_channel_side(_part, "left")
+            left = _forward(*args, **kwargs)
+            set_channel_side(_part, "right")
+            right = _forward(*args, **kwargs)
+            set_channel_side(_part, "left")
+            return left + right
+        patched.append((part, part.__dict__.get("forward")))
+        part.forward = summed
+    try:
+        yield
+    finally:
+        for part, own_forward in patched:
+            if own_forward is None:
+                del part.forward
+            else:
+                part.forward = own_forward
+        set_channel_side(model, "left")
 
 
 class CyclicLinear(MixedLinear):
@@ -64,4 +103,4 @@ class CyclicLayerNorm(MixedLayerNorm):
 CYCLIC_HOOKS = [CyclicLinear.mutate, CyclicConv2d.mutate, CyclicLayerNorm.mutate]
 
 
-__all__ = ["CYCLIC_HOOKS", "SIDES", "CyclicConv2d", "CyclicLayerNorm", "CyclicLinear", "set_channel_side"]
+__all__ = ["CYCLIC_HOOKS", "SIDES", "both_sides_summed", "sliced_parts", "CyclicConv2d", "CyclicLayerNorm", "CyclicLinear", "set_channel_side"]
