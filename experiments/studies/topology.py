@@ -46,7 +46,8 @@ NAME = "topology"
 HELP = "what TopoNAS and EnTranNAS claim, measured small: consistency, search cost, top-2 against learned topology"
 
 STRATEGIES = {"darts": ("darts", {}), "toponas": ("toponas", {}), "entrannas": ("entrannas", {}),
-              "entrannas-dst": ("entrannas", {"dst": True})}
+              # the committed runs used the edge rule, the default before the survey's (edge, operation) pairs
+              "entrannas-dst": ("entrannas", {"dst": True, "dst_rule": "edges"})}
 DST_OPS = ["sep_conv_3x3", "dil_conv_3x3", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "none"]
 
 

@@ -104,7 +104,9 @@ def run(args) -> int:
 
     def superformer(sharing: str) -> dict:
         start = time.perf_counter()
-        shared = load_config(CONFIG, {**base, "backbone_search.strategy_options.sharing": sharing})
+        shared = load_config(CONFIG, {**base, "backbone_search.strategy_options.sharing": sharing,
+                                      # the committed superformers trained one side a step (the default then)
+                                      "backbone_search.strategy_options.sides_per_step": "alternate"})
         s = prepare(shared, log_fn=silent)
         nni_strategy, _, seconds = train_supernet(s, work / f"supernet-{sharing}", log_fn=silent)
         score_of = STRATEGIES["vitas"].score_function(s.context(work, silent), nni_strategy.supernet)
