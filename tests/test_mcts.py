@@ -354,3 +354,20 @@ def test_simulated_search_concentrates_on_good_paths_after_warmup():
         if step >= 3000:
             late.append(path)
     assert sum(path in top_percent for path in late) / len(late) > 0.3  # chance: 0.01
+
+
+def test_the_simulation_feeds_the_tree_the_inverse_score_or_the_error(monkeypatch, capsys):
+    from experiments.studies import mcts_simulation, run_study
+
+    scores = {path: 0.9 - 0.1 * path[0] for path in itertools.product(range(3), repeat=8)}
+    fed = []
+    update = MonteCarloTree.update
+    monkeypatch.setattr(MonteCarloTree, "update", lambda tree, path, loss: fed.append((path, loss)) or
+                        update(tree, path, loss))
+    for loss, expected in (("inverse", lambda s: 3.0 / s), ("error", lambda s: 3.0 * (1.0 - s))):
+        fed.clear()
+        mcts_simulation.simulate(scores, WarmupSchedule(), 1, 1, 0.0, 0, loss)
+        (path, value), = fed  # step 0: trend 1 + 2 exp(0) = 3, no noise
+        assert value == pytest.approx(expected(scores[path]))
+    assert run_study("mcts-simulation", ["--space", "synthetic", "--loss", "error"]) == 2
+    assert capsys.readouterr().err.startswith("error: --loss error needs --space nas-bench-macro")
