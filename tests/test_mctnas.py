@@ -179,6 +179,36 @@ def test_selection_scores_on_the_reward_scale_and_never_evaluates_over_budget():
     assert scorer(selection.architecture) > 0
 
 
+def test_selection_options_reach_the_tree_and_an_unknown_rule_is_refused(tmp_path, monkeypatch):
+    from experiments.core.errors import ConfigError
+    from experiments.strategies.mctnas import MCTNAS
+    from experiments.strategies.mcts import MonteCarloTree, Selection
+
+    seen = []
+    monkeypatch.setattr(MonteCarloTree, "select", lambda tree, evaluate, **options: seen.append(options) or
+                        Selection((0,) * 8, 1.0, [((0,) * 8, 1.0)]))
+    shared = shared_tree()
+    strategy = SimpleNamespace(oneshot_module=SimpleNamespace(shared=shared), supernet=SimpleNamespace(freeze=dict))
+    budget_of = []
+
+    class Cost:
+        def __call__(self, arch):
+            return SimpleNamespace(flops=1, params=1, within=lambda f, p: budget_of.append(f) or True)
+
+    for options, rules in (({}, ("parent", "softmax")), ({"threshold": "child", "descent": "greedy"},
+                                                         ("child", "greedy"))):
+        cfg = load(tmp_path / str(len(options)), **{"backbone_search.strategy": "mctnas",
+                                                    "backbone_search.strategy_options": options})
+        ctx = SimpleNamespace(cfg=cfg, cost=Cost(), scorer=lambda network: 0.5, budget=(7, None),
+                              log_fn=lambda line: None)
+        MCTNAS().select(ctx, strategy)
+        assert (seen[-1]["threshold"], seen[-1]["descent"]) == rules
+        assert seen[-1]["within"]((1,) * 8) and budget_of[-1] == 7  # the budget reaches the tree as ``within``
+    with pytest.raises(ConfigError, match=r"strategy_options.descent: must be one of softmax, greedy, got 'uniform'"):
+        load(tmp_path / "bad", **{"backbone_search.strategy": "mctnas",
+                                  "backbone_search.strategy_options": {"descent": "uniform"}})
+
+
 # --- DDP -----------------------------------------------------------------------------------------
 WORLD, DDP_STEPS = 2, 40
 

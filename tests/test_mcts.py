@@ -170,14 +170,14 @@ def test_hierarchical_selection_descends_to_the_known_best_leaf():
         return _stepped_score(path)
 
     tree = MonteCarloTree([3, 3, 3], seed=5)
-    selection = tree.select(evaluate, num_leaves=1)
+    selection = tree.select(evaluate, num_leaves=1, threshold="child", descent="greedy")  # the earlier rule, an option
     assert (selection.path, selection.score) == ((2, 0, 1), 7.0)
     for prefix in [(), (2,), (2, 0)]:  # the descent's nodes: each child it compared was topped up
         assert [tree.node(prefix + (op,)).visits >= 6 for op in range(3)] == [True] * 3
     assert set(calls.values()) == {1}
     assert sum(calls.values()) <= 1 + 6 * (3 + 3 + 3)
 
-    selection = MonteCarloTree([3, 3, 3], seed=6).select(_stepped_score)
+    selection = MonteCarloTree([3, 3, 3], seed=6).select(_stepped_score, threshold="child", descent="greedy")
     paths = [path for path, _ in selection.candidates]
     assert len(paths) == len(set(paths)) == 20
     assert paths[0] == (2, 0, 1) and selection.path == (2, 0, 1)
@@ -186,7 +186,7 @@ def test_hierarchical_selection_descends_to_the_known_best_leaf():
 
 def test_hierarchical_selection_completes_paths_uniformly():
     tree = MonteCarloTree([2, 4], seed=8)
-    tree.select(lambda path: float(path[0]), min_visits=800, num_leaves=1)
+    tree.select(lambda path: float(path[0]), min_visits=800, num_leaves=1, threshold="child", descent="greedy")
     # Root op 0 lost the descent, so its visits are the 800 completions alone: ~200 per op below.
     below_the_loser = [tree.node((0, op)).visits for op in range(4)]
     assert sum(below_the_loser) == 800
@@ -202,7 +202,7 @@ def test_hierarchical_selection_evaluates_within_the_documented_bound():
         return sum(path) / 10
 
     tree = MonteCarloTree([5, 5, 5, 5], seed=2)
-    selection = tree.select(evaluate, num_leaves=3)
+    selection = tree.select(evaluate, num_leaves=3, threshold="child", descent="greedy")
     assert len({path for path, _ in selection.candidates}) == 3
     assert set(calls.values()) == {1}
     assert sum(calls.values()) <= 3 * (1 + 6 * 20)
@@ -216,7 +216,7 @@ def test_hierarchical_selection_trusts_training_visits():
         for _ in range(6):
             tree.backup(path, reward)
     calls = []
-    selection = tree.select(lambda path: calls.append(path) or 0.0, num_leaves=1)
+    selection = tree.select(lambda path: calls.append(path) or 0.0, num_leaves=1, threshold="child", descent="greedy")
     assert calls == [(0, 1)]  # no top-up: only the candidate was evaluated
     assert selection.path == (0, 1)
 
@@ -225,6 +225,71 @@ def test_hierarchical_selection_stops_when_every_leaf_is_a_candidate():
     selection = MonteCarloTree([2, 2], seed=4).select(lambda path: path[0] - path[1], num_leaves=20)
     assert sorted(path for path, _ in selection.candidates) == list(itertools.product(range(2), repeat=2))
     assert (selection.path, selection.score) == ((1, 0), 1)
+
+
+def _q(tree, prefix):
+    node = tree.node(prefix)
+    return (node.visits, node.reward_sum)
+
+
+def test_released_selection_never_selects_an_over_budget_leaf_and_leaves_its_ancestors_q_unchanged():
+    tree = MonteCarloTree([2, 2], seed=0)
+    rewards = {(0, 0): 2.0, (0, 1): 1.3, (1, 0): 1.1, (1, 1): 1.2}  # the over-budget leaf is the tree's best
+    for path, reward in rewards.items():
+        for _ in range(6):
+            tree.backup(path, reward)
+    before = {prefix: _q(tree, prefix) for prefix in [(), (0,), (1,), (0, 0)]}
+    calls = []
+    selection = tree.select(lambda path: calls.append(path) or rewards[path], num_leaves=4,
+                            within=lambda path: path != (0, 0))
+    assert (0, 0) not in calls and (0, 0) not in [path for path, _ in selection.candidates]
+    assert sorted(path for path, _ in selection.candidates) == [(0, 1), (1, 0), (1, 1)]
+    assert selection.path == (0, 1)
+    assert {prefix: _q(tree, prefix) for prefix in before} == before  # no reward of 0 backed up anywhere
+
+    # top-ups too: a fresh tree, every visit from selection; the over-budget leaf is never evaluated nor backed up
+    tree, calls = MonteCarloTree([2, 2], seed=1), []
+    tree.select(lambda path: calls.append(path) or rewards[path], num_leaves=4, within=lambda path: path != (0, 0))
+    assert (0, 0) not in calls and tree.node((0, 0)) is None
+    assert tree.node((0,)).mean_reward == pytest.approx(rewards[(0, 1)])  # Q/n of its parent: its sibling's alone
+
+
+def test_released_selection_tops_a_node_up_to_min_visits_per_op_of_the_parent():
+    tree = MonteCarloTree([3, 3], seed=3)
+    backed_up = []
+    backup = tree.backup
+    tree.backup = lambda path, reward: backed_up.append(tuple(path)) or backup(path, reward)
+    selection = tree.select(lambda path: 1.0 + path[0] / 10 + path[1] / 100, min_visits=2, num_leaves=1)
+    first = selection.path[0]
+    assert len(backed_up) == tree.root.visits
+    # the root's top-ups stop at 6 visits (2 per op), the chosen child's at 6 of its own
+    at_root = backed_up[:6]
+    assert tree.node((first,)).visits == 6
+    assert tree.root.visits == 6 + 6 - sum(path[0] == first for path in at_root)
+
+
+def test_released_descent_draws_from_the_softmax_of_mean_reward_plus_communication():
+    def tree_with(communication_weight, row):
+        tree = MonteCarloTree([2], seed=7, temperature=0.1, communication_weight=communication_weight)
+        for op, reward in ((0, 1.0), (1, 1.1)):
+            for _ in range(6):
+                tree.backup((op,), reward)
+        tree.communication[0] = row
+        return tree
+
+    def share_of_op_one(tree, **options):
+        return sum(tree.select(lambda path: 1.0, num_leaves=1, **options).path == (1,) for _ in range(2000)) / 2000
+
+    # exp(1.1 / 0.1) / (exp(1.0 / 0.1) + exp(1.1 / 0.1)) = 0.731; the tree is unchanged by each selection
+    assert share_of_op_one(tree_with(0.0, [0.0, 0.0])) == pytest.approx(0.731, abs=0.04)
+    # C2 G = 0.2 x 0.5 evens the two: 0.5
+    assert share_of_op_one(tree_with(0.2, [0.5, 0.0])) == pytest.approx(0.5, abs=0.04)
+    assert share_of_op_one(tree_with(0.2, [0.5, 0.0]), descent="greedy") == 1.0  # the earlier rule: best Q/n
+
+
+def test_selection_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="threshold must be one of"):
+        MonteCarloTree([2]).select(lambda path: 1.0, descent="uniform")
 
 
 def _only_plain_containers(value):
@@ -289,3 +354,20 @@ def test_simulated_search_concentrates_on_good_paths_after_warmup():
         if step >= 3000:
             late.append(path)
     assert sum(path in top_percent for path in late) / len(late) > 0.3  # chance: 0.01
+
+
+def test_the_simulation_feeds_the_tree_the_inverse_score_or_the_error(monkeypatch, capsys):
+    from experiments.studies import mcts_simulation, run_study
+
+    scores = {path: 0.9 - 0.1 * path[0] for path in itertools.product(range(3), repeat=8)}
+    fed = []
+    update = MonteCarloTree.update
+    monkeypatch.setattr(MonteCarloTree, "update", lambda tree, path, loss: fed.append((path, loss)) or
+                        update(tree, path, loss))
+    for loss, expected in (("inverse", lambda s: 3.0 / s), ("error", lambda s: 3.0 * (1.0 - s))):
+        fed.clear()
+        mcts_simulation.simulate(scores, WarmupSchedule(), 1, 1, 0.0, 0, loss)
+        (path, value), = fed  # step 0: trend 1 + 2 exp(0) = 3, no noise
+        assert value == pytest.approx(expected(scores[path]))
+    assert run_study("mcts-simulation", ["--space", "synthetic", "--loss", "error"]) == 2
+    assert capsys.readouterr().err.startswith("error: --loss error needs --space nas-bench-macro")

@@ -302,3 +302,93 @@ def test_the_samplers_state_survives_a_safe_checkpoint_load(tmp_path):
         ahead = sampler.next_step()
         np.random.seed(4)
         assert restored.next_step().placements == ahead.placements
+
+
+def test_bcnet_loss_table_is_each_widths_mean_recorded_loss_and_ten_where_never_recorded():
+    from experiments.strategies.bcnet import UNSEEN_LOSS, loss_table
+
+    records = [(1.0, {"a": 1, "b": 2}), (3.0, {"a": 1, "b": 1}), (2.0, {"a": 2, "b": 1})]
+    table = loss_table(records, {"a": [1, 2, 3], "b": [1, 2]})
+    assert UNSEEN_LOSS == 10.0  # the released code's 1e-4 / 1e-5
+    assert table["a"].tolist() == [2.0, 2.0, 10.0] and table["b"].tolist() == [2.5, 1.0]
+
+
+def test_bcnet_pairwise_cost_expectation_is_exact_for_products_of_two_widths():
+    from experiments.strategies.bcnet import PairwiseCost
+
+    space = {"a": [1, 2, 4], "b": [1, 3], "c": [2, 5]}
+    cost = PairwiseCost(lambda s: 7 + s["a"] * s["b"] + 2 * s["b"] * s["c"] + s["a"], space)
+    assert set(cost.pairs) == {("a", "b"), ("b", "c")}  # a and c do not interact
+    p = {"a": torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), "b": torch.tensor([0.6, 0.4], dtype=torch.float64),
+         "c": torch.tensor([0.1, 0.9], dtype=torch.float64)}
+    ea, eb, ec = 0.2 + 0.6 + 2.0, 0.6 + 1.2, 0.2 + 4.5  # 2.8, 1.8, 4.7
+    assert float(cost.expected(p)) == pytest.approx(7 + ea * eb + 2 * eb * ec + ea)  # 31.76
+
+
+def test_bcnet_prior_fits_the_flops_target_and_then_the_lower_losses():
+    from experiments.strategies.bcnet import PairwiseCost, fit_prior
+
+    # eight layers of widths 1 and 3, FLOPs = the sum of widths, target 16 (a mean width of 2)
+    space = {f"l{i}": [1, 3] for i in range(8)}
+    flops = PairwiseCost(lambda s: sum(s.values()), space).expected
+    wide_is_better = {f"l{i}": torch.tensor([1.0, 0.0] if i < 4 else [0.0, 1.0], dtype=torch.float64)
+                      for i in range(8)}
+    as_tensors = lambda prior: {label: torch.tensor(p) for label, p in prior.items()}  # noqa: E731
+    prior = fit_prior(wide_is_better, flops, 16.0)  # the released constants: the FLOPs term (x1000) is met
+    assert float(flops(as_tensors(prior))) == pytest.approx(16.0, rel=0.01)
+    # fitted to the end, the losses decide within the target: width 3 in layers 0-3, width 1 in layers 4-7
+    prior = fit_prior(wide_is_better, flops, 16.0, steps=3000, lr=0.1)
+    assert all(prior[f"l{i}"][1] > 0.95 for i in range(4)) and all(prior[f"l{i}"][0] > 0.95 for i in range(4, 8))
+    assert float(flops(as_tensors(prior))) == pytest.approx(16.0, rel=0.01)
+    # no budget: the lower mean loss gets the higher probability in every layer
+    prior = fit_prior({"a": torch.tensor([1.0, 0.0], dtype=torch.float64),
+                       "b": torch.tensor([0.0, 1.0], dtype=torch.float64)}, steps=3000, lr=0.5)
+    assert prior["a"][1] > 0.95 and prior["b"][0] > 0.95
+
+
+def test_bcnet_prior_population_is_distinct_legal_and_drawn_from_the_prior():
+    from experiments.strategies.bcnet import prior_population
+
+    space = {"a": [1, 2, 3], "b": [1, 2, 3]}
+    prior = {"a": np.array([0.5, 0.5, 0.0]), "b": np.array([0.2, 0.3, 0.5])}
+    population = prior_population(prior, space, 4, legal=lambda w: w["a"] + w["b"] >= 3, seed=1)
+    assert len(population) == 4 and len({tuple(w.values()) for w in population}) == 4
+    assert all(w["a"] != 3 and w["a"] + w["b"] >= 3 for w in population)
+    # only five legal widths exist with a in {1, 2}: asking for more returns those five
+    assert len(prior_population(prior, space, 9, legal=lambda w: w["a"] + w["b"] >= 3, seed=1, max_draws=500)) == 5
+
+
+def test_bcnet_seeds_come_from_the_prior_in_the_flops_window_or_from_the_records_by_option(tmp_path, monkeypatch):
+    from experiments.strategies import bcnet
+    from experiments.strategies.base import SearchContext
+    from experiments.strategies.width_sampling import LowestLosses, width_space
+    from search_spaces.cost import BackboneCost
+    from search_spaces.macro_width import MacroWidthSpace
+
+    cost = BackboneCost(MacroWidthSpace(width=0.125), 8)
+    space = width_space(SimpleNamespace(cost=cost))
+    narrow, wide = ({label: w[i] for label, w in space.items()} for i in (0, -1))
+    records, rng = LowestLosses(40), np.random.default_rng(0)
+    for loss, widths in ((2.0, wide), (1.0, narrow), (3.0, narrow)):
+        records.push(loss, widths)
+    for _ in range(37):  # lossier random widths, every width recorded somewhere
+        records.push(4.0 + rng.random(), {label: int(rng.choice(w)) for label, w in space.items()})
+    nni_strategy = SimpleNamespace(oneshot_module=SimpleNamespace(sampler=SimpleNamespace(records=records)))
+
+    def seeds(**options):
+        cfg = load(tmp_path / "-".join(map(str, options.values())), **WIDTH_SPACE, **{
+            "backbone_search.strategy": "bcnet", "backbone_search.max_flops": BUDGET,
+            "backbone_search.strategy_options": options})
+        return bcnet.BCNet().seeds(SearchContext(cfg, "backbone", cost=cost, log_fn=lambda line: None), nni_strategy)
+
+    assert seeds(init="records")[0] == narrow  # the lowest loss first, once; the wide one is over the budget
+    assert wide not in seeds(init="records")
+    targets = []
+    fit = bcnet.fit_prior
+    monkeypatch.setattr(bcnet, "fit_prior", lambda *a, **k: targets.append(a[2]) or fit(*a, **k))
+    population = seeds(population=8)
+    assert targets == [pytest.approx(0.9 * BUDGET)]  # the default target reaches the fit
+    assert len(population) == 8 and len({tuple(w.values()) for w in population}) == 8  # the population option
+    assert all(0.8 * BUDGET <= cost(w).flops <= BUDGET for w in population)
+    seeds(prior_target=0.5, population=4)
+    assert targets[-1] == pytest.approx(0.5 * BUDGET)

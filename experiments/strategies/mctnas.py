@@ -22,9 +22,14 @@ Choices this module makes, each because of the SSL objective or the run's scale:
 * *Selection scale.* ``select`` backs its held-out scores up the tree beside the training
   rewards, so they must be on the reward scale (near 1). The held-out kNN top-1 (classifier
   accuracy for ``supervised``) of a path is divided by that of the tree's greedy path before
-  selection (Q/n descent): 1.05 means 5 % better than the network the tree rated best. A path
-  over the FLOPs/parameter budget scores 0 without being evaluated, which steers the descent
-  away from it; if every candidate is over budget the result is the space's smallest network.
+  selection (Q/n descent): 1.05 means 5 % better than the network the tree rated best. A leaf
+  over the FLOPs/parameter budget is removed from the tree's selection without being evaluated
+  or backed up, as the released searcher's ``remove_leaf_node`` does; if every leaf is over the
+  budget the result is the space's smallest network. The visit threshold and the descent follow
+  the released code by default (``threshold: parent``, ``descent: softmax``); ``child`` and
+  ``greedy`` are the earlier rules, kept to compare. The released searcher tops nodes up with a
+  training-loss evaluator and ranks the candidates with a validation one; here one evaluator,
+  the held-out score, does both (``MonteCarloTree.select`` takes a separate ``rank``).
 * *Budget.* The supernet trains only paths within the FLOPs/parameter budget (the tree's draws
   are repeated until one is, as NNI's ``RandomOneShot(filter=...)`` would): the tree then holds
   rewards of feasible networks only, and selection descends where the result may lie.
@@ -47,8 +52,8 @@ from experiments.core.errors import ConfigError
 from experiments.strategies.base import SearchContext, Selection, Strategy
 from experiments.strategies.distinct import DISTINCT_OPTION, canonical_architecture, check_distinct, \
     distinct_architectures
-from experiments.strategies.mcts import COMMUNICATION_WEIGHT, EXPLORATION_WEIGHT, MIN_VISITS, MOMENTUM, NUM_LEAVES, \
-    TEMPERATURE, MonteCarloTree, Path, WarmupSchedule, choice_from_path, path_from_choice
+from experiments.strategies.mcts import COMMUNICATION_WEIGHT, DESCENTS, EXPLORATION_WEIGHT, MIN_VISITS, MOMENTUM, \
+    NUM_LEAVES, TEMPERATURE, THRESHOLDS, MonteCarloTree, Path, WarmupSchedule, choice_from_path, path_from_choice
 from search_spaces.head_spaces import HEAD_SPACES, fixed_head_spaces
 
 SAMPLING_PATIENCE = 10_000  # draws from the tree before a step gives up finding a path within budget
@@ -123,6 +128,10 @@ class MCTNAS(Strategy):
         "warmup_fraction": Option(0.5, "[0, 1]", "the fraction of search.epochs sampled uniformly"),
         "backup_fraction": Option(5 / 6, "[0, 1]", "the fraction of the warm-up before rewards are backed up"),
         "min_visits": Option(MIN_VISITS, "[1, 1000]", "hierarchical selection's visits per node"),
+        "threshold": Option("parent", why="parent (a node's visits per op, the released rule) or child "
+                                          "(every child's visits)"),
+        "descent": Option("softmax", why="softmax (softmax((Q/n + C2 G) / tau), the released rule) or greedy "
+                                         "(the best Q/n)"),
         "num_leaves": Option(NUM_LEAVES, "[1, 100000]", "hierarchical selection's candidate leaves"),
         "loss_shift": Option(1.0, "[0, 1000]", "the reward divides by loss + loss_shift, which must be positive"),
         "distinct": DISTINCT_OPTION,
@@ -131,6 +140,10 @@ class MCTNAS(Strategy):
     def check(self, cfg, target: str) -> None:
         settings = self.settings(cfg)
         check_distinct(cfg, self.name, settings)
+        for key, allowed in (("threshold", THRESHOLDS), ("descent", DESCENTS)):
+            if cfg.backbone_search.strategy == self.name and settings[key] not in allowed:
+                raise ConfigError(f"backbone_search.strategy_options.{key}: must be one of {', '.join(allowed)}, "
+                                  f"got {settings[key]!r}")
         if HEAD_SPACES[cfg.model.head_space].choice_kinds(cfg.model.mlp_widths):
             raise ConfigError(f"model.head_space: mctnas searches the backbone only (its tree holds the backbone's "
                               f"layers); use heads without choices ({', '.join(fixed_head_spaces())}), got "
@@ -186,17 +199,16 @@ class MCTNAS(Strategy):
         def evaluate(path: Path) -> float:
             architecture = shared.architecture(path)
             c = cost(architecture)
-            if not c.within(*ctx.budget):
-                return 0.0
             score = accuracy(path)
             history.append({"architecture": architecture, "score": score, "reward_scale": score / reference,
                             "flops": c.flops, "params": c.params})
             ctx.log_fn(f"[{len(history):3d}] score {score:.4f}  {c.flops:,} FLOPs  {c.params:,} params")
             return score / reference
 
-        found = tree.select(evaluate, min_visits=settings["min_visits"], num_leaves=settings["num_leaves"])
-        architecture = shared.architecture(found.path)
-        if cost(architecture).within(*ctx.budget):
-            return Selection(architecture, evolution=history)
+        found = tree.select(evaluate, min_visits=settings["min_visits"], num_leaves=settings["num_leaves"],
+                            within=lambda path: cost(shared.architecture(path)).within(*ctx.budget),
+                            threshold=settings["threshold"], descent=settings["descent"])
+        if found.candidates:
+            return Selection(shared.architecture(found.path), evolution=history)
         ctx.log_fn("mctnas: every candidate leaf is over the budget; taking the space's smallest network")
         return Selection(dict(cost.smallest("flops")[0]), evolution=history)

@@ -28,6 +28,8 @@ MOMENTUM = 0.96  # of the loss average (the code's beta) and of node communicati
 VISIT_OFFSET = 0.1  # the exploration term divides by n + 0.1, so unvisited children stay finite
 MIN_VISITS = 6  # hierarchical selection's visit threshold (the code's n_thrd)
 NUM_LEAVES = 20  # candidate leaves hierarchical selection evaluates (the code's search_num)
+THRESHOLDS = ("parent", "child")  # hierarchical selection's visit threshold: the code's, or per child
+DESCENTS = ("softmax", "greedy")  # its descent: the code's softmax((Q/n + C2 G) / tau), or greedy on Q/n
 
 Path = tuple[int, ...]
 Space = Sequence[tuple[str, Sequence[Any]]]
@@ -262,35 +264,41 @@ class MonteCarloTree:
             raise ValueError(f"{tuple(path)} is not a path of a space with ops {self.num_ops}")
 
     def select(self, evaluate: Callable[[Path], float], *, min_visits: int = MIN_VISITS,
-               num_leaves: int = NUM_LEAVES) -> Selection:
-        """Hierarchical node selection: the best of ``num_leaves`` leaves, each found by one descent.
+               num_leaves: int = NUM_LEAVES, within: Optional[Callable[[Path], bool]] = None,
+               rank: Optional[Callable[[Path], float]] = None, threshold: str = "parent",
+               descent: str = "softmax") -> Selection:
+        """Hierarchical node selection (``MCTree.hierarchical_sample`` and ``MCTSearcher.search`` of the
+        released code): the best of ``num_leaves`` candidate leaves, each found by one descent.
 
-        One descent goes down from the root. At each depth, each child (not excluded, see below)
-        with fewer than ``min_visits`` visits, training visits included, gets paths through it
-        evaluated and backed up like rewards (n, Q and G) until it has ``min_visits``; a path
-        completes the child's prefix with ops drawn uniformly, by the tree's RNG, among those
-        not excluded. Then the descent moves to the child with the best Q/n (the lowest op on a
-        tie). The leaf it reaches is a candidate, scored by ``evaluate``, and is excluded from
-        later descents (the code's ``remove_leaf_node``), as is any node whose leaves all are.
-        Selection stops after ``num_leaves`` candidates, or when every leaf is one, and returns
-        the candidate with the highest score (the first found on a tie).
+        One descent goes down from the root. At each depth it first tops the node up: while the
+        node's visits per op are under ``min_visits`` (``threshold="parent"``, the code's
+        ``visits / K < n_thrd``; ``"child"``: until every open child has ``min_visits``), a path
+        completing the prefix with ops drawn uniformly by the tree's RNG among the open ones is
+        evaluated and backed up like a reward (n, Q and G). Then it moves to a child drawn from
+        softmax((Q/n + C2 G) / tau) over the open children (``descent="softmax"``, the code's
+        ``sample_child`` with C1 = 0; ``"greedy"``: the best Q/n, the lowest op on a tie). The leaf
+        it reaches is a candidate, scored by ``rank`` (the code's second evaluator; None:
+        ``evaluate``), and is closed (the code's ``remove_leaf_node``), as is any node whose
+        leaves all are. A leaf outside the budget (``within(path)`` false), reached by a top-up
+        or by the descent, is closed the same way without being evaluated or backed up, so it
+        changes no Q/n. A descent that finds a node with every child closed restarts from the
+        root. Selection stops after ``num_leaves`` candidates, or when every leaf is closed, and
+        returns the candidate with the highest score (the first found on a tie); with no
+        candidate within the budget its path is ``()`` and its score ``-inf``.
 
         ``evaluate(path)`` is a held-out score, higher better, taken to be deterministic: it is
-        called once per distinct path and a path drawn again backs its cached score up again, so
-        there are at most ``num_leaves * (1 + min_visits * sum(num_ops))`` calls and never more
-        than there are leaves. Scores are backed up as rewards, so keep them on the reward
-        scale, e.g. ``tree.loss_average / held_out_loss``, for Q/n to stay comparable across
-        nodes with many training visits and nodes with many evaluations.
+        called once per distinct path and a path drawn again backs its cached score up again.
+        Scores are backed up as rewards, so keep them on the reward scale, e.g.
+        ``tree.loss_average / held_out_loss``, for Q/n to stay comparable across nodes with many
+        training visits and nodes with many evaluations.
 
-        Departures from the released code: its threshold is on the parent's visits per child
-        (``visits / K < n_thrd``) where this one is on each child, so every Q/n compared rests
-        on ``min_visits`` rewards; it completes paths only through nodes the tree already
-        holds, here through any op; its descent draws from softmax((Q/n + C2 G) / tau) with
-        C1 = 0, nearly greedy at tau = 0.0025, where this one is greedy on Q/n; and it ranks
-        the candidates with a second, fuller evaluator, here with ``evaluate`` itself.
+        A departure kept from the code: its top-ups complete paths only through nodes the tree
+        already holds, here through any open op.
         """
         if min_visits < 1 or num_leaves < 1:
             raise ValueError("min_visits and num_leaves must be at least 1")
+        if threshold not in THRESHOLDS or descent not in DESCENTS:
+            raise ValueError(f"threshold must be one of {THRESHOLDS} and descent one of {DESCENTS}")
         scores: dict[Path, float] = {}
 
         def score(path: Path) -> float:
@@ -298,31 +306,68 @@ class MonteCarloTree:
                 scores[path] = float(evaluate(path))
             return scores[path]
 
-        excluded_below: Counter[Path] = Counter()  # candidate leaves under each prefix
+        closed_below: Counter[Path] = Counter()  # closed leaves under each prefix
         leaves_below = [math.prod(self.num_ops[depth:]) for depth in range(len(self.num_ops) + 1)]
 
         def is_open(prefix: Path) -> bool:
-            return excluded_below[prefix] < leaves_below[len(prefix)]
+            return closed_below[prefix] < leaves_below[len(prefix)]
 
         def open_ops(prefix: Path) -> list[int]:
             return [op for op in range(self.num_ops[len(prefix)]) if is_open(prefix + (op,))]
 
+        def close(leaf: Path) -> None:
+            for depth in range(len(leaf) + 1):
+                closed_below[leaf[:depth]] += 1
+
+        def visits(prefix: Path) -> int:
+            return (self.node(prefix) or Node()).visits
+
+        def top_up(prefix: Path) -> None:
+            """One path through ``prefix``, evaluated and backed up, or closed if over the budget."""
+            path = prefix
+            while len(path) < len(self.num_ops):
+                path += (self.rng.choice(open_ops(path)),)
+            if within is not None and not within(path):
+                close(path)
+            else:
+                self.backup(path, score(path))
+
+        def needs_visits(prefix: Path) -> bool:
+            if threshold == "parent":
+                return visits(prefix) / self.num_ops[len(prefix)] < min_visits
+            return any(visits(prefix + (op,)) < min_visits for op in open_ops(prefix))
+
+        def step_down(prefix: Path) -> int:
+            ops = open_ops(prefix)
+            if descent == "greedy":
+                return max(ops, key=lambda op: visits(prefix + (op,)) and self.node(prefix + (op,)).mean_reward)
+            row = self.communication[len(prefix)]
+            ucts = [(self.node(prefix + (op,)) or Node()).mean_reward + self.communication_weight * row[op]
+                    for op in ops]
+            return ops[self._draw(softmax(ucts, self.temperature))]
+
         candidates: list[tuple[Path, float]] = []
         while len(candidates) < num_leaves and is_open(()):
             prefix: Path = ()
-            while len(prefix) < len(self.num_ops):
-                ops = open_ops(prefix)
-                for op in ops:
-                    child = prefix + (op,)
-                    while (self.node(child) or Node()).visits < min_visits:
-                        path = child
-                        while len(path) < len(self.num_ops):
-                            path += (self.rng.choice(open_ops(path)),)
-                        self.backup(path, score(path))
-                prefix += (max(ops, key=lambda op: self.node(prefix + (op,)).mean_reward),)
-            candidates.append((prefix, score(prefix)))
-            for depth in range(len(prefix) + 1):
-                excluded_below[prefix[:depth]] += 1
+            while len(prefix) < len(self.num_ops) and is_open(prefix):
+                if threshold == "parent":
+                    while is_open(prefix) and needs_visits(prefix):
+                        top_up(prefix)
+                else:
+                    for op in open_ops(prefix):
+                        while is_open(prefix + (op,)) and visits(prefix + (op,)) < min_visits:
+                            top_up(prefix + (op,))
+                if is_open(prefix):
+                    prefix += (step_down(prefix),)
+            if len(prefix) < len(self.num_ops) or not is_open(prefix):
+                continue  # every leaf below was closed on the way: restart from the root
+            if within is not None and not within(prefix):
+                close(prefix)
+                continue
+            candidates.append((prefix, float(rank(prefix)) if rank is not None else score(prefix)))
+            close(prefix)
+        if not candidates:
+            return Selection((), -math.inf, [])
         best_path, best_score = max(candidates, key=lambda candidate: candidate[1])
         return Selection(best_path, best_score, candidates)
 

@@ -1,10 +1,14 @@
 """Does MCT-NAS's tree (experiments/strategies/mcts.py) learn to sample good paths? A simulation.
 
     python -m experiments study mcts-simulation [--space both] [--seeds 5] [--epochs 50] [--noise 0.05]
+                                                [--loss inverse|error]
 
 No network is trained. Each step samples a path and feeds the tree the "loss"
-trend(step) / score(path) * (1 + noise * N(0, 1)), trend = 1 + 2 exp(-step / 1000) standing for
-a supernet whose loss falls as it trains. Two spaces, 8 layers x 3 ops each:
+trend(step) x base(path) x (1 + noise * N(0, 1)), trend = 1 + 2 exp(-step / 1000) standing for
+a supernet whose loss falls as it trains, base = 1 / score (``--loss inverse``, the default) or
+the error 1 - score (``--loss error``, NAS-Bench-Macro only): the tree's reward is a ratio of
+losses, so the second gives the same table a tenfold wider spread of rewards (docs/mctnas.md).
+Two spaces, 8 layers x 3 ops each:
 
 - ``synthetic``: score = 1 + a per-layer, per-op value drawn from U(0, 0.1), summed over layers;
 - ``nas-bench-macro``: score = the table's ``mean_acc`` / 100 (``../shared/data/nas-bench-macro``).
@@ -52,7 +56,7 @@ def table_scores(table: Path) -> dict[tuple[int, ...], float]:
 
 
 def simulate(scores: dict, schedule: WarmupSchedule, total_steps: int, steps_per_epoch: int,
-             noise: float, seed: int) -> dict:
+             noise: float, seed: int, loss: str = "inverse") -> dict:
     """One search: train on simulated losses, then select; what the last epoch sampled and what
     selection returned."""
     ranked = sorted(scores, key=scores.get, reverse=True)
@@ -66,10 +70,13 @@ def simulate(scores: dict, schedule: WarmupSchedule, total_steps: int, steps_per
     def trend(step: int) -> float:
         return 1.0 + 2.0 * math.exp(-step / 1000)
 
+    def base(path) -> float:
+        return 1.0 / scores[path] if loss == "inverse" else 1.0 - scores[path]
+
     late = []
     for step in range(total_steps):
         path = tree.sample()
-        tree.update(path, trend(step) / scores[path] * (1.0 + noise * loss_noise.gauss(0.0, 1.0)))
+        tree.update(path, trend(step) * base(path) * (1.0 + noise * loss_noise.gauss(0.0, 1.0)))
         if step >= total_steps - steps_per_epoch:
             late.append(path)
     calls = 0
@@ -77,7 +84,7 @@ def simulate(scores: dict, schedule: WarmupSchedule, total_steps: int, steps_per
     def held_out_reward(path):
         nonlocal calls
         calls += 1
-        return tree.loss_average / (trend(total_steps) / scores[path])
+        return tree.loss_average / (trend(total_steps) * base(path))
 
     selection = tree.select(held_out_reward)
     return {"late_top1_share": sum(path in top_percent for path in late) / len(late),
@@ -96,6 +103,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--updates-from", type=int, default=25, help="epoch backups start")
     parser.add_argument("--tree-from", type=int, default=30, help="epoch tree sampling starts")
     parser.add_argument("--noise", type=float, default=0.05, help="relative sd of the loss noise")
+    parser.add_argument("--loss", default="inverse", choices=("inverse", "error"),
+                        help="the simulated loss: 1 / score, or 1 - score (NAS-Bench-Macro only)")
     parser.add_argument("--output", default=None, help="JSON file for the results")
 
 
@@ -109,6 +118,9 @@ def run(args) -> int:
 
     if args.space != "synthetic" and not Path(args.table).is_file():
         print(f"error: no NAS-Bench-Macro table at {args.table} (--table)", file=sys.stderr)
+        return 2
+    if args.loss == "error" and args.space != "nas-bench-macro":
+        print("error: --loss error needs --space nas-bench-macro (the synthetic scores exceed 1)", file=sys.stderr)
         return 2
     if not 0 <= args.updates_from <= args.tree_from <= args.epochs:
         print("error: need 0 <= --updates-from <= --tree-from <= --epochs", file=sys.stderr)
@@ -128,7 +140,7 @@ def run(args) -> int:
         for name, schedule in schedules.items():
             runs = [simulate(synthetic_scores(seed) if space == "synthetic" else table,
                              schedule, args.epochs * args.steps_per_epoch, args.steps_per_epoch,
-                             args.noise, seed) for seed in range(args.seeds)]
+                             args.noise, seed, args.loss) for seed in range(args.seeds)]
             summary = summarise(runs)
             results[f"{space} / {name}"] = summary
             print(f"{space:16s} {name:32s} " + "  ".join(
