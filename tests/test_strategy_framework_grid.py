@@ -3,7 +3,7 @@
 Each pairing either searches (the optimiser moved the weights, the loss is finite, and the exported
 JSON rebuilds a network that takes ``search_model.pt`` strictly) or is refused at validation with one
 ``error:`` line. CI-sized: one epoch of one batch, the tiniest widths, the fewest scored sub-networks
-each strategy allows. Measured: about 150 s of one core for the whole grid (ENAS skipped without
+each strategy allows. Measured: about 160 s of one core for the whole grid (ENAS skipped without
 tianshou), i.e. about 2.5 minutes on an idle machine; each pairing costs 1-3 s, mostly the job's own
 setup (NNI's experiment, the run directory, the kNN), so sharing more would mean bypassing the jobs.
 """
