@@ -69,6 +69,11 @@ class SSLFramework(LightningModule):
         return option_problems(cls.option_specs, options)
 
     @classmethod
+    def view_sides(cls, size: int, options: Optional[dict] = None) -> tuple[int, ...]:
+        """The sides of the views one ``size`` px image gives (a space built for one image size takes no other)."""
+        return (size,)
+
+    @classmethod
     def view_transforms(cls, settings: AugmentSettings, size: int, mean, std, options: Optional[dict] = None):
         """The views one image gives: two of the config's recipe (SimSiam, SimCLR, MoCo, BYOL)."""
         return [ssl_view(settings, size, mean, std), ssl_view(settings, size, mean, std)]

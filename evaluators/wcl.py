@@ -57,6 +57,11 @@ class WCL(SSLFramework):
         self.crop_loss = KNNMultiCropLoss(int(o["knn_crops"]), o["temperature"])
 
     @classmethod
+    def view_sides(cls, size: int, options: Optional[dict] = None) -> tuple[int, ...]:
+        o = {**cls.defaults, **(options or {})}
+        return (size, low_res_crop(size)[0]) if o["multi_crop"] else (size,)
+
+    @classmethod
     def view_transforms(cls, settings: AugmentSettings, size: int, mean, std, options: Optional[dict] = None):
         """Two full-size views, then ``low_res_crops`` low-resolution crops when ``multi_crop`` is on."""
         o = {**cls.defaults, **(options or {})}

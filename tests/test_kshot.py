@@ -13,6 +13,8 @@ from experiments.strategies.kshot_weights import KShotWeights, SimplexNet, path_
 from search_spaces.nas_bench_macro import NasBenchMacroSpace, key_to_arch
 
 WIDTH = 0.125
+#: the channel dimension: every searched width's full-width weights are K-shot (macro_width's blocks build the first)
+WIDTH_SPACES = ["nas_bench_macro_width", "resnet_width"]
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +27,12 @@ def one_thread():
 
 
 def spos_supernet(name: str = "nas_bench_macro"):
+    from search_spaces.channels import ChannelChoice
+
     torch.manual_seed(0)
-    return RandomOneShot().mutate_model(build_backbone_space(name, width=WIDTH))
+    strategy = RandomOneShot()
+    strategy.extra_mutation_hooks = [ChannelChoice.mutate]  # the width spaces' blocks are supernet modules already
+    return strategy.mutate_model(build_backbone_space(name, width=WIDTH))
 
 
 def sample(supernet, architecture):
@@ -77,15 +83,17 @@ def test_combined_weights_are_the_hand_computed_convex_combination():
         kshot.use_code(torch.tensor([0.5, 0.5]))
 
 
-def test_k1_is_exactly_spos():
-    supernet = spos_supernet()
+@pytest.mark.parametrize("space_name", ["nas_bench_macro", *WIDTH_SPACES])
+def test_k1_is_exactly_spos(space_name):
+    supernet = spos_supernet(space_name)
     spos = copy.deepcopy(supernet).eval()
     kshot = KShotWeights(supernet, k=1)
+    assert kshot.copies and all(c.shape[0] == 1 for c in kshot.copies)
     simplex_net = SimplexNet(kshot.encoding_dim, 1)
     supernet.eval()
     x = torch.randn(2, 3, 8, 8)
-    for key in ("12012012", "00000000", "22222222"):
-        arch = key_to_arch(key)
+    for shift in range(3):  # on nas_bench_macro: the keys 01201201, 12012012, 20120120
+        arch = some_path(kshot.choices, shift)
         sample(supernet, arch)
         sample(spos, arch)
         assert torch.equal(kshot.use_path(arch, simplex_net), torch.ones(1))
@@ -158,7 +166,7 @@ def test_the_simplex_net_learns_only_once_the_copies_differ():
         supernet(x).square().mean().backward()  # a step that forgot use_path fails instead of reusing a stale code
 
 
-@pytest.mark.parametrize("space_name", ["nas_bench_macro", "resnet"])
+@pytest.mark.parametrize("space_name", ["nas_bench_macro", "resnet", *WIDTH_SPACES])
 def test_a_materialized_path_rebuilds_the_kshot_network_exactly(space_name):
     supernet = spos_supernet(space_name)
     kshot = KShotWeights(supernet, k=3)
@@ -213,3 +221,4 @@ def test_a_space_is_made_kshot_once():
         KShotWeights(space, k=2)
     with pytest.raises(ValueError, match="k >= 1"):
         KShotWeights(NasBenchMacroSpace(width=WIDTH), k=0)
+

@@ -191,3 +191,34 @@ def test_kshot_refuses_bad_options(tmp_path):
         kshot(tmp_path / "a", k=0)
     with pytest.raises(ConfigError, match="spos_epochs: must be below search.epochs"):
         kshot(tmp_path / "b", k=2, spos_epochs=2, epochs=2)
+
+
+def test_kshot_over_a_width_space_trains_mixed_widths_and_exports_what_retrain_rebuilds(tmp_path, derived_by):
+    """The paper's channel dimension: K copies of the width supernet's weights, the width code read by the
+    simplex-net; the exported path is plain weights that ``retrain`` rebuilds."""
+    from torch.nn.utils import parametrize
+
+    from experiments.core.records import build_fixed, read_architecture
+    from experiments.jobs.retrain import run_retrain
+    from search_spaces.channels import ChannelChoice
+
+    out = tmp_path / "search"
+    cfg = kshot(out, k=2, **{"model.backbone": "nas_bench_macro_width", "backbone_search.max_flops": None,
+                             "model.backbone_options": {"op": "mb3_k3", "bins": 4}})
+    record = run(cfg, out)
+    (module,) = derived_by
+    assert module.simplex_steps > 0
+    widths = [m for m in module.model.backbone.modules() if isinstance(m, ChannelChoice)]
+    assert widths and all(parametrize.is_parametrized(m.expand, "weight") for m in widths)
+    assert any(not torch.allclose(c[0], c[1]) for c in module.kshot.copies)  # the copies moved apart
+    assert set(module.kshot.choices) >= set(record["architecture"])  # the code reads every width
+    saved = saved_weights(out)
+    assert not any("parametrizations" in name for name in saved)
+    network, arch = build_fixed(read_architecture(out / "best_architecture.json"), cfg)
+    assert arch == record["architecture"]
+    network.load_state_dict(saved)  # strict: the same names and shapes
+    combined = dict(module.materialize(record["architecture"]).named_parameters())
+    assert all(torch.equal(saved[name], value) for name, value in combined.items())
+    result = run_retrain(cfg, read_architecture(out / "best_architecture.json"), tmp_path / "retrain",
+                         log_fn=lambda line: None)
+    assert result["architecture"] == record["architecture"]

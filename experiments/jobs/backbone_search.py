@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from evaluators import FRAMEWORKS
 from experiments.core.assembly import build_space
 from experiments.core.run_dir import claims_output_dir
 from experiments.core.config import Config
@@ -60,6 +61,18 @@ def validate(cfg: Config) -> None:
                           f"{', '.join(sorted(kinds - strategy.handles))} choices; use {', '.join(able)})")
 
 
+def check_view_sides(cfg: Config, backbone, image_size: int) -> None:
+    """A space built for one image size (ViT's position embeddings) cannot take a framework's smaller crops."""
+    if not hasattr(backbone, "check_input_size"):
+        return
+    sides = FRAMEWORKS[cfg.framework].view_sides(image_size, cfg.framework_options)
+    other = sorted(set(sides) - {image_size})
+    if other:
+        raise ConfigError(f"framework: {cfg.framework} makes {', '.join(map(str, other))} px views beside the "
+                          f"{image_size} px ones (framework_options), and the {cfg.model.backbone} space takes "
+                          f"{image_size} px images only")
+
+
 def prepare(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
     """Validate, load data, build the space and its cost model, check the budget, build the scorer."""
     validate(cfg)
@@ -71,6 +84,7 @@ def prepare(cfg: Config, log_fn: Callable[[str], None] = print) -> SearchSetup:
         cost = network_cost(space, data.image_size)  # (a ViT's image size is checked here)
     except (ValueError, TypeError) as err:  # a backbone option of the wrong type (plan: [[1, 2]], ops: null)
         raise ConfigError(f"model: {' '.join(str(err).split())}") from None
+    check_view_sides(cfg, space.backbone, data.image_size)
     smallest = check_budget(b.max_flops, b.max_params, cost, cfg.model.backbone)
     log_fn(f"backbone space {cfg.model.backbone} for {cfg.framework}: {len(cost.labels)} backbone choices, "
            f"{cost.size():.3g} backbones; smallest {smallest['flops']:,} FLOPs / {smallest['params']:,} params; "

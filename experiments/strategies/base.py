@@ -58,8 +58,6 @@ class Strategy:
     targets: tuple[str, ...] = ("backbone",)
     #: the kinds of choice it can search (a backbone space declares ``choice_kinds``)
     handles: frozenset = frozenset({"layer"})
-    #: the frameworks it takes (None: every one)
-    objectives: Optional[tuple[str, ...]] = None
     #: the config fields it reads (beyond ``search.epochs``), for ``check`` and the README
     config_fields: tuple[str, ...] = ()
     #: its own options (``search.strategy_options`` for heads, ``backbone_search.strategy_options`` for backbones):
@@ -72,7 +70,11 @@ class Strategy:
     trains_paths: bool = False
 
     def check(self, cfg: Config, target: str) -> None:
-        """Refuse a config this strategy cannot run (raise ``ConfigError``); called at validation."""
+        """Refuse a config this strategy cannot run (raise ``ConfigError``); called at validation.
+
+        A framework it cannot serve is refused here too, by what the framework declares (``uses_labels``,
+        ``loss_floor``, ``heads``: ``evaluators.FRAMEWORKS[cfg.framework]``), never by its name.
+        """
 
     def settings(self, cfg: Config, target: str = "backbone") -> dict:
         """Its options: the defaults of ``option_specs`` with the target's ``strategy_options`` over them."""

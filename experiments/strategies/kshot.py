@@ -32,7 +32,9 @@ class KShot(Strategy):
     summary = "SPOS warm-up, then K weight copies per candidate mixed by a simplex-net; evolution over the mixes"
     interleaved = True  # the training module sees a held-out (even) and a training (odd) step per batch
     trains_paths = True
-    handles = frozenset({"layer"})  # K-shot copies the weights inside LayerChoices; a searched width has none
+    #: K copies of a LayerChoice's candidates and of a searched width's full-width weights (the paper's channel
+    #: dimension); the simplex-net reads the width choices in the path's code like the layer choices
+    handles = frozenset({"layer", "width"})
     config_fields = ("backbone_search.trials", "backbone_search.bn_batches", "backbone_search.score_images")
     option_specs = {
         **EVOLUTION_OPTIONS,

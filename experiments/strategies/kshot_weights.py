@@ -123,25 +123,41 @@ class ConvexCombination(nn.Module):
         return weight.unsqueeze(0).repeat(self.k, *([1] * weight.dim()))
 
 
+def searched_modules(space: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(label, module)`` whose weights a choice selects: each candidate of a ``LayerChoice`` and each
+    searched-width module (the width spaces' ``ChannelChoice``, NNI's mixed operations), which slices its
+    full-width weights to the chosen width."""
+    from nni.nas.oneshot.pytorch.supermodule.operation import MixedOperation
+
+    from search_spaces.channels import ChannelChoice
+
+    found = []
+    for module in space.modules():
+        if isinstance(module, LayerChoice):
+            found.extend((module.label, module[name]) for name in module.names)
+        elif isinstance(module, ChannelChoice):
+            found.append((module.label, module))
+        elif isinstance(module, MixedOperation):
+            found.append((", ".join(module.mutable_arguments) or type(module).__name__, module))
+    return found
+
+
 def candidate_parameters(space: nn.Module) -> list[tuple[nn.Module, str]]:
-    """``(owner module, parameter name)`` of every parameter inside a candidate of a ``LayerChoice``."""
+    """``(owner module, parameter name)`` of every parameter a choice selects (``searched_modules``)."""
     found, seen_modules, seen_params = [], set(), set()
-    for choice in space.modules():
-        if not isinstance(choice, LayerChoice):
-            continue
-        for name in choice.names:
-            for module in choice[name].modules():
-                if id(module) in seen_modules:
-                    continue
-                seen_modules.add(id(module))
-                if parametrize.is_parametrized(module):
-                    raise ValueError(f"{type(module).__name__} in {choice.label} is already parametrized "
-                                     f"(a space can be made K-shot once)")
-                for param_name, param in module.named_parameters(recurse=False):
-                    if id(param) in seen_params:
-                        raise ValueError(f"{choice.label}: a parameter tied between two modules cannot be K-shot")
-                    seen_params.add(id(param))
-                    found.append((module, param_name))
+    for label, searched in searched_modules(space):
+        for module in searched.modules():
+            if id(module) in seen_modules:
+                continue
+            seen_modules.add(id(module))
+            if parametrize.is_parametrized(module):
+                raise ValueError(f"{type(module).__name__} in {label} is already parametrized "
+                                 f"(a space can be made K-shot once)")
+            for param_name, param in module.named_parameters(recurse=False):
+                if id(param) in seen_params:
+                    raise ValueError(f"{label}: a parameter tied between two modules cannot be K-shot")
+                seen_params.add(id(param))
+                found.append((module, param_name))
     return found
 
 
@@ -164,7 +180,8 @@ class KShotWeights:
         self.choices = choice_values(space)
         self._owners = candidate_parameters(space)
         if not self._owners:
-            raise ValueError(f"{type(space).__name__} has no LayerChoice candidates with parameters to copy")
+            raise ValueError(f"{type(space).__name__} has no LayerChoice candidates or searched widths with "
+                             f"parameters to copy")
         for module, name in self._owners:
             parametrize.register_parametrization(module, name, ConvexCombination(k, self.code))
 
