@@ -192,17 +192,12 @@ def untrained_knn(cfg: Config, data: DataBundle, network: torch.nn.Module) -> fl
     changed), so the figure is that of the architecture's random features, not of statistics that
     were never measured.
     """
-    from evaluators.downstream import extract_features, knn_accuracy
+    import math
 
-    e, ev = cfg.evaluation, data.evaluation
-    backbone = network.backbone
-    for module in backbone.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the batches below
-    backbone.train()
-    with torch.no_grad():
-        for i in range(0, len(ev.bank), cfg.data.batch_size):
-            backbone(ev.bank[i:i + cfg.data.batch_size])
-    bank, test = extract_features(backbone, ev.bank), extract_features(backbone, ev.test)
+    from evaluators.downstream import extract_features, knn_accuracy
+    from evaluators.subnet import recalibrate_batchnorm
+
+    e, ev, batch = cfg.evaluation, data.evaluation, cfg.data.batch_size
+    recalibrate_batchnorm(network.backbone, ev.bank, math.ceil(len(ev.bank) / batch), batch)
+    bank, test = extract_features(network.backbone, ev.bank), extract_features(network.backbone, ev.test)
     return knn_accuracy(bank, ev.bank_labels, test, ev.test_labels, ev.num_classes, e.knn_k, e.knn_temperature)
